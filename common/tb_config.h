@@ -5,7 +5,31 @@
  * is `hidden_size:` inside `model:`). Loading a file sets every default first, then every
  * key present; an unknown key, a wrong type or an out-of-range value fails with
  * "file:line: key: why" and the caller exits with TB_EX_CONFIG (78).
- * The same schema writes a fully commented example file (tb_cfg_write_example). */
+ * The same schema writes a fully commented example file (tb_cfg_write_example).
+ *
+ * Value rules (tb_config.c):
+ * - INT: plain decimal, 0x hex or 0o octal, optional sign; a float that is a whole number
+ *   ("1e3") counts as that integer, "1.5" is an error. DOUBLE: "1e-4", ".5", "-3", "7.",
+ *   any INT form, .inf/-.inf; .nan is an error. BOOL: true/false/yes/no/on/off in any
+ *   case (not 0/1). A quoted scalar ('12', "true") is a string, so never an INT, DOUBLE
+ *   or BOOL. STRING and ENUM take the scalar text as written (plain or quoted; ENUM is
+ *   case-sensitive). STRLIST: a block or flow sequence of scalars, or one scalar (a list
+ *   of one); empty items are errors.
+ * - Null (`key:`, `key: ~`, `key: null`): an error for INT, DOUBLE, BOOL and ENUM
+ *   ("remove the key to get the default"); the empty string for STRING; the empty list
+ *   for STRLIST; no keys for a SECTION (`model:` with every key commented out). A quoted
+ *   'null' or "" is a string.
+ * - A SECTION field adds the mapping's help text; a mapping is also a section when the
+ *   schema has keys under it without one. A mapping with no keys in the schema, or any
+ *   key not in the schema, is "unknown key". Duplicate keys, aliases, more than one YAML
+ *   document and a non-mapping top level are errors. YAML syntax errors are reported
+ *   before value errors (the whole input is parsed once first), naming the innermost key
+ *   read before the error, or "(top)".
+ * - Ranges: [min, max] inclusive; no range when min > max or min == max == 0 (fields
+ *   written with designated initializers that leave min and max out).
+ * - Defaults are parsed and checked like file values ("schema NAME: default: KEY: WHY"),
+ *   so a default out of its range is a schema bug reported by tb_cfg_defaults. A NULL
+ *   default is 0 / false / "" / first choice / empty list. */
 #ifndef TB_CONFIG_H
 #define TB_CONFIG_H
 #include <stddef.h>
@@ -53,8 +77,10 @@ typedef struct tb_cfg_schema {
  * (a bug in the schema; the message says which). */
 int tb_cfg_defaults(void *obj, const tb_cfg_schema *schema, tb_err *err);
 
-/* Defaults, then the file. `was_set`, if not NULL, has schema->count entries and gets 1
- * for each key the file set. Returns 0, or -1 with "path:line: key: why". */
+/* Defaults, then the file. `was_set`, if not NULL, has schema->count entries, is cleared
+ * here and gets 1 for each key the file set (sections included). Returns 0, or -1 with
+ * "path:line: key: why" ("path: cannot open: ..." when it cannot be read). An empty file
+ * or one with only comments gives the defaults. */
 int tb_cfg_load_file(void *obj, const tb_cfg_schema *schema, const char *path,
                      unsigned char *was_set, tb_err *err);
 
@@ -63,17 +89,22 @@ int tb_cfg_load_file(void *obj, const tb_cfg_schema *schema, const char *path,
 int tb_cfg_load_string(void *obj, const tb_cfg_schema *schema, const char *name,
                        const char *yaml, unsigned char *was_set, tb_err *err);
 
-/* One "key=value" override (command line); value parsed as YAML scalar text. */
+/* One "key=value" override (command line); value parsed as YAML scalar text (a flow
+ * sequence "[a, b]" for lists; empty text is null). Same checks as a file, messages
+ * "command line: key: why"; a failed override leaves the value unchanged. */
 int tb_cfg_set(void *obj, const tb_cfg_schema *schema, const char *assignment,
                unsigned char *was_set, tb_err *err);
 
 /* Index of a key in the schema, or -1. */
 int tb_cfg_find(const tb_cfg_schema *schema, const char *key);
 
-/* Writes a fully commented example YAML: every key with its default, help, type and range. */
+/* Writes a fully commented example YAML: every key with its default, help, type and range.
+ * Defaults are written uncommented, so the file loads back to exactly the defaults.
+ * Returns 0, or -1 on a write error or a schema bug. */
 int tb_cfg_write_example(FILE *out, const tb_cfg_schema *schema);
 
-/* Writes the current values as YAML (for logs and checkpoints' state). */
+/* Writes the current values as YAML (for logs and checkpoints' state); loading the output
+ * gives back the same values. Returns 0, or -1 on a write error. */
 int tb_cfg_write_values(FILE *out, const void *obj, const tb_cfg_schema *schema);
 
 #endif

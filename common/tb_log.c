@@ -55,9 +55,14 @@ static const char *level_name(tb_log_level l) {
 }
 
 void tb_log_write(tb_log_level level, const char *fmt, ...) {
-    char line[4096];
+    char msg[4096], line[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    if (vsnprintf(msg, sizeof msg, fmt, ap) < 0) msg[0] = '\0';
+    va_end(ap);
+    int journal = tb_log_is_journal();
     int n;
-    if (tb_log_is_journal()) {
+    if (journal) {
         n = snprintf(line, sizeof line, "<%d>", (int)level);
     } else {
         struct timespec ts;
@@ -69,13 +74,15 @@ void tb_log_write(tb_log_level level, const char *fmt, ...) {
                      tm.tm_sec, ts.tv_nsec / 1000000, log_ident, (int)getpid(),
                      level_name(level));
     }
-    if (n < 0) n = 0;
-    va_list ap;
-    va_start(ap, fmt);
-    int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
-    va_end(ap);
-    size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
-    if (len > sizeof line - 2) len = sizeof line - 2;
+    size_t len = n < 0 ? 0 : (size_t)n;
+    size_t mlen = strlen(msg);
+    if (mlen && msg[mlen - 1] == '\n') msg[--mlen] = '\0'; /* the line ends here anyway */
+    /* journald takes each line as its own record: every line needs the priority, or
+     * the rest of a multi-line error would be logged at the default level. */
+    for (size_t i = 0; i < mlen && len < sizeof line - 8; i++) {
+        line[len++] = msg[i];
+        if (journal && msg[i] == '\n') len += (size_t)snprintf(line + len, 8, "<%d>", (int)level);
+    }
     line[len++] = '\n';
     pthread_mutex_lock(&log_lock);
     fwrite(line, 1, len, stderr);

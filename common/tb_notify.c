@@ -25,6 +25,9 @@ int tb_notify_status(const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(buf + n, sizeof buf - (size_t)n, fmt, ap);
     va_end(ap);
+    /* One line: a newline in the text would start another variable ("...\nREADY=1"). */
+    for (char *p = buf + n; *p; p++)
+        if (*p == '\n' || *p == '\r') *p = ' ';
     return send_state(buf);
 }
 
@@ -38,6 +41,7 @@ int tb_notify_reloading(void) {
 
 uint64_t tb_notify_watchdog_usec(void) {
     uint64_t usec = 0;
+    if (!enabled()) return 0; /* nobody to ping */
     if (sd_watchdog_enabled(0, &usec) <= 0) return 0;
     return usec;
 }

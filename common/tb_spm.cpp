@@ -1,7 +1,5 @@
 // C API over libsentencepiece (see tb_spm.h). The only C++ in common/: every entry point
 // catches all exceptions and reports through tb_err, so nothing unwinds into C.
-#include "tb_spm.h"
-
 #include <sentencepiece_processor.h>
 
 #include <cstring>
@@ -10,6 +8,12 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+// The C headers carry no extern "C" guards of their own.
+extern "C" {
+#include "tb_err.h"
+#include "tb_spm.h"
+}
 
 struct tb_spm {
     sentencepiece::SentencePieceProcessor sp;

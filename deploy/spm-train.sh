@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
     --threads) threads=$2; shift ;;
     --sample) sample=$2; shift ;;
     --seed) seed=$2; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "spm-train: unknown argument '$1'" >&2; exit 64 ;;
   esac
   shift
@@ -51,6 +51,7 @@ for i in "${inputs[@]}"; do
     echo "spm-train: input '$i' not found" >&2; exit 66
   fi
 done
+mkdir -p "$(dirname "$out")"
 outdir=$(cd "$(dirname "$out")" 2>/dev/null && pwd) || { echo "spm-train: no directory for '$out'" >&2; exit 66; }
 outbase=$(basename "$out")
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/tb-spm-train.XXXXXX")

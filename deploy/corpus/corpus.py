@@ -7,7 +7,12 @@ shards (gzip JSONL: raw_content, doc_id, meta) plus a JSONL.zst variant (field `
 Subcommands:
   fixture OUTDIR            small fixture from manpages-es (one shard, ~300 KB)
   build OUTDIR CACHEDIR SOURCE=ROOT...
-                            full corpus from the given source roots (see build.sh)
+                            full corpus (see build.sh). ROOT "/" lists an installed
+                            package's files with dpkg-query -L; another ROOT is a tree
+                            unpacked with dpkg-deb -x. Taken: man pages under
+                            /usr/share/man/es/ and HTML under an /es/ directory or named
+                            *.es.html (LilyPond's *-big-page duplicates left out).
+                            Rendered text is cached per source in CACHEDIR/extract/.
   extract-text OUT FILE...  writes the documents of shards (.jsonl.gz/.jsonl.zst/.jsonl) as
                             one line per non-empty document line (tokenizer training input)
 
@@ -18,7 +23,9 @@ subprocess runs with a fixed locale and width. Same inputs give the same bytes.
 Text cleaning (applied per source, in this order):
   1. rendering: man pages via `man -E UTF-8 -l` at MANWIDTH=10000 with hyphenation off
      (-rHY=0) and left adjustment (-dAD=l); backspace overstrikes stripped; the header and
-     footer lines dropped. HTML via html2text (-nobs -utf8 -style pretty -width 10000).
+     footer lines dropped. HTML via `lynx -dump -nolist -width=10000` (UTF-8 in and out;
+     html2text 1.3.2a turns link spaces into underscores, lynx does not); lines without
+     a letter or digit (rules) and lynx's REFRESH / <link> lines dropped.
   2. whitespace: lines stripped, runs of blank lines collapsed to one.
   3. boilerplate: a line (exact, after stripping) found in at least max(10, 5%) of the
      source's files is dropped everywhere in that source (navigation, footers, the
@@ -87,8 +94,10 @@ def normalize(text):
 
 
 def render_man(path):
+    # .so requests resolve against the man tree root (.../man/es), not the caller's cwd.
+    m = re.match(r"(.*/man/[^/]+)/man[^/]+/[^/]+$", path)
     r = subprocess.run(["man", "-E", "UTF-8", "-l", path], env=_env(), capture_output=True,
-                       check=False)
+                       check=False, cwd=m.group(1) if m else None)
     if r.returncode != 0:
         return None, "man exit %d: %s" % (r.returncode, r.stderr.decode("utf-8", "replace")[:200])
     text = r.stdout.decode("utf-8", "replace")
@@ -109,10 +118,12 @@ def render_html(path):
     else:
         with open(path, "rb") as f:
             data = f.read()
-    r = subprocess.run(["html2text", "-nobs", "-utf8", "-style", "pretty", "-width", "10000"],
+    r = subprocess.run(["lynx", "-dump", "-stdin", "-force_html", "-nolist", "-nomargins",
+                        "-noreferer", "-display_charset=utf-8", "-assume_charset=utf-8",
+                        "-width=10000", "-cfg=/dev/null"],
                        input=data, env=_env(), capture_output=True, check=False)
     if r.returncode != 0:
-        return None, "html2text exit %d" % r.returncode
+        return None, "lynx exit %d" % r.returncode
     text = r.stdout.decode("utf-8", "replace")
     text = re.sub(r".\x08", "", text).replace("\x08", "")
     return normalize(text), None
@@ -330,8 +341,148 @@ def main(argv):
         sys.exit(__doc__)
 
 
-def cmd_build(outdir, cachedir, specs):
-    sys.exit("corpus: build not implemented yet")
+def select_files(source, root):
+    """Sorted (package path, file on disk) pairs of the Spanish text files of a source."""
+    if root == "/":
+        listed = subprocess.run(["dpkg-query", "-L", source], capture_output=True, check=True,
+                                env={"LC_ALL": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+                                ).stdout.decode().split("\n")
+        pairs = [(p, p) for p in listed if p]
+    else:
+        pairs = []
+        for d, dirs, files in os.walk(root):
+            dirs.sort()
+            for f in files:
+                full = os.path.join(d, f)
+                pairs.append(("/" + os.path.relpath(full, root), full))
+    out = []
+    for pkgpath, disk in sorted(pairs):
+        if os.path.islink(disk) or not os.path.isfile(disk):
+            continue  # symlinked pages duplicate their targets
+        if pkgpath.startswith("/usr/share/man/es/") and re.search(r"\.\d\w*\.gz$", pkgpath):
+            out.append((pkgpath, disk))
+        elif re.search(r"\.html?(\.gz)?$", pkgpath) and "-big-page" not in pkgpath:
+            if ("/es/" in pkgpath or ".es.htm" in pkgpath):
+                out.append((pkgpath, disk))
+    return out
+
+
+def source_key(source, root, files):
+    h = hashlib.sha256()
+    with open(os.path.abspath(__file__), "rb") as f:
+        h.update(f.read())
+    h.update(source.encode() + b"\0" + root.encode() + b"\0")
+    for pkgpath, disk in files:
+        st = os.stat(disk)
+        h.update(("%s\0%d\0%d\n" % (pkgpath, st.st_size, int(st.st_mtime))).encode())
+    return h.hexdigest()
+
+
+def extract_source(source, root, cachedir, stats):
+    """Rendered texts [(pkgpath, text or None, error)] of a source, cached by input key."""
+    files = select_files(source, root)
+    key = source_key(source, root, files)
+    cache = os.path.join(cachedir, "extract", source + ".jsonl.gz")
+    if os.path.exists(cache):
+        with gzip.open(cache, "rt", encoding="utf-8") as f:
+            head = json.loads(f.readline())
+            if head.get("key") == key:
+                rows = [json.loads(l) for l in f]
+                stats["cached"] = True
+                return [(r["path"], r["text"], r.get("error")) for r in rows]
+    rendered = render_all([d for _, d in files], os.cpu_count() or 2)
+    rows = [(p, t, e) for (p, _), (t, e) in zip(files, rendered)]
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    lines = [json.dumps({"key": key})]
+    lines += [json.dumps({"path": p, "text": t, "error": e}, ensure_ascii=False)
+              for p, t, e in rows]
+    write_gzip(cache, lines)
+    stats["cached"] = False
+    return rows
+
+
+RULE_RE = re.compile(r"^[\W_]*$")
+
+
+def strip_render_noise(text, stats):
+    """Lines without any letter or digit (rules, bullets) and lynx's REFRESH/link lines."""
+    kept = []
+    for i, line in enumerate(text.split("\n")):
+        if line and (RULE_RE.match(line) or line.startswith("REFRESH(") or
+                     (i == 0 and line.startswith("#"))):
+            stats["noise_lines"] = stats.get("noise_lines", 0) + 1
+            continue
+        kept.append(line)
+    return normalize("\n".join(kept))
+
+
+def split_shards(docs, n):
+    """Documents in sha256(doc_id) order (mixes sources), cut into n runs of similar bytes."""
+    docs = sorted(docs, key=lambda d: hashlib.sha256(d[0].encode()).digest())
+    total = sum(len(d[3].encode()) for d in docs)
+    shards = [[] for _ in range(n)]
+    acc = 0
+    for d in docs:
+        k = min(n - 1, acc * n // max(total, 1))
+        shards[k].append(d)
+        acc += len(d[3].encode())
+    return shards
+
+
+def cmd_build(outdir, cachedir, specs, nshards=8):
+    sources = sorted(tuple(s.split("=", 1)) for s in specs)
+    stats = {"sources": {}, "dropped": {}}
+    all_docs = []
+    for source, root in sources:
+        st = {}
+        rows = extract_source(source, root, cachedir, st)
+        paths = [p for p, _, _ in rows]
+        rendered = [(None if t is None else strip_render_noise(t, st), e) for _, t, e in rows]
+        docs = clean_docs(source, paths, rendered, st)
+        st["files"] = len(rows)
+        all_docs += docs
+        stats["sources"][source] = st
+        print("corpus: %s: %d files, %d documents kept%s" % (
+            source, len(rows), len(docs), " (cached text)" if st.get("cached") else ""),
+            file=sys.stderr)
+    dd = {}
+    docs = dedup(all_docs, dd)
+    for d in docs:
+        st = stats["sources"][d[1]]
+        st["documents"] = st.get("documents", 0) + 1
+        st["bytes"] = st.get("bytes", 0) + len(d[3].encode())
+    for source, st in stats["sources"].items():
+        st.pop("cached", None)
+        for k, v in st.items():
+            if k not in ("files", "documents", "bytes"):
+                stats["dropped"][k] = stats["dropped"].get(k, 0) + v
+    stats["dropped"]["duplicate_documents"] = dd.get("duplicate_documents", 0)
+    stats["documents"] = len(docs)
+    stats["bytes"] = sum(len(d[3].encode()) for d in docs)
+    os.makedirs(outdir, exist_ok=True)
+    shard_stats = []
+    for i, sh in enumerate(split_shards(docs, nshards)):
+        name = "shard-%05d" % i
+        write_shard(os.path.join(outdir, name), sh)
+        shard_stats.append({"name": name, "documents": len(sh),
+                            "bytes": sum(len(d[3].encode()) for d in sh)})
+    stats["shards"] = shard_stats
+    with open(os.path.join(outdir, "stats.json.tmp"), "w") as f:
+        json.dump(stats, f, sort_keys=True, indent=1)
+        f.write("\n")
+    os.replace(os.path.join(outdir, "stats.json.tmp"), os.path.join(outdir, "stats.json"))
+    with open(os.path.join(outdir, "stats.txt"), "w") as f:
+        f.write("documents %d\nbytes %d\n" % (stats["documents"], stats["bytes"]))
+        f.write("%-24s %7s %7s %10s\n" % ("source", "files", "docs", "bytes"))
+        for source, st in sorted(stats["sources"].items()):
+            f.write("%-24s %7d %7d %10d\n" % (source, st["files"], st.get("documents", 0),
+                                              st.get("bytes", 0)))
+        f.write("dropped:\n")
+        for k, v in sorted(stats["dropped"].items()):
+            f.write("  %-24s %d\n" % (k, v))
+        for s in shard_stats:
+            f.write("%s %d documents %d bytes\n" % (s["name"], s["documents"], s["bytes"]))
+    sys.stderr.write(open(os.path.join(outdir, "stats.txt")).read())
 
 
 if __name__ == "__main__":
