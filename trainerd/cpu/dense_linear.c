@@ -1,0 +1,150 @@
+/* Plain linear and BitLinear kernels (MODEL.md section 2). Single-threaded, blocked so
+ * that a block of rows stays in cache; per element every reduction runs in ascending
+ * index order onto the existing value, so results do not depend on the blocking. */
+#include <math.h>
+#include <string.h>
+#include "dense_cpu.h"
+
+#define ROW_BLOCK 16 /* tokens per block */
+
+/* y (n,out) = x (n,in) · wᵀ: dot products of contiguous rows. */
+void dense_cpu_linear_fwd(real *y, const real *x, const real *w, size_t n, int in, int out) {
+    for (size_t t0 = 0; t0 < n; t0 += ROW_BLOCK) {
+        size_t t1 = t0 + ROW_BLOCK < n ? t0 + ROW_BLOCK : n;
+        for (int o = 0; o < out; o++) {
+            const real *wr = w + (size_t)o * in;
+            for (size_t t = t0; t < t1; t++) {
+                const real *xr = x + t * in;
+                real s = 0;
+                for (int j = 0; j < in; j++) s += xr[j] * wr[j];
+                y[t * out + o] = s;
+            }
+        }
+    }
+}
+
+/* dx (n,in) += dy (n,out) · w (out,in)  (i-k-j) and dw (out,in) += dyᵀ · x (blocked on t). */
+void dense_cpu_linear_bwd(real *dx, real *dw, const real *dy, const real *x, const real *w,
+                          size_t n, int in, int out) {
+    if (dx) {
+        for (size_t t = 0; t < n; t++) {
+            real *dxr = dx + t * in;
+            const real *dyr = dy + t * out;
+            for (int o = 0; o < out; o++) {
+                real a = dyr[o];
+                const real *wr = w + (size_t)o * in;
+                for (int j = 0; j < in; j++) dxr[j] += a * wr[j];
+            }
+        }
+    }
+    if (dw) {
+        for (size_t t0 = 0; t0 < n; t0 += ROW_BLOCK) {
+            size_t t1 = t0 + ROW_BLOCK < n ? t0 + ROW_BLOCK : n;
+            for (int o = 0; o < out; o++) {
+                real *dwr = dw + (size_t)o * in;
+                for (size_t t = t0; t < t1; t++) {
+                    real a = dy[t * out + o];
+                    const real *xr = x + t * in;
+                    for (int j = 0; j < in; j++) dwr[j] += a * xr[j];
+                }
+            }
+        }
+    }
+}
+
+void dense_cpu_bitlinear_quant_w(int8_t *wq, real *sw, const real *w, size_t count) {
+    double s = 0;
+    for (size_t i = 0; i < count; i++) s += fabs((double)w[i]);
+    real mean = count ? (real)(s / (double)count) : R(0.0);
+    real scale = R(1.0) / (mean > R(1e-5) ? mean : R(1e-5));
+    for (size_t i = 0; i < count; i++) {
+        real q = r_rint(w[i] * scale);
+        wq[i] = (int8_t)(q > 1 ? 1 : q < -1 ? -1 : q);
+    }
+    *sw = scale;
+}
+
+/* LN0 statistics in double; x̂ in real; s_x and codes from x̂. */
+void dense_cpu_bitlinear_quant_x(int8_t *xq, real *stats, const real *x, size_t n, int in) {
+    for (size_t t = 0; t < n; t++) {
+        const real *xr = x + t * in;
+        double s = 0;
+        for (int j = 0; j < in; j++) s += xr[j];
+        real mean = (real)(s / in);
+        double v = 0;
+        for (int j = 0; j < in; j++) {
+            double d = (double)(xr[j] - mean);
+            v += d * d;
+        }
+        real rstd = (real)(1.0 / sqrt(v / in + 1e-5));
+        real amax = 0;
+        for (int j = 0; j < in; j++) {
+            real a = r_fabs((xr[j] - mean) * rstd);
+            if (a > amax) amax = a;
+        }
+        real sx = R(127.0) / (amax > R(1e-5) ? amax : R(1e-5));
+        int8_t *q = xq + t * in;
+        for (int j = 0; j < in; j++) {
+            real c = r_rint(((xr[j] - mean) * rstd) * sx);
+            q[j] = (int8_t)(c > 127 ? 127 : c < -128 ? -128 : c);
+        }
+        stats[3 * t] = mean;
+        stats[3 * t + 1] = rstd;
+        stats[3 * t + 2] = sx;
+    }
+}
+
+void dense_cpu_bitlinear_fwd(real *y, const int8_t *xq, const real *stats, const int8_t *wq,
+                             const real *sw, size_t n, int in, int out) {
+    real s_w = *sw;
+    for (size_t t0 = 0; t0 < n; t0 += ROW_BLOCK) {
+        size_t t1 = t0 + ROW_BLOCK < n ? t0 + ROW_BLOCK : n;
+        for (int o = 0; o < out; o++) {
+            const int8_t *wr = wq + (size_t)o * in;
+            for (size_t t = t0; t < t1; t++) {
+                const int8_t *xr = xq + t * in;
+                int32_t acc = 0;
+                for (int j = 0; j < in; j++) acc += (int32_t)xr[j] * (int32_t)wr[j];
+                y[t * out + o] = (real)acc / (stats[3 * t + 2] * s_w);
+            }
+        }
+    }
+}
+
+void dense_cpu_bitlinear_bwd(real *dx, real *dw, real *dxhat, const real *dy, const real *x,
+                             const int8_t *xq, const real *stats, const int8_t *wq,
+                             const real *sw, size_t n, int in, int out) {
+    /* dw += dyᵀ · x̃ with x̃ = x_q / s_x staged in dxhat. */
+    for (size_t t = 0; t < n; t++)
+        for (int j = 0; j < in; j++)
+            dxhat[t * in + j] = (real)xq[t * in + j] / stats[3 * t + 2];
+    dense_cpu_linear_bwd(NULL, dw, dy, dxhat, NULL, n, in, out);
+    if (!dx) return;
+    /* dx̂ = dy · w̃, w̃ = w_q / s_w ∈ {c, -c, 0} with c = 1 / s_w. */
+    real c = R(1.0) / *sw;
+    for (size_t t = 0; t < n; t++) {
+        real *g = dxhat + t * in;
+        const real *dyr = dy + t * out;
+        for (int j = 0; j < in; j++) g[j] = 0;
+        for (int o = 0; o < out; o++) {
+            const int8_t *wr = wq + (size_t)o * in;
+            real a = dyr[o];
+            for (int j = 0; j < in; j++) g[j] += a * (wr[j] > 0 ? c : wr[j] < 0 ? -c : R(0.0));
+        }
+        /* LN0ᵀ: dx += rstd (g - mean(g) - x̂ mean(g ⊙ x̂)). */
+        const real *xr = x + t * in;
+        real mean = stats[3 * t], rstd = stats[3 * t + 1];
+        double sg = 0, sgx = 0;
+        for (int j = 0; j < in; j++) {
+            real xh = (xr[j] - mean) * rstd;
+            sg += g[j];
+            sgx += (double)(g[j] * xh);
+        }
+        real mg = (real)(sg / in), mgx = (real)(sgx / in);
+        real *dxr = dx + t * in;
+        for (int j = 0; j < in; j++) {
+            real xh = (xr[j] - mean) * rstd;
+            dxr[j] += rstd * (g[j] - mg - xh * mgx);
+        }
+    }
+}

@@ -1,0 +1,171 @@
+/* The five norms of MODEL.md section 3 (types of layers/norm.h). Per-token statistics in
+ * double; scalar-parameter gradients (dyt alpha, derf alpha and s) summed in double. */
+#include <math.h>
+#include "dense_cpu.h"
+#include "../layers/norm.h"
+
+#define DT_EPS 1e-6 /* dynamic_tanh: outside the sqrt */
+#define LN_EPS 1e-5
+#define RMS_EPS 1e-6
+
+static void row_mean_var(const real *x, int C, int unbiased, real *mean, double *var) {
+    double s = 0;
+    for (int j = 0; j < C; j++) s += x[j];
+    real m = (real)(s / C);
+    double v = 0;
+    for (int j = 0; j < C; j++) {
+        double d = (double)(x[j] - m);
+        v += d * d;
+    }
+    *mean = m;
+    *var = v / (unbiased ? C - 1 : C);
+}
+
+void dense_cpu_norm_fwd(real *y, real *stats, const real *x, const real *const *prm, int type,
+                        size_t n, int C) {
+    for (size_t t = 0; t < n; t++) {
+        const real *xr = x + t * C;
+        real *yr = y + t * C;
+        switch ((tb_norm_type)type) {
+        case TB_NORM_DYNAMIC_TANH: {
+            real mean;
+            double var;
+            row_mean_var(xr, C, 1, &mean, &var);
+            real sd = (real)sqrt(var);
+            real r = R(1.0) / (sd + (real)DT_EPS);
+            for (int j = 0; j < C; j++) yr[j] = r_tanh(prm[0][j] * ((xr[j] - mean) * r) + prm[1][j]);
+            stats[2 * t] = mean;
+            stats[2 * t + 1] = sd;
+            break;
+        }
+        case TB_NORM_DYT: {
+            real a = prm[0][0];
+            for (int j = 0; j < C; j++) yr[j] = prm[1][j] * r_tanh(a * xr[j]) + prm[2][j];
+            break;
+        }
+        case TB_NORM_DERF: {
+            real a = prm[0][0], s = prm[1][0];
+            for (int j = 0; j < C; j++) yr[j] = prm[2][j] * r_erf(a * xr[j] + s) + prm[3][j];
+            break;
+        }
+        case TB_NORM_LAYER_NORM: {
+            real mean;
+            double var;
+            row_mean_var(xr, C, 0, &mean, &var);
+            real rstd = (real)(1.0 / sqrt(var + LN_EPS));
+            for (int j = 0; j < C; j++) yr[j] = ((xr[j] - mean) * rstd) * prm[0][j] + prm[1][j];
+            stats[2 * t] = mean;
+            stats[2 * t + 1] = rstd;
+            break;
+        }
+        case TB_NORM_RMS_NORM: {
+            double s = 0;
+            for (int j = 0; j < C; j++) s += (double)xr[j] * xr[j];
+            real r = (real)(1.0 / sqrt(s / C + RMS_EPS));
+            for (int j = 0; j < C; j++) yr[j] = (xr[j] * r) * prm[0][j];
+            stats[2 * t] = r;
+            stats[2 * t + 1] = 0;
+            break;
+        }
+        }
+    }
+}
+
+void dense_cpu_norm_bwd(real *dx, real *const *dprm, const real *dy, const real *stats,
+                        const real *x, const real *const *prm, int type, size_t n, int C) {
+    double ga = 0, gs = 0; /* scalar-parameter gradients */
+    const double two_over_sqrt_pi = 1.1283791670955126;
+    for (size_t t = 0; t < n; t++) {
+        const real *xr = x + t * C;
+        const real *g = dy + t * C;
+        real *dxr = dx + t * C;
+        switch ((tb_norm_type)type) {
+        case TB_NORM_DYNAMIC_TANH: {
+            /* x̂ = d r, r = 1/(σ+ε), σ² = Σd²/(C-1):
+             * dx_i = r (dx̂_i - mean dx̂) - r² (Σ_j dx̂_j d_j) d_i / ((C-1) σ). */
+            real mean = stats[2 * t], sd = stats[2 * t + 1];
+            real r = R(1.0) / (sd + (real)DT_EPS);
+            double sg = 0, sgd = 0;
+            for (int j = 0; j < C; j++) {
+                real xh = (xr[j] - mean) * r;
+                real yv = r_tanh(prm[0][j] * xh + prm[1][j]);
+                real dz = g[j] * (R(1.0) - yv * yv);
+                dprm[0][j] += dz * xh;
+                dprm[1][j] += dz;
+                real dxh = dz * prm[0][j];
+                sg += dxh;
+                sgd += (double)dxh * (double)(xr[j] - mean);
+            }
+            real mg = (real)(sg / C);
+            real coef = sd > 0 ? (real)((double)r * r * sgd / ((C - 1) * (double)sd)) : R(0.0);
+            for (int j = 0; j < C; j++) {
+                real xh = (xr[j] - mean) * r;
+                real yv = r_tanh(prm[0][j] * xh + prm[1][j]);
+                real dxh = g[j] * (R(1.0) - yv * yv) * prm[0][j];
+                dxr[j] += r * (dxh - mg) - coef * (xr[j] - mean);
+            }
+            break;
+        }
+        case TB_NORM_DYT: {
+            real a = prm[0][0];
+            for (int j = 0; j < C; j++) {
+                real th = r_tanh(a * xr[j]);
+                dprm[1][j] += g[j] * th;
+                dprm[2][j] += g[j];
+                real du = g[j] * prm[1][j] * (R(1.0) - th * th);
+                ga += (double)du * xr[j];
+                dxr[j] += du * a;
+            }
+            break;
+        }
+        case TB_NORM_DERF: {
+            real a = prm[0][0], s = prm[1][0];
+            for (int j = 0; j < C; j++) {
+                real u = a * xr[j] + s;
+                dprm[2][j] += g[j] * r_erf(u);
+                dprm[3][j] += g[j];
+                real du = g[j] * prm[2][j] * (real)two_over_sqrt_pi * r_exp(-u * u);
+                ga += (double)du * xr[j];
+                gs += du;
+                dxr[j] += du * a;
+            }
+            break;
+        }
+        case TB_NORM_LAYER_NORM: {
+            real mean = stats[2 * t], rstd = stats[2 * t + 1];
+            double sg = 0, sgx = 0;
+            for (int j = 0; j < C; j++) {
+                real xh = (xr[j] - mean) * rstd;
+                dprm[0][j] += g[j] * xh;
+                dprm[1][j] += g[j];
+                real gw = g[j] * prm[0][j];
+                sg += gw;
+                sgx += (double)gw * xh;
+            }
+            real mg = (real)(sg / C), mgx = (real)(sgx / C);
+            for (int j = 0; j < C; j++) {
+                real xh = (xr[j] - mean) * rstd;
+                dxr[j] += rstd * (g[j] * prm[0][j] - mg - xh * mgx);
+            }
+            break;
+        }
+        case TB_NORM_RMS_NORM: {
+            /* y = x r w, r = (mean x² + ε)^(-1/2): dx_i = r g_i w_i - r³ x_i Σ_j(g_j w_j x_j)/C. */
+            real r = stats[2 * t];
+            double sgx = 0;
+            for (int j = 0; j < C; j++) {
+                dprm[0][j] += g[j] * (xr[j] * r);
+                sgx += (double)(g[j] * prm[0][j]) * xr[j];
+            }
+            real coef = (real)((double)r * r * r * sgx / C);
+            for (int j = 0; j < C; j++) dxr[j] += r * g[j] * prm[0][j] - coef * xr[j];
+            break;
+        }
+        }
+    }
+    if (type == TB_NORM_DYT) dprm[0][0] += (real)ga;
+    if (type == TB_NORM_DERF) {
+        dprm[0][0] += (real)ga;
+        dprm[1][0] += (real)gs;
+    }
+}

@@ -1,0 +1,98 @@
+#include "attention.h"
+#include <string.h>
+#include "../backend.h"
+
+/* Activation layout (n = B·T, kv = Hkv·hs): act_q, act_k, act_v (linear acts), q (n, C)
+ * after position encoding, k (n, kv) after it, v (n, kv), probs (B, H, T, T), rowstat
+ * (B, H, T), a = P̃ v (n, C), act_o, position table. */
+typedef struct attn_layout {
+    size_t act_q, act_k, act_v, q, k, v, probs, rowstat, a, act_o, tab, total;
+} attn_layout;
+
+static int uses_pos(const tb_attention *p) {
+    return p->kind == TB_ATTN_TITAN && p->pos != TB_POS_NONE;
+}
+
+static attn_layout layout(const tb_attention *p, int B, int T) {
+    size_t n = (size_t)B * T, C = (size_t)p->C, kv = (size_t)p->Hkv * (C / p->H);
+    attn_layout l;
+    size_t o = 0;
+    l.act_q = o, o += linear_act_count(&p->q, n);
+    l.act_k = o, o += linear_act_count(&p->k, n);
+    l.act_v = o, o += linear_act_count(&p->v, n);
+    l.q = o, o += n * C;
+    l.k = o, o += n * kv;
+    l.v = o, o += n * kv;
+    l.probs = o, o += (size_t)B * p->H * T * T;
+    l.rowstat = o, o += (size_t)B * p->H * T;
+    l.a = o, o += n * C;
+    l.act_o = o, o += linear_act_count(&p->o, n);
+    l.tab = o, o += uses_pos(p) ? posenc_table_count(T, p->C / p->H) : 0;
+    l.total = o;
+    return l;
+}
+
+size_t attention_act_count(const tb_attention *p, int B, int T) {
+    return layout(p, B, T).total;
+}
+
+static size_t max_lin_scratch(const tb_attention *p, size_t n) {
+    size_t m = linear_scratch_count(&p->q, n), s;
+    if ((s = linear_scratch_count(&p->k, n)) > m) m = s;
+    if ((s = linear_scratch_count(&p->v, n)) > m) m = s;
+    if ((s = linear_scratch_count(&p->o, n)) > m) m = s;
+    return m;
+}
+
+/* da (n, C), dq (n, C), dk (n, kv), dv (n, kv), linear scratch, work (T). */
+size_t attention_scratch_count(const tb_attention *p, int B, int T) {
+    size_t n = (size_t)B * T, C = (size_t)p->C, kv = (size_t)p->Hkv * (C / p->H);
+    return 2 * n * C + 2 * n * kv + max_lin_scratch(p, n) + (size_t)T;
+}
+
+void attention_forward(const tb_backend *be, real *out, real *act, const real *u,
+                       const tb_attention *p, const uint8_t *key_mask, const tb_dropout *d,
+                       int layer, int B, int T) {
+    attn_layout l = layout(p, B, T);
+    size_t n = (size_t)B * T;
+    int hs = p->C / p->H;
+    size_t kv = (size_t)p->Hkv * hs;
+    linear_forward(be, act + l.q, act + l.act_q, u, &p->q, n);
+    linear_forward(be, act + l.k, act + l.act_k, u, &p->k, n);
+    linear_forward(be, act + l.v, act + l.act_v, u, &p->v, n);
+    if (uses_pos(p)) {
+        posenc_table(act + l.tab, p->pos, p->pos_base, p->pos_damping, layer, T, hs);
+        posenc_forward(be, act + l.q, act + l.q, act + l.tab, p->pos, B, T, p->H, hs,
+                       (size_t)p->C);
+        posenc_forward(be, act + l.k, act + l.k, act + l.tab, p->pos, B, T, p->Hkv, hs, kv);
+    }
+    be->dense.attn_fwd(act + l.a, act + l.probs, act + l.rowstat, act + l.q, act + l.k,
+                       act + l.v, (size_t)p->C, kv, key_mask, p->kind == TB_ATTN_SIGMOID, d,
+                       TB_DROPOUT_SITE_ATTN, B, T, p->H, p->Hkv, hs);
+    linear_forward(be, out, act + l.act_o, act + l.a, &p->o, n);
+}
+
+void attention_backward(const tb_backend *be, real *du, real *scratch, const real *dout,
+                        const real *act, const real *u, const tb_attention *p,
+                        const uint8_t *key_mask, const tb_dropout *d, int layer, int B,
+                        int T) {
+    (void)layer; /* the table forward stored */
+    attn_layout l = layout(p, B, T);
+    size_t n = (size_t)B * T, C = (size_t)p->C;
+    int hs = p->C / p->H;
+    size_t kv = (size_t)p->Hkv * hs;
+    real *da = scratch, *dq = da + n * C, *dk = dq + n * C, *dv = dk + n * kv;
+    real *lscr = dv + n * kv, *work = lscr + max_lin_scratch(p, n);
+    memset(da, 0, (2 * n * C + 2 * n * kv) * sizeof(real));
+    linear_backward(be, da, lscr, dout, act + l.act_o, act + l.a, &p->o, n);
+    be->dense.attn_bwd(dq, dk, dv, work, da, act + l.probs, act + l.rowstat, act + l.q,
+                       act + l.k, act + l.v, C, kv, key_mask, p->kind == TB_ATTN_SIGMOID, d,
+                       TB_DROPOUT_SITE_ATTN, B, T, p->H, p->Hkv, hs);
+    if (uses_pos(p)) {
+        posenc_backward(be, dq, dq, act + l.tab, p->pos, B, T, p->H, hs, C);
+        posenc_backward(be, dk, dk, act + l.tab, p->pos, B, T, p->Hkv, hs, kv);
+    }
+    linear_backward(be, du, lscr, dq, act + l.act_q, u, &p->q, n);
+    linear_backward(be, du, lscr, dk, act + l.act_k, u, &p->k, n);
+    linear_backward(be, du, lscr, dv, act + l.act_v, u, &p->v, n);
+}

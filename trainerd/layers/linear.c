@@ -1,0 +1,48 @@
+#include "linear.h"
+#include "../backend.h"
+
+size_t linear_codes_bytes(int in, int out) {
+    return (size_t)in * (size_t)out;
+}
+
+/* stats (ntok, 3) then x_q packed as int8 into whole reals. */
+static size_t xq_reals(size_t ntok, int in) {
+    return (ntok * (size_t)in + sizeof(real) - 1) / sizeof(real);
+}
+
+size_t linear_act_count(const tb_linear *p, size_t ntok) {
+    return p->bitnet ? 3 * ntok + xq_reals(ntok, p->in) : 0;
+}
+
+size_t linear_scratch_count(const tb_linear *p, size_t ntok) {
+    return p->bitnet ? ntok * (size_t)p->in : 0;
+}
+
+void linear_refresh(const tb_backend *be, const tb_linear *p) {
+    if (!p->bitnet) return;
+    be->dense.bitlinear_quant_w(p->wq, p->sw, p->w, (size_t)p->in * (size_t)p->out);
+}
+
+void linear_forward(const tb_backend *be, real *y, real *act, const real *x, const tb_linear *p,
+                    size_t ntok) {
+    if (!p->bitnet) {
+        be->dense.linear_fwd(y, x, p->w, ntok, p->in, p->out);
+        return;
+    }
+    real *stats = act;
+    int8_t *xq = (int8_t *)(act + 3 * ntok);
+    be->dense.bitlinear_quant_x(xq, stats, x, ntok, p->in);
+    be->dense.bitlinear_fwd(y, xq, stats, p->wq, p->sw, ntok, p->in, p->out);
+}
+
+void linear_backward(const tb_backend *be, real *dx, real *scratch, const real *dy,
+                     const real *act, const real *x, const tb_linear *p, size_t ntok) {
+    if (!p->bitnet) {
+        be->dense.linear_bwd(dx, p->dw, dy, x, p->w, ntok, p->in, p->out);
+        return;
+    }
+    const real *stats = act;
+    const int8_t *xq = (const int8_t *)(act + 3 * ntok);
+    be->dense.bitlinear_bwd(dx, p->dw, scratch, dy, x, xq, stats, p->wq, p->sw, ntok, p->in,
+                            p->out);
+}
