@@ -1,4 +1,11 @@
-/* Op family "seq" of the backend table (see trainerd/backend.h for conventions). */
+/* Op family "seq" of the backend table (see trainerd/backend.h for conventions):
+ * retention, the selective scan, the causal depthwise conv, the Titan memory, MoE
+ * routing and the few element-wise ops the Mamba and MoE layers need.
+ *
+ * Conventions (backend.h): forward ops overwrite their outputs; backward ops ACCUMULATE
+ * (+=) into every gradient output. Token-major tensors are (B, T, ·) with b-major tokens
+ * (b·T + t); channels that feed heads are head-major (h·hs + d), MODEL.md top.
+ * Integer side outputs (MoE routing) are int32 in the backend's memory. */
 #ifndef TB_OPS_SEQ_H
 #define TB_OPS_SEQ_H
 #include <stddef.h>
@@ -7,8 +14,181 @@
 
 struct tb_backend;
 
+/* The largest expert count the CPU routing supports (per-token scratch lives on the
+ * stack); the config must reject more. */
+#define TB_MOE_MAX_EXPERTS 256
+
+/* Expert activation of the FFN (MODEL.md 7). */
+enum tb_act_kind { TB_ACT_SILU = 0, TB_ACT_GELU = 1 /* exact erf gelu */ };
+
 typedef struct tb_ops_seq {
-    int reserved; /* placeholder until the family's ops land */
+    /* Retention core (MODEL.md 6 'retnet'), per head h with H heads of width hs:
+     *   y_n = Σ_m (q_n · k_m / sqrt(hs)) γ_h^|n-m| [m ≤ n unless bidirectional] v_m,
+     *   γ_h = 1 - exp(ln(1/32) + (ln(1/512) - ln(1/32)) h/(H-1)), γ_0 = 1 - 1/32 if H = 1.
+     * Computed in the quadratic (parallel) form; the backward recomputes q·k and dy·v, so
+     * nothing is stored. */
+    void (*retention_forward)(real *y,       // (B, T, H*hs)
+                              const real *q, // (B, T, H*hs)
+                              const real *k, // (B, T, H*hs)
+                              const real *v, // (B, T, H*hs)
+                              int B, int T, int H, int hs, int bidirectional,
+                              const struct tb_backend *be);
+    void (*retention_backward)(real *dq,       // (B, T, H*hs) +=
+                               real *dk,       // (B, T, H*hs) +=
+                               real *dv,       // (B, T, H*hs) +=
+                               const real *dy, // (B, T, H*hs)
+                               const real *q, const real *k, const real *v, // (B, T, H*hs)
+                               int B, int T, int H, int hs, int bidirectional,
+                               const struct tb_backend *be);
+
+    /* Selective scan (MODEL.md 6 'mamba'), A = -exp(A_log), h_{-1} = 0:
+     *   h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t Bm_t) xc_t;  y_t = h_t Cm_t + D ⊙ xc_t.
+     * Bm and Cm rows are ld_bc reals apart (they are column slices of x_proj's output).
+     * The forward stores every state h_t in `states` for the reverse-time backward (the
+     * CPU choice: Di·N reals per token; a GPU backend may recompute by chunks instead). */
+    void (*scan_forward)(real *y,            // (B, T, Di)
+                         real *states,       // (B, T, Di, N) out, kept for the backward
+                         const real *xc,     // (B, T, Di)
+                         const real *delta,  // (B, T, Di)
+                         const real *A_log,  // (Di, N)
+                         const real *Bm,     // (B, T, ld_bc), first N used
+                         const real *Cm,     // (B, T, ld_bc), first N used
+                         const real *D,      // (Di)
+                         int B, int T, int Di, int N, int ld_bc,
+                         const struct tb_backend *be);
+    void (*scan_backward)(real *dxc,          // (B, T, Di) +=
+                          real *ddelta,       // (B, T, Di) +=
+                          real *dA_log,       // (Di, N) +=
+                          real *dBm,          // (B, T, ld_bc) +=, first N
+                          real *dCm,          // (B, T, ld_bc) +=, first N
+                          real *dD,           // (Di) +=
+                          const real *dy,     // (B, T, Di)
+                          const real *states, // (B, T, Di, N) from the forward
+                          const real *xc, const real *delta, // (B, T, Di)
+                          const real *A_log,  // (Di, N)
+                          const real *Bm, const real *Cm, // (B, T, ld_bc)
+                          const real *D,      // (Di)
+                          int B, int T, int Di, int N, int ld_bc,
+                          const struct tb_backend *be);
+
+    /* Causal depthwise Conv1d (PyTorch weight [Di, 1, k]), k-1 zeros on the left:
+     *   y_t[i] = bias[i] + Σ_j w[i, j] x_{t-(k-1)+j}[i]   (tap k-1 is the current token). */
+    void (*conv_causal_forward)(real *y,          // (B, T, Di)
+                                const real *x,    // (B, T, Di)
+                                const real *w,    // (Di, k)
+                                const real *bias, // (Di)
+                                int B, int T, int Di, int k, const struct tb_backend *be);
+    void (*conv_causal_backward)(real *dx,       // (B, T, Di) +=
+                                 real *dw,       // (Di, k) +=
+                                 real *dbias,    // (Di) +=
+                                 const real *dy, // (B, T, Di)
+                                 const real *x,  // (B, T, Di)
+                                 const real *w,  // (Di, k)
+                                 int B, int T, int Di, int k, const struct tb_backend *be);
+
+    /* Titan memory read (MODEL.md 6, paper eq. 31-32), per head h of width hs:
+     *   qn = q / max(‖q‖, 1e-12), kn likewise (per head); a = sigmoid(decay[h]);
+     *   M_t = a M_{t-1} + (1 - a) kn_t v_tᵀ;  r_t = M_tᵀ qn_t,
+     * evaluated in the equivalent parallel form r_t = (1-a) Σ_{s≤t} a^{t-s} (qn_t·kn_s) v_s.
+     * qn and kn are outputs kept for the backward. */
+    void (*titan_forward)(real *r,           // (B, T, H*hs)
+                          real *qn,          // (B, T, H*hs) out
+                          real *kn,          // (B, T, H*hs) out
+                          const real *q,     // (B, T, H*hs)
+                          const real *k,     // (B, T, H*hs)
+                          const real *v,     // (B, T, H*hs)
+                          const real *decay, // (H) the mem_decay logits
+                          int B, int T, int H, int hs, const struct tb_backend *be);
+    void (*titan_backward)(real *dq,          // (B, T, H*hs) +=
+                           real *dk,          // (B, T, H*hs) +=
+                           real *dv,          // (B, T, H*hs) +=
+                           real *ddecay,      // (H) +=
+                           const real *dr,    // (B, T, H*hs)
+                           const real *q, const real *k, // (B, T, H*hs)
+                           const real *qn, const real *kn, // (B, T, H*hs) from the forward
+                           const real *v,     // (B, T, H*hs)
+                           const real *decay, // (H)
+                           int B, int T, int H, int hs, const struct tb_backend *be);
+
+    /* MoE routing (MODEL.md 7) over ntok tokens from router logits:
+     *   probs = softmax(logits); top-K by a stable descending sort (ties: lower index);
+     *   gate = p_topk / Σ p_topk if renorm else p_topk;
+     *   capacity ceil(cf·K·ntok/E) computed in double (cf = 0: none); each expert accepts
+     *   its assignments in token order; sel[t·K+j] = e when kept, -1-e when dropped;
+     *   order lists the kept assignment indices (t·K+j) grouped by expert, token order
+     *   inside; offsets[e]..offsets[e+1] is expert e's range (offsets[E] = kept count);
+     *   lbal[0] = E Σ_e f_e P_e with f_e counted before capacity drops. */
+    void (*moe_route_forward)(real *probs,        // (ntok, E)
+                              int32_t *sel,       // (ntok, K)
+                              real *gate,         // (ntok, K) (also for dropped ones)
+                              int32_t *order,     // (ntok*K), first offsets[E] used
+                              int32_t *offsets,   // (E + 1)
+                              real *lbal,         // (1)
+                              const real *logits, // (ntok, E)
+                              int ntok, int E, int K, int renorm, double cf,
+                              const struct tb_backend *be);
+    /* dlogits += ∂/∂logits of Σ dgate ⊙ gate (kept assignments only) + bal_scale · L_bal
+     * (bal_scale = λ_bal / number of MoE evaluations; f_e is piecewise constant). */
+    void (*moe_route_backward)(real *dlogits,      // (ntok, E) +=
+                               const real *dgate,  // (ntok, K)
+                               const real *probs,  // (ntok, E)
+                               const int32_t *sel, // (ntok, K)
+                               real bal_scale, int ntok, int E, int K, int renorm,
+                               const struct tb_backend *be);
+    /* xe[j] = x[order[j] / K] for j < n. */
+    void (*moe_gather)(real *xe,             // (n, C)
+                       const real *x,        // (ntok, C)
+                       const int32_t *order, // (n)
+                       int n, int K, int C, const struct tb_backend *be);
+    /* dx[order[j] / K] += dxe[j]. */
+    void (*moe_gather_backward)(real *dx,             // (ntok, C) +=
+                                const real *dxe,      // (n, C)
+                                const int32_t *order, // (n)
+                                int n, int K, int C, const struct tb_backend *be);
+    /* out[order[j] / K] += gate[order[j]] · ye[j] (accumulates: experts summed in order). */
+    void (*moe_scatter)(real *out,            // (ntok, C) +=
+                        const real *ye,       // (n, C)
+                        const real *gate,     // (ntok, K)
+                        const int32_t *order, // (n)
+                        int n, int K, int C, const struct tb_backend *be);
+    /* dye[j] += gate[a] dout[a / K];  dgate[a] += dout[a / K] · ye[j], a = order[j]. */
+    void (*moe_scatter_backward)(real *dye,            // (n, C) +=
+                                 real *dgate,          // (ntok, K) +=
+                                 const real *dout,     // (ntok, C)
+                                 const real *ye,       // (n, C)
+                                 const real *gate,     // (ntok, K)
+                                 const int32_t *order, // (n)
+                                 int n, int K, int C, const struct tb_backend *be);
+
+    /* Element-wise helpers of these layers (rows × cols with row strides, so column
+     * slices of a wider tensor can be read and written in place). */
+    /* y = act(x) (TB_ACT_SILU or TB_ACT_GELU), n elements. */
+    void (*act_forward)(real *y, const real *x, size_t n, int kind, const struct tb_backend *be);
+    void (*act_backward)(real *dx /* += */, const real *dy, const real *x, size_t n, int kind,
+                         const struct tb_backend *be);
+    /* y = softplus(x + bias[col]) (x for x > 20), rows × cols. */
+    void (*softplus_bias_forward)(real *y,          // (rows, cols)
+                                  const real *x,    // (rows, cols)
+                                  const real *bias, // (cols)
+                                  size_t rows, int cols, const struct tb_backend *be);
+    void (*softplus_bias_backward)(real *dx,       // (rows, cols) +=
+                                   real *dbias,    // (cols) +=
+                                   const real *dy, // (rows, cols)
+                                   const real *x,  // (rows, cols)
+                                   const real *bias, // (cols)
+                                   size_t rows, int cols, const struct tb_backend *be);
+    /* y = a ⊙ silu(g); a and g rows lda / ldg apart, y contiguous (rows, cols). */
+    void (*mul_silu_forward)(real *y, const real *a, const real *g, size_t rows, int cols,
+                             int lda, int ldg, const struct tb_backend *be);
+    void (*mul_silu_backward)(real *da /* += */, real *dg /* += */, const real *dy,
+                              const real *a, const real *g, size_t rows, int cols, int lda,
+                              int ldg, const struct tb_backend *be);
+    /* dst[r, c] = src[r, c] (dst rows ldd apart, src rows lds apart): column slices. */
+    void (*copy_cols)(real *dst, const real *src, size_t rows, int cols, int ldd, int lds,
+                      const struct tb_backend *be);
+    /* dst[r, c] += src[r, c]: the backward of copy_cols (with the roles swapped). */
+    void (*add_cols)(real *dst, const real *src, size_t rows, int cols, int ldd, int lds,
+                     const struct tb_backend *be);
 } tb_ops_seq;
 
 #endif
