@@ -1,5 +1,63 @@
+#include <math.h>
+#include <string.h>
 #include "../backend.h"
+#include "core_cpu.h"
+
+static void cpu_fill(real *x, real value, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = value;
+}
+
+static void cpu_copy(real *y, const real *x, size_t n) {
+    if (y != x) memmove(y, x, n * sizeof(real));
+}
+
+static void cpu_axpy(real *y, real a, const real *x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+static void cpu_scale(real *x, real a, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] *= a;
+}
+
+static double cpu_sumsq(const real *x, size_t n) {
+    /* Four partial sums (fixed order) let the compiler vectorise without reassociation. */
+    double s[4] = {0, 0, 0, 0};
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int j = 0; j < 4; j++) s[j] += (double)x[i + j] * (double)x[i + j];
+    for (; i < n; i++) s[0] += (double)x[i] * (double)x[i];
+    return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+static int cpu_all_finite(const real *x, size_t n) {
+    /* x * 0 is 0 for finite x and NaN for inf/NaN; summing keeps the loop branch-free. */
+    real acc = 0;
+    for (size_t i = 0; i < n; i++) acc += x[i] * 0;
+    return acc == 0;
+}
+
+static void cpu_adamw(real *w, real *m, real *v, const real *g, size_t n, double lr, double wd,
+                      double b1, double b2, double eps, double bc1, double bc2, double gscale) {
+    const real rb1 = (real)b1, rb2 = (real)b2, c1 = (real)(1 - b1), c2 = (real)(1 - b2);
+    const real decay = (real)(1 - lr * wd), step = (real)(lr / bc1);
+    const real rbc2 = (real)(1 / sqrt(bc2)), reps = (real)eps, gs = (real)gscale;
+    for (size_t i = 0; i < n; i++) {
+        real gi = g[i] * gs;
+        real mi = rb1 * m[i] + c1 * gi;
+        real vi = rb2 * v[i] + c2 * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        w[i] = w[i] * decay - step * mi / (r_sqrt(vi) * rbc2 + reps);
+    }
+}
 
 void tb_cpu_ops_core_init(tb_ops_core *ops) {
-    ops->reserved = 0;
+    ops->gemm = tb_cpu_gemm;
+    ops->fill = cpu_fill;
+    ops->copy = cpu_copy;
+    ops->axpy = cpu_axpy;
+    ops->scale = cpu_scale;
+    ops->sumsq = cpu_sumsq;
+    ops->all_finite = cpu_all_finite;
+    ops->adamw = cpu_adamw;
 }

@@ -1,4 +1,9 @@
-/* Op family "core" of the backend table (see trainerd/backend.h for conventions). */
+/* Op family "core" of the backend table (see trainerd/backend.h for conventions):
+ * GEMM, element-wise helpers, reductions, and the optimizer's fused passes.
+ *
+ * Determinism: every op gives bitwise-identical results for identical inputs on one
+ * backend; the CPU GEMM splits work by output rows only, so each output element is
+ * always summed in the same order (k ascending) whatever the thread count. */
 #ifndef TB_OPS_CORE_H
 #define TB_OPS_CORE_H
 #include <stddef.h>
@@ -8,7 +13,34 @@
 struct tb_backend;
 
 typedef struct tb_ops_core {
-    int reserved; /* placeholder until the family's ops land */
+    /* Row-major GEMM: c = alpha · op(a) · op(b) + beta · c, with op(a) (M, K) and op(b)
+     * (K, N). ta = 0: a is (M, K) with row stride lda; ta = 1: a is (K, M) (lda).
+     * tb = 0: b is (K, N) (ldb); tb = 1: b is (N, K) (ldb). c is (M, N) with row stride
+     * ldc. beta = 0 ignores c's old contents (NaN included). Each c element is the sum
+     * over k in ascending order, then alpha, then + beta · c. */
+    void (*gemm)(real *c, const real *a, const real *b, int M, int N, int K, int ta, int tb,
+                 int lda, int ldb, int ldc, real alpha, real beta, const struct tb_backend *be);
+
+    void (*fill)(real *x, real value, size_t n);
+    void (*copy)(real *y, const real *x, size_t n);
+    /* y += a · x */
+    void (*axpy)(real *y, real a, const real *x, size_t n);
+    /* x *= a */
+    void (*scale)(real *x, real a, size_t n);
+
+    /* Σ x² accumulated in double (global gradient norm, L_ode). */
+    double (*sumsq)(const real *x, size_t n);
+    /* 1 when every element is finite. */
+    int (*all_finite)(const real *x, size_t n);
+
+    /* AdamW over n elements (MODEL.md section 10), g scaled by gscale first (clipping
+     * and accumulation averaging folded in):
+     *   g' = gscale · g; m = b1 m + (1 - b1) g'; v = b2 v + (1 - b2) g'²;
+     *   w -= lr · wd · w;  w -= lr · (m / bc1) / (sqrt(v / bc2) + eps)
+     * with bc1 = 1 - b1^t, bc2 = 1 - b2^t (t = 1-based step), decoupled decay as
+     * torch.optim.AdamW (decay applied before the Adam step, on the old w). */
+    void (*adamw)(real *w, real *m, real *v, const real *g, size_t n, double lr, double wd,
+                  double b1, double b2, double eps, double bc1, double bc2, double gscale);
 } tb_ops_core;
 
 #endif

@@ -1,0 +1,12 @@
+/* Internal to the CPU backend's core family. */
+#ifndef TB_CORE_CPU_H
+#define TB_CORE_CPU_H
+#include "../real.h"
+
+struct tb_backend;
+void tb_cpu_gemm(real *c, const real *a, const real *b, int M, int N, int K, int ta, int tb,
+                 int lda, int ldb, int ldc, real alpha, real beta, const struct tb_backend *be);
+/* Threads of the GEMM pool (TB_CPU_THREADS, default the online CPUs, at most 16). */
+int tb_cpu_threads(void);
+
+#endif

@@ -1,0 +1,210 @@
+/* CPU GEMM: register-blocked (MR x NR tiles of c held in vector registers), with the
+ * k loop innermost and one accumulator per output element, so every element is
+ * Σ_k a[i,k]·b[k,j] in ascending k exactly like the naive triple loop (no FMA
+ * contraction: the library is built as ISO C, -ffp-contract=off). op(b) = bᵀ is packed
+ * into a per-thread (K, N) scratch buffer that grows on first use (the measure pass
+ * before step 0), so nothing is allocated in the steady state.
+ * Threads: a fixed partition of output rows over a small persistent pool; each element
+ * is computed by one thread in the same order, so results do not depend on threads. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "../backend.h"
+#include "core_cpu.h"
+
+#define VBYTES 32
+typedef real vreal __attribute__((vector_size(VBYTES)));
+#define VL ((int)(VBYTES / sizeof(real)))
+#define MR 4
+#define NR (2 * VL)
+
+typedef struct gemm_args {
+    real *c;
+    const real *a, *b; /* b as (K, N) with row stride ldb */
+    int M, N, K, ta, lda, ldb, ldc;
+    real alpha, beta;
+} gemm_args;
+
+static inline real a_at(const gemm_args *g, int i, int k) {
+    return g->ta ? g->a[(size_t)k * g->lda + i] : g->a[(size_t)i * g->lda + k];
+}
+
+static inline void store(const gemm_args *g, int i, int j, real acc) {
+    real *cp = &g->c[(size_t)i * g->ldc + j];
+    if (g->beta == 0) *cp = g->alpha * acc;
+    else *cp = g->alpha * acc + g->beta * *cp;
+}
+
+/* The tile kernel, compiled twice (AVX2 and baseline) from one body. */
+#define TILE_BODY                                                                      \
+    {                                                                                  \
+        for (int j0 = 0; j0 + NR <= g->N; j0 += NR) {                                  \
+            for (int i0 = r0; i0 < r1; i0 += MR) {                                     \
+                int mr = r1 - i0 < MR ? r1 - i0 : MR;                                  \
+                vreal acc[MR][2];                                                      \
+                memset(acc, 0, sizeof acc);                                            \
+                const real *bp = g->b + j0;                                            \
+                if (mr == MR && !g->ta) {                                              \
+                    const real *a0 = g->a + (size_t)i0 * g->lda;                       \
+                    for (int k = 0; k < g->K; k++, bp += g->ldb) {                     \
+                        vreal b0, b1;                                                  \
+                        memcpy(&b0, bp, VBYTES);                                       \
+                        memcpy(&b1, bp + VL, VBYTES);                                  \
+                        for (int r = 0; r < MR; r++) {                                 \
+                            real av = a0[(size_t)r * g->lda + k];                      \
+                            acc[r][0] += av * b0;                                      \
+                            acc[r][1] += av * b1;                                      \
+                        }                                                              \
+                    }                                                                  \
+                } else {                                                               \
+                    for (int k = 0; k < g->K; k++, bp += g->ldb) {                     \
+                        vreal b0, b1;                                                  \
+                        memcpy(&b0, bp, VBYTES);                                       \
+                        memcpy(&b1, bp + VL, VBYTES);                                  \
+                        for (int r = 0; r < mr; r++) {                                 \
+                            real av = a_at(g, i0 + r, k);                              \
+                            acc[r][0] += av * b0;                                      \
+                            acc[r][1] += av * b1;                                      \
+                        }                                                              \
+                    }                                                                  \
+                }                                                                      \
+                for (int r = 0; r < mr; r++)                                           \
+                    for (int j = 0; j < NR; j++)                                       \
+                        store(g, i0 + r, j0 + j, j < VL ? acc[r][0][j] : acc[r][1][j - VL]); \
+            }                                                                          \
+        }                                                                              \
+        int jt = g->N - g->N % NR;                                                     \
+        for (int i = r0; i < r1; i++)                                                  \
+            for (int j = jt; j < g->N; j++) {                                          \
+                real acc = 0;                                                          \
+                for (int k = 0; k < g->K; k++) acc += a_at(g, i, k) * g->b[(size_t)k * g->ldb + j]; \
+                store(g, i, j, acc);                                                   \
+            }                                                                          \
+    }
+
+__attribute__((target("avx2"))) static void rows_avx2(const gemm_args *g, int r0, int r1) TILE_BODY
+static void rows_base(const gemm_args *g, int r0, int r1) TILE_BODY
+
+static int have_avx2;
+
+static void gemm_rows(const gemm_args *g, int r0, int r1) {
+    if (have_avx2) rows_avx2(g, r0, r1);
+    else rows_base(g, r0, r1);
+}
+
+/* ---- a tiny persistent pool: the caller runs part 0, workers parts 1..n-1 ---- */
+#define MAX_THREADS 16
+static struct {
+    pthread_mutex_t mu, busy;
+    pthread_cond_t go, done;
+    int nthreads;
+    unsigned gen;
+    int pending;
+    const gemm_args *job;
+    int rows_per;
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
+          PTHREAD_COND_INITIALIZER, 1, 0, 0, NULL, 0};
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+
+static void part_range(const gemm_args *g, int part, int nparts, int *r0, int *r1) {
+    /* Multiples of MR so tiles never straddle parts. */
+    int tiles = (g->M + MR - 1) / MR;
+    int t0 = (int)((int64_t)tiles * part / nparts), t1 = (int)((int64_t)tiles * (part + 1) / nparts);
+    *r0 = t0 * MR;
+    *r1 = t1 * MR < g->M ? t1 * MR : g->M;
+}
+
+static void *worker_main(void *arg) {
+    int part = (int)(intptr_t)arg;
+    unsigned seen = 0;
+    for (;;) {
+        pthread_mutex_lock(&pool.mu);
+        while (pool.gen == seen) pthread_cond_wait(&pool.go, &pool.mu);
+        seen = pool.gen;
+        const gemm_args *g = pool.job;
+        int n = pool.nthreads;
+        pthread_mutex_unlock(&pool.mu);
+        int r0, r1;
+        part_range(g, part, n, &r0, &r1);
+        if (r0 < r1) gemm_rows(g, r0, r1);
+        pthread_mutex_lock(&pool.mu);
+        if (--pool.pending == 0) pthread_cond_signal(&pool.done);
+        pthread_mutex_unlock(&pool.mu);
+    }
+    return NULL;
+}
+
+static void pool_start(void) {
+    __builtin_cpu_init();
+    have_avx2 = __builtin_cpu_supports("avx2");
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    const char *env = getenv("TB_CPU_THREADS");
+    if (env && atoi(env) > 0) n = atoi(env);
+    if (n < 1) n = 1;
+    if (n > MAX_THREADS) n = MAX_THREADS;
+    int started = 1;
+    for (int i = 1; i < n; i++) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, worker_main, (void *)(intptr_t)i)) break;
+        pthread_detach(t);
+        started++;
+    }
+    pool.nthreads = started;
+}
+
+int tb_cpu_threads(void) {
+    pthread_once(&pool_once, pool_start);
+    return pool.nthreads;
+}
+
+static void gemm_run(const gemm_args *g) {
+    pthread_once(&pool_once, pool_start);
+    double work = (double)g->M * g->N * g->K;
+    /* Small products, or a concurrent caller already using the pool: run here. */
+    if (pool.nthreads < 2 || work < 65536.0 || g->M < 2 * MR || pthread_mutex_trylock(&pool.busy)) {
+        gemm_rows(g, 0, g->M);
+        return;
+    }
+    pthread_mutex_lock(&pool.mu);
+    pool.job = g;
+    pool.pending = pool.nthreads - 1;
+    pool.gen++;
+    pthread_cond_broadcast(&pool.go);
+    pthread_mutex_unlock(&pool.mu);
+    int r0, r1;
+    part_range(g, 0, pool.nthreads, &r0, &r1);
+    if (r0 < r1) gemm_rows(g, r0, r1);
+    pthread_mutex_lock(&pool.mu);
+    while (pool.pending > 0) pthread_cond_wait(&pool.done, &pool.mu);
+    pthread_mutex_unlock(&pool.mu);
+    pthread_mutex_unlock(&pool.busy);
+}
+
+static _Thread_local real *pack_buf;
+static _Thread_local size_t pack_cap;
+
+void tb_cpu_gemm(real *c, const real *a, const real *b, int M, int N, int K, int ta, int tb,
+                 int lda, int ldb, int ldc, real alpha, real beta, const struct tb_backend *be) {
+    (void)be;
+    if (M <= 0 || N <= 0) return;
+    gemm_args g = {c, a, b, M, N, K, ta, lda, ldb, ldc, alpha, beta};
+    if (tb && K > 0) {
+        size_t need = (size_t)K * (size_t)N;
+        if (need > pack_cap) {
+            real *nb = realloc(pack_buf, need * sizeof(real));
+            if (!nb) abort(); /* out of memory in a kernel: a broken invariant for us */
+            pack_buf = nb;
+            pack_cap = need;
+        }
+        /* b (N, K) -> (K, N), blocked for cache. */
+        for (int j0 = 0; j0 < N; j0 += 32)
+            for (int k0 = 0; k0 < K; k0 += 32)
+                for (int j = j0; j < j0 + 32 && j < N; j++)
+                    for (int k = k0; k < k0 + 32 && k < K; k++)
+                        pack_buf[(size_t)k * N + j] = b[(size_t)j * ldb + k];
+        g.b = pack_buf;
+        g.ldb = N;
+    }
+    gemm_run(&g);
+}
