@@ -31,6 +31,9 @@ typedef struct tb_hello {
     char client[TB_PROTO_MAX_NAME + 1]; /* free-form peer name, for logs */
 } tb_hello;
 
+/* Frees the cursor of a decoded HELLO and zeroes it. */
+void tb_hello_free(tb_hello *m);
+
 /* Provenance of one sample: where its first token came from. 40 bytes on the wire. */
 typedef struct tb_prov {
     uint64_t sample;       /* global sample number */
@@ -64,8 +67,8 @@ int tb_proto_encode_ack(msgpack_packer *pk, uint64_t seq, tb_err *err);
 int tb_proto_encode_batch(msgpack_packer *pk, const tb_batch *b, tb_err *err);
 
 /* Decoders: 0 and a filled *out, or -1, err = "MSG.field: why" and *out zeroed (nothing
- * to free). Decoded structs own their memory: free with tb_hello's tb_cursor_free(&m.cursor)
- * and tb_batch_free. Nothing in *out points into buf. */
+ * to free). Decoded structs own their memory: free them with tb_hello_free and
+ * tb_batch_free. Nothing in *out points into buf. */
 int tb_proto_decode_hello(const void *buf, size_t len, tb_hello *out, tb_err *err);
 int tb_proto_decode_credit(const void *buf, size_t len, uint32_t *n, tb_err *err);
 int tb_proto_decode_ack(const void *buf, size_t len, uint64_t *seq, tb_err *err);

@@ -2,11 +2,16 @@
 #ifndef TB_CORE_CPU_H
 #define TB_CORE_CPU_H
 #include "../real.h"
+#include "../ops/ops_dense.h"
 
 struct tb_backend;
 void tb_cpu_gemm(real *c, const real *a, const real *b, int M, int N, int K, int ta, int tb,
                  int lda, int ldb, int ldc, real alpha, real beta, const struct tb_backend *be);
 /* Threads of the GEMM pool (TB_CPU_THREADS, default the online CPUs, at most 16). */
 int tb_cpu_threads(void);
+/* Replaces the dense family's linear and BitLinear kernels by GEMM-backed ones with
+ * bitwise-identical results (core_linear.c); TB_CPU_REFERENCE=1 in the environment
+ * keeps the reference loops. */
+void tb_cpu_core_accelerate_dense(tb_ops_dense *d);
 
 #endif

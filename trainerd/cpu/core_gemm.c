@@ -21,66 +21,102 @@ typedef real vreal __attribute__((vector_size(VBYTES)));
 
 typedef struct gemm_args {
     real *c;
-    const real *a, *b; /* b as (K, N) with row stride ldb */
-    int M, N, K, ta, lda, ldb, ldc;
+    const real *a;
+    const real *bp; /* packed panels of this k chunk: (npanels, kc, NR), zero-padded */
+    int M, N, ta, lda, ldc;
+    int k0, kc;     /* the chunk */
+    int first, last; /* first / last chunk of K */
     real alpha, beta;
+    int onto; /* alpha = beta = 1: accumulate onto c (c + a0·b0 + a1·b1 + ...) */
 } gemm_args;
+
+#define KC 256 /* k chunk: a packed panel (KC x NR reals) stays in L1 */
+#define MC 64  /* rows per block: the A block (MC x KC) stays in L2 */
 
 static inline real a_at(const gemm_args *g, int i, int k) {
     return g->ta ? g->a[(size_t)k * g->lda + i] : g->a[(size_t)i * g->lda + k];
 }
 
-static inline void store(const gemm_args *g, int i, int j, real acc) {
-    real *cp = &g->c[(size_t)i * g->ldc + j];
-    if (g->beta == 0) *cp = g->alpha * acc;
+/* Between chunks c holds the raw partial sum (or, when onto, c + the partial sum); the
+ * last chunk applies alpha and beta. Callers only chunk K when that is exact: onto, or
+ * beta = 0 (see tb_cpu_gemm). */
+static inline void store(const gemm_args *g, real *cp, real acc) {
+    if (g->onto || !g->last) *cp = acc;
+    else if (g->beta == 0) *cp = g->alpha * acc;
     else *cp = g->alpha * acc + g->beta * *cp;
 }
 
 /* The tile kernel, compiled twice (AVX2 and baseline) from one body. */
-#define TILE_BODY                                                                      \
-    {                                                                                  \
-        for (int j0 = 0; j0 + NR <= g->N; j0 += NR) {                                  \
-            for (int i0 = r0; i0 < r1; i0 += MR) {                                     \
-                int mr = r1 - i0 < MR ? r1 - i0 : MR;                                  \
-                vreal acc[MR][2];                                                      \
-                memset(acc, 0, sizeof acc);                                            \
-                const real *bp = g->b + j0;                                            \
-                if (mr == MR && !g->ta) {                                              \
-                    const real *a0 = g->a + (size_t)i0 * g->lda;                       \
-                    for (int k = 0; k < g->K; k++, bp += g->ldb) {                     \
-                        vreal b0, b1;                                                  \
-                        memcpy(&b0, bp, VBYTES);                                       \
-                        memcpy(&b1, bp + VL, VBYTES);                                  \
-                        for (int r = 0; r < MR; r++) {                                 \
-                            real av = a0[(size_t)r * g->lda + k];                      \
-                            acc[r][0] += av * b0;                                      \
-                            acc[r][1] += av * b1;                                      \
-                        }                                                              \
-                    }                                                                  \
-                } else {                                                               \
-                    for (int k = 0; k < g->K; k++, bp += g->ldb) {                     \
-                        vreal b0, b1;                                                  \
-                        memcpy(&b0, bp, VBYTES);                                       \
-                        memcpy(&b1, bp + VL, VBYTES);                                  \
-                        for (int r = 0; r < mr; r++) {                                 \
-                            real av = a_at(g, i0 + r, k);                              \
-                            acc[r][0] += av * b0;                                      \
-                            acc[r][1] += av * b1;                                      \
-                        }                                                              \
-                    }                                                                  \
-                }                                                                      \
-                for (int r = 0; r < mr; r++)                                           \
-                    for (int j = 0; j < NR; j++)                                       \
-                        store(g, i0 + r, j0 + j, j < VL ? acc[r][0][j] : acc[r][1][j - VL]); \
-            }                                                                          \
-        }                                                                              \
-        int jt = g->N - g->N % NR;                                                     \
-        for (int i = r0; i < r1; i++)                                                  \
-            for (int j = jt; j < g->N; j++) {                                          \
-                real acc = 0;                                                          \
-                for (int k = 0; k < g->K; k++) acc += a_at(g, i, k) * g->b[(size_t)k * g->ldb + j]; \
-                store(g, i, j, acc);                                                   \
-            }                                                                          \
+#define TILE_BODY                                                                          \
+    {                                                                                      \
+        int npan = (g->N + NR - 1) / NR;                                                   \
+        for (int ib = r0; ib < r1; ib += MC) {                                             \
+            int ie = ib + MC < r1 ? ib + MC : r1;                                          \
+            for (int pn = 0; pn < npan; pn++) {                                            \
+                int j0 = pn * NR, nr = g->N - j0 < NR ? g->N - j0 : NR;                    \
+                const real *panel = g->bp + (size_t)pn * g->kc * NR;                       \
+                for (int i0 = ib; i0 < ie; i0 += MR) {                                     \
+                    int mr = ie - i0 < MR ? ie - i0 : MR;                                  \
+                    vreal acc[MR][2];                                                      \
+                    memset(acc, 0, sizeof acc);                                            \
+                    if (g->onto || !g->first)                                              \
+                        for (int r = 0; r < mr; r++) {                                     \
+                            const real *cr = g->c + (size_t)(i0 + r) * g->ldc + j0;        \
+                            if (nr == NR) {                                                \
+                                memcpy(&acc[r][0], cr, VBYTES);                            \
+                                memcpy(&acc[r][1], cr + VL, VBYTES);                       \
+                            } else {                                                       \
+                                for (int j = 0; j < nr; j++) {                             \
+                                    if (j < VL) acc[r][0][j] = cr[j];                      \
+                                    else acc[r][1][j - VL] = cr[j];                        \
+                                }                                                          \
+                            }                                                              \
+                        }                                                                  \
+                    const real *bk = panel;                                                \
+                    if (mr == MR && !g->ta) {                                              \
+                        const real *a0 = g->a + (size_t)i0 * g->lda + g->k0;               \
+                        for (int k = 0; k < g->kc; k++, bk += NR) {                        \
+                            vreal b0, b1;                                                  \
+                            memcpy(&b0, bk, VBYTES);                                       \
+                            memcpy(&b1, bk + VL, VBYTES);                                  \
+                            for (int r = 0; r < MR; r++) {                                 \
+                                real av = a0[(size_t)r * g->lda + k];                      \
+                                acc[r][0] += av * b0;                                      \
+                                acc[r][1] += av * b1;                                      \
+                            }                                                              \
+                        }                                                                  \
+                    } else if (mr == MR) {                                                 \
+                        const real *a0 = g->a + (size_t)g->k0 * g->lda + i0;               \
+                        for (int k = 0; k < g->kc; k++, bk += NR, a0 += g->lda) {          \
+                            vreal b0, b1;                                                  \
+                            memcpy(&b0, bk, VBYTES);                                       \
+                            memcpy(&b1, bk + VL, VBYTES);                                  \
+                            for (int r = 0; r < MR; r++) {                                 \
+                                real av = a0[r];                                           \
+                                acc[r][0] += av * b0;                                      \
+                                acc[r][1] += av * b1;                                      \
+                            }                                                              \
+                        }                                                                  \
+                    } else {                                                               \
+                        for (int k = 0; k < g->kc; k++, bk += NR) {                        \
+                            vreal b0, b1;                                                  \
+                            memcpy(&b0, bk, VBYTES);                                       \
+                            memcpy(&b1, bk + VL, VBYTES);                                  \
+                            for (int r = 0; r < mr; r++) {                                 \
+                                real av = a_at(g, i0 + r, g->k0 + k);                      \
+                                acc[r][0] += av * b0;                                      \
+                                acc[r][1] += av * b1;                                      \
+                            }                                                              \
+                        }                                                                  \
+                    }                                                                      \
+                    for (int r = 0; r < mr; r++) {                                         \
+                        real *cr = g->c + (size_t)(i0 + r) * g->ldc + j0;                  \
+                        for (int j = 0; j < nr; j++)                                       \
+                            store(g, cr + j, j < VL ? acc[r][0][j] : acc[r][1][j - VL]);   \
+                    }                                                                      \
+                }                                                                          \
+            }                                                                              \
+        }                                                                                  \
     }
 
 __attribute__((target("avx2"))) static void rows_avx2(const gemm_args *g, int r0, int r1) TILE_BODY
@@ -160,7 +196,7 @@ int tb_cpu_threads(void) {
 
 static void gemm_run(const gemm_args *g) {
     pthread_once(&pool_once, pool_start);
-    double work = (double)g->M * g->N * g->K;
+    double work = (double)g->M * g->N * g->kc;
     /* Small products, or a concurrent caller already using the pool: run here. */
     if (pool.nthreads < 2 || work < 65536.0 || g->M < 2 * MR || pthread_mutex_trylock(&pool.busy)) {
         gemm_rows(g, 0, g->M);
@@ -184,27 +220,59 @@ static void gemm_run(const gemm_args *g) {
 static _Thread_local real *pack_buf;
 static _Thread_local size_t pack_cap;
 
+/* Panels of op(b)[k0 .. k0+kc) x all N: (npanels, kc, NR), zero-padded columns. */
+static void pack_b(real *bp, const real *b, int N, int k0, int kc, int tb, int ldb) {
+    int npan = (N + NR - 1) / NR;
+    for (int pn = 0; pn < npan; pn++) {
+        int j0 = pn * NR, nr = N - j0 < NR ? N - j0 : NR;
+        real *dst = bp + (size_t)pn * kc * NR;
+        if (!tb) {
+            for (int k = 0; k < kc; k++) {
+                const real *src = b + (size_t)(k0 + k) * ldb + j0;
+                for (int j = 0; j < nr; j++) dst[(size_t)k * NR + j] = src[j];
+                for (int j = nr; j < NR; j++) dst[(size_t)k * NR + j] = 0;
+            }
+        } else {
+            for (int j = 0; j < NR; j++) {
+                if (j >= nr) {
+                    for (int k = 0; k < kc; k++) dst[(size_t)k * NR + j] = 0;
+                    continue;
+                }
+                const real *src = b + (size_t)(j0 + j) * ldb + k0;
+                for (int k = 0; k < kc; k++) dst[(size_t)k * NR + j] = src[k];
+            }
+        }
+    }
+}
+
 void tb_cpu_gemm(real *c, const real *a, const real *b, int M, int N, int K, int ta, int tb,
                  int lda, int ldb, int ldc, real alpha, real beta, const struct tb_backend *be) {
     (void)be;
     if (M <= 0 || N <= 0) return;
-    gemm_args g = {c, a, b, M, N, K, ta, lda, ldb, ldc, alpha, beta};
-    if (tb && K > 0) {
-        size_t need = (size_t)K * (size_t)N;
-        if (need > pack_cap) {
-            real *nb = realloc(pack_buf, need * sizeof(real));
-            if (!nb) abort(); /* out of memory in a kernel: a broken invariant for us */
-            pack_buf = nb;
-            pack_cap = need;
-        }
-        /* b (N, K) -> (K, N), blocked for cache. */
-        for (int j0 = 0; j0 < N; j0 += 32)
-            for (int k0 = 0; k0 < K; k0 += 32)
-                for (int j = j0; j < j0 + 32 && j < N; j++)
-                    for (int k = k0; k < k0 + 32 && k < K; k++)
-                        pack_buf[(size_t)k * N + j] = b[(size_t)j * ldb + k];
-        g.b = pack_buf;
-        g.ldb = N;
+    int onto = alpha == 1 && beta == 1;
+    if (K <= 0) {
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) {
+                real *cp = &c[(size_t)i * ldc + j];
+                if (!onto) *cp = beta == 0 ? 0 : beta * *cp;
+            }
+        return;
     }
-    gemm_run(&g);
+    /* Chunking K is exact when the partial sums can live in c: onto, or beta = 0. */
+    int kcmax = (onto || beta == 0) ? KC : K;
+    int npan = (N + NR - 1) / NR;
+    size_t need = (size_t)npan * NR * (size_t)(kcmax < K ? kcmax : K);
+    if (need > pack_cap) {
+        real *nb = realloc(pack_buf, need * sizeof(real));
+        if (!nb) abort(); /* out of memory in a kernel: a broken invariant for us */
+        pack_buf = nb;
+        pack_cap = need;
+    }
+    for (int k0 = 0; k0 < K; k0 += kcmax) {
+        int kc = K - k0 < kcmax ? K - k0 : kcmax;
+        pack_b(pack_buf, b, N, k0, kc, tb, ldb);
+        gemm_args g = {c, a, pack_buf, M, N, ta, lda, ldc, k0, kc, k0 == 0, k0 + kc == K,
+                       alpha, beta, onto};
+        gemm_run(&g);
+    }
 }

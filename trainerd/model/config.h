@@ -23,24 +23,24 @@ typedef enum tb_mixer_kind {
 } tb_mixer_kind;
 #define TB_MIXER_CHOICES "retnet|titan_attn|standard_attn|sigmoid_attn|mamba|ode"
 
-typedef enum tb_norm_kind {
-    TB_NORM_DYNAMIC_TANH = 0,
-    TB_NORM_DYT,
-    TB_NORM_DERF,
-    TB_NORM_LAYER_NORM,
-    TB_NORM_RMS_NORM,
-} tb_norm_kind;
+typedef enum tb_cfg_norm {
+    TB_CFG_NORM_DYNAMIC_TANH = 0,
+    TB_CFG_NORM_DYT,
+    TB_CFG_NORM_DERF,
+    TB_CFG_NORM_LAYER_NORM,
+    TB_CFG_NORM_RMS_NORM,
+} tb_cfg_norm;
 
-typedef enum tb_pos_kind {
-    TB_POS_HOPE = 0,
-    TB_POS_HOPE_HYPERBOLIC,
-    TB_POS_ROPE,
-    TB_POS_NONE,
-    TB_POS_AUTO, /* config only: use_hope picks hope or none (tb_model_config_finish) */
-} tb_pos_kind;
+typedef enum tb_cfg_pos {
+    TB_CFG_POS_HOPE = 0,
+    TB_CFG_POS_HOPE_HYPERBOLIC,
+    TB_CFG_POS_ROPE,
+    TB_CFG_POS_NONE,
+    TB_CFG_POS_AUTO, /* config only: use_hope picks hope or none (tb_model_config_finish) */
+} tb_cfg_pos;
 
-typedef enum tb_ode_solver { TB_ODE_RK4 = 0, TB_ODE_EULER } tb_ode_solver;
-typedef enum tb_ffn_act { TB_ACT_SILU = 0, TB_ACT_GELU } tb_ffn_act;
+typedef enum tb_cfg_ode { TB_CFG_ODE_RK4 = 0, TB_CFG_ODE_EULER } tb_cfg_ode;
+typedef enum tb_cfg_act { TB_CFG_ACT_SILU = 0, TB_CFG_ACT_GELU } tb_cfg_act;
 
 #define TB_MAX_PATTERN 64
 
@@ -50,10 +50,10 @@ typedef struct tb_model_config {
     int64_t vocab_size, hidden_size, num_layers, num_loops, num_heads, retention_heads;
     int64_t num_experts, top_k_experts;
     double dropout;
-    int ode_solver;  /* tb_ode_solver */
+    int ode_solver;  /* tb_cfg_ode */
     int64_t ode_steps;
     int use_bitnet;
-    int norm_type;   /* tb_norm_kind */
+    int norm_type;   /* tb_cfg_norm */
     tb_cfg_strlist layer_pattern;
     int use_factorized_embedding;
     int64_t factorized_embedding_dim;
@@ -62,10 +62,10 @@ typedef struct tb_model_config {
     double hope_base, hope_damping;
     int use_hope, use_moe;
     int64_t ffn_hidden_size; /* 0 = 2C */
-    int ffn_activation;      /* tb_ffn_act */
+    int ffn_activation;      /* tb_cfg_act */
     /* additions (MODEL.md section 1) */
     int64_t num_kv_heads;    /* 0 = num_heads */
-    int pos_encoding;        /* tb_pos_kind; TB_POS_AUTO until finished */
+    int pos_encoding;        /* tb_cfg_pos; TB_CFG_POS_AUTO until finished */
     int moe_renormalize;
     double moe_capacity_factor;
     int64_t mamba_d_state, mamba_d_conv;
@@ -150,17 +150,17 @@ int tb_run_config_finish(tb_run_config *rc, tb_err *err);
 int tb_model_config_finish(tb_model_config *mc, tb_err *err);
 
 /* Derived sizes. */
-static inline int64_t tb_cfg_ffn(const tb_model_config *mc) {
+static inline int64_t tb_mc_ffn(const tb_model_config *mc) {
     return mc->ffn_hidden_size > 0 ? mc->ffn_hidden_size : 2 * mc->hidden_size;
 }
-static inline int64_t tb_cfg_kv_heads(const tb_model_config *mc) {
+static inline int64_t tb_mc_kv_heads(const tb_model_config *mc) {
     return mc->num_kv_heads > 0 ? mc->num_kv_heads : mc->num_heads;
 }
 /* Mamba dt rank R = ceil(C/16). */
-static inline int64_t tb_cfg_dt_rank(const tb_model_config *mc) {
+static inline int64_t tb_mc_dt_rank(const tb_model_config *mc) {
     return (mc->hidden_size + 15) / 16;
 }
-static inline int tb_cfg_layer_mixer(const tb_model_config *mc, int64_t physical) {
+static inline int tb_mc_layer_mixer(const tb_model_config *mc, int64_t physical) {
     return mc->pattern[physical % mc->pattern_len];
 }
 

@@ -17,7 +17,8 @@ typedef struct tb_ops_core {
      * (K, N). ta = 0: a is (M, K) with row stride lda; ta = 1: a is (K, M) (lda).
      * tb = 0: b is (K, N) (ldb); tb = 1: b is (N, K) (ldb). c is (M, N) with row stride
      * ldc. beta = 0 ignores c's old contents (NaN included). Each c element is the sum
-     * over k in ascending order, then alpha, then + beta · c. */
+     * over k in ascending order, then alpha, then + beta · c; with alpha = beta = 1 it is
+     * accumulated onto c instead (c + a0·b0 + a1·b1 + ..., the order of a "+=" loop). */
     void (*gemm)(real *c, const real *a, const real *b, int M, int N, int K, int ta, int tb,
                  int lda, int ldb, int ldc, real alpha, real beta, const struct tb_backend *be);
 

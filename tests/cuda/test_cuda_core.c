@@ -1,0 +1,135 @@
+/* Core family on CUDA vs the CPU backend: GEMM (cuBLASLt, every transpose, padded
+ * strides, beta 0 with NaN in c, K = 0, the descriptor cache) and the element-wise,
+ * reduction and AdamW ops. Skips (exit 77) without a device. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include "cuda_test_util.h"
+
+static void check(const char *name, const float *g, const float *c, size_t n, const char *shape) {
+    double e = ct_rel_err(g, c, n);
+    ct_record(name, e);
+    if (!(e <= CT_TOL)) print_message("%s %s: rel err %.3e\n", name, shape, e);
+    assert_true(e <= CT_TOL);
+}
+
+static void gemm_case(int M, int N, int K, int ta, int tb, int pad, float alpha, float beta) {
+    int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+    size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb, nc = (size_t)M * ldc;
+    float *a = ct_hmalloc(na * 4 + 4), *b = ct_hmalloc(nb * 4 + 4), *c = ct_hmalloc(nc * 4 + 4),
+          *g = ct_hmalloc(nc * 4 + 4);
+    ct_fill(a, na, -1, 1);
+    ct_fill(b, nb, -1, 1);
+    ct_fill(c, nc, -1, 1);
+    if (beta == 0)
+        for (size_t i = 0; i < nc; i++) c[i] = NAN; /* beta = 0 must ignore c */
+    float *da = ct_up(a, na * 4 + 4), *db = ct_up(b, nb * 4 + 4), *dc = ct_up(c, nc * 4 + 4);
+    ct_gpu->core.gemm(dc, da, db, M, N, K, ta, tb, lda, ldb, ldc, alpha, beta, ct_gpu);
+    ct_cpu->core.gemm(c, a, b, M, N, K, ta, tb, lda, ldb, ldc, alpha, beta, ct_cpu);
+    ct_down(g, dc, nc * 4);
+    /* padding columns must be untouched (NaN or the old value either side): compare
+     * only the (M, N) part. */
+    float *gc = ct_hmalloc((size_t)M * N * 4 + 4), *cc = ct_hmalloc((size_t)M * N * 4 + 4);
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) gc[(size_t)i * N + j] = g[(size_t)i * ldc + j], cc[(size_t)i * N + j] = c[(size_t)i * ldc + j];
+    char shape[128];
+    snprintf(shape, sizeof shape, "M=%d N=%d K=%d ta=%d tb=%d pad=%d beta=%g", M, N, K, ta, tb, pad, beta);
+    check("core.gemm", gc, cc, (size_t)M * N, shape);
+    tb_cuda_free(da), tb_cuda_free(db), tb_cuda_free(dc);
+    free(a), free(b), free(c), free(g), free(gc), free(cc);
+}
+
+static void test_gemm_matches_cpu_every_transpose_and_stride(void **state) {
+    (void)state;
+    static const int shapes[][3] = {{1, 1, 1}, {3, 5, 7}, {17, 33, 65}, {64, 128, 96},
+                                    {129, 257, 300}, {5, 3, 0}, {2, 1000, 513}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                for (int pad = 0; pad < 4; pad += 3) {
+                    gemm_case(shapes[s][0], shapes[s][1], shapes[s][2], ta, tb, pad, 1.0f, 0.0f);
+                    gemm_case(shapes[s][0], shapes[s][1], shapes[s][2], ta, tb, pad, 0.75f, 0.5f);
+                }
+}
+
+static void test_gemm_descriptor_cache_hits_on_repeat(void **state) {
+    (void)state;
+    int e0, e1;
+    long h0, m0, h1, m1;
+    gemm_case(37, 41, 43, 0, 1, 0, 1.0f, 0.0f);
+    tb_cuda_gemm_cache_stats(&e0, &h0, &m0);
+    gemm_case(37, 41, 43, 0, 1, 0, 1.0f, 0.0f);
+    tb_cuda_gemm_cache_stats(&e1, &h1, &m1);
+    assert_int_equal(e1, e0);
+    assert_int_equal(m1, m0);
+    assert_true(h1 == h0 + 1);
+}
+
+static void test_elementwise_sum_and_adamw_match_cpu(void **state) {
+    (void)state;
+    static const size_t sizes[] = {1, 7, 255, 256, 257, 100003, 1 << 20};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        size_t n = sizes[s], B = n * 4;
+        float *x = ct_hmalloc(B), *y = ct_hmalloc(B), *g = ct_hmalloc(B), *m = ct_hmalloc(B),
+              *v = ct_hmalloc(B), *out = ct_hmalloc(B);
+        ct_fill(x, n, -2, 2);
+        ct_fill(y, n, -2, 2);
+        ct_fill(g, n, -1, 1);
+        ct_fill(m, n, -0.1f, 0.1f);
+        ct_fill(v, n, 0, 0.01f);
+        float *dx = ct_up(x, B), *dy = ct_up(y, B), *dg = ct_up(g, B), *dm = ct_up(m, B), *dv = ct_up(v, B);
+        char shape[64];
+        snprintf(shape, sizeof shape, "n=%zu", n);
+        /* axpy, scale, copy, fill */
+        ct_gpu->core.axpy(dy, 0.3f, dx, n);
+        ct_cpu->core.axpy(y, 0.3f, x, n);
+        ct_down(out, dy, B);
+        check("core.axpy", out, y, n, shape);
+        ct_gpu->core.scale(dy, -1.7f, n);
+        ct_cpu->core.scale(y, -1.7f, n);
+        ct_down(out, dy, B);
+        check("core.scale", out, y, n, shape);
+        double hs = ct_gpu->core.sumsq(dy, n), cs = ct_cpu->core.sumsq(y, n);
+        ct_record("core.sumsq", fabs(hs - cs) / cs);
+        assert_true(fabs(hs - cs) <= 1e-12 * cs);
+        assert_int_equal(ct_gpu->core.all_finite(dy, n), 1);
+        /* adamw step 3 */
+        double bc1 = 1 - pow(0.9, 3), bc2 = 1 - pow(0.95, 3);
+        ct_gpu->core.adamw(dy, dm, dv, dg, n, 3e-4, 0.1, 0.9, 0.95, 1e-8, bc1, bc2, 0.5);
+        ct_cpu->core.adamw(y, m, v, g, n, 3e-4, 0.1, 0.9, 0.95, 1e-8, bc1, bc2, 0.5);
+        ct_down(out, dy, B);
+        check("core.adamw w", out, y, n, shape);
+        ct_down(out, dm, B);
+        check("core.adamw m", out, m, n, shape);
+        ct_down(out, dv, B);
+        check("core.adamw v", out, v, n, shape);
+        ct_gpu->core.copy(dy, dx, n);
+        ct_down(out, dy, B);
+        assert_memory_equal(out, x, B);
+        ct_gpu->core.fill(dy, 2.5f, n);
+        ct_down(out, dy, B);
+        for (size_t i = 0; i < n; i++) assert_true(out[i] == 2.5f);
+        /* a NaN then an inf anywhere is caught */
+        float bad[2] = {NAN, INFINITY};
+        for (int k = 0; k < 2; k++) {
+            tb_err err = {{0}};
+            assert_int_equal(tb_cuda_h2d(dy + n / 2, &bad[k], 4, &err), 0);
+            assert_int_equal(ct_gpu->core.all_finite(dy, n), 0);
+        }
+        tb_cuda_free(dx), tb_cuda_free(dy), tb_cuda_free(dg), tb_cuda_free(dm), tb_cuda_free(dv);
+        free(x), free(y), free(g), free(m), free(v), free(out);
+    }
+}
+
+int main(void) {
+    ct_init_or_skip();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gemm_matches_cpu_every_transpose_and_stride),
+        cmocka_unit_test(test_gemm_descriptor_cache_hits_on_repeat),
+        cmocka_unit_test(test_elementwise_sum_and_adamw_match_cpu),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    ct_summary();
+    return rc;
+}

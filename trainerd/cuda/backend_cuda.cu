@@ -1,0 +1,361 @@
+/* CUDA backend: the context (device, stream, cuBLASLt handle and workspace, scratch
+ * slots), device memory helpers, the cuBLASLt GEMM with its shape-keyed cache, the
+ * deterministic reductions, and the core family's element-wise ops. */
+#include <pthread.h>
+#include <string.h>
+#include "cuda_internal.cuh"
+
+tbc_ctx *tbc_g = NULL;
+static tb_backend cuda_backend;
+static pthread_mutex_t init_mu = PTHREAD_MUTEX_INITIALIZER;
+
+void tbc_fatal(const char *call, const char *file, int line, const char *msg) {
+    fprintf(stderr, "tb cuda: %s:%d: %s failed: %s\n", file, line, call, msg);
+    abort();
+}
+
+extern "C" int tb_cuda_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError(); /* clear the sticky "no device" error */
+        return 0;
+    }
+    return n;
+}
+
+void *tbc_scratch(int slot, size_t bytes) {
+    tbc_ctx *c = tbc_g;
+    if (bytes == 0) bytes = 1;
+    if (c->scratch_cap[slot] < bytes) {
+        TBC_CHECK(cudaStreamSynchronize(c->stream));
+        if (c->scratch[slot]) TBC_CHECK(cudaFree(c->scratch[slot]));
+        c->scratch[slot] = NULL;
+        TBC_CHECK(cudaMalloc(&c->scratch[slot], bytes));
+        c->scratch_cap[slot] = bytes;
+    }
+    return c->scratch[slot];
+}
+
+static int ctx_create(tb_err *err) {
+    int n = tb_cuda_device_count();
+    if (n <= 0) return tb_err_set(err, "cuda backend: no CUDA device (cudaGetDeviceCount = %d)", n);
+    tbc_ctx *c = (tbc_ctx *)calloc(1, sizeof *c);
+    if (!c) return tb_err_set(err, "cuda backend: out of host memory for the context");
+    cudaError_t e;
+    cudaDeviceProp prop;
+    if ((e = cudaSetDevice(0)) != cudaSuccess || (e = cudaGetDeviceProperties(&prop, 0)) != cudaSuccess ||
+        (e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
+        free(c);
+        return tb_err_set(err, "cuda backend: device 0 set-up: %s", cudaGetErrorString(e));
+    }
+    c->sm_count = prop.multiProcessorCount;
+    cublasStatus_t s = cublasLtCreate(&c->lt);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        cudaStreamDestroy(c->stream);
+        free(c);
+        return tb_err_set(err, "cuda backend: cublasLtCreate: %s", cublasLtGetStatusString(s));
+    }
+    const size_t ws_bytes = (size_t)32 << 20;
+    c->workspace_bytes = ws_bytes;
+    if ((e = cudaMalloc(&c->workspace, ws_bytes)) != cudaSuccess) {
+        cublasLtDestroy(c->lt);
+        cudaStreamDestroy(c->stream);
+        free(c);
+        return tb_err_set(err, "cuda backend: cuBLASLt workspace of %zu bytes: %s", ws_bytes,
+                          cudaGetErrorString(e));
+    }
+    tbc_g = c;
+    return 0;
+}
+
+extern "C" const tb_backend *tb_backend_cuda(tb_err *err) {
+    pthread_mutex_lock(&init_mu);
+    if (!tbc_g) {
+        if (ctx_create(err)) {
+            pthread_mutex_unlock(&init_mu);
+            return NULL;
+        }
+        memset(&cuda_backend, 0, sizeof cuda_backend);
+        cuda_backend.name = "cuda";
+        tbc_ops_core_init(&cuda_backend.core);
+        tbc_ops_dense_init(&cuda_backend.dense);
+        tbc_ops_seq_init(&cuda_backend.seq);
+        cuda_backend.impl = tbc_g;
+    }
+    pthread_mutex_unlock(&init_mu);
+    return &cuda_backend;
+}
+
+extern "C" void *tb_cuda_malloc(size_t bytes, tb_err *err) {
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        tb_err_set(err, "cudaMalloc of %zu bytes: %s", bytes, cudaGetErrorString(e));
+        return NULL;
+    }
+    return p;
+}
+
+extern "C" void tb_cuda_free(void *p) {
+    if (p) TBC_CHECK(cudaFree(p));
+}
+
+static int copy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, tb_err *err) {
+    if (!tbc_g) return tb_err_set(err, "cuda copy: backend not created");
+    cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind, tbc_g->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(tbc_g->stream);
+    if (e != cudaSuccess)
+        return tb_err_set(err, "cuda copy of %zu bytes (%s): %s", bytes,
+                          kind == cudaMemcpyHostToDevice ? "host to device" : "device to host",
+                          cudaGetErrorString(e));
+    return 0;
+}
+
+extern "C" int tb_cuda_h2d(void *dst, const void *src, size_t bytes, tb_err *err) {
+    return copy(dst, src, bytes, cudaMemcpyHostToDevice, err);
+}
+
+extern "C" int tb_cuda_d2h(void *dst, const void *src, size_t bytes, tb_err *err) {
+    return copy(dst, src, bytes, cudaMemcpyDeviceToHost, err);
+}
+
+extern "C" int tb_cuda_sync(tb_err *err) {
+    if (!tbc_g) return tb_err_set(err, "cuda sync: backend not created");
+    cudaError_t e = cudaStreamSynchronize(tbc_g->stream);
+    if (e == cudaSuccess) e = cudaGetLastError();
+    if (e != cudaSuccess) return tb_err_set(err, "cuda sync: %s", cudaGetErrorString(e));
+    return 0;
+}
+
+extern "C" void tb_cuda_gemm_cache_stats(int *entries, long *hits, long *misses) {
+    int n = 0;
+    if (tbc_g)
+        for (int i = 0; i < TBC_GEMM_CACHE; i++) n += tbc_g->gemm[i].used;
+    *entries = n;
+    *hits = tbc_g ? tbc_g->gemm_hits : 0;
+    *misses = tbc_g ? tbc_g->gemm_misses : 0;
+}
+
+/* ---- GEMM through cuBLASLt ------------------------------------------------------ */
+
+/* Row-major c (M,N) = op(a)·op(b) is column-major cᵀ (N,M) = op(b)ᵀ·op(a)ᵀ: cuBLASLt's
+ * A is b and its B is a, with the transpose flags carried over. fp32 in, fp32 compute
+ * (CUBLAS_COMPUTE_32F: no TF32), fp32 out. */
+static int ptr_align(const void *p) {
+    uintptr_t u = (uintptr_t)p;
+    int a = 4;
+    while (a < 16 && !(u & (uintptr_t)a)) a <<= 1;
+    return a;
+}
+
+static unsigned gemm_hash(const int *k, int n) {
+    unsigned h = 2166136261u;
+    for (int i = 0; i < n; i++) h = (h ^ (unsigned)k[i]) * 16777619u;
+    return h;
+}
+
+static void gemm_entry_build(tbc_gemm_entry *e, int align) {
+    cublasOperation_t opA = e->tb ? CUBLAS_OP_T : CUBLAS_OP_N; /* A = b */
+    cublasOperation_t opB = e->ta ? CUBLAS_OP_T : CUBLAS_OP_N; /* B = a */
+    TBC_CHECK_LT(cublasLtMatmulDescCreate(&e->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    TBC_CHECK_LT(cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof opA));
+    TBC_CHECK_LT(cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof opB));
+    /* Stored (column-major) shapes: A is (N,K) or, transposed, (K,N); B is (K,M) or (M,K). */
+    TBC_CHECK_LT(cublasLtMatrixLayoutCreate(&e->la, CUDA_R_32F, e->tb ? e->K : e->N,
+                                            e->tb ? e->N : e->K, e->ldb));
+    TBC_CHECK_LT(cublasLtMatrixLayoutCreate(&e->lb, CUDA_R_32F, e->ta ? e->M : e->K,
+                                            e->ta ? e->K : e->M, e->lda));
+    TBC_CHECK_LT(cublasLtMatrixLayoutCreate(&e->lc, CUDA_R_32F, e->N, e->M, e->ldc));
+    cublasLtMatmulPreference_t pref;
+    TBC_CHECK_LT(cublasLtMatmulPreferenceCreate(&pref));
+    size_t ws = tbc_g->workspace_bytes;
+    uint32_t al = (uint32_t)align;
+    TBC_CHECK_LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+    TBC_CHECK_LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al, sizeof al));
+    TBC_CHECK_LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof al));
+    TBC_CHECK_LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al));
+    TBC_CHECK_LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al));
+    cublasLtMatmulHeuristicResult_t res;
+    int nres = 0;
+    TBC_CHECK_LT(cublasLtMatmulAlgoGetHeuristic(tbc_g->lt, e->desc, e->la, e->lb, e->lc, e->lc,
+                                                pref, 1, &res, &nres));
+    TBC_CHECK_LT(cublasLtMatmulPreferenceDestroy(pref));
+    if (nres < 1) tbc_fatal("cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__, "no algorithm");
+    e->algo = res.algo;
+}
+
+static void gemm_entry_destroy(tbc_gemm_entry *e) {
+    cublasLtMatrixLayoutDestroy(e->la);
+    cublasLtMatrixLayoutDestroy(e->lb);
+    cublasLtMatrixLayoutDestroy(e->lc);
+    cublasLtMatmulDescDestroy(e->desc);
+}
+
+/* c = beta·c (or 0 when beta = 0) for K = 0, where cuBLASLt has nothing to multiply. */
+__global__ void k_gemm_k0(float *c, int M, int N, int ldc, float beta) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    for (; i < (size_t)M * N; i += (size_t)gridDim.x * blockDim.x) {
+        float *p = c + (i / N) * (size_t)ldc + i % N;
+        *p = beta == 0.0f ? 0.0f : beta * *p;
+    }
+}
+
+void tbc_gemm(float *c, const float *a, const float *b, int M, int N, int K, int ta, int tb,
+              int lda, int ldb, int ldc, float alpha, float beta, const struct tb_backend *be) {
+    (void)be;
+    tbc_ctx *g = tbc_g;
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        k_gemm_k0<<<tbc_blocks((size_t)M * N, 256), 256, 0, g->stream>>>(c, M, N, ldc, beta);
+        TBC_LAUNCHED();
+        return;
+    }
+    int align = ptr_align(a);
+    int ab = ptr_align(b), ac = ptr_align(c);
+    if (ab < align) align = ab;
+    if (ac < align) align = ac;
+    int key[10] = {M, N, K, ta, tb, lda, ldb, ldc, align, 0};
+    unsigned h = gemm_hash(key, 9) % TBC_GEMM_CACHE;
+    tbc_gemm_entry *e = NULL, tmp;
+    for (int p = 0; p < TBC_GEMM_CACHE; p++) {
+        tbc_gemm_entry *x = &g->gemm[(h + p) % TBC_GEMM_CACHE];
+        if (!x->used) {
+            e = x;
+            break;
+        }
+        if (x->M == M && x->N == N && x->K == K && x->ta == ta && x->tb == tb && x->lda == lda &&
+            x->ldb == ldb && x->ldc == ldc && x->align == align) {
+            e = x;
+            break;
+        }
+    }
+    int transient = 0;
+    if (e && e->used) {
+        g->gemm_hits++;
+    } else {
+        g->gemm_misses++;
+        if (!e) { /* cache full: build, use, destroy */
+            e = &tmp;
+            transient = 1;
+        }
+        memset(e, 0, sizeof *e);
+        e->M = M, e->N = N, e->K = K, e->ta = ta, e->tb = tb;
+        e->lda = lda, e->ldb = ldb, e->ldc = ldc, e->align = align;
+        gemm_entry_build(e, align);
+        e->used = 1;
+    }
+    TBC_CHECK_LT(cublasLtMatmul(g->lt, e->desc, &alpha, b, e->la, a, e->lb, &beta, c, e->lc, c,
+                                e->lc, &e->algo, g->workspace, g->workspace_bytes, g->stream));
+    if (transient) {
+        TBC_CHECK(cudaStreamSynchronize(g->stream));
+        gemm_entry_destroy(e);
+    }
+}
+
+/* ---- deterministic reductions --------------------------------------------------- */
+
+__global__ void k_reduce_partial(double *part, const float *x, size_t n, int kind) {
+    __shared__ double sh[TBC_RED_THREADS];
+    double s = 0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        double v = x[i];
+        s += kind == TBC_RED_ABS ? fabs(v) : kind == TBC_RED_SQUARE ? v * v : (isfinite(v) ? 0.0 : 1.0);
+    }
+    s = tbc_block_sum_d(s, sh);
+    if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+
+__global__ void k_reduce_final(double *out, const double *part, int nparts) {
+    __shared__ double sh[TBC_RED_THREADS];
+    double s = 0;
+    for (int i = threadIdx.x; i < nparts; i += blockDim.x) s += part[i];
+    s = tbc_block_sum_d(s, sh);
+    if (threadIdx.x == 0) *out = s;
+}
+
+void tbc_reduce_float(double *out_dev, const float *x, size_t n, int kind) {
+    double *part = (double *)tbc_scratch(TBC_SCR_REDUCE, TBC_RED_BLOCKS * sizeof(double));
+    k_reduce_partial<<<TBC_RED_BLOCKS, TBC_RED_THREADS, 0, tbc_g->stream>>>(part, x, n, kind);
+    TBC_LAUNCHED();
+    k_reduce_final<<<1, TBC_RED_THREADS, 0, tbc_g->stream>>>(out_dev, part, TBC_RED_BLOCKS);
+    TBC_LAUNCHED();
+}
+
+static double reduce_to_host(const float *x, size_t n, int kind) {
+    double *d = (double *)tbc_scratch(TBC_SCR_RESULT, sizeof(double));
+    tbc_reduce_float(d, x, n, kind);
+    double h = 0;
+    TBC_CHECK(cudaMemcpyAsync(&h, d, sizeof h, cudaMemcpyDeviceToHost, tbc_g->stream));
+    TBC_CHECK(cudaStreamSynchronize(tbc_g->stream));
+    return h;
+}
+
+/* ---- core element-wise ops ------------------------------------------------------ */
+
+#define GRID_STRIDE(i, n)                                                              \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);           \
+         i += (size_t)gridDim.x * blockDim.x)
+
+__global__ void k_fill(float *x, float v, size_t n) { GRID_STRIDE(i, n) x[i] = v; }
+__global__ void k_axpy(float *y, float a, const float *x, size_t n) { GRID_STRIDE(i, n) y[i] += a * x[i]; }
+__global__ void k_scale(float *x, float a, size_t n) { GRID_STRIDE(i, n) x[i] *= a; }
+
+__global__ void k_adamw(float *w, float *m, float *v, const float *g, size_t n, float rb1, float rb2,
+                        float c1, float c2, float decay, float step, float rbc2, float reps, float gs) {
+    GRID_STRIDE(i, n) {
+        float gi = g[i] * gs;
+        float mi = rb1 * m[i] + c1 * gi;
+        float vi = rb2 * v[i] + c2 * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        w[i] = w[i] * decay - step * mi / (sqrtf(vi) * rbc2 + reps);
+    }
+}
+
+static void cu_fill(real *x, real value, size_t n) {
+    if (!n) return;
+    k_fill<<<tbc_blocks(n, 256), 256, 0, tbc_g->stream>>>(x, value, n);
+    TBC_LAUNCHED();
+}
+
+static void cu_copy(real *y, const real *x, size_t n) {
+    if (y == x || !n) return;
+    TBC_CHECK(cudaMemcpyAsync(y, x, n * sizeof(real), cudaMemcpyDeviceToDevice, tbc_g->stream));
+}
+
+static void cu_axpy(real *y, real a, const real *x, size_t n) {
+    if (!n) return;
+    k_axpy<<<tbc_blocks(n, 256), 256, 0, tbc_g->stream>>>(y, a, x, n);
+    TBC_LAUNCHED();
+}
+
+static void cu_scale(real *x, real a, size_t n) {
+    if (!n) return;
+    k_scale<<<tbc_blocks(n, 256), 256, 0, tbc_g->stream>>>(x, a, n);
+    TBC_LAUNCHED();
+}
+
+static double cu_sumsq(const real *x, size_t n) { return reduce_to_host(x, n, TBC_RED_SQUARE); }
+
+static int cu_all_finite(const real *x, size_t n) { return reduce_to_host(x, n, TBC_RED_NONFINITE) == 0.0; }
+
+static void cu_adamw(real *w, real *m, real *v, const real *g, size_t n, double lr, double wd,
+                     double b1, double b2, double eps, double bc1, double bc2, double gscale) {
+    if (!n) return;
+    k_adamw<<<tbc_blocks(n, 256), 256, 0, tbc_g->stream>>>(
+        w, m, v, g, n, (float)b1, (float)b2, (float)(1 - b1), (float)(1 - b2), (float)(1 - lr * wd),
+        (float)(lr / bc1), (float)(1 / sqrt(bc2)), (float)eps, (float)gscale);
+    TBC_LAUNCHED();
+}
+
+void tbc_ops_core_init(tb_ops_core *ops) {
+    ops->gemm = tbc_gemm;
+    ops->fill = cu_fill;
+    ops->copy = cu_copy;
+    ops->axpy = cu_axpy;
+    ops->scale = cu_scale;
+    ops->sumsq = cu_sumsq;
+    ops->all_finite = cu_all_finite;
+    ops->adamw = cu_adamw;
+}

@@ -1,0 +1,43 @@
+/* The CUDA backend (issue 6): the op table of trainerd/backend.h on one CUDA device.
+ *
+ * Memory: every tensor pointer an op receives is DEVICE memory (tb_cuda_malloc), except
+ * - the arrays of parameter pointers of norm_fwd / norm_bwd (host arrays holding device
+ *   pointers), and
+ * - scalar results returned to the caller (core.sumsq, core.all_finite return values;
+ *   dense.xent_fwd's sum / count / correct and dense.sum_squares' out): HOST pointers;
+ *   those ops synchronise the backend's stream.
+ * Every op runs on the backend's one stream, in call order. A CUDA or cuBLAS failure
+ * inside an op is a broken invariant: it prints the call, file, line and CUDA message to
+ * stderr and aborts (ops return void). Set-up failures return an error message instead.
+ * Ops not implemented yet are NULL in the table (trainerd/cuda/README.md lists them). */
+#ifndef TB_BACKEND_CUDA_H
+#define TB_BACKEND_CUDA_H
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+#include "tb_err.h"
+#include "backend.h"
+
+/* Number of usable CUDA devices; 0 when the runtime or driver reports none or fails. */
+int tb_cuda_device_count(void);
+
+/* The CUDA backend on device 0 (created on the first call, then shared). NULL with a
+ * message in err when there is no device or set-up fails. */
+const tb_backend *tb_backend_cuda(tb_err *err);
+
+/* Device memory and transfers (synchronous with the backend's stream). */
+void *tb_cuda_malloc(size_t bytes, tb_err *err);
+void tb_cuda_free(void *p);
+int tb_cuda_h2d(void *dst, const void *src, size_t bytes, tb_err *err);
+int tb_cuda_d2h(void *dst, const void *src, size_t bytes, tb_err *err);
+/* Waits for the backend's stream; reports any pending CUDA error. */
+int tb_cuda_sync(tb_err *err);
+/* GEMM descriptor-cache statistics (entries, hits, misses) for tests. */
+void tb_cuda_gemm_cache_stats(int *entries, long *hits, long *misses);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,120 @@
+/* Private to trainerd/cuda/: the backend context, error checks, scratch memory and the
+ * deterministic reduction helpers shared by the op files. */
+#ifndef TB_CUDA_INTERNAL_CUH
+#define TB_CUDA_INTERNAL_CUH
+#include <cuda_runtime.h>
+#include <cublasLt.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include "backend_cuda.h"
+
+/* Failures inside ops are broken invariants: report where and abort. */
+#define TBC_CHECK(call)                                                                 \
+    do {                                                                                \
+        cudaError_t e_ = (call);                                                        \
+        if (e_ != cudaSuccess) tbc_fatal(#call, __FILE__, __LINE__, cudaGetErrorString(e_)); \
+    } while (0)
+#define TBC_CHECK_LT(call)                                                              \
+    do {                                                                                \
+        cublasStatus_t s_ = (call);                                                     \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                \
+            tbc_fatal(#call, __FILE__, __LINE__, cublasLtGetStatusString(s_));          \
+    } while (0)
+/* After every kernel launch. */
+#define TBC_LAUNCHED() TBC_CHECK(cudaGetLastError())
+
+void tbc_fatal(const char *call, const char *file, int line, const char *msg);
+
+/* Scratch slots: each op owns a slot id so buffers in use at the same time never alias.
+ * A slot grows (cudaFree + cudaMalloc after a stream sync) and is never shrunk; the
+ * measure pass before step 0 sizes them, so the steady state allocates nothing. */
+enum {
+    TBC_SCR_REDUCE = 0, /* partial sums of the reductions (reduce_*) */
+    TBC_SCR_RESULT,     /* small device results copied to the host */
+    TBC_SCR_WTILDE,     /* bitlinear_bwd: w̃ as float */
+    TBC_SCR_NORM_COLS,  /* norm_bwd: per-chunk column partial sums */
+    TBC_SCR_NORM_ROWS,  /* norm_bwd: per-row scalar partials */
+    TBC_SCR_XENT_ROWS,  /* xent_fwd: per-row loss / flags */
+    TBC_SCR_COUNT
+};
+
+#define TBC_GEMM_CACHE 256
+
+typedef struct tbc_gemm_entry {
+    int used;
+    int M, N, K, ta, tb, lda, ldb, ldc, align; /* the key */
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulAlgo_t algo;
+} tbc_gemm_entry;
+
+typedef struct tbc_ctx {
+    int device;
+    int sm_count;
+    cudaStream_t stream;
+    cublasLtHandle_t lt;
+    void *workspace; /* cuBLASLt workspace */
+    size_t workspace_bytes;
+    void *scratch[TBC_SCR_COUNT];
+    size_t scratch_cap[TBC_SCR_COUNT];
+    tbc_gemm_entry gemm[TBC_GEMM_CACHE];
+    long gemm_hits, gemm_misses;
+} tbc_ctx;
+
+/* The one context (the dense family's ops take no backend argument). */
+extern tbc_ctx *tbc_g;
+
+void *tbc_scratch(int slot, size_t bytes);
+
+/* Deterministic reductions: a fixed grid of TBC_RED_BLOCKS blocks, each thread a fixed
+ * grid-stride set, then a fixed shared-memory tree, then one block over the partials in
+ * a fixed tree: the same inputs give the same bits on every run. */
+#define TBC_RED_BLOCKS 256
+#define TBC_RED_THREADS 256
+enum { TBC_RED_ABS = 0, TBC_RED_SQUARE = 1, TBC_RED_NONFINITE = 2 };
+/* *out_dev (device double) = Σ f(x[i]), f by kind (NONFINITE: count of non-finite). */
+void tbc_reduce_float(double *out_dev, const float *x, size_t n, int kind);
+
+/* Block-wide double sum over blockDim.x threads (power of two <= 1024), fixed tree.
+ * sh: blockDim.x doubles of shared memory. Every thread gets the result. */
+__device__ __forceinline__ double tbc_block_sum_d(double v, double *sh) {
+    int t = threadIdx.x;
+    __syncthreads();
+    sh[t] = v;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (t < s) sh[t] += sh[t + s];
+        __syncthreads();
+    }
+    double r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+__device__ __forceinline__ float tbc_block_max_f(float v, float *sh) {
+    int t = threadIdx.x;
+    __syncthreads();
+    sh[t] = v;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (t < s) sh[t] = fmaxf(sh[t], sh[t + s]);
+        __syncthreads();
+    }
+    float r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+static inline unsigned tbc_blocks(size_t n, unsigned threads) {
+    size_t b = (n + threads - 1) / threads;
+    return (unsigned)(b > 65535u * 16u ? 65535u * 16u : (b ? b : 1));
+}
+
+/* Family init (filled by dense_cuda.cu etc.). */
+void tbc_ops_core_init(tb_ops_core *ops);
+void tbc_ops_dense_init(tb_ops_dense *ops);
+void tbc_ops_seq_init(tb_ops_seq *ops);
+void tbc_gemm(float *c, const float *a, const float *b, int M, int N, int K, int ta, int tb,
+              int lda, int ldb, int ldc, float alpha, float beta, const struct tb_backend *be);
+#endif

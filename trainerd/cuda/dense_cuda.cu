@@ -1,0 +1,582 @@
+/* The dense family on CUDA: plain linear (cuBLASLt), BitLinear (quantisers that
+ * reproduce the CPU's roundings, an exact int32 integer product, the STE backward),
+ * the five norms, the masked cross-entropy, and two element-wise helpers.
+ * Reductions are deterministic (fixed trees, no atomics). Per-row statistics are summed
+ * in double like the CPU; only the summation order differs, so the float statistics
+ * (and hence the BitLinear codes) match the CPU unless a double sum lands within a
+ * rounding of a float boundary (tests check codes for equality). */
+#include "cuda_internal.cuh"
+extern "C" {
+#include "layers/norm.h"
+}
+
+#define ROW_THREADS 256
+#define GRID_STRIDE(i, n)                                                              \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);           \
+         i += (size_t)gridDim.x * blockDim.x)
+
+static inline cudaStream_t S(void) { return tbc_g->stream; }
+
+/* Parameter tensors per norm type (layers/norm.h), without linking the model library. */
+static int norm_nprm(int type) {
+    static const int n[5] = {2, 3, 4, 2, 1};
+    return type >= 0 && type < 5 ? n[type] : 0;
+}
+
+/* ---- plain linear --------------------------------------------------------------- */
+
+static void cu_linear_fwd(real *y, const real *x, const real *w, size_t n, int in, int out) {
+    tbc_gemm(y, x, w, (int)n, out, in, 0, 1, in, in, out, 1.0f, 0.0f, NULL);
+}
+
+static void cu_linear_bwd(real *dx, real *dw, const real *dy, const real *x, const real *w,
+                          size_t n, int in, int out) {
+    if (dx) tbc_gemm(dx, dy, w, (int)n, in, out, 0, 0, out, in, in, 1.0f, 1.0f, NULL);
+    if (dw) tbc_gemm(dw, dy, x, out, in, (int)n, 1, 0, out, in, in, 1.0f, 1.0f, NULL);
+}
+
+/* ---- BitLinear ------------------------------------------------------------------ */
+
+__global__ void k_quant_w_scale(float *sw, const double *sum_abs, size_t count) {
+    float mean = count ? (float)(*sum_abs / (double)count) : 0.0f;
+    *sw = 1.0f / (mean > 1e-5f ? mean : 1e-5f);
+}
+
+__global__ void k_quant_w_codes(int8_t *wq, const float *sw, const float *w, size_t count) {
+    float s = *sw;
+    GRID_STRIDE(i, count) {
+        float q = rintf(w[i] * s);
+        wq[i] = (int8_t)(q > 1 ? 1 : q < -1 ? -1 : q);
+    }
+}
+
+static void cu_bitlinear_quant_w(int8_t *wq, real *sw, const real *w, size_t count) {
+    double *sum = (double *)tbc_scratch(TBC_SCR_RESULT, sizeof(double));
+    tbc_reduce_float(sum, w, count, TBC_RED_ABS);
+    k_quant_w_scale<<<1, 1, 0, S()>>>(sw, sum, count);
+    TBC_LAUNCHED();
+    if (count) {
+        k_quant_w_codes<<<tbc_blocks(count, 256), 256, 0, S()>>>(wq, sw, w, count);
+        TBC_LAUNCHED();
+    }
+}
+
+/* One block per token row: mean and variance in double, the float roundings of the CPU
+ * (x - mean, · rstd, · s_x, rint) element by element. */
+__global__ void k_quant_x(int8_t *xq, float *stats, const float *x, int in) {
+    __shared__ double shd[ROW_THREADS];
+    __shared__ float shf[ROW_THREADS];
+    size_t t = blockIdx.x;
+    const float *xr = x + t * in;
+    double s = 0;
+    for (int j = threadIdx.x; j < in; j += blockDim.x) s += xr[j];
+    s = tbc_block_sum_d(s, shd);
+    float mean = (float)(s / in);
+    double v = 0;
+    for (int j = threadIdx.x; j < in; j += blockDim.x) {
+        double d = (double)(xr[j] - mean);
+        v += d * d;
+    }
+    v = tbc_block_sum_d(v, shd);
+    float rstd = (float)(1.0 / sqrt(v / in + 1e-5));
+    float amax = 0;
+    for (int j = threadIdx.x; j < in; j += blockDim.x) amax = fmaxf(amax, fabsf((xr[j] - mean) * rstd));
+    amax = tbc_block_max_f(amax, shf);
+    float sx = 127.0f / (amax > 1e-5f ? amax : 1e-5f);
+    for (int j = threadIdx.x; j < in; j += blockDim.x) {
+        float c = rintf(((xr[j] - mean) * rstd) * sx);
+        xq[t * in + j] = (int8_t)(c > 127 ? 127 : c < -128 ? -128 : c);
+    }
+    if (threadIdx.x == 0) {
+        stats[3 * t] = mean;
+        stats[3 * t + 1] = rstd;
+        stats[3 * t + 2] = sx;
+    }
+}
+
+static void cu_bitlinear_quant_x(int8_t *xq, real *stats, const real *x, size_t n, int in) {
+    if (!n) return;
+    k_quant_x<<<(unsigned)n, ROW_THREADS, 0, S()>>>(xq, stats, x, in);
+    TBC_LAUNCHED();
+}
+
+/* Integer product y[t,o] = Σ_j xq[t,j]·wq[o,j] in int32 (exact in any order: |terms|
+ * <= 128, in < 2^24), then y = acc / (s_x · s_w) exactly as the CPU rounds it.
+ * Tiles of BT tokens × BO outputs, BK codes of the reduction per stage. */
+#define BL_T 32
+#define BL_O 32
+#define BL_K 64
+__global__ void k_bitlinear_fwd(float *y, const int8_t *xq, const float *stats, const int8_t *wq,
+                                const float *sw, int n, int in, int out) {
+    __shared__ int8_t xs[BL_T][BL_K + 4];
+    __shared__ int8_t ws[BL_O][BL_K + 4];
+    int tx = threadIdx.x, ty = threadIdx.y; /* 32 × 8 threads; each does 4 tokens */
+    int t0 = blockIdx.y * BL_T, o0 = blockIdx.x * BL_O;
+    int acc[4] = {0, 0, 0, 0};
+    int lin = ty * 32 + tx;
+    for (int k0 = 0; k0 < in; k0 += BL_K) {
+        for (int e = lin; e < BL_T * BL_K; e += 256) {
+            int r = e / BL_K, k = e % BL_K;
+            int t = t0 + r, o = o0 + r;
+            xs[r][k] = (t < n && k0 + k < in) ? xq[(size_t)t * in + k0 + k] : (int8_t)0;
+            ws[r][k] = (o < out && k0 + k < in) ? wq[(size_t)o * in + k0 + k] : (int8_t)0;
+        }
+        __syncthreads();
+        for (int k = 0; k < BL_K; k++) {
+            int wv = ws[tx][k];
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[i] += (int)xs[ty + 8 * i][k] * wv;
+        }
+        __syncthreads();
+    }
+    int o = o0 + tx;
+    if (o >= out) return;
+    float s_w = *sw;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        int t = t0 + ty + 8 * i;
+        if (t < n) y[(size_t)t * out + o] = (float)acc[i] / (stats[3 * (size_t)t + 2] * s_w);
+    }
+}
+
+static void cu_bitlinear_fwd(real *y, const int8_t *xq, const real *stats, const int8_t *wq,
+                             const real *sw, size_t n, int in, int out) {
+    if (!n || out <= 0) return;
+    dim3 grid((unsigned)((out + BL_O - 1) / BL_O), (unsigned)((n + BL_T - 1) / BL_T));
+    k_bitlinear_fwd<<<grid, dim3(32, 8), 0, S()>>>(y, xq, stats, wq, sw, (int)n, in, out);
+    TBC_LAUNCHED();
+}
+
+__global__ void k_xtilde(float *xt, const int8_t *xq, const float *stats, size_t n, int in) {
+    GRID_STRIDE(i, n * (size_t)in) xt[i] = (float)xq[i] / stats[3 * (i / in) + 2];
+}
+
+__global__ void k_wtilde(float *wt, const int8_t *wq, const float *sw, size_t count) {
+    float c = 1.0f / *sw;
+    GRID_STRIDE(i, count) wt[i] = wq[i] > 0 ? c : wq[i] < 0 ? -c : 0.0f;
+}
+
+/* LN0ᵀ per row: dx += rstd (g - mean(g) - x̂ mean(g ⊙ x̂)). */
+__global__ void k_ln0_bwd(float *dx, const float *g_all, const float *x, const float *stats, int in) {
+    __shared__ double sh[ROW_THREADS];
+    size_t t = blockIdx.x;
+    const float *g = g_all + t * in, *xr = x + t * in;
+    float mean = stats[3 * t], rstd = stats[3 * t + 1];
+    double sg = 0, sgx = 0;
+    for (int j = threadIdx.x; j < in; j += blockDim.x) {
+        float xh = (xr[j] - mean) * rstd;
+        sg += g[j];
+        sgx += (double)(g[j] * xh);
+    }
+    sg = tbc_block_sum_d(sg, sh);
+    sgx = tbc_block_sum_d(sgx, sh);
+    float mg = (float)(sg / in), mgx = (float)(sgx / in);
+    for (int j = threadIdx.x; j < in; j += blockDim.x) {
+        float xh = (xr[j] - mean) * rstd;
+        dx[t * in + j] += rstd * (g[j] - mg - xh * mgx);
+    }
+}
+
+static void cu_bitlinear_bwd(real *dx, real *dw, real *dxhat, const real *dy, const real *x,
+                             const int8_t *xq, const real *stats, const int8_t *wq,
+                             const real *sw, size_t n, int in, int out) {
+    if (!n) return;
+    size_t nin = n * (size_t)in, cnt = (size_t)out * in;
+    k_xtilde<<<tbc_blocks(nin, 256), 256, 0, S()>>>(dxhat, xq, stats, n, in);
+    TBC_LAUNCHED();
+    tbc_gemm(dw, dy, dxhat, out, in, (int)n, 1, 0, out, in, in, 1.0f, 1.0f, NULL);
+    if (!dx) return;
+    float *wt = (float *)tbc_scratch(TBC_SCR_WTILDE, cnt * sizeof(float));
+    k_wtilde<<<tbc_blocks(cnt, 256), 256, 0, S()>>>(wt, wq, sw, cnt);
+    TBC_LAUNCHED();
+    tbc_gemm(dxhat, dy, wt, (int)n, in, out, 0, 0, out, in, in, 1.0f, 0.0f, NULL);
+    k_ln0_bwd<<<(unsigned)n, ROW_THREADS, 0, S()>>>(dx, dxhat, x, stats, in);
+    TBC_LAUNCHED();
+}
+
+/* ---- norms ---------------------------------------------------------------------- */
+
+#define DT_EPS 1e-6
+#define LN_EPS 1e-5
+#define RMS_EPS 1e-6
+
+typedef struct norm_prm {
+    const float *p[TB_NORM_MAX_PARAMS];
+} norm_prm;
+typedef struct norm_dprm {
+    float *p[TB_NORM_MAX_PARAMS];
+} norm_dprm;
+
+/* Row statistics: mean (float) and the double sum of squared deviations. */
+__device__ void row_mean_m2(const float *xr, int C, double *sh, float *mean, double *m2) {
+    double s = 0;
+    for (int j = threadIdx.x; j < C; j += blockDim.x) s += xr[j];
+    s = tbc_block_sum_d(s, sh);
+    float m = (float)(s / C);
+    double v = 0;
+    for (int j = threadIdx.x; j < C; j += blockDim.x) {
+        double d = (double)(xr[j] - m);
+        v += d * d;
+    }
+    *m2 = tbc_block_sum_d(v, sh);
+    *mean = m;
+}
+
+__global__ void k_norm_fwd_rows(float *y, float *stats, const float *x, norm_prm P, int type, int C) {
+    __shared__ double sh[ROW_THREADS];
+    size_t t = blockIdx.x;
+    const float *xr = x + t * C;
+    float *yr = y + t * C;
+    if (type == TB_NORM_DYNAMIC_TANH) {
+        float mean;
+        double m2;
+        row_mean_m2(xr, C, sh, &mean, &m2);
+        float sd = (float)sqrt(m2 / (C - 1));
+        float r = 1.0f / (sd + (float)DT_EPS);
+        for (int j = threadIdx.x; j < C; j += blockDim.x)
+            yr[j] = tanhf(P.p[0][j] * ((xr[j] - mean) * r) + P.p[1][j]);
+        if (threadIdx.x == 0) stats[2 * t] = mean, stats[2 * t + 1] = sd;
+    } else if (type == TB_NORM_LAYER_NORM) {
+        float mean;
+        double m2;
+        row_mean_m2(xr, C, sh, &mean, &m2);
+        float rstd = (float)(1.0 / sqrt(m2 / C + LN_EPS));
+        for (int j = threadIdx.x; j < C; j += blockDim.x)
+            yr[j] = ((xr[j] - mean) * rstd) * P.p[0][j] + P.p[1][j];
+        if (threadIdx.x == 0) stats[2 * t] = mean, stats[2 * t + 1] = rstd;
+    } else { /* rms_norm */
+        double s = 0;
+        for (int j = threadIdx.x; j < C; j += blockDim.x) s += (double)xr[j] * xr[j];
+        s = tbc_block_sum_d(s, sh);
+        float r = (float)(1.0 / sqrt(s / C + RMS_EPS));
+        for (int j = threadIdx.x; j < C; j += blockDim.x) yr[j] = (xr[j] * r) * P.p[0][j];
+        if (threadIdx.x == 0) stats[2 * t] = r, stats[2 * t + 1] = 0;
+    }
+}
+
+__global__ void k_norm_fwd_elem(float *y, const float *x, norm_prm P, int type, size_t n, int C) {
+    GRID_STRIDE(i, n * (size_t)C) {
+        int j = (int)(i % C);
+        if (type == TB_NORM_DYT) y[i] = P.p[1][j] * tanhf(P.p[0][0] * x[i]) + P.p[2][j];
+        else y[i] = P.p[2][j] * erff(P.p[0][0] * x[i] + P.p[1][0]) + P.p[3][j];
+    }
+}
+
+static void cu_norm_fwd(real *y, real *stats, const real *x, const real *const *prm, int type,
+                        size_t n, int C) {
+    if (!n) return;
+    norm_prm P = {{NULL, NULL, NULL, NULL}};
+    for (int i = 0; i < norm_nprm(type); i++) P.p[i] = prm[i];
+    if (type == TB_NORM_DYT || type == TB_NORM_DERF) {
+        k_norm_fwd_elem<<<tbc_blocks(n * (size_t)C, 256), 256, 0, S()>>>(y, x, P, type, n, C);
+    } else {
+        k_norm_fwd_rows<<<(unsigned)n, ROW_THREADS, 0, S()>>>(y, stats, x, P, type, C);
+    }
+    TBC_LAUNCHED();
+}
+
+/* Backward, part 1: one block per row computes dx (+=) and, for dyt / derf, the row's
+ * double partials of the scalar-parameter gradients (rowpart[2t], rowpart[2t+1]). */
+__global__ void k_norm_bwd_rows(float *dx, double *rowpart, const float *dy, const float *stats,
+                                const float *x, norm_prm P, int type, int C) {
+    __shared__ double sh[ROW_THREADS];
+    size_t t = blockIdx.x;
+    const float *xr = x + t * C, *g = dy + t * C;
+    float *dxr = dx + t * C;
+    const double two_over_sqrt_pi = 1.1283791670955126;
+    if (type == TB_NORM_DYNAMIC_TANH) {
+        float mean = stats[2 * t], sd = stats[2 * t + 1];
+        float r = 1.0f / (sd + (float)DT_EPS);
+        double sg = 0, sgd = 0;
+        for (int j = threadIdx.x; j < C; j += blockDim.x) {
+            float xh = (xr[j] - mean) * r;
+            float yv = tanhf(P.p[0][j] * xh + P.p[1][j]);
+            float dxh = g[j] * (1.0f - yv * yv) * P.p[0][j];
+            sg += dxh;
+            sgd += (double)dxh * (double)(xr[j] - mean);
+        }
+        sg = tbc_block_sum_d(sg, sh);
+        sgd = tbc_block_sum_d(sgd, sh);
+        float mg = (float)(sg / C);
+        float coef = sd > 0 ? (float)((double)r * r * sgd / ((C - 1) * (double)sd)) : 0.0f;
+        for (int j = threadIdx.x; j < C; j += blockDim.x) {
+            float xh = (xr[j] - mean) * r;
+            float yv = tanhf(P.p[0][j] * xh + P.p[1][j]);
+            float dxh = g[j] * (1.0f - yv * yv) * P.p[0][j];
+            dxr[j] += r * (dxh - mg) - coef * (xr[j] - mean);
+        }
+    } else if (type == TB_NORM_LAYER_NORM) {
+        float mean = stats[2 * t], rstd = stats[2 * t + 1];
+        double sg = 0, sgx = 0;
+        for (int j = threadIdx.x; j < C; j += blockDim.x) {
+            float xh = (xr[j] - mean) * rstd;
+            float gw = g[j] * P.p[0][j];
+            sg += gw;
+            sgx += (double)gw * xh;
+        }
+        sg = tbc_block_sum_d(sg, sh);
+        sgx = tbc_block_sum_d(sgx, sh);
+        float mg = (float)(sg / C), mgx = (float)(sgx / C);
+        for (int j = threadIdx.x; j < C; j += blockDim.x) {
+            float xh = (xr[j] - mean) * rstd;
+            dxr[j] += rstd * (g[j] * P.p[0][j] - mg - xh * mgx);
+        }
+    } else if (type == TB_NORM_RMS_NORM) {
+        float r = stats[2 * t];
+        double sgx = 0;
+        for (int j = threadIdx.x; j < C; j += blockDim.x) sgx += (double)(g[j] * P.p[0][j]) * xr[j];
+        sgx = tbc_block_sum_d(sgx, sh);
+        float coef = (float)((double)r * r * r * sgx / C);
+        for (int j = threadIdx.x; j < C; j += blockDim.x) dxr[j] += r * g[j] * P.p[0][j] - coef * xr[j];
+    } else if (type == TB_NORM_DYT) {
+        float a = P.p[0][0];
+        double ga = 0;
+        for (int j = threadIdx.x; j < C; j += blockDim.x) {
+            float th = tanhf(a * xr[j]);
+            float du = g[j] * P.p[1][j] * (1.0f - th * th);
+            ga += (double)du * xr[j];
+            dxr[j] += du * a;
+        }
+        ga = tbc_block_sum_d(ga, sh);
+        if (threadIdx.x == 0) rowpart[2 * t] = ga, rowpart[2 * t + 1] = 0;
+    } else { /* derf */
+        float a = P.p[0][0], s = P.p[1][0];
+        double ga = 0, gs = 0;
+        for (int j = threadIdx.x; j < C; j += blockDim.x) {
+            float u = a * xr[j] + s;
+            float du = g[j] * P.p[2][j] * (float)two_over_sqrt_pi * expf(-u * u);
+            ga += (double)du * xr[j];
+            gs += du;
+            dxr[j] += du * a;
+        }
+        ga = tbc_block_sum_d(ga, sh);
+        gs = tbc_block_sum_d(gs, sh);
+        if (threadIdx.x == 0) rowpart[2 * t] = ga, rowpart[2 * t + 1] = gs;
+    }
+}
+
+/* The per-column (vector) parameter gradients: two sums over rows per column, (v0, v1)
+ * into the type's two vector tensors. */
+__device__ __forceinline__ void norm_col_terms(int type, const float *xr, const float *g, int j,
+                                               float s0, float s1, norm_prm P, float *v0, float *v1) {
+    if (type == TB_NORM_DYNAMIC_TANH) {
+        float xh = (xr[j] - s0) * (1.0f / (s1 + (float)DT_EPS));
+        float yv = tanhf(P.p[0][j] * xh + P.p[1][j]);
+        float dz = g[j] * (1.0f - yv * yv);
+        *v0 = dz * xh, *v1 = dz;
+    } else if (type == TB_NORM_LAYER_NORM) {
+        *v0 = g[j] * ((xr[j] - s0) * s1), *v1 = g[j];
+    } else if (type == TB_NORM_RMS_NORM) {
+        *v0 = g[j] * (xr[j] * s0), *v1 = 0;
+    } else if (type == TB_NORM_DYT) {
+        *v0 = g[j] * tanhf(P.p[0][0] * xr[j]), *v1 = g[j];
+    } else {
+        *v0 = g[j] * erff(P.p[0][0] * xr[j] + P.p[1][0]), *v1 = g[j];
+    }
+}
+
+/* Part 2: block (column tile, row chunk) sums its rows in ascending order into
+ * part[chunk][2][C] (double). Part 3 sums the chunks in ascending order into dprm. */
+#define COL_THREADS 128
+__global__ void k_norm_bwd_cols(double *part, const float *dy, const float *stats, const float *x,
+                                norm_prm P, int type, size_t n, int C, size_t chunk) {
+    int j = blockIdx.x * COL_THREADS + threadIdx.x;
+    if (j >= C) return;
+    size_t r0 = blockIdx.y * chunk, r1 = r0 + chunk < n ? r0 + chunk : n;
+    double a0 = 0, a1 = 0;
+    for (size_t t = r0; t < r1; t++) {
+        float s0 = stats ? stats[2 * t] : 0.0f, s1 = stats ? stats[2 * t + 1] : 0.0f;
+        float v0, v1;
+        norm_col_terms(type, x + t * C, dy + t * C, j, s0, s1, P, &v0, &v1);
+        a0 += v0;
+        a1 += v1;
+    }
+    part[((size_t)blockIdx.y * 2) * C + j] = a0;
+    part[((size_t)blockIdx.y * 2 + 1) * C + j] = a1;
+}
+
+__global__ void k_norm_bwd_cols_final(float *d0, float *d1, const double *part, int nchunks, int C) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= C) return;
+    double a0 = 0, a1 = 0;
+    for (int c = 0; c < nchunks; c++) {
+        a0 += part[((size_t)c * 2) * C + j];
+        a1 += part[((size_t)c * 2 + 1) * C + j];
+    }
+    d0[j] += (float)a0;
+    if (d1) d1[j] += (float)a1;
+}
+
+/* Scalars: dprm[0][0] += Σ rowpart[2t], and for derf dprm[1][0] += Σ rowpart[2t+1]. */
+__global__ void k_norm_bwd_scalars(float *da, float *ds, const double *rowpart, size_t n) {
+    __shared__ double sh[ROW_THREADS];
+    double a = 0, s = 0;
+    for (size_t t = threadIdx.x; t < n; t += blockDim.x) a += rowpart[2 * t], s += rowpart[2 * t + 1];
+    a = tbc_block_sum_d(a, sh);
+    s = tbc_block_sum_d(s, sh);
+    if (threadIdx.x == 0) {
+        *da += (float)a;
+        if (ds) *ds += (float)s;
+    }
+}
+
+static void cu_norm_bwd(real *dx, real *const *dprm, const real *dy, const real *stats,
+                        const real *x, const real *const *prm, int type, size_t n, int C) {
+    if (!n) return;
+    norm_prm P = {{NULL, NULL, NULL, NULL}};
+    for (int i = 0; i < norm_nprm(type); i++) P.p[i] = prm[i];
+    int scal = type == TB_NORM_DYT || type == TB_NORM_DERF;
+    double *rowpart = scal ? (double *)tbc_scratch(TBC_SCR_NORM_ROWS, 2 * n * sizeof(double)) : NULL;
+    k_norm_bwd_rows<<<(unsigned)n, ROW_THREADS, 0, S()>>>(dx, rowpart, dy, stats, x, P, type, C);
+    TBC_LAUNCHED();
+    size_t chunk = n / 256 + 1 < 32 ? 32 : n / 256 + 1;
+    int nchunks = (int)((n + chunk - 1) / chunk);
+    double *part = (double *)tbc_scratch(TBC_SCR_NORM_COLS, (size_t)nchunks * 2 * C * sizeof(double));
+    dim3 grid((unsigned)((C + COL_THREADS - 1) / COL_THREADS), (unsigned)nchunks);
+    const float *st = scal ? NULL : stats;
+    k_norm_bwd_cols<<<grid, COL_THREADS, 0, S()>>>(part, dy, st, x, P, type, n, C, chunk);
+    TBC_LAUNCHED();
+    /* The vector tensors: dynamic_tanh alpha, beta = 0, 1; layer_norm 0, 1; rms 0;
+     * dyt gamma, beta = 1, 2; derf gamma, beta = 2, 3. */
+    float *d0, *d1;
+    switch ((tb_norm_type)type) {
+    case TB_NORM_DYT: d0 = dprm[1], d1 = dprm[2]; break;
+    case TB_NORM_DERF: d0 = dprm[2], d1 = dprm[3]; break;
+    case TB_NORM_RMS_NORM: d0 = dprm[0], d1 = NULL; break;
+    default: d0 = dprm[0], d1 = dprm[1]; break;
+    }
+    k_norm_bwd_cols_final<<<(unsigned)((C + 127) / 128), 128, 0, S()>>>(d0, d1, part, nchunks, C);
+    TBC_LAUNCHED();
+    if (scal) {
+        k_norm_bwd_scalars<<<1, ROW_THREADS, 0, S()>>>(dprm[0], type == TB_NORM_DERF ? dprm[1] : NULL,
+                                                      rowpart, n);
+        TBC_LAUNCHED();
+    }
+}
+
+/* ---- masked cross-entropy ------------------------------------------------------- */
+
+/* One block per row: argmax (lowest index on ties), Σ exp in double, lse; per-row loss
+ * and flags into rows[t] = (loss, supervised, correct). */
+__global__ void k_xent_rows(float *lse, double *rows, const float *logits, const int32_t *labels, int V) {
+    __shared__ double shd[ROW_THREADS];
+    __shared__ float shv[ROW_THREADS];
+    __shared__ int shi[ROW_THREADS];
+    size_t t = blockIdx.x;
+    int32_t y = labels[t];
+    if (y < 0 || y >= V) {
+        if (threadIdx.x == 0) lse[t] = 0, rows[3 * t] = 0, rows[3 * t + 1] = 0, rows[3 * t + 2] = 0;
+        return;
+    }
+    const float *z = logits + t * V;
+    float m = -INFINITY;
+    int am = V;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) /* ascending j: the first wins ties */
+        if (am == V || z[j] > m) m = z[j], am = j;
+    shv[threadIdx.x] = m;
+    shi[threadIdx.x] = am;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            float m2 = shv[threadIdx.x + s];
+            int i2 = shi[threadIdx.x + s];
+            if (m2 > shv[threadIdx.x] || (m2 == shv[threadIdx.x] && i2 < shi[threadIdx.x]))
+                shv[threadIdx.x] = m2, shi[threadIdx.x] = i2;
+        }
+        __syncthreads();
+    }
+    m = shv[0];
+    am = shi[0];
+    double e = 0;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) e += exp((double)(z[j] - m));
+    e = tbc_block_sum_d(e, shd);
+    if (threadIdx.x == 0) {
+        float l = m + (float)log(e);
+        lse[t] = l;
+        rows[3 * t] = (double)(l - z[y]);
+        rows[3 * t + 1] = 1;
+        rows[3 * t + 2] = am == y;
+    }
+}
+
+__global__ void k_xent_total(double *out, const double *rows, size_t n) {
+    __shared__ double sh[ROW_THREADS];
+    double a = 0, b = 0, c = 0;
+    for (size_t t = threadIdx.x; t < n; t += blockDim.x) a += rows[3 * t], b += rows[3 * t + 1], c += rows[3 * t + 2];
+    a = tbc_block_sum_d(a, sh);
+    b = tbc_block_sum_d(b, sh);
+    c = tbc_block_sum_d(c, sh);
+    if (threadIdx.x == 0) out[0] = a, out[1] = b, out[2] = c;
+}
+
+static void cu_xent_fwd(real *lse, double *sum, int64_t *count, int64_t *correct, const real *logits,
+                        const int32_t *labels, size_t n, int V) {
+    double h[3] = {0, 0, 0};
+    if (n) {
+        double *rows = (double *)tbc_scratch(TBC_SCR_XENT_ROWS, 3 * n * sizeof(double));
+        double *out = (double *)tbc_scratch(TBC_SCR_RESULT, 3 * sizeof(double));
+        k_xent_rows<<<(unsigned)n, ROW_THREADS, 0, S()>>>(lse, rows, logits, labels, V);
+        TBC_LAUNCHED();
+        k_xent_total<<<1, ROW_THREADS, 0, S()>>>(out, rows, n);
+        TBC_LAUNCHED();
+        TBC_CHECK(cudaMemcpyAsync(h, out, sizeof h, cudaMemcpyDeviceToHost, S()));
+        TBC_CHECK(cudaStreamSynchronize(S()));
+    }
+    *sum = h[0];
+    *count = (int64_t)h[1]; /* counts are exact in double below 2^53 */
+    *correct = (int64_t)h[2];
+}
+
+__global__ void k_xent_bwd(float *dlogits, const float *logits, const float *lse, const int32_t *labels,
+                           float scale, size_t n, int V) {
+    GRID_STRIDE(i, n * (size_t)V) {
+        size_t t = i / V;
+        int j = (int)(i % V);
+        int32_t y = labels[t];
+        if (y < 0 || y >= V) continue;
+        float v = dlogits[i] + scale * expf(logits[i] - lse[t]);
+        if (j == y) v -= scale;
+        dlogits[i] = v;
+    }
+}
+
+static void cu_xent_bwd(real *dlogits, const real *logits, const real *lse, const int32_t *labels,
+                        real scale, size_t n, int V) {
+    if (!n) return;
+    k_xent_bwd<<<tbc_blocks(n * (size_t)V, 256), 256, 0, S()>>>(dlogits, logits, lse, labels, scale, n, V);
+    TBC_LAUNCHED();
+}
+
+/* ---- element-wise helpers ------------------------------------------------------- */
+
+__global__ void k_axpy3(float *y, const float *x, float a, const float *z, size_t n) {
+    GRID_STRIDE(i, n) y[i] = x[i] + a * z[i];
+}
+
+static void cu_axpy(real *y, const real *x, real a, const real *z, size_t n) {
+    if (!n) return;
+    k_axpy3<<<tbc_blocks(n, 256), 256, 0, S()>>>(y, x, a, z, n);
+    TBC_LAUNCHED();
+}
+
+static void cu_sum_squares(double *out, const real *z, size_t n) {
+    double *d = (double *)tbc_scratch(TBC_SCR_RESULT, sizeof(double));
+    tbc_reduce_float(d, z, n, TBC_RED_SQUARE);
+    TBC_CHECK(cudaMemcpyAsync(out, d, sizeof(double), cudaMemcpyDeviceToHost, S()));
+    TBC_CHECK(cudaStreamSynchronize(S()));
+}
+
+void tbc_ops_dense_init(tb_ops_dense *ops) {
+    ops->linear_fwd = cu_linear_fwd;
+    ops->linear_bwd = cu_linear_bwd;
+    ops->bitlinear_quant_w = cu_bitlinear_quant_w;
+    ops->bitlinear_quant_x = cu_bitlinear_quant_x;
+    ops->bitlinear_fwd = cu_bitlinear_fwd;
+    ops->bitlinear_bwd = cu_bitlinear_bwd;
+    ops->norm_fwd = cu_norm_fwd;
+    ops->norm_bwd = cu_norm_bwd;
+    ops->xent_fwd = cu_xent_fwd;
+    ops->xent_bwd = cu_xent_bwd;
+    ops->axpy = cu_axpy;
+    ops->sum_squares = cu_sum_squares;
+}

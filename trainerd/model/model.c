@@ -1,0 +1,464 @@
+#include "model.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "../layers/loss.h"
+
+/* ---- binding the registry to the layers' parameter structs ---- */
+
+static tb_linear bind_linear(tb_model *m, int ix) {
+    tb_linear l;
+    memset(&l, 0, sizeof l);
+    const tb_tensor *t = &m->p.t[ix];
+    l.w = tb_params_w(&m->p, ix);
+    l.dw = tb_params_dw(&m->p, ix);
+    l.out = (int)t->shape[0];
+    l.in = (int)t->shape[1];
+    l.bitnet = t->bitlinear && m->cfg.use_bitnet;
+    if (l.bitnet) {
+        l.wq = m->p.codes + t->codes_offset;
+        l.sw = m->p.scales + t->scale_index;
+    }
+    m->linears[m->nlinears++] = l;
+    return l;
+}
+
+static tb_norm bind_norm(tb_model *m, const tb_norm_ix *ix) {
+    tb_norm n;
+    memset(&n, 0, sizeof n);
+    n.type = (tb_norm_type)m->cfg.norm_type; /* same order (config.h, norm.h) */
+    n.C = (int)m->cfg.hidden_size;
+    const int order[6] = {ix->alpha, ix->s, ix->gamma, ix->beta, ix->weight, ix->bias};
+    int k = 0;
+    for (int i = 0; i < 6; i++)
+        if (order[i] >= 0 && k < TB_NORM_MAX_PARAMS) {
+            n.p[k] = tb_params_w(&m->p, order[i]);
+            n.dp[k] = tb_params_dw(&m->p, order[i]);
+            k++;
+        }
+    return n;
+}
+
+static tb_pos_kind pos_kind(int cfg_pos) {
+    switch (cfg_pos) {
+    case TB_CFG_POS_HOPE: return TB_POS_HOPE;
+    case TB_CFG_POS_HOPE_HYPERBOLIC: return TB_POS_HOPE_HYPERBOLIC;
+    case TB_CFG_POS_ROPE: return TB_POS_ROPE;
+    default: return TB_POS_NONE;
+    }
+}
+
+static int bind(tb_model *m, tb_err *err) {
+    const tb_model_config *c = &m->cfg;
+    tb_params *p = &m->p;
+    int C = (int)c->hidden_size;
+    m->linears = calloc((size_t)p->count, sizeof *m->linears);
+    m->blocks = calloc((size_t)c->num_layers, sizeof *m->blocks);
+    size_t nexp = c->use_moe ? 2 * (size_t)c->num_experts * (size_t)c->num_layers : 1;
+    m->expert_linears = calloc(nexp, sizeof *m->expert_linears);
+    if (!m->linears || !m->blocks || !m->expert_linears)
+        return tb_err_set(err, "model: out of memory");
+    /* embedding */
+    tb_embedding *e = &m->emb;
+    e->V = (int)c->vocab_size;
+    e->C = C;
+    e->factorized = c->use_factorized_embedding != 0;
+    e->conv = e->factorized && c->use_embedding_conv;
+    e->Cl = e->factorized ? (int)c->factorized_embedding_dim : C;
+    e->k = (int)c->embedding_conv_kernel;
+    e->table = tb_params_w(p, p->emb);
+    e->dtable = tb_params_dw(p, p->emb);
+    if (e->conv) {
+        e->conv_w = tb_params_w(p, p->emb_conv_w);
+        e->dconv_w = tb_params_dw(p, p->emb_conv_w);
+        e->conv_b = tb_params_w(p, p->emb_conv_b);
+        e->dconv_b = tb_params_dw(p, p->emb_conv_b);
+    }
+    if (e->factorized) e->proj = bind_linear(m, p->emb_proj);
+    for (int i = 0; i < c->num_layers; i++) {
+        const tb_layer_ix *L = &p->layers[i];
+        tb_block *b = &m->blocks[i];
+        b->mixer = L->mixer;
+        b->n1 = bind_norm(m, &L->norm1);
+        b->n2 = bind_norm(m, &L->norm2);
+        switch (L->mixer) {
+        case TB_MIXER_TITAN_ATTN:
+        case TB_MIXER_STANDARD_ATTN:
+        case TB_MIXER_SIGMOID_ATTN:
+            b->attn.q = bind_linear(m, L->q);
+            b->attn.k = bind_linear(m, L->k);
+            b->attn.v = bind_linear(m, L->v);
+            b->attn.o = bind_linear(m, L->o);
+            b->attn.kind = L->mixer == TB_MIXER_TITAN_ATTN      ? TB_ATTN_TITAN
+                           : L->mixer == TB_MIXER_STANDARD_ATTN ? TB_ATTN_STANDARD
+                                                                : TB_ATTN_SIGMOID;
+            b->attn.C = C;
+            b->attn.H = (int)c->num_heads;
+            b->attn.Hkv = (int)tb_mc_kv_heads(c);
+            b->attn.pos = pos_kind(c->pos_encoding);
+            b->attn.pos_base = c->hope_base;
+            b->attn.pos_damping = c->hope_damping;
+            break;
+        case TB_MIXER_ODE:
+            b->ode.norm = bind_norm(m, &L->mnorm);
+            b->ode.qkv = bind_linear(m, L->qkv);
+            b->ode.o = bind_linear(m, L->o);
+            b->ode.C = C;
+            b->ode.H = (int)c->num_heads;
+            b->ode.steps = (int)c->ode_steps;
+            b->ode.rk4 = c->ode_solver == TB_CFG_ODE_RK4;
+            break;
+        case TB_MIXER_RETNET:
+            b->ret.q = bind_linear(m, L->q);
+            b->ret.k = bind_linear(m, L->k);
+            b->ret.v = bind_linear(m, L->v);
+            b->ret.g = bind_linear(m, L->g);
+            b->ret.o = bind_linear(m, L->o);
+            b->ret.norm = bind_norm(m, &L->mnorm);
+            b->ret.C = C;
+            b->ret.H = (int)c->retention_heads;
+            b->ret.bidirectional = c->retention_bidirectional != 0;
+            break;
+        default: { /* TB_MIXER_MAMBA */
+            tb_mamba *mb = &b->mamba;
+            mb->in_proj = bind_linear(m, L->in_proj);
+            mb->x_proj = bind_linear(m, L->x_proj);
+            mb->dt_proj = bind_linear(m, L->dt_w);
+            mb->out_proj = bind_linear(m, L->o);
+            mb->conv_w = tb_params_w(p, L->conv_w);
+            mb->dconv_w = tb_params_dw(p, L->conv_w);
+            mb->conv_b = tb_params_w(p, L->conv_b);
+            mb->dconv_b = tb_params_dw(p, L->conv_b);
+            mb->dt_b = tb_params_w(p, L->dt_b);
+            mb->ddt_b = tb_params_dw(p, L->dt_b);
+            mb->A_log = tb_params_w(p, L->a_log);
+            mb->dA_log = tb_params_dw(p, L->a_log);
+            mb->D = tb_params_w(p, L->d);
+            mb->dD = tb_params_dw(p, L->d);
+            mb->titan = c->titan_memory != 0;
+            if (mb->titan) {
+                mb->mem_q = bind_linear(m, L->mem_q);
+                mb->mem_k = bind_linear(m, L->mem_k);
+                mb->mem_v = bind_linear(m, L->mem_v);
+                mb->mem_decay = tb_params_w(p, L->mem_decay);
+                mb->dmem_decay = tb_params_dw(p, L->mem_decay);
+            }
+            mb->C = C;
+            mb->Di = 2 * C;
+            mb->N = (int)c->mamba_d_state;
+            mb->R = (int)tb_mc_dt_rank(c);
+            mb->k = (int)c->mamba_d_conv;
+            mb->H = (int)c->num_heads;
+            break;
+        }
+        }
+        int act = c->ffn_activation == TB_CFG_ACT_GELU ? TB_ACT_GELU : TB_ACT_SILU;
+        int F = (int)tb_mc_ffn(c);
+        b->use_moe = c->use_moe != 0;
+        if (b->use_moe) {
+            int E = (int)c->num_experts;
+            if (E > TB_MOE_MAX_EXPERTS)
+                return tb_err_set(err, "model.num_experts: %d exceeds %d", E, TB_MOE_MAX_EXPERTS);
+            tb_moe *mo = &b->moe;
+            mo->router = bind_linear(m, L->router);
+            mo->up = m->expert_linears + (size_t)i * 2 * (size_t)E;
+            mo->down = mo->up + E;
+            for (int e = 0; e < E; e++) {
+                mo->up[e] = bind_linear(m, L->expert_up[e]);
+                mo->down[e] = bind_linear(m, L->expert_down[e]);
+            }
+            mo->C = C;
+            mo->F = F;
+            mo->E = E;
+            mo->K = (int)c->top_k_experts;
+            mo->act = act;
+            mo->renormalize = c->moe_renormalize != 0;
+            mo->capacity_factor = c->moe_capacity_factor;
+        } else {
+            b->ffn.up = bind_linear(m, L->ffn_up);
+            b->ffn.down = bind_linear(m, L->ffn_down);
+            b->ffn.C = C;
+            b->ffn.F = F;
+            b->ffn.act = act;
+        }
+    }
+    m->final_norm = bind_norm(m, &p->final_norm);
+    m->head = bind_linear(m, p->head);
+    return 0;
+}
+
+/* ---- sizes ---- */
+
+static size_t mixer_act(const tb_block *b, int B, int T) {
+    switch (b->mixer) {
+    case TB_MIXER_ODE: return ode_act_count(&b->ode, B, T);
+    case TB_MIXER_RETNET: return retention_act_count(&b->ret, B, T);
+    case TB_MIXER_MAMBA: return mamba_act_count(&b->mamba, B, T);
+    default: return attention_act_count(&b->attn, B, T);
+    }
+}
+
+static size_t mixer_scratch(const tb_block *b, int B, int T) {
+    switch (b->mixer) {
+    case TB_MIXER_ODE: return ode_scratch_count(&b->ode, B, T);
+    case TB_MIXER_RETNET: return retention_scratch_count(&b->ret, B, T);
+    case TB_MIXER_MAMBA: return mamba_scratch_count(&b->mamba, B, T);
+    default: return attention_scratch_count(&b->attn, B, T);
+    }
+}
+
+static size_t ffn_act(const tb_block *b, size_t n) {
+    return b->use_moe ? moe_act_count(&b->moe, n) : ffn_act_count(&b->ffn, n);
+}
+
+static size_t ffn_scratch(const tb_block *b, size_t n) {
+    return b->use_moe ? moe_scratch_count(&b->moe, n) : ffn_scratch_count(&b->ffn, n);
+}
+
+static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+
+int tb_model_create(tb_model *m, const tb_model_config *mc, const tb_backend *be, int maxB,
+                    int maxT, tb_err *err) {
+    memset(m, 0, sizeof *m);
+    m->be = be;
+    m->cfg = *mc;
+    if (m->cfg.pattern_len < 1 && tb_model_config_finish(&m->cfg, err)) return -1;
+    if (maxB < 1 || maxT < 1) return tb_err_set(err, "model: bad batch shape %d x %d", maxB, maxT);
+    m->maxB = maxB;
+    m->maxT = maxT;
+    if (tb_params_build(&m->p, &m->cfg, err) || tb_params_alloc(&m->p, err)) goto fail;
+    if (bind(m, err)) goto fail;
+    const tb_model_config *c = &m->cfg;
+    int B = maxB, T = maxT;
+    size_t n = (size_t)B * T, C = (size_t)c->hidden_size, V = (size_t)c->vocab_size;
+    size_t nact = norm_act_count((tb_norm_type)c->norm_type, n);
+    m->nlogical = (int)(c->num_layers * c->num_loops);
+    m->ls = calloc((size_t)m->nlogical, sizeof *m->ls);
+    m->ode_sums = calloc((size_t)m->nlogical, sizeof *m->ode_sums);
+    m->lbal = calloc((size_t)m->nlogical, sizeof *m->lbal);
+    if (!m->ls || !m->ode_sums || !m->lbal) {
+        tb_err_set(err, "model: out of memory");
+        goto fail;
+    }
+    /* Measure pass: offsets into one arena, then a single allocation. */
+    size_t off = 0;
+    size_t o_emb = off; off += embedding_act_count(&m->emb, B, T);
+    size_t o_layers = off;
+    for (int l = 0; l < m->nlogical; l++) {
+        const tb_block *b = &m->blocks[l % c->num_layers];
+        off += 4 * n * C + 2 * nact + mixer_act(b, B, T) + ffn_act(b, n);
+    }
+    size_t o_xf = off; off += n * C;
+    size_t o_fn = off; off += nact;
+    size_t o_yf = off; off += n * C;
+    size_t o_head = off; off += linear_act_count(&m->head, n);
+    size_t o_logits = off; off += n * V;
+    size_t o_loss = off; off += loss_act_count(n);
+    size_t o_dlogits = off; off += n * V;
+    size_t o_d = off; off += 4 * n * C;
+    size_t scr = max_sz(embedding_scratch_count(&m->emb, B, T), linear_scratch_count(&m->head, n));
+    for (int i = 0; i < c->num_layers; i++) {
+        scr = max_sz(scr, mixer_scratch(&m->blocks[i], B, T));
+        scr = max_sz(scr, ffn_scratch(&m->blocks[i], n));
+    }
+    size_t o_scr = off; off += scr;
+    m->arena_count = off;
+    m->arena = calloc(off ? off : 1, sizeof(real));
+    if (!m->arena) {
+        tb_err_set(err, "model: cannot allocate the %zu-real activation arena", off);
+        goto fail;
+    }
+    real *a = m->arena;
+    m->emb_act = a + o_emb;
+    off = o_layers;
+    for (int l = 0; l < m->nlogical; l++) {
+        const tb_block *b = &m->blocks[l % c->num_layers];
+        tb_lstore *s = &m->ls[l];
+        s->x = a + off, off += n * C;
+        s->n1act = a + off, off += nact;
+        s->u = a + off, off += n * C;
+        s->mact = a + off, off += mixer_act(b, B, T);
+        s->h = a + off, off += n * C;
+        s->n2act = a + off, off += nact;
+        s->v = a + off, off += n * C;
+        s->fact = a + off, off += ffn_act(b, n);
+    }
+    m->x_final = a + o_xf;
+    m->fn_act = a + o_fn;
+    m->y_final = a + o_yf;
+    m->head_act = a + o_head;
+    m->logits = a + o_logits;
+    m->loss_act = a + o_loss;
+    m->dlogits = a + o_dlogits;
+    m->dx = a + o_d;
+    m->dh = m->dx + n * C;
+    m->du = m->dh + n * C;
+    m->dv = m->du + n * C;
+    m->scratch = a + o_scr;
+    return 0;
+fail:
+    tb_model_free(m);
+    return -1;
+}
+
+void tb_model_free(tb_model *m) {
+    tb_params_free(&m->p);
+    free(m->linears);
+    free(m->blocks);
+    free(m->ls);
+    free(m->ode_sums);
+    free(m->lbal);
+    free(m->expert_linears);
+    free(m->arena);
+    memset(m, 0, sizeof *m);
+}
+
+size_t tb_model_arena_bytes(const tb_model *m) { return m->arena_count * sizeof(real); }
+
+void tb_model_refresh(tb_model *m) {
+    for (int i = 0; i < m->nlinears; i++)
+        if (m->linears[i].bitnet) linear_refresh(m->be, &m->linears[i]);
+}
+
+void tb_model_init(tb_model *m, uint64_t seed) {
+    tb_params_init(&m->p, seed);
+    tb_model_refresh(m);
+}
+
+const tb_block *tb_model_block(const tb_model *m, int physical) { return &m->blocks[physical]; }
+
+/* ---- forward ---- */
+
+static tb_dropout layer_drop(const tb_model *m, uint32_t layer) {
+    tb_dropout d = {(float)m->cfg.dropout, m->drop.seed, m->drop.counter, layer, m->drop.enabled};
+    return d;
+}
+
+int tb_model_forward(tb_model *m, const tb_batch *bt, const tb_dropout_ctx *d,
+                     tb_fwd_result *res, tb_err *err) {
+    const tb_backend *be = m->be;
+    const tb_model_config *c = &m->cfg;
+    int B = bt->B, T = bt->T;
+    if (B < 1 || T < 1 || B > m->maxB || T > m->maxT || (size_t)B * T > (size_t)m->maxB * m->maxT)
+        return tb_err_set(err, "model: batch %d x %d exceeds the arena's %d x %d", B, T, m->maxB,
+                          m->maxT);
+    size_t n = (size_t)B * T, C = (size_t)c->hidden_size;
+    int V = (int)c->vocab_size;
+    if (embedding_check_ids(err, bt->ids, n, V)) return -1;
+    if (loss_check_labels(err, bt->labels, n, V)) return -1;
+    m->B = B;
+    m->T = T;
+    if (d) m->drop = *d;
+    else memset(&m->drop, 0, sizeof m->drop);
+    tb_dropout de = layer_drop(m, TB_DROPOUT_LAYER_EMB);
+    real *x0 = m->nlogical ? m->ls[0].x : m->x_final;
+    embedding_forward(be, x0, m->emb_act, bt->ids, &m->emb, &de, B, T);
+    double ode_total = 0, bal_total = 0;
+    int n_moe = 0;
+    m->n_ode_evals = 0;
+    for (int l = 0; l < m->nlogical; l++) {
+        const tb_block *b = &m->blocks[l % c->num_layers];
+        tb_lstore *s = &m->ls[l];
+        real *out = l + 1 < m->nlogical ? m->ls[l + 1].x : m->x_final;
+        norm_forward(be, s->u, s->n1act, s->x, &b->n1, n);
+        tb_dropout dl = layer_drop(m, (uint32_t)l);
+        /* mixer output goes to h, then h += x (residual) */
+        switch (b->mixer) {
+        case TB_MIXER_ODE:
+            m->ode_sums[l] = ode_forward(be, s->h, s->mact, s->u, &b->ode, bt->key_mask, &dl, B, T);
+            ode_total += m->ode_sums[l];
+            m->n_ode_evals++;
+            break;
+        case TB_MIXER_RETNET:
+            retention_forward(be, s->h, s->mact, s->u, &b->ret, B, T);
+            break;
+        case TB_MIXER_MAMBA:
+            mamba_forward(be, s->h, s->mact, s->u, &b->mamba, B, T);
+            break;
+        default:
+            attention_forward(be, s->h, s->mact, s->u, &b->attn, bt->key_mask, &dl, l, B, T);
+            break;
+        }
+        be->core.axpy(s->h, R(1.0), s->x, n * C);
+        norm_forward(be, s->v, s->n2act, s->h, &b->n2, n);
+        if (b->use_moe) {
+            moe_forward(be, out, &m->lbal[l], s->fact, s->v, &b->moe, n);
+            bal_total += (double)m->lbal[l];
+            n_moe++;
+        } else {
+            ffn_forward(be, out, s->fact, s->v, &b->ffn, n);
+        }
+        be->core.axpy(out, R(1.0), s->h, n * C);
+    }
+    norm_forward(be, m->y_final, m->fn_act, m->x_final, &m->final_norm, n);
+    linear_forward(be, m->logits, m->head_act, m->y_final, &m->head, n);
+    tb_ce_result ce;
+    loss_forward(be, &ce, m->loss_act, m->logits, bt->labels, n, V);
+    tb_fwd_result r;
+    memset(&r, 0, sizeof r);
+    r.ce = ce.loss;
+    r.accuracy = ce.accuracy;
+    r.count = ce.count;
+    r.correct = ce.correct;
+    r.l_ode = m->n_ode_evals ? ode_total / ((double)m->n_ode_evals * (double)c->ode_steps) : 0;
+    r.l_bal = n_moe ? bal_total / n_moe : 0;
+    r.loss = r.ce + c->lambda_ode * r.l_ode + c->lambda_bal * r.l_bal;
+    *res = r;
+    return 0;
+}
+
+/* ---- backward ---- */
+
+void tb_model_backward(tb_model *m, const tb_batch *bt, double grad_scale) {
+    const tb_backend *be = m->be;
+    const tb_model_config *c = &m->cfg;
+    int B = m->B, T = m->T, V = (int)c->vocab_size;
+    size_t n = (size_t)B * T, C = (size_t)c->hidden_size;
+    be->core.fill(m->dlogits, R(0.0), n * (size_t)V);
+    loss_backward(be, m->dlogits, m->loss_act, m->logits, bt->labels, (real)grad_scale, n, V);
+    be->core.fill(m->dh, R(0.0), n * C);
+    linear_backward(be, m->dh, m->scratch, m->dlogits, m->head_act, m->y_final, &m->head, n);
+    be->core.fill(m->dx, R(0.0), n * C);
+    norm_backward(be, m->dx, m->dh, m->fn_act, m->x_final, &m->final_norm, n);
+    real g_ode = m->n_ode_evals
+                     ? (real)(grad_scale * c->lambda_ode / ((double)m->n_ode_evals * (double)c->ode_steps))
+                     : R(0.0);
+    /* Every logical layer evaluates the MoE once when use_moe. */
+    real bal_scale = c->use_moe ? (real)(grad_scale * c->lambda_bal / m->nlogical) : R(0.0);
+    /* m->dx holds dL/d(out) of the layer being walked. */
+    for (int l = m->nlogical - 1; l >= 0; l--) {
+        const tb_block *b = &m->blocks[l % c->num_layers];
+        const tb_lstore *s = &m->ls[l];
+        /* out = h + FFN(N2(h)) */
+        be->core.fill(m->dv, R(0.0), n * C);
+        if (b->use_moe)
+            moe_backward(be, m->dv, m->scratch, m->dx, bal_scale, s->fact, s->v, &b->moe, n);
+        else
+            ffn_backward(be, m->dv, m->scratch, m->dx, s->fact, s->v, &b->ffn, n);
+        be->core.copy(m->dh, m->dx, n * C);
+        norm_backward(be, m->dh, m->dv, s->n2act, s->h, &b->n2, n);
+        /* h = x + Mixer(N1(x)) */
+        be->core.fill(m->du, R(0.0), n * C);
+        tb_dropout dl = layer_drop(m, (uint32_t)l);
+        switch (b->mixer) {
+        case TB_MIXER_ODE:
+            ode_backward(be, m->du, m->scratch, m->dh, s->mact, s->u, &b->ode, bt->key_mask, &dl,
+                         g_ode, B, T);
+            break;
+        case TB_MIXER_RETNET:
+            retention_backward(be, m->du, m->scratch, m->dh, s->mact, s->u, &b->ret, B, T);
+            break;
+        case TB_MIXER_MAMBA:
+            mamba_backward(be, m->du, m->scratch, m->dh, s->mact, s->u, &b->mamba, B, T);
+            break;
+        default:
+            attention_backward(be, m->du, m->scratch, m->dh, s->mact, s->u, &b->attn, bt->key_mask,
+                               &dl, l, B, T);
+            break;
+        }
+        be->core.copy(m->dx, m->dh, n * C);
+        norm_backward(be, m->dx, m->du, s->n1act, s->x, &b->n1, n);
+    }
+    tb_dropout de = layer_drop(m, TB_DROPOUT_LAYER_EMB);
+    embedding_backward(be, m->scratch, m->dx, m->emb_act, bt->ids, &m->emb, &de, B, T);
+}

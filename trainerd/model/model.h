@@ -1,0 +1,121 @@
+/* The whole model (MODEL.md section 8) over the op interface:
+ *   embedding -> dropout -> logical layers l = 0 .. L·loops - 1 (physical l mod L,
+ *   mixer pattern[i mod len]), each h = x + Mixer(N1(x)); out = h + FFN(N2(h))
+ *   -> final norm -> head -> masked CE (+ λ_bal · mean L_bal + λ_ode · L_ode), accuracy.
+ * Parameters live in the registry's flat buffers (params.h); activations in one arena
+ * sized at creation for a maximum (B, T) (the "measure pass"): nothing is allocated by
+ * forward or backward. */
+#ifndef TB_MODEL_MODEL_H
+#define TB_MODEL_MODEL_H
+#include <stddef.h>
+#include <stdint.h>
+#include "../backend.h"
+#include "../layers/attention.h"
+#include "../layers/dropout.h"
+#include "../layers/embedding.h"
+#include "../layers/linear.h"
+#include "../layers/mamba.h"
+#include "../layers/moe.h"
+#include "../layers/norm.h"
+#include "../layers/ode.h"
+#include "../layers/retention.h"
+#include "config.h"
+#include "params.h"
+#include "tb_err.h"
+
+/* One micro-batch. labels: -100 where not supervised. key_mask NULL: no padding. */
+typedef struct tb_batch {
+    const int32_t *ids;      // (B, T)
+    const int32_t *labels;   // (B, T)
+    const uint8_t *key_mask; // (B, T) nonzero = real token, or NULL
+    int B, T;
+} tb_batch;
+
+typedef struct tb_fwd_result {
+    double loss;      /* CE + λ_bal · L̄_bal + λ_ode · L_ode */
+    double ce, accuracy;
+    double l_bal;     /* mean over MoE evaluations (0 without MoE) */
+    double l_ode;     /* mean over (ODE evaluation, step) of mean(k1²) */
+    int64_t count, correct;
+} tb_fwd_result;
+
+/* Dropout of one forward/backward pair: the counter is the micro-step (optimizer step ·
+ * accumulation + micro index), so every micro-batch draws distinct masks. */
+typedef struct tb_dropout_ctx {
+    uint64_t seed;
+    uint32_t counter;
+    int enabled;
+} tb_dropout_ctx;
+
+/* A physical layer's parameter structs (pointers into the registry's buffers). */
+typedef struct tb_block {
+    int mixer; /* tb_mixer_kind */
+    tb_norm n1, n2;
+    tb_attention attn;
+    tb_ode ode;
+    tb_retention ret;
+    tb_mamba mamba;
+    int use_moe;
+    tb_moe moe;  /* up / down point into tb_model.expert_linears */
+    tb_ffn ffn;  /* use_moe false */
+} tb_block;
+
+/* Arena pointers of a logical layer. */
+typedef struct tb_lstore {
+    real *x;      // (B, T, C) layer input
+    real *n1act, *u;    // N1 stats, u = N1(x) (B, T, C)
+    real *mact;   // mixer activations
+    real *h;      // (B, T, C)
+    real *n2act, *v;    // N2 stats, v = N2(h)
+    real *fact;   // FFN activations
+} tb_lstore;
+
+typedef struct tb_model {
+    tb_params p;
+    tb_model_config cfg;
+    const tb_backend *be;
+    int maxB, maxT;
+    int nlogical;
+    tb_embedding emb;
+    tb_block *blocks;   /* cfg.num_layers */
+    tb_norm final_norm;
+    tb_linear head;
+    tb_linear *linears; /* every linear, for refresh */
+    tb_linear *expert_linears; /* 2 · E per physical layer (MoE up, down) */
+    int nlinears;
+    /* arena (sized for maxB · maxT tokens) */
+    real *arena;
+    size_t arena_count;
+    real *emb_act, *x_final, *fn_act, *y_final, *head_act, *logits, *loss_act;
+    tb_lstore *ls;      /* nlogical */
+    /* backward scratch */
+    real *dlogits, *dx, *dh, *du, *dv, *scratch;
+    double *ode_sums;   /* per logical layer: Σ_steps mean(k1²) */
+    real *lbal;         /* per logical layer: L_bal of its MoE evaluation */
+    int n_ode_evals;
+    /* last forward */
+    int B, T;
+    tb_dropout_ctx drop;
+} tb_model;
+
+/* Builds the registry, allocates parameters and the arena for up to maxB x maxT. */
+int tb_model_create(tb_model *m, const tb_model_config *mc, const tb_backend *be, int maxB,
+                    int maxT, tb_err *err);
+void tb_model_free(tb_model *m);
+/* Parameters from the seed (MODEL.md 9), then derived buffers. */
+void tb_model_init(tb_model *m, uint64_t seed);
+/* Recompute derived buffers (BitLinear codes) after params changed (step, load). */
+void tb_model_refresh(tb_model *m);
+/* Reals of arena the model holds (for logs). */
+size_t tb_model_arena_bytes(const tb_model *m);
+
+/* Forward of one micro-batch; validates ids and labels (outside input). */
+int tb_model_forward(tb_model *m, const tb_batch *b, const tb_dropout_ctx *d,
+                     tb_fwd_result *res, tb_err *err);
+/* Backward of the last forward: every parameter gradient += dL/dθ · grad_scale. */
+void tb_model_backward(tb_model *m, const tb_batch *b, double grad_scale);
+
+/* The tensors of the registry, by mixer, as the layer structs see them (tests). */
+const tb_block *tb_model_block(const tb_model *m, int physical);
+
+#endif

@@ -1,0 +1,142 @@
+#include "train.h"
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdarg.h>
+#include <sys/stat.h>
+
+int tb_trainer_create(tb_trainer *tr, const tb_run_config *rc, const tb_backend *be, int maxB,
+                      int maxT, tb_err *err) {
+    memset(tr, 0, sizeof *tr);
+    tr->rc = *rc;
+    tr->seed = (uint64_t)rc->training.seed;
+    if (tb_model_create(&tr->model, &rc->model, be, maxB, maxT, err)) return -1;
+    tb_model_init(&tr->model, tr->seed);
+    tb_optim_init(&tr->opt);
+    return 0;
+}
+
+void tb_trainer_free(tb_trainer *tr) {
+    tb_model_free(&tr->model);
+    memset(tr, 0, sizeof *tr);
+}
+
+int tb_trainer_step(tb_trainer *tr, const tb_batch *micro, int nmicro, tb_step_result *res,
+                    tb_err *err) {
+    tb_step_result r;
+    memset(&r, 0, sizeof r);
+    int finite = 1;
+    for (int i = 0; i < nmicro; i++) {
+        tb_dropout_ctx d = {tr->seed, (uint32_t)tr->micro_seen, tr->rc.model.dropout > 0};
+        tb_fwd_result f;
+        if (tb_model_forward(&tr->model, &micro[i], &d, &f, err)) {
+            /* Bad input: drop what this step accumulated so the next one starts clean. */
+            tr->model.be->core.fill(tr->model.p.grad, R(0.0), tr->model.p.total);
+            return tb_err_wrap(err, "micro-batch %d", i);
+        }
+        tr->micro_seen++;
+        if (!isfinite(f.loss)) finite = 0;
+        else tb_model_backward(&tr->model, &micro[i], 1.0);
+        r.loss += f.loss / nmicro;
+        r.ce += f.ce / nmicro;
+        r.l_bal += f.l_bal / nmicro;
+        r.l_ode += f.l_ode / nmicro;
+        r.count += f.count;
+        r.correct += f.correct;
+        r.tokens += (int64_t)micro[i].B * micro[i].T;
+    }
+    r.accuracy = r.count ? (double)r.correct / (double)r.count : 0;
+    r.status = tb_optim_step(&tr->opt, tr->model.be, &tr->model.p, &tr->rc.training, nmicro,
+                             finite, &r.opt);
+    if (r.status == TB_OPTIM_APPLIED) tb_model_refresh(&tr->model);
+    *res = r;
+    return 0;
+}
+
+static int meta_add(tb_st_meta *m, int *n, const char *k, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int meta_add(tb_st_meta *m, int *n, const char *k, const char *fmt, ...) {
+    if (*n >= TB_TRAINER_META_MAX) return -1;
+    snprintf(m[*n].key, sizeof m[*n].key, "%s", k);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(m[*n].value, sizeof m[*n].value, fmt, ap);
+    va_end(ap);
+    (*n)++;
+    return 0;
+}
+
+int tb_trainer_save(const tb_trainer *tr, const char *dir, const tb_st_meta *extra, int nextra,
+                    tb_err *err) {
+    if (mkdir(dir, 0755) && errno != EEXIST)
+        return tb_err_set(err, "%s: cannot create: %s", dir, strerror(errno));
+    char path[4096];
+    const tb_params *p = &tr->model.p;
+    tb_st_meta meta[TB_TRAINER_META_MAX];
+    int n = 0;
+    meta_add(meta, &n, "format", "tb");
+    meta_add(meta, &n, "model_class", "%s", tr->rc.model_class);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    tb_st_role w[] = {{p->param, ""}};
+    if (tb_st_write(path, p, w, 1, meta, n, err)) return -1;
+    n = 0;
+    meta_add(meta, &n, "step", "%" PRId64, tr->opt.step);
+    meta_add(meta, &n, "lr_scale", "%.17g", tr->opt.lr_scale);
+    meta_add(meta, &n, "nan_retries", "%d", tr->opt.nan_retries);
+    meta_add(meta, &n, "micro_seen", "%" PRIu64, tr->micro_seen);
+    meta_add(meta, &n, "seed", "%" PRIu64, tr->seed);
+    for (int i = 0; i < nextra && n < TB_TRAINER_META_MAX; i++) meta[n++] = extra[i];
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+    tb_st_role o[] = {{p->m, ".exp_avg"}, {p->v, ".exp_avg_sq"}};
+    return tb_st_write(path, p, o, 2, meta, n, err);
+}
+
+static int meta_num(const tb_st_meta *m, int n, const char *key, const char *path, double *out,
+                    tb_err *err) {
+    const char *v = tb_st_meta_get(m, n, key);
+    char *end;
+    if (!v) return tb_err_set(err, "%s: __metadata__ lacks '%s'", path, key);
+    errno = 0;
+    *out = strtod(v, &end);
+    if (errno || end == v || *end) return tb_err_set(err, "%s: __metadata__.%s: bad number '%s'", path, key, v);
+    return 0;
+}
+
+int tb_trainer_load(tb_trainer *tr, const char *dir, tb_st_meta *meta, int cap, int *nmeta,
+                    tb_err *err) {
+    char path[4096];
+    tb_params *p = &tr->model.p;
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    tb_st_role w[] = {{p->param, ""}};
+    if (tb_st_read(path, p, w, 1, NULL, 0, NULL, err)) return -1;
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+    tb_st_role o[] = {{p->m, ".exp_avg"}, {p->v, ".exp_avg_sq"}};
+    tb_st_meta mm[TB_TRAINER_META_MAX];
+    int n = 0;
+    if (tb_st_read(path, p, o, 2, mm, TB_TRAINER_META_MAX, &n, err)) return -1;
+    double step, scale, retries, micro, seed;
+    if (meta_num(mm, n, "step", path, &step, err) || meta_num(mm, n, "lr_scale", path, &scale, err) ||
+        meta_num(mm, n, "nan_retries", path, &retries, err) ||
+        meta_num(mm, n, "micro_seen", path, &micro, err) || meta_num(mm, n, "seed", path, &seed, err))
+        return -1;
+    /* Integers are written exactly; read the big ones back as integers. */
+    tr->opt.step = (int64_t)strtoll(tb_st_meta_get(mm, n, "step"), NULL, 10);
+    tr->opt.lr_scale = scale;
+    tr->opt.nan_retries = (int)retries;
+    tr->micro_seen = strtoull(tb_st_meta_get(mm, n, "micro_seen"), NULL, 10);
+    tr->seed = strtoull(tb_st_meta_get(mm, n, "seed"), NULL, 10);
+    (void)step;
+    (void)micro;
+    (void)seed;
+    tr->model.be->core.fill(p->grad, R(0.0), p->total);
+    tb_model_refresh(&tr->model);
+    if (meta) {
+        int k = 0;
+        for (int i = 0; i < n && k < cap; i++) meta[k++] = mm[i];
+        if (nmeta) *nmeta = k;
+    }
+    return 0;
+}

@@ -1,0 +1,50 @@
+/* One training step over the model (MODEL.md sections 8-10): forward and backward of
+ * each micro-batch (gradients summed), then the optimizer update (averaging, clipping,
+ * AdamW, schedule, non-finite skip/retry) and the BitLinear refresh. Saving and loading
+ * the trainer's state: model.safetensors (weights, section 11 names) and
+ * optimizer.safetensors (AdamW moments as NAME.exp_avg / NAME.exp_avg_sq, with the step,
+ * lr scale, retry count, dropout counter and seed in __metadata__, plus the caller's
+ * extra pairs such as a data cursor). */
+#ifndef TB_MODEL_TRAIN_H
+#define TB_MODEL_TRAIN_H
+#include <stdint.h>
+#include "config.h"
+#include "model.h"
+#include "optim.h"
+#include "safetensors.h"
+
+typedef struct tb_trainer {
+    tb_run_config rc;
+    tb_model model;
+    tb_optim opt;
+    uint64_t seed;
+    uint64_t micro_seen; /* micro-batches run so far: the dropout counter */
+} tb_trainer;
+
+typedef struct tb_step_result {
+    double loss, ce, accuracy, l_bal, l_ode; /* means over the micro-batches */
+    int64_t count, correct;                   /* supervised positions, summed */
+    int64_t tokens;                           /* B·T summed */
+    tb_optim_report opt;
+    tb_optim_status status;
+} tb_step_result;
+
+/* Model for up to maxB x maxT, parameters initialised from rc->training.seed. */
+int tb_trainer_create(tb_trainer *tr, const tb_run_config *rc, const tb_backend *be, int maxB,
+                      int maxT, tb_err *err);
+void tb_trainer_free(tb_trainer *tr);
+/* One optimizer step over nmicro micro-batches. Returns -1 only for bad input (ids or
+ * labels out of range); a non-finite step is reported in res->status. */
+int tb_trainer_step(tb_trainer *tr, const tb_batch *micro, int nmicro, tb_step_result *res,
+                    tb_err *err);
+
+#define TB_TRAINER_META_MAX 32
+/* Writes dir/model.safetensors and dir/optimizer.safetensors (dir is created). */
+int tb_trainer_save(const tb_trainer *tr, const char *dir, const tb_st_meta *extra, int nextra,
+                    tb_err *err);
+/* Reads both files into a trainer created with the same config; meta (cap entries) gets
+ * the optimizer file's metadata for the caller's own keys. */
+int tb_trainer_load(tb_trainer *tr, const char *dir, tb_st_meta *meta, int cap, int *nmeta,
+                    tb_err *err);
+
+#endif

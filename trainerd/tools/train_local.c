@@ -1,0 +1,422 @@
+/* tb-train-local: trains the model on the CPU from shards, without the daemons.
+ * Data goes through the prefetchd library (tb_stream: read, tokenize, pack, MLM-mask);
+ * the step is trainerd/model/train.c. A progress line per step:
+ *   step S/N loss L acc A lr LR tok/s X eta T
+ * --save DIR writes DIR/model.safetensors and DIR/optimizer.safetensors (with the data
+ * cursor in the optimizer file's metadata); --resume DIR continues from them bit for bit. */
+#include <dirent.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include "manifest.h"
+#include "model/train.h"
+#include "stream.h"
+#include "tb_clock.h"
+#include "tb_err.h"
+#include "tb_log.h"
+#include "tb_spm.h"
+
+static volatile sig_atomic_t stop_flag;
+
+static long long strtoll_10(const char *s, char **end) { return strtoll(s, end, 10); }
+static void on_signal(int sig) {
+    (void)sig;
+    stop_flag = 1;
+}
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: tb-train-local [options]\n"
+            "  --preset NAME       tiny | mini | frankenstein | ultra (default tiny)\n"
+            "  --config FILE       a trainer YAML (model: and training: blocks) instead of a preset\n"
+            "  --set KEY=VALUE     override a config key (repeatable), e.g.\n"
+            "                      --set training.optimizer.parameters.adamw-lr_other=3e-4\n"
+            "  --data PATH         shard file or directory (repeatable; a directory gives its\n"
+            "                      *.jsonl.gz, else *.jsonl.zst, else *.jsonl files, sorted)\n"
+            "  --tokenizer FILE    SentencePiece model (its size must equal vocab_size)\n"
+            "  --steps N           optimizer steps (default 100; also the schedule's length\n"
+            "                      unless --config sets scheduler_total_steps)\n"
+            "  --seq-len T         sequence length (default: training.max_length)\n"
+            "  --batch B           micro-batch size (default: training.batch_size)\n"
+            "  --accum N           micro-batches per step (default 1 with a preset,\n"
+            "                      training.gradient_accumulation_steps with --config)\n"
+            "  --lr-scale X        multiply every group's peak learning rate by X\n"
+            "  --seed N            init, dropout and data order seed (default training.seed)\n"
+            "  --minutes M         stop after M minutes of training (saving if --save)\n"
+            "  --save DIR          save there at the end (and every --save-every steps)\n"
+            "  --save-every N      steps between saves (0: only at the end)\n"
+            "  --resume DIR        continue from a --save directory (same options)\n"
+            "  --csv FILE          append one line per step (step,loss,accuracy,lr,grad_norm,tok_s)\n"
+            "Exit status: 0 done, 64 usage, 65 bad data, 70 internal error, 75 gave up after\n"
+            "non-finite steps (an emergency save is written to DIR/emergency with --save), 78 config.\n");
+}
+
+typedef struct opts {
+    const char *preset, *config, *tokenizer, *save, *resume, *csv;
+    const char *data[256];
+    int ndata;
+    const char *sets[64];
+    int nsets;
+    long steps, seq_len, batch, accum, save_every;
+    double lr_scale, minutes;
+    long long seed;
+} opts;
+
+static int has_suffix(const char *s, const char *suf) {
+    size_t n = strlen(s), m = strlen(suf);
+    return n >= m && !strcmp(s + n - m, suf);
+}
+
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Manifest text from --data: files as given, directories expanded. */
+static int build_manifest(tb_manifest *m, const opts *o, tb_err *err) {
+    size_t cap = 1 << 16, len = 0;
+    char *text = malloc(cap);
+    if (!text) return tb_err_set(err, "out of memory");
+    text[0] = 0;
+    for (int i = 0; i < o->ndata; i++) {
+        struct stat st;
+        if (stat(o->data[i], &st)) {
+            free(text);
+            return tb_err_set(err, "--data %s: %s", o->data[i], strerror(errno));
+        }
+        char *files[4096];
+        int nf = 0;
+        if (S_ISDIR(st.st_mode)) {
+            static const char *const exts[] = {".jsonl.gz", ".jsonl.zst", ".jsonl"};
+            for (int e = 0; e < 3 && nf == 0; e++) {
+                DIR *d = opendir(o->data[i]);
+                if (!d) {
+                    free(text);
+                    return tb_err_set(err, "--data %s: %s", o->data[i], strerror(errno));
+                }
+                struct dirent *de;
+                while ((de = readdir(d)) && nf < 4096)
+                    if (has_suffix(de->d_name, exts[e])) {
+                        size_t n = strlen(o->data[i]) + strlen(de->d_name) + 2;
+                        files[nf] = malloc(n);
+                        snprintf(files[nf++], n, "%s/%s", o->data[i], de->d_name);
+                    }
+                closedir(d);
+            }
+            qsort(files, (size_t)nf, sizeof files[0], cmp_str);
+            if (nf == 0) {
+                free(text);
+                return tb_err_set(err, "--data %s: no *.jsonl.gz, *.jsonl.zst or *.jsonl files",
+                                  o->data[i]);
+            }
+        } else {
+            files[nf++] = strdup(o->data[i]);
+        }
+        for (int f = 0; f < nf; f++) {
+            size_t need = len + strlen(files[f]) + 2;
+            if (need > cap) {
+                cap = 2 * need;
+                char *t = realloc(text, cap);
+                if (!t) {
+                    free(text);
+                    return tb_err_set(err, "out of memory");
+                }
+                text = t;
+            }
+            len += (size_t)snprintf(text + len, cap - len, "%s\n", files[f]);
+            free(files[f]);
+        }
+    }
+    int rv = tb_manifest_parse(m, text, len, "--data", NULL, err);
+    free(text);
+    if (rv == 0) m->generation = 1;
+    return rv;
+}
+
+static void fmt_eta(char *buf, size_t n, double s) {
+    if (!isfinite(s) || s < 0) s = 0;
+    long t = (long)s;
+    if (t >= 3600) snprintf(buf, n, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+    else snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
+}
+
+static void hex_encode(char *out, const uint8_t *b, size_t n) {
+    for (size_t i = 0; i < n; i++) sprintf(out + 2 * i, "%02x", b[i]);
+    out[2 * n] = 0;
+}
+
+static int hex_decode(uint8_t *out, size_t n, const char *s) {
+    if (strlen(s) != 2 * n) return -1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        if (sscanf(s + 2 * i, "%2x", &v) != 1) return -1;
+        out[i] = (uint8_t)v;
+    }
+    return 0;
+}
+
+static int save(const tb_trainer *tr, const char *dir, const tb_stream_cursor *cur, tb_err *err) {
+    uint8_t b[TB_STREAM_CURSOR_BYTES];
+    tb_stream_cursor_serialize(b, cur);
+    tb_st_meta extra;
+    snprintf(extra.key, sizeof extra.key, "data_cursor");
+    hex_encode(extra.value, b, sizeof b);
+    return tb_trainer_save(tr, dir, &extra, 1, err);
+}
+
+int main(int argc, char **argv) {
+    opts o;
+    memset(&o, 0, sizeof o);
+    o.steps = 100;
+    o.seq_len = o.batch = o.accum = -1;
+    o.lr_scale = 1;
+    o.seed = -1;
+    enum { O_PRESET = 1, O_CONFIG, O_SET, O_DATA, O_TOK, O_STEPS, O_T, O_B, O_ACC, O_LR, O_SEED,
+           O_MIN, O_SAVE, O_SAVE_EVERY, O_RESUME, O_CSV, O_HELP };
+    static const struct option lo[] = {
+        {"preset", 1, 0, O_PRESET}, {"config", 1, 0, O_CONFIG},   {"set", 1, 0, O_SET},
+        {"data", 1, 0, O_DATA},     {"tokenizer", 1, 0, O_TOK},   {"steps", 1, 0, O_STEPS},
+        {"seq-len", 1, 0, O_T},     {"batch", 1, 0, O_B},         {"accum", 1, 0, O_ACC},
+        {"lr-scale", 1, 0, O_LR},   {"seed", 1, 0, O_SEED},       {"minutes", 1, 0, O_MIN},
+        {"save", 1, 0, O_SAVE},     {"save-every", 1, 0, O_SAVE_EVERY},
+        {"resume", 1, 0, O_RESUME}, {"csv", 1, 0, O_CSV},         {"help", 0, 0, O_HELP},
+        {0, 0, 0, 0}};
+    int c;
+    char *end;
+#define NUM(dst, conv)                                                        \
+    do {                                                                      \
+        errno = 0;                                                            \
+        dst = conv(optarg, &end);                                             \
+        if (errno || end == optarg || *end) {                                 \
+            fprintf(stderr, "tb-train-local: --%s: bad number '%s'\n", lo[li].name, optarg); \
+            return TB_EX_USAGE;                                               \
+        }                                                                     \
+    } while (0)
+    int li = 0;
+    while ((c = getopt_long(argc, argv, "h", lo, &li)) != -1) {
+        switch (c) {
+        case O_PRESET: o.preset = optarg; break;
+        case O_CONFIG: o.config = optarg; break;
+        case O_SET:
+            if (o.nsets < 64) o.sets[o.nsets++] = optarg;
+            break;
+        case O_DATA:
+            if (o.ndata < 256) o.data[o.ndata++] = optarg;
+            break;
+        case O_TOK: o.tokenizer = optarg; break;
+        case O_STEPS: { long long v; NUM(v, strtoll_10); o.steps = (long)v; break; }
+        case O_T: { long long v; NUM(v, strtoll_10); o.seq_len = (long)v; break; }
+        case O_B: { long long v; NUM(v, strtoll_10); o.batch = (long)v; break; }
+        case O_ACC: { long long v; NUM(v, strtoll_10); o.accum = (long)v; break; }
+        case O_SAVE_EVERY: { long long v; NUM(v, strtoll_10); o.save_every = (long)v; break; }
+        case O_SEED: NUM(o.seed, strtoll_10); break;
+        case O_LR: NUM(o.lr_scale, strtod); break;
+        case O_MIN: NUM(o.minutes, strtod); break;
+        case O_SAVE: o.save = optarg; break;
+        case O_RESUME: o.resume = optarg; break;
+        case O_CSV: o.csv = optarg; break;
+        case O_HELP:
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return TB_EX_USAGE;
+        }
+    }
+    if (optind < argc || o.ndata == 0 || !o.tokenizer || o.steps < 1 || (o.preset && o.config)) {
+        fprintf(stderr, "tb-train-local: %s\n",
+                optind < argc ? "unexpected argument" :
+                o.ndata == 0 ? "--data is required" :
+                !o.tokenizer ? "--tokenizer is required" :
+                o.steps < 1 ? "--steps must be >= 1" : "--preset and --config exclude each other");
+        usage(stderr);
+        return TB_EX_USAGE;
+    }
+    tb_log_init("tb-train-local", TB_LOG_INFO);
+    tb_err err = {{0}};
+    tb_run_config rc;
+    int from_config = o.config != NULL;
+    if (from_config ? tb_run_config_load(&rc, o.config, &err)
+                    : tb_run_config_preset(&rc, o.preset ? o.preset : "tiny", &err)) {
+        fprintf(stderr, "tb-train-local: %s\n", err.msg);
+        return TB_EX_CONFIG;
+    }
+    if (!from_config) {
+        rc.training.scheduler_total_steps = o.steps;
+        rc.training.gradient_accumulation_steps = 1;
+    }
+    for (int i = 0; i < o.nsets; i++)
+        if (tb_cfg_set(&rc, tb_run_config_schema(), o.sets[i], NULL, &err) ||
+            tb_run_config_finish(&rc, &err)) {
+            fprintf(stderr, "tb-train-local: --set %s: %s\n", o.sets[i], err.msg);
+            return TB_EX_CONFIG;
+        }
+    if (o.seq_len > 0) rc.training.max_length = o.seq_len;
+    if (o.batch > 0) rc.training.batch_size = o.batch;
+    if (o.accum > 0) rc.training.gradient_accumulation_steps = o.accum;
+    if (o.seed >= 0) rc.training.seed = o.seed;
+    for (int g = 0; g < TB_GROUP_COUNT; g++) rc.training.group[g].lr *= o.lr_scale;
+    int B = (int)rc.training.batch_size, T = (int)rc.training.max_length;
+    int accum = (int)rc.training.gradient_accumulation_steps;
+
+    tb_spm *spm = tb_spm_load(o.tokenizer, &err);
+    if (!spm) {
+        fprintf(stderr, "tb-train-local: %s\n", err.msg);
+        return TB_EX_NOINPUT;
+    }
+    if (tb_spm_vocab_size(spm) != rc.model.vocab_size) {
+        fprintf(stderr, "tb-train-local: %s: vocabulary %d, but model.vocab_size is %lld\n",
+                o.tokenizer, tb_spm_vocab_size(spm), (long long)rc.model.vocab_size);
+        tb_spm_free(spm);
+        return TB_EX_CONFIG;
+    }
+    tb_manifest man;
+    if (build_manifest(&man, &o, &err)) {
+        fprintf(stderr, "tb-train-local: %s\n", err.msg);
+        tb_spm_free(spm);
+        return TB_EX_NOINPUT;
+    }
+    tb_trainer tr;
+    if (tb_trainer_create(&tr, &rc, tb_backend_cpu(), B, T, &err)) {
+        fprintf(stderr, "tb-train-local: %s\n", err.msg);
+        return TB_EX_SOFTWARE;
+    }
+    tb_stream_cursor cur, *at = NULL;
+    if (o.resume) {
+        tb_st_meta meta[TB_TRAINER_META_MAX];
+        int n = 0;
+        const char *hex;
+        uint8_t b[TB_STREAM_CURSOR_BYTES];
+        if (tb_trainer_load(&tr, o.resume, meta, TB_TRAINER_META_MAX, &n, &err) ||
+            !(hex = tb_st_meta_get(meta, n, "data_cursor")) || hex_decode(b, sizeof b, hex) ||
+            tb_stream_cursor_deserialize(&cur, b, sizeof b, &err)) {
+            fprintf(stderr, "tb-train-local: --resume %s: %s\n", o.resume,
+                    err.msg[0] ? err.msg : "no valid data_cursor in optimizer.safetensors");
+            return TB_EX_DATAERR;
+        }
+        at = &cur;
+    }
+    tb_stream_config sc;
+    tb_stream_config_default(&sc);
+    sc.seq_len = (uint32_t)T;
+    sc.batch_size = (uint32_t)B;
+    sc.mask_prob = rc.training.mlm_probability;
+    sc.seed = (uint64_t)rc.training.seed;
+    sc.threads = 1;
+    tb_stream *st = tb_stream_open(&sc, &man, spm, at, &err);
+    if (!st) {
+        fprintf(stderr, "tb-train-local: %s\n", err.msg);
+        return TB_EX_NOINPUT;
+    }
+    size_t n = (size_t)B * T;
+    int32_t *ids = malloc(n * (size_t)accum * sizeof *ids);
+    int32_t *labels = malloc(n * (size_t)accum * sizeof *labels);
+    uint8_t *mask = malloc(n * (size_t)accum);
+    tb_batch *mb = calloc((size_t)accum, sizeof *mb);
+    if (!ids || !labels || !mask || !mb) {
+        fprintf(stderr, "tb-train-local: out of memory\n");
+        return TB_EX_SOFTWARE;
+    }
+    FILE *csv = NULL;
+    if (o.csv && !(csv = fopen(o.csv, "a"))) {
+        fprintf(stderr, "tb-train-local: %s: %s\n", o.csv, strerror(errno));
+        return TB_EX_USAGE;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    printf("tb-train-local: %s, %" PRId64 " parameters, B %d x T %d x accum %d, %d steps, "
+           "arena %.1f MiB, seed %lld\n",
+           rc.model_class, (int64_t)tr.model.p.total, B, T, accum, (int)o.steps,
+           (double)tb_model_arena_bytes(&tr.model) / 1048576.0, (long long)rc.training.seed);
+    fflush(stdout);
+    tb_stream_batch sb;
+    memset(&sb, 0, sizeof sb);
+    int status = 0;
+    double t0 = tb_clock_mono_s(), tlast = t0;
+    int64_t first = tr.opt.step, tokens = 0;
+    tb_stream_cursor_get(st, &cur);
+    while (tr.opt.step < o.steps && !stop_flag) {
+        for (int a = 0; a < accum; a++) {
+            int rv = tb_stream_next_batch(st, &sb, &err);
+            if (rv != 1) {
+                fprintf(stderr, "tb-train-local: data: %s\n", rv == 0 ? "stream ended" : err.msg);
+                status = TB_EX_DATAERR;
+                goto done;
+            }
+            memcpy(ids + (size_t)a * n, sb.ids, n * sizeof *ids);
+            memcpy(labels + (size_t)a * n, sb.labels, n * sizeof *labels);
+            memcpy(mask + (size_t)a * n, sb.attn_mask, n);
+            int padded = 0;
+            for (size_t i = 0; i < n && !padded; i++) padded = !sb.attn_mask[i];
+            mb[a] = (tb_batch){ids + (size_t)a * n, labels + (size_t)a * n,
+                               padded ? mask + (size_t)a * n : NULL, B, T};
+        }
+        tb_step_result r;
+        if (tb_trainer_step(&tr, mb, accum, &r, &err)) {
+            fprintf(stderr, "tb-train-local: %s\n", err.msg);
+            status = TB_EX_DATAERR;
+            goto done;
+        }
+        tb_stream_cursor_get(st, &cur);
+        double now = tb_clock_mono_s(), dt = now - tlast;
+        tlast = now;
+        tokens += r.tokens;
+        double tps = (double)r.tokens / (dt > 0 ? dt : 1e-9);
+        double avg = (now - t0) / (double)(tr.opt.step - first > 0 ? tr.opt.step - first : 1);
+        char eta[32];
+        fmt_eta(eta, sizeof eta, avg * (double)(o.steps - tr.opt.step));
+        printf("step %" PRId64 "/%ld loss %.4f acc %.4f lr %.3e gnorm %.3f tok/s %.0f eta %s%s\n",
+               tr.opt.step, o.steps, r.loss, r.accuracy, r.opt.lr, r.opt.grad_norm, tps, eta,
+               r.status == TB_OPTIM_APPLIED ? "" : " (non-finite: skipped)");
+        fflush(stdout);
+        if (csv) {
+            fprintf(csv, "%" PRId64 ",%.6f,%.6f,%.6e,%.6f,%.1f,%.1f\n", tr.opt.step, r.loss,
+                    r.accuracy, r.opt.lr, r.opt.grad_norm, tps, now - t0);
+            fflush(csv);
+        }
+        if (r.status == TB_OPTIM_GAVE_UP) {
+            fprintf(stderr, "tb-train-local: %d consecutive non-finite steps: giving up\n",
+                    tr.opt.nan_retries);
+            if (o.save) {
+                char dir[4096];
+                snprintf(dir, sizeof dir, "%s/emergency", o.save);
+                mkdir(o.save, 0755);
+                if (save(&tr, dir, &cur, &err)) fprintf(stderr, "tb-train-local: %s\n", err.msg);
+            }
+            status = 75;
+            goto done;
+        }
+        if (o.save && o.save_every > 0 && tr.opt.step % o.save_every == 0 &&
+            save(&tr, o.save, &cur, &err)) {
+            fprintf(stderr, "tb-train-local: %s\n", err.msg);
+            status = TB_EX_IOERR;
+            goto done;
+        }
+        if (o.minutes > 0 && now - t0 > o.minutes * 60) break;
+    }
+    if (o.save && save(&tr, o.save, &cur, &err)) {
+        fprintf(stderr, "tb-train-local: %s\n", err.msg);
+        status = TB_EX_IOERR;
+    }
+    printf("tb-train-local: %" PRId64 " steps, %" PRId64 " tokens in %.1f s (%.0f tok/s)%s\n",
+           tr.opt.step - first, tokens, tb_clock_mono_s() - t0,
+           (double)tokens / (tb_clock_mono_s() - t0 + 1e-9), stop_flag ? ", interrupted" : "");
+done:
+    tb_stream_batch_free(&sb);
+    tb_stream_close(st);
+    tb_manifest_free(&man);
+    tb_trainer_free(&tr);
+    tb_spm_free(spm);
+    free(ids);
+    free(labels);
+    free(mask);
+    free(mb);
+    if (csv) fclose(csv);
+    return status;
+}
