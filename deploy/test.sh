@@ -9,6 +9,8 @@ jobs=$(nproc)
 cmake -S . -B build -G Ninja -DTB_WERROR=ON >/dev/null
 ninja -C build
 ctest --test-dir build --output-on-failure -j "$jobs"
+# Every proto decoder under libFuzzer (clang, ASan+UBSan) for a bounded time each.
+TB_FUZZ_JOBS=${TB_FUZZ_JOBS:-2} tests/fuzz/run.sh "${TB_FUZZ_SECONDS:-20}"
 cmake -S . -B build-asan -G Ninja -DTB_WERROR=ON -DTB_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug \
   -DTB_CUDA=OFF >/dev/null
 ninja -C build-asan
