@@ -77,6 +77,9 @@ typedef struct pfd_daemon {
     char state[32], cause[600];
     double rates[5]; /* docs, tokens, bytes, samples, batches per second */
     uint64_t sent, acked, resent, rewinds, corrupt_slots, bad_msgs;
+    pid_t cpu_pid;    /* worker whose CPU time last_cpu is */
+    double last_cpu;  /* its utime + stime, seconds */
+    double cpu_cores; /* cores it kept busy over the last interval */
 } pfd_daemon;
 
 static int path_dir_ok(const char *path, tb_err *err) {
@@ -303,9 +306,13 @@ static void stop_active(pfd_daemon *d) {
 
 /* ------------------------------------------------------------ generations */
 
-static int record_swap(pfd_daemon *d, uint64_t gen, uint64_t *at, tb_err *err) {
+/* keep_history: the ring was lost but the timeline continues, so the trainers' position
+ * is unknown: the swap goes after the last swap point instead of replacing later ones. */
+static int record_swap(pfd_daemon *d, uint64_t gen, int keep_history, uint64_t *at, tb_err *err) {
     stop_active(d);
     uint64_t s = highest_valid_plus1(d);
+    if (keep_history && d->nswaps && s <= d->swaps[d->nswaps - 1].seq)
+        s = d->swaps[d->nswaps - 1].seq + 1;
     /* swap points at or after s belong to a future that was never delivered (two swaps
      * before a new batch, or a rewind): the new one replaces them */
     while (d->nswaps && d->swaps[d->nswaps - 1].seq >= s) d->nswaps--;
@@ -331,7 +338,7 @@ static int apply_manifest(pfd_daemon *d, const tb_manifest *m, int *changed, uin
     if (tb_manifest_history_commit(&d->hist, d->cfg->state_dir, m, &gen, err) < 0) return -1;
     if (gen == d->cur_gen) return 0;
     *changed = 1;
-    return record_swap(d, gen, at, err);
+    return record_swap(d, gen, 0, at, err);
 }
 
 /* ------------------------------------------------------------ feed */
@@ -562,8 +569,13 @@ static void take_snapshot(pfd_daemon *d, snapshot *s) {
         sum_stats(&s->st, &w.stats);
         sum_http(&s->http, &w.http);
         s->cursor = w.cursor;
-        s->busy_ns = w.busy_ns;
-        s->net_ns = w.net_wait_ns;
+        /* time of the calls still in progress counts too (a stalled read never returns
+         * within the interval) */
+        uint64_t now = tb_clock_mono_ns();
+        uint64_t bs = atomic_load(&d->shm[d->active].busy_since);
+        uint64_t ns = atomic_load(&d->shm[d->active].net_since);
+        s->busy_ns = w.busy_ns + (bs && now > bs ? now - bs : 0);
+        s->net_ns = w.net_wait_ns + (ns && now > ns ? now - ns : 0);
         s->wstate = atomic_load(&d->shm[d->active].state);
         memcpy(s->last_bad, w.last_bad, sizeof s->last_bad);
     }
@@ -588,7 +600,9 @@ static void take_snapshot(pfd_daemon *d, snapshot *s) {
  *   ended   <- the stream ended (max epochs)
  *   blocked <- batches ready but no consumer credit (cause: no credits / no consumers)
  *   starved <- consumers hold credit but no batch is ready (cause: network when over half
- *              of the producing time went to remote reads, else tokenizer)
+ *              of the producing time went to remote reads; else disk when the worker
+ *              kept less than half a core busy, i.e. it waits on something that is not
+ *              the network: local reads; else tokenizer)
  *   running <- otherwise */
 static void eval_state(pfd_daemon *d, const snapshot *s, double net_frac) {
     const char *st = "running", *cause = "";
@@ -599,7 +613,9 @@ static void eval_state(pfd_daemon *d, const snapshot *s, double net_frac) {
     else if (s->filled > 0 && s->credits == 0)
         st = "blocked", cause = s->peers ? "no credits" : "no consumers";
     else if (s->filled == 0 && s->credits > 0)
-        st = "starved", cause = net_frac > 0.5 ? "network" : "tokenizer";
+        st = "starved", cause = net_frac > 0.5               ? "network"
+                                : d->cpu_cores < 0.5 ? "disk"
+                                                     : "tokenizer";
     else if (s->wstate == PFD_W_RING_FULL && s->credits == 0)
         st = "blocked", cause = s->peers ? "no credits" : "no consumers";
     snprintf(d->state, sizeof d->state, "%s", st);
@@ -667,6 +683,7 @@ static int fill_status(pfd_daemon *d, tb_kvmap *m, const snapshot *s, tb_err *er
     I("cache_hits", s->http.cache_hits);
     I("cache_misses", s->http.cache_misses);
     I("worker_restarts", d->restarts);
+    D("worker_cpu", d->cpu_cores);
     I("worker_pid", d->active >= 0 ? d->w[d->active].pid : 0);
     if (d->worker_error[0]) S("worker_error", d->worker_error);
     I("zap_refused", pfd_zap_refused(d->zap));
@@ -678,6 +695,22 @@ static int fill_status(pfd_daemon *d, tb_kvmap *m, const snapshot *s, tb_err *er
     return rc ? -1 : 0;
 }
 
+/* utime + stime of a process (all threads) in seconds, from /proc/PID/stat; < 0 if gone. */
+static double proc_cpu_s(pid_t pid) {
+    char p[64], line[1024];
+    snprintf(p, sizeof p, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(p, "r");
+    if (!f) return -1;
+    size_t n = fread(line, 1, sizeof line - 1, f);
+    fclose(f);
+    line[n] = '\0';
+    const char *r = strrchr(line, ')'); /* the command name may hold spaces */
+    unsigned long ut = 0, st = 0;
+    if (!r || sscanf(r + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
 static void tick_metrics(pfd_daemon *d) {
     snapshot s;
     take_snapshot(d, &s);
@@ -685,6 +718,14 @@ static void tick_metrics(pfd_daemon *d) {
     totals t = {(double)s.st.docs_used, (double)s.st.tokens, (double)s.st.bytes_raw,
                 (double)s.st.samples, (double)s.st.batches, (double)s.net_ns, (double)s.busy_ns};
     double net_frac = 0;
+    pid_t wpid = d->active >= 0 ? d->w[d->active].pid : 0;
+    double cpu = wpid > 0 ? proc_cpu_s(wpid) : -1;
+    if (dt > 0 && d->last_t > 0 && cpu >= 0 && wpid == d->cpu_pid)
+        d->cpu_cores = (cpu - d->last_cpu) / dt;
+    else if (wpid != d->cpu_pid)
+        d->cpu_cores = 0;
+    d->cpu_pid = wpid;
+    d->last_cpu = cpu;
     if (dt > 0 && d->last_t > 0) {
         double v[5] = {t.docs - d->last.docs, t.tokens - d->last.tokens, t.bytes - d->last.bytes,
                        t.samples - d->last.samples, t.batches - d->last.batches};
@@ -1021,7 +1062,7 @@ static int setup(pfd_daemon *d, int *code, tb_err *err) {
             d->cur_gen = d->nswaps ? d->swaps[d->nswaps - 1].generation : start;
             if (gen != d->cur_gen) {
                 uint64_t at;
-                if (record_swap(d, gen, &at, err) < 0) return -1;
+                if (record_swap(d, gen, 1, &at, err) < 0) return -1;
             }
         }
     } else {
@@ -1042,7 +1083,7 @@ static int setup(pfd_daemon *d, int *code, tb_err *err) {
         }
         if (gen != d->cur_gen) {
             uint64_t at;
-            if (record_swap(d, gen, &at, err) < 0) return -1;
+            if (record_swap(d, gen, 0, &at, err) < 0) return -1;
         }
     }
     return 0;

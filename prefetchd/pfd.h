@@ -40,8 +40,10 @@ typedef struct pfd_worker_shm {
     tb_stream_stats stats;
     pfd_http_stats http;
     tb_stream_cursor cursor; /* of the next batch */
-    uint64_t busy_ns;        /* inside next_batch */
-    uint64_t net_wait_ns;    /* inside remote reads */
+    uint64_t busy_ns;        /* inside next_batch (completed calls) */
+    uint64_t net_wait_ns;    /* inside remote reads (completed calls) */
+    _Atomic uint64_t busy_since; /* CLOCK_MONOTONIC ns of the call in progress, 0: none */
+    _Atomic uint64_t net_since;
     uint64_t bad_seen;       /* bad shard/document events (for the last-bad line) */
     char last_bad[256];
     char error[512];

@@ -144,8 +144,10 @@ typedef struct timed_src {
 static int64_t timed_read(tb_source *s, void *buf, size_t cap, tb_err *err) {
     timed_src *t = (timed_src *)s;
     uint64_t t0 = tb_clock_mono_ns();
+    atomic_store(&W.shm->net_since, t0);
     int64_t n = tb_source_read(t->inner, buf, cap, err);
     __atomic_add_fetch(&W.shm->net_wait_ns, tb_clock_mono_ns() - t0, __ATOMIC_RELAXED);
+    atomic_store(&W.shm->net_since, 0);
     return n;
 }
 static void timed_close(tb_source *s) {
@@ -412,8 +414,10 @@ void pfd_worker_main(const pfd_config *cfg, int sock, pfd_worker_shm *shm) {
         }
         atomic_store(&shm->state, PFD_W_PRODUCING);
         uint64_t t0 = tb_clock_mono_ns();
+        atomic_store(&shm->busy_since, t0);
         int r = tb_stream_next_batch(stream, &b, &err);
         __atomic_add_fetch(&shm->busy_ns, tb_clock_mono_ns() - t0, __ATOMIC_RELAXED);
+        atomic_store(&shm->busy_since, 0);
         if (r == 0) {
             atomic_store(&shm->state, PFD_W_ENDED);
             publish_stats(stream);

@@ -391,7 +391,9 @@ int pfdt_plan_next(pfdt_plan *p) {
     tb_stream_cursor_get(p->s, &c);
     tb_err err;
     for (size_t i = 0; i < p->nswaps; i++)
-        if (p->swaps[i].seq == c.batch_seq && p->swaps[i].generation > p->gen) {
+        /* a swap recorded at or before the position and not yet applied (the daemon's
+         * worker applies those when it opens the stream there) */
+        if (p->swaps[i].seq <= c.batch_seq && p->swaps[i].generation > p->gen) {
             const tb_manifest *m = tb_manifest_history_get(&p->hist, p->swaps[i].generation);
             if (!m || tb_stream_swap(p->s, m, &err) < 0) {
                 fprintf(stderr, "plan: swap: %s\n", m ? err.msg : "no manifest");

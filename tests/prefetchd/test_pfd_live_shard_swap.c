@@ -2,7 +2,8 @@
  * each make a new generation that takes effect at the next document boundary after the
  * batches already built; the consumer sees the old generation until the boundary, then
  * only the new one, and every batch equals the plan (which applies the recorded swap
- * points), so nothing is lost or repeated. The swap points survive a kill -9. */
+ * points), so nothing is lost or repeated. The swap points survive a kill -9, and a lost
+ * ring file (reboot) with a changed manifest continues the same timeline. */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -121,6 +122,25 @@ static void test_live_swaps_old_until_boundary_then_new_nothing_lost(void **stat
     assert_int_equal(pfdt_consumer_hello(&c, 1, 4), 0);
     assert_int_equal(consume_watch(&c, &p, 30, &g, &first4, 4), 30);
     assert_true(first4 != UINT64_MAX);
+
+    /* a reboot loses the ring (tmpfs) while the manifest file changed: the timeline in
+     * the state dir continues, the new generation comes after the last swap point, and
+     * the trainer's cursor brings it back exactly where it was */
+    assert_int_equal(pfdt_stop(&t), 0);
+    assert_true(pfdt_consume(&c, &p, 1000, 150, &dups) >= 0);
+    snprintf(text, sizeof text, "%s\n%s\n", a, b);
+    assert_int_equal(pfdt_write_manifest(&t, text), 0);
+    char ring[400];
+    snprintf(ring, sizeof ring, "%s/ring", t.dir);
+    assert_int_equal(unlink(ring), 0);
+    assert_int_equal(pfdt_start(&t, 15000), 0);
+    assert_int_equal(pfdt_status_int(&t, "generation"), 5);
+    assert_int_equal(pfdt_plan_reload_swaps(&t, &p), 0);
+    assert_true(p.nswaps >= 4); /* the old swap points are kept */
+    assert_int_equal(pfdt_consumer_hello(&c, 1, 4), 0);
+    uint64_t first5 = UINT64_MAX;
+    assert_int_equal(consume_watch(&c, &p, 30, &g, &first5, 5), 30);
+    assert_true(first5 != UINT64_MAX);
     assert_int_equal(g.regressions, 0);
     assert_int_equal(dups, 0);
     printf("generation 2 from batch %llu (swap at %lld), 3 from %llu, 4 from %llu\n",
