@@ -157,7 +157,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "fakefeed: bind %s: %s\n", argv[1], zmq_strerror(zmq_errno()));
         return 1;
     }
-    peer peers[16];
+    peer peers[256]; /* one per trainerd connection; kill -9 tests make many */
     int np = 0;
     int bad_done = 0;
     while (!stop) {
@@ -176,7 +176,7 @@ int main(int argc, char **argv) {
             peer *p = NULL;
             for (int i = 0; i < np; i++)
                 if (peers[i].idlen == (size_t)idn && !memcmp(peers[i].id, id, (size_t)idn)) p = &peers[i];
-            if (!p && np < 16) {
+            if (!p && np < 256) {
                 p = &peers[np++];
                 memset(p, 0, sizeof *p);
                 memcpy(p->id, id, (size_t)idn);
