@@ -12,12 +12,13 @@
 # machine with every library, the plain route is:
 #   cmake -S . -B build-cuda -G Ninja -DCMAKE_CUDA_ARCHITECTURES=90 \
 #         -DTB_COMPONENTS="common;trainerd;tests"
-#   ninja -C build-cuda cuda_test_core_vs_cpu cuda_test_dense_vs_cpu cuda_test_seq_vs_cpu
+#   ninja -C build-cuda cuda_test_core_vs_cpu cuda_test_dense_vs_cpu cuda_test_seq_vs_cpu \
+#         cuda_test_dense_more_vs_cpu cuda_test_seq_more_vs_cpu
 #   ctest --test-dir build-cuda -L cuda --output-on-failure
 set -u -o pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-tests="cuda_test_core_vs_cpu cuda_test_dense_vs_cpu cuda_test_seq_vs_cpu"
+tests="cuda_test_core_vs_cpu cuda_test_dense_vs_cpu cuda_test_seq_vs_cpu cuda_test_dense_more_vs_cpu cuda_test_seq_more_vs_cpu"
 
 case "${1:-}" in
 prepare)

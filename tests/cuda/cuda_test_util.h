@@ -100,4 +100,35 @@ static inline void ct_summary(void) {
     for (int i = 0; i < ct_nops; i++)
         printf("%-28s %8d %12.3e\n", ct_ops[i].name, ct_ops[i].checks, ct_ops[i].worst);
 }
+
+/* A tensor on both sides: host h (the CPU's) and device d (the GPU's). */
+typedef struct ct_t {
+    float *h, *d;
+    size_t n;
+} ct_t;
+static inline ct_t ct_rand(size_t n, float lo, float hi) {
+    ct_t t = {ct_hmalloc(n * 4), NULL, n};
+    ct_fill(t.h, n, lo, hi);
+    t.d = ct_up(t.h, n * 4);
+    return t;
+}
+/* Output: host left for the CPU op, device poisoned. */
+static inline ct_t ct_out(size_t n) {
+    ct_t t = {ct_hmalloc(n * 4), ct_poisoned(n * 4), n};
+    memset(t.h, 0, n * 4);
+    return t;
+}
+static inline void ct_tfree(ct_t t) {
+    free(t.h);
+    tb_cuda_free(t.d);
+}
+/* Download t.d and compare with t.h; returns the error (also recorded under name). */
+static inline double ct_cmp(const char *name, ct_t t) {
+    float *g = ct_hmalloc(t.n * 4);
+    ct_down(g, t.d, t.n * 4);
+    double e = ct_rel_err(g, t.h, t.n);
+    ct_record(name, e);
+    free(g);
+    return e;
+}
 #endif

@@ -36,6 +36,21 @@ enum {
     TBC_SCR_NORM_COLS,  /* norm_bwd: per-chunk column partial sums */
     TBC_SCR_NORM_ROWS,  /* norm_bwd: per-row scalar partials */
     TBC_SCR_XENT_ROWS,  /* xent_fwd: per-row loss / flags */
+    TBC_SCR_SORT_KIN,   /* tbc_sort_pairs callers: keys in */
+    TBC_SCR_SORT_VIN,   /* values in */
+    TBC_SCR_SORT_KOUT,  /* keys out */
+    TBC_SCR_SORT_VOUT,  /* values out */
+    TBC_SCR_SORT_TMP,   /* CUB's temporary storage */
+    TBC_SCR_COLSUM,     /* tbc_colsum_add: per-chunk column partials */
+    TBC_SCR_CONV_COL,   /* conv1d: im2col of x */
+    TBC_SCR_CONV_W,     /* conv1d: repacked weight (C, k·C) */
+    TBC_SCR_CONV_D,     /* conv1d_bwd: d(col) */
+    TBC_SCR_CONV_DW,    /* conv1d_bwd: d(repacked weight) */
+    TBC_SCR_ATTN_DS,    /* attn_bwd: dS (B, H, T, T) */
+    TBC_SCR_SEQ_A,      /* seq ops: first partial buffer */
+    TBC_SCR_SEQ_B,      /* seq ops: second partial buffer */
+    TBC_SCR_SEQ_C,      /* seq ops: third partial buffer */
+    TBC_SCR_SEQ_D,      /* seq ops: fourth partial buffer */
     TBC_SCR_COUNT
 };
 
@@ -111,7 +126,58 @@ static inline unsigned tbc_blocks(size_t n, unsigned threads) {
     return (unsigned)(b > 65535u * 16u ? 65535u * 16u : (b ? b : 1));
 }
 
+/* Dropout on the device: the host derives the Philox key of (seed, TB_RNG_DROPOUT) once
+ * per op; tbc_drop_factor reproduces dropout_factor (layers/dropout.h) bit for bit. */
+typedef struct tbc_drop {
+    uint32_t k0, k1, step, layer, thr;
+    float scale;
+    int active;
+} tbc_drop;
+struct tb_dropout;
+tbc_drop tbc_drop_make(const struct tb_dropout *d);
+
+/* The i-th uint32 of the Philox4x32-10 stream (common/tb_rng.c: tb_rng_at). */
+__device__ __forceinline__ uint32_t tbc_philox_at(uint32_t k0, uint32_t k1, uint32_t c0, uint32_t c1,
+                                                  uint32_t c2, uint64_t i) {
+    uint32_t c3 = (uint32_t)(i / 4);
+#pragma unroll
+    for (int r = 0; r < 10; r++) {
+        uint32_t hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
+        uint32_t hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
+        c0 = hi1 ^ c1 ^ k0;
+        c1 = lo1;
+        c2 = hi0 ^ c3 ^ k1;
+        c3 = lo0;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    int w = (int)(i & 3);
+    return w == 0 ? c0 : w == 1 ? c1 : w == 2 ? c2 : c3;
+}
+__device__ __forceinline__ float tbc_drop_factor(const tbc_drop &d, uint32_t site, uint64_t i) {
+    uint32_t u = tbc_philox_at(d.k0, d.k1, d.step, d.layer, site, i);
+    return (u >> 8) >= d.thr ? d.scale : 0.0f;
+}
+
+/* Stable sort of (key, value) int32 pairs by the key's bits [0, end_bit) (keys >= 0),
+ * CUB radix sort on the context's stream; temporary storage in TBC_SCR_SORT_TMP. */
+void tbc_sort_pairs(int32_t *kout, int32_t *vout, const int32_t *kin, const int32_t *vin, int n, int end_bit);
+
+/* Rows sorted by destination (key, stable), source row val[p]: each destination row gets
+ * its source rows added in sorted order (times scale[val[p]] when scale is not NULL). */
+void tbc_segment_add(float *dst, const float *src, const int32_t *key, const int32_t *val, const float *scale,
+                     int n, int C);
+
+/* dst[c] += Σ_r src[r·ld + c] (r < rows, c < cols): per-chunk partials in double over a
+ * fixed split of the rows, then the chunks summed in order: deterministic. */
+void tbc_colsum_add(float *dst, const float *src, size_t rows, int cols, size_t ld);
+
 /* Family init (filled by dense_cuda.cu etc.). */
+void tbc_dense_more_init(tb_ops_dense *ops);
+void tbc_attn_init(tb_ops_dense *ops);
+void tbc_seq_more_init(tb_ops_seq *ops);
+void tbc_scan_init(tb_ops_seq *ops);
+void tbc_moe_init(tb_ops_seq *ops);
 void tbc_ops_core_init(tb_ops_core *ops);
 void tbc_ops_dense_init(tb_ops_dense *ops);
 void tbc_ops_seq_init(tb_ops_seq *ops);

@@ -579,4 +579,6 @@ void tbc_ops_dense_init(tb_ops_dense *ops) {
     ops->xent_bwd = cu_xent_bwd;
     ops->axpy = cu_axpy;
     ops->sum_squares = cu_sum_squares;
+    tbc_dense_more_init(ops);
+    tbc_attn_init(ops);
 }

@@ -96,4 +96,7 @@ static void cu_retention_backward(real *dq, real *dk, real *dv, const real *dy, 
 void tbc_ops_seq_init(tb_ops_seq *ops) {
     ops->retention_forward = cu_retention_forward;
     ops->retention_backward = cu_retention_backward;
+    tbc_seq_more_init(ops);
+    tbc_scan_init(ops);
+    tbc_moe_init(ops);
 }

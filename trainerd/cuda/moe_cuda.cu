@@ -1,0 +1,274 @@
+/* MoE routing, gather and scatter on CUDA (MODEL.md 7), with no host synchronisation:
+ * route: a thread per token (softmax, top-K, gates: the CPU's sequential float order);
+ * a block per expert counts its assignments and sums its probability column (fixed
+ * trees); one thread forms the capacity-limited offsets and L_bal; a block per expert
+ * then ranks its assignments in token order (block scan), keeps the first `capacity`,
+ * writes `order` and marks the rest dropped in sel. Gather/scatter backward-sums go
+ * through a stable sort by token (tbc_sort_pairs) and one owner per token adding its
+ * rows in `order` order: the CPU's order, no atomics. */
+#include <math.h>
+#include "cuda_internal.cuh"
+
+#define EW 256
+static inline cudaStream_t S(void) { return tbc_g->stream; }
+
+__global__ void k_moe_token(float *probs, int32_t *sel, float *gate, const float *logits, int ntok, int E, int K,
+                            int renorm) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= ntok) return;
+    const float *lt = logits + (size_t)t * E;
+    float *pt = probs + (size_t)t * E;
+    float mx = lt[0];
+    for (int e = 1; e < E; e++)
+        if (lt[e] > mx) mx = lt[e];
+    float sum = 0;
+    for (int e = 0; e < E; e++) sum += (pt[e] = expf(lt[e] - mx));
+    for (int e = 0; e < E; e++) pt[e] /= sum;
+    int32_t *st = sel + (size_t)t * K;
+    float psum = 0;
+    for (int j = 0; j < K; j++) {
+        int best = -1;
+        for (int e = 0; e < E; e++) {
+            int taken = 0;
+            for (int jj = 0; jj < j; jj++) taken |= st[jj] == e;
+            if (taken) continue;
+            if (best < 0 || pt[e] > pt[best]) best = e;
+        }
+        st[j] = best;
+        psum += pt[best];
+    }
+    for (int j = 0; j < K; j++) gate[(size_t)t * K + j] = renorm ? pt[st[j]] / psum : pt[st[j]];
+}
+
+/* Block e: cnt[e] = #{a : sel[a] == e or -1-e}; pe[e] = Σ_t probs[t, e] (double). */
+__global__ void k_moe_count(double *pe, long long *cnt, const int32_t *sel, const float *probs, int ntok, int E,
+                            int K, int with_probs) {
+    __shared__ double sh[EW];
+    int e = blockIdx.x;
+    size_t A = (size_t)ntok * K;
+    double c = 0, p = 0;
+    for (size_t a = threadIdx.x; a < A; a += EW) c += sel[a] == e || sel[a] == -1 - e;
+    if (with_probs)
+        for (int t = threadIdx.x; t < ntok; t += EW) p += probs[(size_t)t * E + e];
+    c = tbc_block_sum_d(c, sh);
+    p = tbc_block_sum_d(p, sh);
+    if (threadIdx.x == 0) {
+        cnt[e] = (long long)c;
+        if (with_probs) pe[e] = p;
+    }
+}
+
+__global__ void k_moe_offsets(int32_t *offsets, float *lbal, const long long *cnt, const double *pe, long long cap,
+                              int ntok, int E, int K) {
+    if (threadIdx.x || blockIdx.x) return;
+    offsets[0] = 0;
+    double lb = 0;
+    for (int e = 0; e < E; e++) {
+        long long kept = cnt[e] < cap ? cnt[e] : cap;
+        offsets[e + 1] = offsets[e] + (int32_t)kept;
+        lb += ((double)cnt[e] / ((double)K * (double)ntok)) * (pe[e] / (double)ntok);
+    }
+    lbal[0] = (float)((double)E * lb);
+}
+
+/* Block e ranks its assignments in token order: the first cap are kept (order), the rest
+ * marked -1-e in sel. Other blocks only read entries equal to their own expert, and this
+ * block only rewrites entries equal to e, so the blocks do not interfere. */
+__global__ void k_moe_place(int32_t *order, int32_t *sel, const int32_t *offsets, long long cap, int ntok, int K) {
+    __shared__ int wsum[EW / 32];
+    __shared__ long long base;
+    int e = blockIdx.x, lane = threadIdx.x % 32, w = threadIdx.x / 32;
+    size_t A = (size_t)ntok * K;
+    if (threadIdx.x == 0) base = 0;
+    __syncthreads();
+    for (size_t a0 = 0; a0 < A; a0 += EW) {
+        size_t a = a0 + threadIdx.x;
+        int flag = a < A && sel[a] == e;
+        unsigned m = __ballot_sync(0xffffffffu, flag);
+        int excl = __popc(m & ((1u << lane) - 1u));
+        if (lane == 0) wsum[w] = __popc(m);
+        __syncthreads();
+        int before = 0, total = 0;
+        for (int k = 0; k < EW / 32; k++) {
+            if (k < w) before += wsum[k];
+            total += wsum[k];
+        }
+        long long rank = base + before + excl;
+        if (flag) {
+            if (rank < cap)
+                order[offsets[e] + rank] = (int32_t)a;
+            else
+                sel[a] = -1 - e;
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) base += total;
+        __syncthreads();
+    }
+}
+
+static long long moe_cap(double cf, int K, int ntok, int E) {
+    return cf > 0 ? (long long)ceil(cf * (double)K * (double)ntok / (double)E) : (long long)INT64_MAX;
+}
+
+static void cu_moe_route_forward(real *probs, int32_t *sel, real *gate, int32_t *order, int32_t *offsets, real *lbal,
+                                 const real *logits, int ntok, int E, int K, int renorm, double cf,
+                                 const struct tb_backend *be) {
+    (void)be;
+    if (E > TB_MOE_MAX_EXPERTS || K > E || K < 1 || E < 1)
+        tbc_fatal("moe_route_forward", __FILE__, __LINE__, "E or K out of range");
+    double *pe = (double *)tbc_scratch(TBC_SCR_SEQ_A, (size_t)E * sizeof(double));
+    long long *cnt = (long long *)tbc_scratch(TBC_SCR_SEQ_B, (size_t)E * sizeof(long long));
+    if (ntok > 0) {
+        k_moe_token<<<(ntok + 127) / 128, 128, 0, S()>>>(probs, sel, gate, logits, ntok, E, K, renorm);
+        TBC_LAUNCHED();
+    }
+    k_moe_count<<<E, EW, 0, S()>>>(pe, cnt, sel, probs, ntok, E, K, 1);
+    TBC_LAUNCHED();
+    long long cap = moe_cap(cf, K, ntok, E);
+    k_moe_offsets<<<1, 1, 0, S()>>>(offsets, lbal, cnt, pe, cap, ntok > 0 ? ntok : 1, E, K);
+    TBC_LAUNCHED();
+    k_moe_place<<<E, EW, 0, S()>>>(order, sel, offsets, cap, ntok, K);
+    TBC_LAUNCHED();
+}
+
+__global__ void k_moe_dbal(float *dbal, const long long *cnt, float bal_scale, int ntok, int E, int K) {
+    int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= E) return;
+    dbal[e] = (float)((double)bal_scale * (double)E * ((double)cnt[e] / ((double)K * (double)ntok)) / (double)ntok);
+}
+
+__global__ void k_moe_route_bwd(float *dlogits, const float *dgate, const float *probs, const int32_t *sel,
+                                const float *dbal, int ntok, int E, int K, int renorm) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= ntok) return;
+    float dp[TB_MOE_MAX_EXPERTS];
+    const float *pt = probs + (size_t)t * E, *dg = dgate + (size_t)t * K;
+    const int32_t *st = sel + (size_t)t * K;
+    for (int e = 0; e < E; e++) dp[e] = dbal[e];
+    if (renorm) {
+        float Ssum = 0, cross = 0;
+        for (int j = 0; j < K; j++) {
+            int e = st[j] >= 0 ? st[j] : -1 - st[j];
+            Ssum += pt[e];
+        }
+        for (int j = 0; j < K; j++)
+            if (st[j] >= 0) cross += dg[j] * pt[st[j]];
+        for (int j = 0; j < K; j++) {
+            int e = st[j] >= 0 ? st[j] : -1 - st[j];
+            dp[e] += (st[j] >= 0 ? dg[j] / Ssum : 0) - cross / (Ssum * Ssum);
+        }
+    } else {
+        for (int j = 0; j < K; j++)
+            if (st[j] >= 0) dp[st[j]] += dg[j];
+    }
+    float dot = 0;
+    for (int e = 0; e < E; e++) dot += pt[e] * dp[e];
+    float *dl = dlogits + (size_t)t * E;
+    for (int e = 0; e < E; e++) dl[e] += pt[e] * (dp[e] - dot);
+}
+
+static void cu_moe_route_backward(real *dlogits, const real *dgate, const real *probs, const int32_t *sel,
+                                  real bal_scale, int ntok, int E, int K, int renorm, const struct tb_backend *be) {
+    (void)be;
+    if (E > TB_MOE_MAX_EXPERTS || E < 1) tbc_fatal("moe_route_backward", __FILE__, __LINE__, "E out of range");
+    if (ntok <= 0) return;
+    long long *cnt = (long long *)tbc_scratch(TBC_SCR_SEQ_B, (size_t)E * sizeof(long long));
+    float *dbal = (float *)tbc_scratch(TBC_SCR_SEQ_C, (size_t)E * sizeof(float));
+    k_moe_count<<<E, EW, 0, S()>>>(NULL, cnt, sel, probs, ntok, E, K, 0);
+    TBC_LAUNCHED();
+    k_moe_dbal<<<(E + 127) / 128, 128, 0, S()>>>(dbal, cnt, bal_scale, ntok, E, K);
+    TBC_LAUNCHED();
+    k_moe_route_bwd<<<(ntok + 127) / 128, 128, 0, S()>>>(dlogits, dgate, probs, sel, dbal, ntok, E, K, renorm);
+    TBC_LAUNCHED();
+}
+
+__global__ void k_moe_gather(float *xe, const float *x, const int32_t *order, int n, int K, int C) {
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < (size_t)n * C; e += (size_t)gridDim.x * blockDim.x) {
+        size_t j = e / C;
+        xe[e] = x[(size_t)(order[j] / K) * C + (e - j * C)];
+    }
+}
+
+static void cu_moe_gather(real *xe, const real *x, const int32_t *order, int n, int K, int C,
+                          const struct tb_backend *be) {
+    (void)be;
+    if (n <= 0 || C <= 0) return;
+    k_moe_gather<<<tbc_blocks((size_t)n * C, EW), EW, 0, S()>>>(xe, x, order, n, K, C);
+    TBC_LAUNCHED();
+}
+
+/* keys[j] = order[j] / K (the token), vals[j] = j; scale[j] = gate[order[j]] if gate. */
+__global__ void k_moe_keys(int32_t *keys, int32_t *vals, float *scale, const int32_t *order, const float *gate, int n,
+                           int K) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    keys[j] = order[j] / K;
+    vals[j] = j;
+    if (gate) scale[j] = gate[order[j]];
+}
+
+static void moe_token_sum(float *dst, const float *src, const int32_t *order, const float *gate, int n, int K, int C) {
+    if (n <= 0 || C <= 0) return;
+    int32_t *kin = (int32_t *)tbc_scratch(TBC_SCR_SORT_KIN, (size_t)n * 4);
+    int32_t *vin = (int32_t *)tbc_scratch(TBC_SCR_SORT_VIN, (size_t)n * 4);
+    int32_t *ko = (int32_t *)tbc_scratch(TBC_SCR_SORT_KOUT, (size_t)n * 4);
+    int32_t *vo = (int32_t *)tbc_scratch(TBC_SCR_SORT_VOUT, (size_t)n * 4);
+    float *scale = gate ? (float *)tbc_scratch(TBC_SCR_SEQ_D, (size_t)n * 4) : NULL;
+    k_moe_keys<<<(n + 255) / 256, 256, 0, S()>>>(kin, vin, scale, order, gate, n, K);
+    TBC_LAUNCHED();
+    tbc_sort_pairs(ko, vo, kin, vin, n, 31);
+    tbc_segment_add(dst, src, ko, vo, scale, n, C);
+}
+
+static void cu_moe_gather_backward(real *dx, const real *dxe, const int32_t *order, int n, int K, int C,
+                                   const struct tb_backend *be) {
+    (void)be;
+    moe_token_sum(dx, dxe, order, NULL, n, K, C);
+}
+
+static void cu_moe_scatter(real *out, const real *ye, const real *gate, const int32_t *order, int n, int K, int C,
+                           const struct tb_backend *be) {
+    (void)be;
+    moe_token_sum(out, ye, order, gate, n, K, C);
+}
+
+__global__ void k_moe_scatter_bwd_dye(float *dye, const float *dout, const float *gate, const int32_t *order, int n,
+                                      int K, int C) {
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < (size_t)n * C; e += (size_t)gridDim.x * blockDim.x) {
+        size_t j = e / C;
+        int a = order[j];
+        dye[e] += gate[a] * dout[(size_t)(a / K) * C + (e - j * C)];
+    }
+}
+/* dgate[a] += Σ_c dout[a/K, c] ye[j, c], c ascending (one thread per j; each a once). */
+__global__ void k_moe_scatter_bwd_dgate(float *dgate, const float *dout, const float *ye, const int32_t *order, int n,
+                                        int K, int C) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    int a = order[j];
+    const float *d = dout + (size_t)(a / K) * C, *y = ye + (size_t)j * C;
+    float acc = 0;
+    for (int c = 0; c < C; c++) acc += d[c] * y[c];
+    dgate[a] += acc;
+}
+
+static void cu_moe_scatter_backward(real *dye, real *dgate, const real *dout, const real *ye, const real *gate,
+                                    const int32_t *order, int n, int K, int C, const struct tb_backend *be) {
+    (void)be;
+    if (n <= 0) return;
+    if (C > 0) {
+        k_moe_scatter_bwd_dye<<<tbc_blocks((size_t)n * C, EW), EW, 0, S()>>>(dye, dout, gate, order, n, K, C);
+        TBC_LAUNCHED();
+    }
+    k_moe_scatter_bwd_dgate<<<(n + 127) / 128, 128, 0, S()>>>(dgate, dout, ye, order, n, K, C);
+    TBC_LAUNCHED();
+}
+
+void tbc_moe_init(tb_ops_seq *ops) {
+    ops->moe_route_forward = cu_moe_route_forward;
+    ops->moe_route_backward = cu_moe_route_backward;
+    ops->moe_gather = cu_moe_gather;
+    ops->moe_gather_backward = cu_moe_gather_backward;
+    ops->moe_scatter = cu_moe_scatter;
+    ops->moe_scatter_backward = cu_moe_scatter_backward;
+}

@@ -1,0 +1,419 @@
+/* The seq family on CUDA, continued: the element-wise ops of the Mamba and MoE layers
+ * (the CPU's expressions), the causal depthwise conv (each output and each input
+ * gradient owned by one thread, taps in the CPU's order; weight and bias gradients by
+ * fixed row chunks summed in order) and the Titan memory read (the retention kernel's
+ * quadratic form with per-head γ = σ(decay), c = 1 - γ, L2-normalised q and k; dγ and dc
+ * per-row partials reduced per head in a fixed order). No atomics. */
+#include "cuda_internal.cuh"
+
+#define EW 256
+#define GRID_STRIDE(i, n)                                                              \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);           \
+         i += (size_t)gridDim.x * blockDim.x)
+
+static inline cudaStream_t S(void) { return tbc_g->stream; }
+
+__device__ __forceinline__ float sigm(float x) {
+    return x >= 0 ? 1.0f / (1.0f + expf(-x)) : expf(x) / (1.0f + expf(x));
+}
+
+/* ---- element-wise ---------------------------------------------------------------- */
+
+__global__ void k_act_fwd(float *y, const float *x, size_t n, int gelu) {
+    GRID_STRIDE(i, n) {
+        float v = x[i];
+        y[i] = gelu ? 0.5f * v * (1.0f + erff(v * (float)M_SQRT1_2)) : v * sigm(v);
+    }
+}
+__global__ void k_act_bwd(float *dx, const float *dy, const float *x, size_t n, int gelu) {
+    const float inv_sqrt_2pi = (float)(0.5 * M_2_SQRTPI * M_SQRT1_2);
+    GRID_STRIDE(i, n) {
+        float v = x[i];
+        if (gelu) {
+            float cdf = 0.5f * (1.0f + erff(v * (float)M_SQRT1_2));
+            float pdf = inv_sqrt_2pi * expf(-0.5f * v * v);
+            dx[i] += dy[i] * (cdf + v * pdf);
+        } else {
+            float s = sigm(v);
+            dx[i] += dy[i] * s * (1.0f + v * (1.0f - s));
+        }
+    }
+}
+static void cu_act_forward(real *y, const real *x, size_t n, int kind, const struct tb_backend *be) {
+    (void)be;
+    if (!n) return;
+    k_act_fwd<<<tbc_blocks(n, EW), EW, 0, S()>>>(y, x, n, kind == TB_ACT_GELU);
+    TBC_LAUNCHED();
+}
+static void cu_act_backward(real *dx, const real *dy, const real *x, size_t n, int kind, const struct tb_backend *be) {
+    (void)be;
+    if (!n) return;
+    k_act_bwd<<<tbc_blocks(n, EW), EW, 0, S()>>>(dx, dy, x, n, kind == TB_ACT_GELU);
+    TBC_LAUNCHED();
+}
+
+__global__ void k_softplus_fwd(float *y, const float *x, const float *bias, size_t rows, int cols) {
+    GRID_STRIDE(e, rows * cols) {
+        float z = x[e] + bias[e % cols];
+        y[e] = z > 20 ? z : log1pf(expf(z));
+    }
+}
+/* g = dy σ(z) goes to dx and to g (scratch) for the column sum into dbias. */
+__global__ void k_softplus_bwd(float *dx, float *g, const float *dy, const float *x, const float *bias, size_t rows,
+                               int cols) {
+    GRID_STRIDE(e, rows * cols) {
+        float z = x[e] + bias[e % cols];
+        float gv = dy[e] * (z > 20 ? 1.0f : sigm(z));
+        dx[e] += gv;
+        g[e] = gv;
+    }
+}
+static void cu_softplus_bias_forward(real *y, const real *x, const real *bias, size_t rows, int cols,
+                                     const struct tb_backend *be) {
+    (void)be;
+    if (!rows || cols <= 0) return;
+    k_softplus_fwd<<<tbc_blocks(rows * cols, EW), EW, 0, S()>>>(y, x, bias, rows, cols);
+    TBC_LAUNCHED();
+}
+static void cu_softplus_bias_backward(real *dx, real *dbias, const real *dy, const real *x, const real *bias,
+                                      size_t rows, int cols, const struct tb_backend *be) {
+    (void)be;
+    if (!rows || cols <= 0) return;
+    float *g = (float *)tbc_scratch(TBC_SCR_SEQ_A, rows * cols * 4);
+    k_softplus_bwd<<<tbc_blocks(rows * cols, EW), EW, 0, S()>>>(dx, g, dy, x, bias, rows, cols);
+    TBC_LAUNCHED();
+    tbc_colsum_add(dbias, g, rows, cols, (size_t)cols);
+}
+
+__global__ void k_mul_silu_fwd(float *y, const float *a, const float *g, size_t rows, int cols, int lda, int ldg) {
+    GRID_STRIDE(e, rows * cols) {
+        size_t r = e / cols, c = e - r * cols;
+        float gv = g[r * ldg + c];
+        y[e] = a[r * lda + c] * gv * sigm(gv);
+    }
+}
+__global__ void k_mul_silu_bwd(float *da, float *dg, const float *dy, const float *a, const float *g, size_t rows,
+                               int cols, int lda, int ldg) {
+    GRID_STRIDE(e, rows * cols) {
+        size_t r = e / cols, c = e - r * cols;
+        float gv = g[r * ldg + c], s = sigm(gv), d = dy[e];
+        da[r * lda + c] += d * gv * s;
+        dg[r * ldg + c] += d * a[r * lda + c] * s * (1.0f + gv * (1.0f - s));
+    }
+}
+static void cu_mul_silu_forward(real *y, const real *a, const real *g, size_t rows, int cols, int lda, int ldg,
+                                const struct tb_backend *be) {
+    (void)be;
+    if (!rows || cols <= 0) return;
+    k_mul_silu_fwd<<<tbc_blocks(rows * cols, EW), EW, 0, S()>>>(y, a, g, rows, cols, lda, ldg);
+    TBC_LAUNCHED();
+}
+static void cu_mul_silu_backward(real *da, real *dg, const real *dy, const real *a, const real *g, size_t rows,
+                                 int cols, int lda, int ldg, const struct tb_backend *be) {
+    (void)be;
+    if (!rows || cols <= 0) return;
+    k_mul_silu_bwd<<<tbc_blocks(rows * cols, EW), EW, 0, S()>>>(da, dg, dy, a, g, rows, cols, lda, ldg);
+    TBC_LAUNCHED();
+}
+
+__global__ void k_cols(float *dst, const float *src, size_t rows, int cols, int ldd, int lds, int add) {
+    GRID_STRIDE(e, rows * cols) {
+        size_t r = e / cols, c = e - r * cols;
+        float v = src[r * lds + c];
+        dst[r * ldd + c] = add ? dst[r * ldd + c] + v : v;
+    }
+}
+static void cu_copy_cols(real *dst, const real *src, size_t rows, int cols, int ldd, int lds,
+                         const struct tb_backend *be) {
+    (void)be;
+    if (!rows || cols <= 0) return;
+    k_cols<<<tbc_blocks(rows * cols, EW), EW, 0, S()>>>(dst, src, rows, cols, ldd, lds, 0);
+    TBC_LAUNCHED();
+}
+static void cu_add_cols(real *dst, const real *src, size_t rows, int cols, int ldd, int lds,
+                        const struct tb_backend *be) {
+    (void)be;
+    if (!rows || cols <= 0) return;
+    k_cols<<<tbc_blocks(rows * cols, EW), EW, 0, S()>>>(dst, src, rows, cols, ldd, lds, 1);
+    TBC_LAUNCHED();
+}
+
+/* ---- causal depthwise conv -------------------------------------------------------- */
+
+__global__ void k_cconv_fwd(float *y, const float *x, const float *w, const float *bias, int B, int T, int Di, int k) {
+    GRID_STRIDE(e, (size_t)B * T * Di) {
+        size_t r = e / Di;
+        int i = (int)(e - r * Di), t = (int)(r % T);
+        float acc = bias[i];
+        for (int j = 0; j < k; j++) {
+            int ts = t - (k - 1) + j;
+            if (ts < 0) continue;
+            acc += w[(size_t)i * k + j] * x[(r - t + ts) * Di + i];
+        }
+        y[e] = acc;
+    }
+}
+/* dx[b, s, i] += Σ_j dy[b, s + k-1-j, i] w[i, j] (j ascending, as the CPU). */
+__global__ void k_cconv_dx(float *dx, const float *dy, const float *w, int B, int T, int Di, int k) {
+    GRID_STRIDE(e, (size_t)B * T * Di) {
+        size_t r = e / Di;
+        int i = (int)(e - r * Di), s = (int)(r % T);
+        float acc = dx[e];
+        for (int j = 0; j < k; j++) {
+            int t = s + (k - 1) - j;
+            if (t >= T) continue;
+            acc += dy[(r - s + t) * Di + i] * w[(size_t)i * k + j];
+        }
+        dx[e] = acc;
+    }
+}
+/* part[chunk, i, j] (j < k: Σ dy x_shifted; j = k: Σ dy) over a chunk of rows, double. */
+__global__ void k_cconv_dw_part(double *part, const float *dy, const float *x, int B, int T, int Di, int k,
+                                size_t per) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= Di) return;
+    size_t rows = (size_t)B * T, r0 = blockIdx.y * per, r1 = r0 + per < rows ? r0 + per : rows;
+    double *p = part + ((size_t)blockIdx.y * Di + i) * (k + 1);
+    for (int j = 0; j <= k; j++) {
+        double s = 0;
+        for (size_t r = r0; r < r1; r++) {
+            float g = dy[r * Di + i];
+            if (j == k) {
+                s += g;
+                continue;
+            }
+            int t = (int)(r % T), ts = t - (k - 1) + j;
+            if (ts >= 0) s += (double)g * x[(r - t + ts) * Di + i];
+        }
+        p[j] = s;
+    }
+}
+__global__ void k_cconv_dw_final(float *dw, float *dbias, const double *part, int Di, int k, int chunks) {
+    GRID_STRIDE(e, (size_t)Di * (k + 1)) {
+        size_t i = e / (k + 1);
+        int j = (int)(e - i * (k + 1));
+        double s = 0;
+        for (int c = 0; c < chunks; c++) s += part[((size_t)c * Di + i) * (k + 1) + j];
+        if (j == k)
+            dbias[i] += (float)s;
+        else
+            dw[i * k + j] += (float)s;
+    }
+}
+
+static void cu_conv_causal_forward(real *y, const real *x, const real *w, const real *bias, int B, int T, int Di,
+                                   int k, const struct tb_backend *be) {
+    (void)be;
+    size_t n = (size_t)B * T * Di;
+    if (!n) return;
+    k_cconv_fwd<<<tbc_blocks(n, EW), EW, 0, S()>>>(y, x, w, bias, B, T, Di, k);
+    TBC_LAUNCHED();
+}
+static void cu_conv_causal_backward(real *dx, real *dw, real *dbias, const real *dy, const real *x, const real *w,
+                                    int B, int T, int Di, int k, const struct tb_backend *be) {
+    (void)be;
+    size_t rows = (size_t)B * T, n = rows * Di;
+    if (!n) return;
+    k_cconv_dx<<<tbc_blocks(n, EW), EW, 0, S()>>>(dx, dy, w, B, T, Di, k);
+    TBC_LAUNCHED();
+    size_t chunks = (rows + 255) / 256;
+    if (chunks > 128) chunks = 128;
+    size_t per = (rows + chunks - 1) / chunks;
+    chunks = (rows + per - 1) / per;
+    double *part = (double *)tbc_scratch(TBC_SCR_SEQ_A, chunks * Di * (size_t)(k + 1) * sizeof(double));
+    dim3 g((unsigned)((Di + 127) / 128), (unsigned)chunks);
+    k_cconv_dw_part<<<g, 128, 0, S()>>>(part, dy, x, B, T, Di, k, per);
+    TBC_LAUNCHED();
+    k_cconv_dw_final<<<tbc_blocks((size_t)Di * (k + 1), EW), EW, 0, S()>>>(dw, dbias, part, Di, k, (int)chunks);
+    TBC_LAUNCHED();
+}
+
+/* ---- Titan memory read ------------------------------------------------------------- */
+
+#define TI_WARPS 4
+#define TI_PER_LANE 8 /* hs <= 256 */
+#define TI_EPS 1e-12f
+
+/* One warp per (token, head): xn = x / max(‖x‖, eps); inv_out[row] = 1 / max(‖x‖, eps),
+ * proj_out[row] = ‖x‖ > eps. */
+__global__ void k_l2norm_heads(float *xn, const float *x, size_t rows, int hs) {
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    size_t r = (size_t)blockIdx.x * TI_WARPS + warp;
+    if (r >= rows) return;
+    const float *xr = x + r * hs;
+    float s = 0;
+    for (int d = lane; d < hs; d += 32) s += xr[d] * xr[d];
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    float nrm = sqrtf(s);
+    float inv = 1.0f / (nrm > TI_EPS ? nrm : TI_EPS);
+    for (int d = lane; d < hs; d += 32) xn[r * hs + d] = xr[d] * inv;
+}
+
+/* Row r of head h (tokens b·T + t), the other index o over range 0 (o ≤ r) or 1 (o ≥ r):
+ *   w = c γ^|r-o| (a_r · b_o);  acc += w cv_o.
+ * proj (not NULL): the row's unit vector; score = proj_r · cv_o; beta += w score and the
+ * result is inv (acc - beta proj_r) with inv, the projection switch, from raw's norm.
+ * part (not NULL, range 0 only): per-row partials (Σ γ^n score (a·b), Σ c n γ^(n-1) score
+ * (a·b)) for dc and dγ. out = acc (accumulate 0) or out += result. */
+__global__ void k_decay_rows(float *out, double *part, const float *a, const float *b, const float *cv,
+                             const float *proj, const float *raw, const float *gam, const float *cc, int B, int T,
+                             int H, int hs, int range, int accumulate) {
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    size_t row = (size_t)blockIdx.x * TI_WARPS + warp; /* (b·T + t)·H + h */
+    if (row >= (size_t)B * T * H) return;
+    int h = (int)(row % H);
+    size_t bt = row / H;
+    int t = (int)(bt % T);
+    size_t b0 = bt - t, ld = (size_t)H * hs;
+    size_t off = bt * ld + (size_t)h * hs;
+    float g = gam[h], c = cc[h];
+    float acc[TI_PER_LANE], av[TI_PER_LANE], pv[TI_PER_LANE];
+#pragma unroll
+    for (int i = 0; i < TI_PER_LANE; i++) {
+        int d = lane + 32 * i;
+        acc[i] = 0;
+        av[i] = d < hs ? a[off + d] : 0.0f;
+        pv[i] = proj && d < hs ? proj[off + d] : 0.0f;
+    }
+    float beta = 0;
+    double pc = 0, pg = 0;
+    int o0 = range == 1 ? t : 0, o1 = range == 0 ? t : T - 1;
+    for (int o = o0; o <= o1; o++) {
+        size_t oo = (b0 + o) * ld + (size_t)h * hs;
+        float p = 0, sc = 0;
+#pragma unroll
+        for (int i = 0; i < TI_PER_LANE; i++) {
+            int d = lane + 32 * i;
+            if (d < hs) {
+                p += av[i] * b[oo + d];
+                if (proj) sc += pv[i] * cv[oo + d];
+            }
+        }
+        for (int s = 16; s > 0; s >>= 1) {
+            p += __shfl_xor_sync(0xffffffffu, p, s);
+            sc += __shfl_xor_sync(0xffffffffu, sc, s);
+        }
+        int n = o > t ? o - t : t - o;
+        float pw = powf(g, (float)n);
+        float w = c * pw * p;
+#pragma unroll
+        for (int i = 0; i < TI_PER_LANE; i++) {
+            int d = lane + 32 * i;
+            if (d < hs) acc[i] += w * cv[oo + d];
+        }
+        beta += w * sc;
+        if (part) {
+            pc += (double)(pw * sc * p);
+            if (n > 0) pg += (double)(c * (float)n * powf(g, (float)(n - 1)) * sc * p);
+        }
+    }
+    float inv = 1.0f;
+    if (proj) {
+        float s = 0;
+        for (int d = lane; d < hs; d += 32) s += raw[off + d] * raw[off + d];
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        float nrm = sqrtf(s);
+        inv = 1.0f / (nrm > TI_EPS ? nrm : TI_EPS);
+        if (!(nrm > TI_EPS)) beta = 0;
+    }
+#pragma unroll
+    for (int i = 0; i < TI_PER_LANE; i++) {
+        int d = lane + 32 * i;
+        if (d < hs) {
+            float r = proj ? inv * acc[i] - inv * beta * pv[i] : acc[i];
+            out[off + d] = accumulate ? out[off + d] + r : r;
+        }
+    }
+    if (part && lane == 0) {
+        part[2 * row] = pc;
+        part[2 * row + 1] = pg;
+    }
+}
+
+__global__ void k_titan_params(float *gam, float *cc, const float *decay, int H) {
+    int h = blockIdx.x * blockDim.x + threadIdx.x;
+    if (h >= H) return;
+    float g = sigm(decay[h]);
+    gam[h] = g;
+    cc[h] = 1.0f - g;
+}
+
+/* One block per head: dc and dγ summed over rows (b, t) in a fixed tree; then
+ * ddecay += (dγ - dc) γ (1 - γ). */
+__global__ void k_titan_ddecay(float *ddecay, const double *part, const float *gam, size_t bt, int H) {
+    __shared__ double sh[256];
+    int h = blockIdx.x;
+    double sc = 0, sg = 0;
+    for (size_t r = threadIdx.x; r < bt; r += blockDim.x) {
+        sc += part[2 * (r * H + h)];
+        sg += part[2 * (r * H + h) + 1];
+    }
+    sc = tbc_block_sum_d(sc, sh);
+    sg = tbc_block_sum_d(sg, sh);
+    if (threadIdx.x == 0) {
+        float g = gam[h];
+        ddecay[h] += ((float)sg - (float)sc) * g * (1.0f - g);
+    }
+}
+
+static void titan_check(int hs) {
+    if (hs > 32 * TI_PER_LANE) tbc_fatal("titan", __FILE__, __LINE__, "head size above 256 is not supported on CUDA yet");
+}
+
+static void cu_titan_forward(real *r, real *qn, real *kn, const real *q, const real *k, const real *v,
+                             const real *decay, int B, int T, int H, int hs, const struct tb_backend *be) {
+    (void)be;
+    size_t rows = (size_t)B * T * H;
+    if (!rows || hs <= 0) return;
+    titan_check(hs);
+    float *gc = (float *)tbc_scratch(TBC_SCR_SEQ_B, (size_t)2 * H * 4);
+    k_titan_params<<<(H + 127) / 128, 128, 0, S()>>>(gc, gc + H, decay, H);
+    TBC_LAUNCHED();
+    unsigned nb = (unsigned)((rows + TI_WARPS - 1) / TI_WARPS);
+    k_l2norm_heads<<<nb, 32 * TI_WARPS, 0, S()>>>(qn, q, rows, hs);
+    TBC_LAUNCHED();
+    k_l2norm_heads<<<nb, 32 * TI_WARPS, 0, S()>>>(kn, k, rows, hs);
+    TBC_LAUNCHED();
+    k_decay_rows<<<nb, 32 * TI_WARPS, 0, S()>>>(r, NULL, qn, kn, v, NULL, NULL, gc, gc + H, B, T, H, hs, 0, 0);
+    TBC_LAUNCHED();
+}
+
+static void cu_titan_backward(real *dq, real *dk, real *dv, real *ddecay, const real *dr, const real *q,
+                              const real *k, const real *qn, const real *kn, const real *v, const real *decay, int B,
+                              int T, int H, int hs, const struct tb_backend *be) {
+    (void)be;
+    size_t rows = (size_t)B * T * H;
+    if (!rows || hs <= 0) return;
+    titan_check(hs);
+    float *gc = (float *)tbc_scratch(TBC_SCR_SEQ_B, (size_t)2 * H * 4);
+    double *part = (double *)tbc_scratch(TBC_SCR_SEQ_C, rows * 2 * sizeof(double));
+    k_titan_params<<<(H + 127) / 128, 128, 0, S()>>>(gc, gc + H, decay, H);
+    TBC_LAUNCHED();
+    unsigned nb = (unsigned)((rows + TI_WARPS - 1) / TI_WARPS);
+    /* dq_t: a = dr_t, b = v_s, cv = kn_s, proj = qn_t (raw q), s ≤ t, with partials. */
+    k_decay_rows<<<nb, 32 * TI_WARPS, 0, S()>>>(dq, part, dr, v, kn, qn, q, gc, gc + H, B, T, H, hs, 0, 1);
+    TBC_LAUNCHED();
+    /* dk_s: a = v_s, b = dr_t, cv = qn_t, proj = kn_s (raw k), t ≥ s. */
+    k_decay_rows<<<nb, 32 * TI_WARPS, 0, S()>>>(dk, NULL, v, dr, qn, kn, k, gc, gc + H, B, T, H, hs, 1, 1);
+    TBC_LAUNCHED();
+    /* dv_s: a = kn_s, b = qn_t, cv = dr_t, t ≥ s. */
+    k_decay_rows<<<nb, 32 * TI_WARPS, 0, S()>>>(dv, NULL, kn, qn, dr, NULL, NULL, gc, gc + H, B, T, H, hs, 1, 1);
+    TBC_LAUNCHED();
+    k_titan_ddecay<<<H, 256, 0, S()>>>(ddecay, part, gc, (size_t)B * T, H);
+    TBC_LAUNCHED();
+}
+
+void tbc_seq_more_init(tb_ops_seq *ops) {
+    ops->act_forward = cu_act_forward;
+    ops->act_backward = cu_act_backward;
+    ops->softplus_bias_forward = cu_softplus_bias_forward;
+    ops->softplus_bias_backward = cu_softplus_bias_backward;
+    ops->mul_silu_forward = cu_mul_silu_forward;
+    ops->mul_silu_backward = cu_mul_silu_backward;
+    ops->copy_cols = cu_copy_cols;
+    ops->add_cols = cu_add_cols;
+    ops->conv_causal_forward = cu_conv_causal_forward;
+    ops->conv_causal_backward = cu_conv_causal_backward;
+    ops->titan_forward = cu_titan_forward;
+    ops->titan_backward = cu_titan_backward;
+}
