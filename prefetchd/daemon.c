@@ -15,7 +15,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#include "endpoint.h"
+#include "tb_endpoint.h"
 #include "pfd.h"
 #include "tb_clock.h"
 #include "tb_log.h"
@@ -49,7 +49,7 @@ typedef struct pfd_daemon {
     const pfd_config *cfg;
     void *zctx, *feed, *ctl, *pub;
     int lock_fds[4];
-    pfd_zap *zap;
+    tb_zap *zap;
     pfd_ring ring;
     tb_manifest_history hist;
     uint64_t cur_gen;
@@ -686,8 +686,8 @@ static int fill_status(pfd_daemon *d, tb_kvmap *m, const snapshot *s, tb_err *er
     D("worker_cpu", d->cpu_cores);
     I("worker_pid", d->active >= 0 ? d->w[d->active].pid : 0);
     if (d->worker_error[0]) S("worker_error", d->worker_error);
-    I("zap_refused", pfd_zap_refused(d->zap));
-    I("zap_accepted", pfd_zap_accepted(d->zap));
+    I("zap_refused", tb_zap_refused(d->zap));
+    I("zap_accepted", tb_zap_accepted(d->zap));
     I("paused", d->paused);
 #undef I
 #undef D
@@ -924,11 +924,11 @@ static void *make_socket(pfd_daemon *d, int type, const char *ep, int lock_idx, 
     zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &max, sizeof max);
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
     if (type == ZMQ_ROUTER) zmq_setsockopt(s, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
-    pfd_curve curve = {{0}, {0}};
+    tb_curve curve = {{0}, {0}};
     snprintf(curve.secret_key_file, sizeof curve.secret_key_file, "%s",
              d->cfg->curve_secret_key_file);
     snprintf(curve.allowed_dir, sizeof curve.allowed_dir, "%s", d->cfg->curve_allowed_keys_dir);
-    int rc = pfd_endpoint_bind(s, ep, &curve, 0, &d->lock_fds[lock_idx], err);
+    int rc = tb_endpoint_bind(s, ep, &curve, 0, &d->lock_fds[lock_idx], err);
     if (rc < 0) {
         *busy = rc == -2;
         zmq_close(s);
@@ -980,7 +980,7 @@ static int setup(pfd_daemon *d, int *code, tb_err *err) {
     char lp[4200];
     snprintf(lp, sizeof lp, "%s.lock", c->ring_path);
     /* a restarted daemon may wait a moment for the workers of a killed one to die */
-    d->lock_fds[0] = pfd_lock_acquire(lp, 3000, err);
+    d->lock_fds[0] = tb_lock_acquire(lp, 3000, err);
     if (d->lock_fds[0] < 0) {
         if (d->lock_fds[0] == -2) *code = PFD_EX_IN_USE;
         d->lock_fds[0] = -1;
@@ -991,7 +991,7 @@ static int setup(pfd_daemon *d, int *code, tb_err *err) {
     int tcp = strncmp(c->feed_endpoint, "tcp://", 6) == 0 ||
               strncmp(c->control_endpoint, "tcp://", 6) == 0 ||
               strncmp(c->metrics_endpoint, "tcp://", 6) == 0;
-    if (tcp && !(d->zap = pfd_zap_start(d->zctx, c->curve_allowed_keys_dir, err))) return -1;
+    if (tcp && !(d->zap = tb_zap_start(d->zctx, c->curve_allowed_keys_dir, err))) return -1;
     int busy = 0;
     if (!(d->feed = make_socket(d, ZMQ_ROUTER, c->feed_endpoint, 1, &busy, err)) ||
         !(d->ctl = make_socket(d, ZMQ_REP, c->control_endpoint, 2, &busy, err)) ||
@@ -1118,7 +1118,7 @@ static void shutdown_all(pfd_daemon *d) {
     if (d->feed) zmq_close(d->feed);
     if (d->ctl) zmq_close(d->ctl);
     if (d->pub) zmq_close(d->pub);
-    pfd_zap_stop(d->zap);
+    tb_zap_stop(d->zap);
     if (d->zctx) zmq_ctx_term(d->zctx);
     if (d->ring.map) {
         msync(d->ring.map, d->ring.map_len, MS_SYNC);

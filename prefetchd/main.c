@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "daemon.h"
-#include "endpoint.h"
+#include "tb_endpoint.h"
 #include "tb_err.h"
 #include "tb_log.h"
 
@@ -49,7 +49,7 @@ int main(int argc, char **argv) {
         case OPT_CHECK: check = 1; break;
         case OPT_EXAMPLE: return tb_cfg_write_example(stdout, &pfd_config_schema) == 0 ? 0 : 70;
         case OPT_GENKEYS:
-            if (pfd_curve_generate(optarg, &err) < 0) {
+            if (tb_curve_generate(optarg, &err) < 0) {
                 fprintf(stderr, "tb-prefetchd: %s\n", err.msg);
                 return TB_EX_IOERR;
             }

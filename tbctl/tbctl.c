@@ -4,6 +4,8 @@
  *   tbctl [OPTIONS] shards list | shards set FILE | shards add PATH|URL | shards remove PATH|URL
  *   tbctl [OPTIONS] reload [--wait]
  *   tbctl [OPTIONS] tail [--json] [--topic T] [--count N]
+ *   tbctl plot CSV -o OUT.png      (trainerd's CSV: loss, accuracy, lr, tokens/s vs steps;
+ *                                   gnuplot, Debian package gnuplot-nox)
  *   tbctl [OPTIONS] VERB [KEY=VALUE | VALUE]...   (any other verb is passed through: e.g.
  *                                                  trainerd's `checkpoint`, `set-lr-scale 0.5`)
  * Options: --daemon prefetchd|trainerd (default endpoints), --endpoint E (control, or the
@@ -16,10 +18,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <zmq.h>
 
-#include "endpoint.h"
+#include "tb_endpoint.h"
 #include "tb_clock.h"
 #include "tb_proto_ctl.h"
 
@@ -35,6 +38,7 @@ static void usage(FILE *f) {
           "commands: status | pause | resume | stop | reload [--wait]\n"
           "          shards list | shards set FILE | shards add LOC | shards remove LOC\n"
           "          tail [--json] [--topic T] [--count N]\n"
+          "          plot CSV -o OUT.png   (trainerd CSV: 4 panels; needs gnuplot)\n"
           "          VERB [KEY=VALUE | VALUE]...   (passed through to the daemon)\n",
           f);
 }
@@ -81,7 +85,7 @@ static void *open_socket(void *ctx, int type, const char *ep, const char *skey, 
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
     int64_t max = TB_PROTO_MAX_MSG;
     zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &max, sizeof max);
-    if (pfd_endpoint_client_curve(s, ep, skey, ckey, err) < 0 || zmq_connect(s, ep) != 0) {
+    if (tb_endpoint_client_curve(s, ep, skey, ckey, err) < 0 || zmq_connect(s, ep) != 0) {
         if (!err->msg[0]) tb_err_set(err, "connect %s: %s", ep, zmq_strerror(errno));
         zmq_close(s);
         return NULL;
@@ -211,6 +215,94 @@ static int do_request(void *ctx, const char *ep, const char *skey, const char *c
     return rc;
 }
 
+/* Index (1-based, gnuplot's) of each wanted column in the CSV header, 0 when absent. */
+static int csv_columns(const char *path, const char *const *names, int n, int *idx) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "tbctl: plot: %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char line[8192];
+    if (!fgets(line, sizeof line, f)) {
+        fprintf(stderr, "tbctl: plot: %s: empty file\n", path);
+        fclose(f);
+        return -1;
+    }
+    int rows = 0;
+    char tmp[8192];
+    while (fgets(tmp, sizeof tmp, f)) rows++;
+    fclose(f);
+    line[strcspn(line, "\r\n")] = 0;
+    for (int i = 0; i < n; i++) idx[i] = 0;
+    int col = 1;
+    for (char *tok = line, *next; tok; tok = next, col++) {
+        next = strchr(tok, ',');
+        if (next) *next++ = 0;
+        for (int i = 0; i < n; i++)
+            if (!strcmp(tok, names[i])) idx[i] = col;
+    }
+    if (rows == 0) {
+        fprintf(stderr, "tbctl: plot: %s: no data rows\n", path);
+        return -1;
+    }
+    return 0;
+}
+
+/* Draws loss (and val_loss), accuracy (and val_accuracy), learning rate and tokens/s
+ * against global_step, 4 panels, with gnuplot's pngcairo (or png) terminal. */
+static int do_plot(const char *csv, const char *out) {
+    static const char *const names[] = {"global_step", "loss", "accuracy", "learning_rate",
+                                        "tokens_per_s", "val_loss", "val_accuracy"};
+    int c[7];
+    if (csv_columns(csv, names, 7, c) < 0) return 1;
+    for (int i = 0; i < 5; i++)
+        if (!c[i]) {
+            fprintf(stderr, "tbctl: plot: %s: no column %s (not a tb-trainerd CSV?)\n", csv, names[i]);
+            return 1;
+        }
+    if (strchr(csv, '\'') || strchr(out, '\'') || strchr(csv, '"') || strchr(out, '"')) {
+        fprintf(stderr, "tbctl: plot: quotes in file names are not supported\n");
+        return 64;
+    }
+    FILE *g = popen("gnuplot 2>&1", "w");
+    if (!g) {
+        fprintf(stderr, "tbctl: plot: cannot run gnuplot: %s\n", strerror(errno));
+        return 1;
+    }
+    fprintf(g,
+            "if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) { set terminal pngcairo size 1200,900 } "
+            "else { set terminal png size 1200,900 }\n"
+            "set output '%s'\n"
+            "set datafile separator ','\n"
+            "set datafile missing ''\n"
+            "set key top right\n"
+            "set grid\n"
+            "set xlabel 'step'\n"
+            "set multiplot layout 2,2 title 'tb-trainerd: %s' noenhanced\n",
+            out, csv);
+    fprintf(g, "set title 'loss'\nplot '%s' every ::1 using %d:%d with lines title 'train'", csv,
+            c[0], c[1]);
+    if (c[5]) fprintf(g, ", '' every ::1 using %d:%d with linespoints title 'validation'", c[0], c[5]);
+    fprintf(g, "\nset title 'accuracy'\nplot '%s' every ::1 using %d:%d with lines title 'train'",
+            csv, c[0], c[2]);
+    if (c[6])
+        fprintf(g, ", '' every ::1 using %d:%d with linespoints title 'validation'", c[0], c[6]);
+    fprintf(g, "\nset title 'learning rate'\nplot '%s' every ::1 using %d:%d with lines notitle\n",
+            csv, c[0], c[3]);
+    fprintf(g, "set title 'tokens/s'\nplot '%s' every ::1 using %d:%d with lines notitle\n", csv,
+            c[0], c[4]);
+    fprintf(g, "unset multiplot\nset output\n");
+    int st = pclose(g);
+    if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        if (st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 127)
+            fprintf(stderr, "tbctl: plot: gnuplot not found (Debian: apt-get install gnuplot-nox)\n");
+        else
+            fprintf(stderr, "tbctl: plot: gnuplot failed (status %d)\n", st);
+        return 1;
+    }
+    return 0;
+}
+
 static char *abs_location(const char *loc) {
     if (strstr(loc, "://") || loc[0] == '/') return strdup(loc);
     char *r = realpath(loc, NULL);
@@ -245,6 +337,22 @@ int main(int argc, char **argv) {
     signal(SIGINT, on_sig);
     signal(SIGTERM, on_sig);
     const char *verb = argv[i++];
+    if (!strcmp(verb, "plot")) {
+        const char *csv = NULL, *out = NULL;
+        for (; i < argc; i++) {
+            if (!strcmp(argv[i], "-o") && i + 1 < argc) out = argv[++i];
+            else if (!csv && argv[i][0] != '-') csv = argv[i];
+            else {
+                usage(stderr);
+                return 64;
+            }
+        }
+        if (!csv || !out) {
+            usage(stderr);
+            return 64;
+        }
+        return do_plot(csv, out);
+    }
     char defctl[128], defpub[128];
     snprintf(defctl, sizeof defctl, "ipc:///run/tb/%s.ctl", daemon);
     snprintf(defpub, sizeof defpub, "ipc:///run/tb/%s.pub", daemon);

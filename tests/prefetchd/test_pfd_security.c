@@ -19,7 +19,7 @@
 
 #include <cmocka.h>
 
-#include "endpoint.h"
+#include "tb_endpoint.h"
 #include "pfd_harness.h"
 
 static int free_port(void) {
@@ -41,7 +41,7 @@ static int ask_status(void *ctx, const char *ep, const char *server_pub, const c
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(s, ZMQ_RCVTIMEO, &timeout_ms, sizeof timeout_ms);
     tb_err err = {""};
-    if (client_keys && pfd_endpoint_client_curve(s, ep, server_pub, client_keys, &err) < 0) {
+    if (client_keys && tb_endpoint_client_curve(s, ep, server_pub, client_keys, &err) < 0) {
         fprintf(stderr, "%s\n", err.msg);
         zmq_close(s);
         return -1;
@@ -83,9 +83,9 @@ static void test_curve_refuses_unknown_key_accepts_allowed(void **state) {
     snprintf(bad, sizeof bad, "%s/bad.key", t.dir);
     snprintf(allowed, sizeof allowed, "%s/allowed", t.dir);
     tb_err err;
-    assert_int_equal(pfd_curve_generate(server, &err), 0);
-    assert_int_equal(pfd_curve_generate(good, &err), 0);
-    assert_int_equal(pfd_curve_generate(bad, &err), 0);
+    assert_int_equal(tb_curve_generate(server, &err), 0);
+    assert_int_equal(tb_curve_generate(good, &err), 0);
+    assert_int_equal(tb_curve_generate(bad, &err), 0);
     mkdir(allowed, 0755);
     snprintf(cmd, sizeof cmd, "cp '%s.pub' '%s/trainer0.pub'", good, allowed);
     assert_int_equal(system(cmd), 0);

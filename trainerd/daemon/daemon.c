@@ -19,12 +19,14 @@
 #include "sockets.h"
 #include "state.h"
 #include "tb_clock.h"
+#include "tb_endpoint.h"
 #include "tb_log.h"
 #include "tb_notify.h"
 #include "tb_proto_ctl.h"
 #include "tb_proto_feed.h"
 #include "tb_signal.h"
 #include "trainer.h"
+#include "validation.h"
 
 typedef enum td_run_state {
     TD_RS_STARTING = 0,
@@ -42,6 +44,7 @@ typedef struct td_daemon {
     td_trainer *tr;
     td_state st;
     void *zctx, *feed, *ctl, *pub;
+    tb_zap *zap;
     int ctl_lock, pub_lock;
     FILE *csv;
     td_run_state rs;
@@ -68,7 +71,31 @@ typedef struct td_daemon {
     uint64_t refused;
     char last_ckpt[TD_CKPT_NAME_MAX];
     int64_t last_ckpt_step;
+    /* validation */
+    td_valset val;
+    int have_val;
+    double val_loss; /* of the last evaluation; NaN before the first */
+    /* metrics subscribers (XPUB subscription messages for a prefix of trainerd.step) */
+    int64_t subs;
+    int gate_open;   /* daemon.wait_subscribers satisfied (or given up) */
+    double gate_t0;
+    uint64_t dup_dropped;
+    double wd_period, wd_next; /* systemd watchdog: ping period (s), next ping (mono s) */
 } td_daemon;
+
+/* WATCHDOG=1 when due; called from the loop and inside long work (steps, checkpoints). */
+static void watchdog_tick(td_daemon *d) {
+    if (d->wd_period <= 0) return;
+    double now = tb_clock_mono_s();
+    if (now >= d->wd_next) {
+        tb_notify_watchdog();
+        d->wd_next = now + d->wd_period;
+    }
+}
+
+/* Best-K checkpoints rank by validation loss when validation is configured, else by the
+ * moving average of the training loss. */
+static double ckpt_metric(const td_daemon *d) { return d->have_val ? d->val_loss : d->st.loss_ema; }
 
 /* ---------------------------------------------------------------- metrics */
 
@@ -206,6 +233,33 @@ refused:
     feed_credit(d, 1);
 }
 
+/* The feed may have lost us (prefetchd restarted with a fresh ring, or our HELLO went to a
+ * dead peer): say HELLO again with the cursor of the last applied batch and grant the
+ * credit afresh. Batches not yet consumed are dropped (prefetchd re-sends everything after
+ * the cursor); ones it re-sends that a step in progress already consumed are dropped as
+ * already seen. */
+static void feed_rehello(td_daemon *d) {
+    for (int i = d->micro; i < d->qn; i++) tb_batch_free(&d->q[i]);
+    d->qn = d->micro;
+    d->granted = 0;
+    if (!feed_hello(d)) feed_credit(d, (uint32_t)d->cfg->credit);
+}
+
+/* XPUB subscription messages: byte 1 = subscribe, 0 = unsubscribe, then the topic. */
+static void pub_subscriptions(td_daemon *d) {
+    static const char step_topic[] = "trainerd.step";
+    for (;;) {
+        char buf[256];
+        int n = zmq_recv(d->pub, buf, sizeof buf, ZMQ_DONTWAIT);
+        if (n < 0) return;
+        if (n < 1 || n > (int)sizeof buf) continue;
+        size_t tl = (size_t)n - 1;
+        if (tl > strlen(step_topic) || memcmp(buf + 1, step_topic, tl)) continue;
+        if (buf[0] == 1) d->subs++;
+        else if (buf[0] == 0 && d->subs > 0) d->subs--;
+    }
+}
+
 static void feed_drain(td_daemon *d) {
     for (;;) {
         zmq_msg_t msg;
@@ -228,7 +282,9 @@ typedef struct ckpt_ctx {
 static int ckpt_writer(const char *dir, void *arg, tb_err *err) {
     ckpt_ctx *c = arg;
     td_daemon *d = c->d;
+    watchdog_tick(d);
     if (td_trainer_write(d->tr, dir, err)) return -1;
+    watchdog_tick(d);
     char p[4096];
     snprintf(p, sizeof p, "%s/state.msgpack", dir);
     d->st.lr_scale = td_trainer_lr_scale(d->tr);
@@ -536,11 +592,13 @@ static int run_micro(td_daemon *d) {
         return TB_EX_SOFTWARE;
     }
     d->micro++;
+    watchdog_tick(d);
     if (d->micro < d->accum) return -1;
     d->micro = 0;
 
     td_step_result r;
     td_trainer_apply(d->tr, &r);
+    watchdog_tick(d);
     double now = tb_clock_mono_s();
     d->st.attempts++;
     td_record rec;
@@ -567,7 +625,16 @@ static int run_micro(td_daemon *d) {
 
     int exit_status = -1;
     if (r.status == TD_STEP_APPLIED) {
-        ack_step(d);
+        /* A trainer with no checkpoint yet acknowledges its first step only once a
+         * checkpoint holds it: killed before that, it restarts from scratch and prefetchd
+         * re-sends the unacknowledged batches (a HELLO without a cursor cannot rewind). */
+        int first_ckpt = !d->last_ckpt[0];
+        uint64_t *acks = first_ckpt ? malloc((size_t)d->accum * sizeof *acks) : NULL;
+        int nacks = 0;
+        if (acks)
+            for (int i = 0; i < d->accum; i++) acks[nacks++] = d->q[i].seq;
+        else
+            ack_step(d);
         uint64_t epoch_before = d->st.has_cursor ? d->st.cursor.epoch : d->q[0].cursor_after.epoch;
         pop_step(d, 1);
         d->st.step++;
@@ -602,6 +669,20 @@ static int run_micro(td_daemon *d) {
         rec.global_step = d->st.step;
         rec.epoch = d->st.epoch;
         rec.step = d->st.step - d->st.epoch_start_step;
+        if (d->have_val &&
+            (d->st.step % d->cfg->val_every == 0 || d->st.step >= d->total_steps)) {
+            td_val_result vr;
+            double v0 = tb_clock_mono_s();
+            if (td_valset_eval(d->tr, &d->val, &vr, &err)) {
+                tb_error("%s", err.msg);
+            } else {
+                d->val_loss = rec.val_loss = vr.loss;
+                rec.val_accuracy = vr.accuracy;
+                tb_info("validation at step %lld: loss %.4f accuracy %.4f (%lld tokens, %lld "
+                        "batches, %.0f ms)", (long long)d->st.step, vr.loss, vr.accuracy,
+                        (long long)vr.tokens, (long long)vr.batches, (tb_clock_mono_s() - v0) * 1e3);
+            }
+        }
         if (td_csv_write(d->csv, &rec, &err)) tb_warn("%s", err.msg);
         tb_kvmap m = {0};
         if (!td_record_to_kv(&m, &rec, &err)) publish(d, "trainerd.step", &m);
@@ -616,8 +697,11 @@ static int run_micro(td_daemon *d) {
                 tags |= TD_CKPT_ROLLING;
             if (new_epoch && d->cfg->checkpoint_on_epoch) tags |= TD_CKPT_EPOCH;
             if (d->st.step >= d->total_steps) tags |= TD_CKPT_FINAL;
-            if (tags) checkpoint(d, tags, d->st.loss_ema, NULL);
+            if (first_ckpt) tags |= TD_CKPT_ROLLING;
+            if (tags) checkpoint(d, tags, ckpt_metric(d), NULL);
         }
+        for (int i = 0; i < nacks; i++) feed_send(d, enc_ack, &acks[i], "ACK");
+        free(acks);
         if (d->st.step % d->cfg->progress_every == 0 || d->st.step >= d->total_steps) {
             double el = now - d->run_t0;
             int64_t done = d->st.step - d->run_step0;
@@ -709,6 +793,32 @@ int td_daemon_run(const td_config *cfg, const char *config_yaml) {
     }
     free(d->st.config_yaml);
     d->st.config_yaml = config_yaml ? strdup(config_yaml) : NULL;
+    d->val_loss = NAN;
+    if (cfg->val_manifest[0]) {
+        const tb_train_config *tc = &cfg->run.training;
+        td_val_opts vo = {.manifest = cfg->val_manifest, .tokenizer = cfg->val_tokenizer,
+                          .batches = cfg->val_batches, .seed = cfg->val_seed,
+                          .batch_size = cfg->val_batch_size ? cfg->val_batch_size : tc->batch_size,
+                          .seq_len = cfg->val_seq_len ? cfg->val_seq_len : tc->max_length,
+                          .mask_prob = cfg->val_mask_prob, .packing = cfg->val_packing,
+                          .vocab = cfg->run.model.vocab_size};
+        if (vo.batch_size > tc->batch_size || vo.seq_len > tc->max_length) {
+            tb_error("validation: batch %lld x %lld exceeds training.batch_size %lld x "
+                     "training.max_length %lld", (long long)vo.batch_size, (long long)vo.seq_len,
+                     (long long)tc->batch_size, (long long)tc->max_length);
+            status = TB_EX_CONFIG;
+            goto out;
+        }
+        if (td_valset_load(&d->val, &vo, &err)) {
+            tb_error("%s", err.msg);
+            status = TB_EX_CONFIG;
+            goto out;
+        }
+        d->have_val = 1;
+        tb_info("validation: %d batches of %d x %d from %s (seed %lld), every %lld steps",
+                d->val.n, d->val.B, d->val.T, cfg->val_manifest, (long long)cfg->val_seed,
+                (long long)cfg->val_every);
+    }
     d->run_step0 = d->st.step;
     d->csv = td_csv_open(cfg->csv_path, &err);
     if (!d->csv) {
@@ -719,7 +829,10 @@ int td_daemon_run(const td_config *cfg, const char *config_yaml) {
     d->zctx = zmq_ctx_new();
     d->feed = zmq_socket(d->zctx, ZMQ_DEALER);
     d->ctl = zmq_socket(d->zctx, ZMQ_REP);
-    d->pub = zmq_socket(d->zctx, ZMQ_PUB);
+    /* XPUB: sends like PUB, and tells us who subscribed (daemon.wait_subscribers). */
+    d->pub = zmq_socket(d->zctx, ZMQ_XPUB);
+    int verbose = 1;
+    zmq_setsockopt(d->pub, ZMQ_XPUB_VERBOSE, &verbose, sizeof verbose);
     int64_t maxmsg = TB_PROTO_MAX_MSG, ctlmax = 1 << 20;
     int linger = 0;
     zmq_setsockopt(d->feed, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
@@ -727,6 +840,19 @@ int td_daemon_run(const td_config *cfg, const char *config_yaml) {
     zmq_setsockopt(d->feed, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(d->ctl, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(d->pub, ZMQ_LINGER, &linger, sizeof linger);
+    if (!strncmp(cfg->control_endpoint, "tcp://", 6) || !strncmp(cfg->metrics_endpoint, "tcp://", 6)) {
+        if (!cfg->curve_allowed_dir[0]) {
+            tb_error("tcp control/metrics endpoints need daemon.curve_secret_key_file and "
+                     "daemon.curve_allowed_dir (CURVE + ZAP)");
+            status = TB_EX_CONFIG;
+            goto out;
+        }
+        if (!(d->zap = tb_zap_start(d->zctx, cfg->curve_allowed_dir, &err))) {
+            tb_error("%s", err.msg);
+            status = TB_EX_CONFIG;
+            goto out;
+        }
+    }
     if (td_bind(d->ctl, cfg->control_endpoint, cfg->curve_secret_key_file, cfg->curve_allowed_dir,
                 &d->ctl_lock, &err) ||
         td_bind(d->pub, cfg->metrics_endpoint, cfg->curve_secret_key_file, cfg->curve_allowed_dir,
@@ -735,9 +861,16 @@ int td_daemon_run(const td_config *cfg, const char *config_yaml) {
         status = TB_EX_CONFIG;
         goto out;
     }
-    if (!strncmp(cfg->feed_endpoint, "tcp://", 6)) {
-        tb_error("%s: tcp feed needs CURVE, not implemented in tb-trainerd yet; use ipc://",
-                 cfg->feed_endpoint);
+    if (!strncmp(cfg->feed_endpoint, "tcp://", 6) &&
+        (!cfg->feed_server_key_file[0] || !cfg->feed_client_key_file[0])) {
+        tb_error("%s: a tcp feed needs daemon.feed_server_key_file (prefetchd's public key) and "
+                 "daemon.feed_client_key_file (this trainer's key pair)", cfg->feed_endpoint);
+        status = TB_EX_CONFIG;
+        goto out;
+    }
+    if (tb_endpoint_client_curve(d->feed, cfg->feed_endpoint, cfg->feed_server_key_file,
+                                 cfg->feed_client_key_file, &err)) {
+        tb_error("%s", err.msg);
         status = TB_EX_CONFIG;
         goto out;
     }
@@ -754,9 +887,12 @@ int td_daemon_run(const td_config *cfg, const char *config_yaml) {
             (long long)cfg->credit);
     uint64_t wd_usec = cfg->watchdog ? tb_notify_watchdog_usec() : 0;
     /* Ping at a quarter of the interval: safely under the half systemd recommends. */
-    double wd_period = wd_usec ? (double)wd_usec / 4e6 : 0, wd_next = 0;
+    d->wd_period = wd_usec ? (double)wd_usec / 4e6 : 0;
+    d->wd_next = 0;
     d->run_t0 = tb_clock_mono_s();
     double last_batch_t = d->run_t0, warned_t = 0;
+    d->gate_open = cfg->wait_subscribers == 0;
+    d->gate_t0 = d->run_t0;
     if (d->st.step >= d->total_steps) {
         tb_notice("checkpoint already at step %lld of %lld: nothing to do",
                   (long long)d->st.step, (long long)d->total_steps);
@@ -765,10 +901,7 @@ int td_daemon_run(const td_config *cfg, const char *config_yaml) {
     }
     for (;;) {
         double now = tb_clock_mono_s();
-        if (wd_period > 0 && now >= wd_next) {
-            tb_notify_watchdog();
-            wd_next = now + wd_period;
-        }
+        watchdog_tick(d);
         if (tb_signals.term || d->want_stop) {
             if (!d->stopping_sent) {
                 tb_notify_stopping();
@@ -794,7 +927,7 @@ int td_daemon_run(const td_config *cfg, const char *config_yaml) {
                 memcpy(ci.name, d->last_ckpt, sizeof ci.name);
             } else {
                 rc = checkpoint(d, d->rs == TD_RS_STOPPING ? TD_CKPT_FINAL : TD_CKPT_MANUAL,
-                                d->st.loss_ema, &ci);
+                                ckpt_metric(d), &ci);
             }
             d->want_ckpt = 0;
             if (d->ctl_owed) {
@@ -815,17 +948,19 @@ int td_daemon_run(const td_config *cfg, const char *config_yaml) {
         }
         int have_work = (d->rs == TD_RS_RUNNING) && d->qn >= (d->micro ? d->micro + 1 : d->accum);
         if (d->rs == TD_RS_RUNNING && d->micro > 0) have_work = d->qn > d->micro;
-        zmq_pollitem_t items[2] = {{d->feed, 0, ZMQ_POLLIN, 0}, {d->ctl, 0, ZMQ_POLLIN, 0}};
+        if (!d->gate_open) have_work = 0;
+        zmq_pollitem_t items[3] = {{d->feed, 0, ZMQ_POLLIN, 0}, {d->pub, 0, ZMQ_POLLIN, 0},
+                                   {d->ctl, 0, ZMQ_POLLIN, 0}};
         long timeout = have_work ? 0 : 200;
-        if (wd_period > 0) {
-            long wd_ms = (long)((wd_next - now) * 1e3);
+        if (d->wd_period > 0) {
+            long wd_ms = (long)((d->wd_next - now) * 1e3);
             if (wd_ms < timeout) timeout = wd_ms < 0 ? 0 : wd_ms;
         }
         if (!have_work && d->rs == TD_RS_RUNNING && !d->waiting) {
             d->waiting = 1;
             d->wait_t0 = now;
         }
-        int n = zmq_poll(items, d->ctl_owed ? 1 : 2, timeout);
+        int n = zmq_poll(items, d->ctl_owed ? 2 : 3, timeout);
         if (n < 0 && zmq_errno() != EINTR) {
             tb_error("zmq_poll: %s", zmq_strerror(zmq_errno()));
             break;
@@ -835,7 +970,19 @@ int td_daemon_run(const td_config *cfg, const char *config_yaml) {
             feed_drain(d);
             if (d->qn > before) last_batch_t = tb_clock_mono_s();
         }
-        if (n > 0 && !d->ctl_owed && (items[1].revents & ZMQ_POLLIN)) ctl_handle(d);
+        if (n > 0 && (items[1].revents & ZMQ_POLLIN)) pub_subscriptions(d);
+        if (n > 0 && !d->ctl_owed && (items[2].revents & ZMQ_POLLIN)) ctl_handle(d);
+        if (!d->gate_open) {
+            if (d->subs >= cfg->wait_subscribers) {
+                d->gate_open = 1;
+                tb_info("metrics: %lld subscriber(s) of trainerd.step connected", (long long)d->subs);
+            } else if (tb_clock_mono_s() - d->gate_t0 > cfg->wait_subscribers_ms / 1e3) {
+                d->gate_open = 1;
+                tb_warn("metrics: %lld of %lld subscribers after %lld ms; training anyway",
+                        (long long)d->subs, (long long)cfg->wait_subscribers,
+                        (long long)cfg->wait_subscribers_ms);
+            }
+        }
         if (d->rs == TD_RS_STARTING && d->qn > 0) {
             /* Model, device, checkpoint and feed are up. */
             d->rs = TD_RS_RUNNING;
@@ -847,11 +994,12 @@ int td_daemon_run(const td_config *cfg, const char *config_yaml) {
         now = tb_clock_mono_s();
         if (now - last_batch_t > cfg->feed_timeout_ms / 1e3 && now - warned_t > cfg->feed_timeout_ms / 1e3 &&
             d->rs == TD_RS_RUNNING && d->qn < d->accum) {
-            tb_warn("feed: no batch for %.0f s (granted %llu)", now - last_batch_t,
+            tb_warn("feed: no batch for %.0f s (granted %llu); sending HELLO again", now - last_batch_t,
                     (unsigned long long)d->granted);
             warned_t = now;
+            feed_rehello(d);
         }
-        int ready = d->rs == TD_RS_RUNNING &&
+        int ready = d->rs == TD_RS_RUNNING && d->gate_open &&
                     (d->micro > 0 ? d->qn > d->micro : d->qn >= d->accum);
         if (ready) {
             if (d->waiting) {
@@ -862,7 +1010,7 @@ int td_daemon_run(const td_config *cfg, const char *config_yaml) {
             if (ex >= 0) {
                 status = ex;
                 if (ex == TD_EXIT_OK && d->last_ckpt_step != d->st.step)
-                    if (checkpoint(d, TD_CKPT_FINAL, d->st.loss_ema, NULL)) status = TB_EX_IOERR;
+                    if (checkpoint(d, TD_CKPT_FINAL, ckpt_metric(d), NULL)) status = TB_EX_IOERR;
                 break;
             }
         }
@@ -870,10 +1018,12 @@ int td_daemon_run(const td_config *cfg, const char *config_yaml) {
 out:
     if (d->ctl_owed) ctl_reply(d, d->ctl_owed_id, 0, "daemon exiting", NULL);
     for (int i = 0; i < d->qn; i++) tb_batch_free(&d->q[i]);
+    td_valset_free(&d->val);
     if (d->csv) fclose(d->csv);
     if (d->feed) zmq_close(d->feed);
     if (d->ctl) zmq_close(d->ctl);
     if (d->pub) zmq_close(d->pub);
+    if (d->zap) tb_zap_stop(d->zap);
     if (d->zctx) zmq_ctx_term(d->zctx);
     if (d->ctl_lock >= 0) close(d->ctl_lock);
     if (d->pub_lock >= 0) close(d->pub_lock);

@@ -63,6 +63,30 @@ static const tb_cfg_field own_fields[] = {
           "tcp feed endpoint: prefetchd's public key file."),
     F_STR("daemon.feed_client_key_file", feed_client_key_file, "",
           "tcp feed endpoint: this trainer's CURVE key pair file."),
+    F_INT("daemon.wait_subscribers", wait_subscribers, "0", 0, 1000,
+          "Hold the first step until this many subscribers of trainerd.step are connected to\n"
+          "the metrics socket (so `tbctl tail` started first sees every record); 0 = never wait."),
+    F_INT("daemon.wait_subscribers_ms", wait_subscribers_ms, "10000", 0, 86400000,
+          "Give up waiting for daemon.wait_subscribers after this long (a warning) and train."),
+    F_SEC("validation", "Optional validation set: the first validation.batches batches of a\n"
+                        "manifest, read through the prefetchd library (fixed seed), evaluated\n"
+                        "without dropout every validation.every_n_steps steps."),
+    F_STR("validation.manifest", val_manifest, "",
+          "Manifest of the validation shards (PATH-or-URL [size] [sha256] per line); empty = no\n"
+          "validation (best-K checkpoints then rank by the moving average of the training loss)."),
+    F_STR("validation.tokenizer", val_tokenizer, "/var/lib/tb/spm.model",
+          "SentencePiece model (the one prefetchd uses; its vocabulary must be model.vocab_size)."),
+    F_INT("validation.every_n_steps", val_every, "1000", 1, INT64_MAX / 2,
+          "Evaluate every N optimizer steps (and at the last step)."),
+    F_INT("validation.batches", val_batches, "16", 1, 1000000, "Batches in the fixed set."),
+    F_INT("validation.seed", val_seed, "4321", 0, INT64_MAX / 2,
+          "Seed of the validation stream (shard order, shuffle, masks)."),
+    F_INT("validation.batch_size", val_batch_size, "0", 0, 65536,
+          "Samples per validation batch; 0 = training.batch_size."),
+    F_INT("validation.seq_len", val_seq_len, "0", 0, 1048576,
+          "Tokens per validation sample; 0 = training.max_length."),
+    F_DBL("validation.mask_prob", val_mask_prob, "0.15", 0, 1, "MLM mask fraction."),
+    F_BOOL("validation.packing", val_packing, "true", "Pack documents (as prefetchd's data.packing)."),
     F_SEC("debug", "Test hooks; leave at their defaults in production."),
     F_INT("debug.nan_at_step", debug_nan_at_step, "-1", -1, INT64_MAX / 2,
           "Force a non-finite loss from this step on (-1 = never)."),
@@ -159,4 +183,16 @@ int td_config_load(td_config *c, const char *path, const char *const *overrides,
 
 int64_t td_config_total_steps(const td_config *c) {
     return c->max_steps > 0 ? c->max_steps : c->run.training.scheduler_total_steps;
+}
+
+int td_config_load_text(td_config *c, const char *name, const char *text,
+                        const char *const *overrides, int nover, tb_err *err) {
+    const tb_cfg_schema *s = td_config_schema();
+    if (!s) return tb_err_set(err, "tb-trainerd: schema too large");
+    if (tb_cfg_defaults(c, s, err)) return -1;
+    if (tb_cfg_load_string(c, s, name, text, NULL, err)) return -1;
+    for (int i = 0; i < nover; i++)
+        if (tb_cfg_set(c, s, overrides[i], NULL, err)) return -1;
+    if (tb_run_config_finish(&c->run, err)) return tb_err_wrap(err, "%s", name);
+    return 0;
 }

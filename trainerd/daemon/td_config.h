@@ -36,6 +36,18 @@ typedef struct td_config {
     char curve_allowed_dir[TB_CFG_STR_MAX];
     char feed_server_key_file[TB_CFG_STR_MAX];
     char feed_client_key_file[TB_CFG_STR_MAX];
+    int64_t wait_subscribers;    /* hold the first step until this many trainerd.step subscribers */
+    int64_t wait_subscribers_ms; /* ... or this long */
+    /* validation: */
+    char val_manifest[TB_CFG_STR_MAX];
+    char val_tokenizer[TB_CFG_STR_MAX];
+    int64_t val_every;           /* 0: never */
+    int64_t val_batches;
+    int64_t val_seed;
+    int64_t val_batch_size;      /* 0: training.batch_size */
+    int64_t val_seq_len;         /* 0: training.max_length */
+    double val_mask_prob;
+    int val_packing;
     /* debug: */
     int64_t debug_nan_at_step, debug_nan_count;
     int64_t debug_spike_at_step, debug_spike_count;
@@ -51,6 +63,11 @@ const tb_cfg_schema *td_config_schema(void);
  * then checks. Errors are "file:line: key: why" (exit 78). */
 int td_config_load(td_config *c, const char *path, const char *const *overrides, int nover,
                    tb_err *err);
+
+/* The values a run used (a checkpoint's state.msgpack config text: every key, so no
+ * preset is applied), then the overrides, then checks. name labels errors. */
+int td_config_load_text(td_config *c, const char *name, const char *text,
+                        const char *const *overrides, int nover, tb_err *err);
 
 /* Total steps to train: daemon.max_steps or training.scheduler_total_steps. */
 int64_t td_config_total_steps(const td_config *c);

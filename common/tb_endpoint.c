@@ -1,4 +1,4 @@
-#include "endpoint.h"
+#include "tb_endpoint.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -20,7 +20,7 @@
 #define ZMQ_ZAP_ENFORCE_DOMAIN 93 /* libzmq >= 4.3 (a DRAFT option in its header) */
 #endif
 
-int pfd_lock_acquire(const char *path, int wait_ms, tb_err *err) {
+int tb_lock_acquire(const char *path, int wait_ms, tb_err *err) {
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
     if (fd < 0) return tb_err_set(err, "lock %s: open: %s", path, strerror(errno));
     for (int waited = 0;; waited += 50) {
@@ -33,7 +33,7 @@ int pfd_lock_acquire(const char *path, int wait_ms, tb_err *err) {
             buf[strcspn(buf, "\n")] = '\0';
             close(fd);
             if (e != EWOULDBLOCK) return tb_err_set(err, "lock %s: %s", path, strerror(e));
-            tb_err_set(err, "%s is in use by pid %s (another tb-prefetchd holds the lock)",
+            tb_err_set(err, "%s is in use by pid %s (another instance holds the lock)",
                        path, buf[0] ? buf : "?");
             return -2;
         }
@@ -52,7 +52,7 @@ static int z85_ok(const char *s) {
     return strlen(s) == 40 && zmq_z85_decode(tmp, s) != NULL;
 }
 
-int pfd_curve_read_keys(char pub[41], char sec[41], const char *path, tb_err *err) {
+int tb_curve_read_keys(char pub[41], char sec[41], const char *path, tb_err *err) {
     FILE *f = fopen(path, "r");
     if (!f) return tb_err_set(err, "curve key file %s: %s", path, strerror(errno));
     if (pub) pub[0] = '\0';
@@ -79,7 +79,7 @@ int pfd_curve_read_keys(char pub[41], char sec[41], const char *path, tb_err *er
     return rc;
 }
 
-int pfd_curve_generate(const char *path, tb_err *err) {
+int tb_curve_generate(const char *path, tb_err *err) {
     char pub[41], sec[41];
     if (zmq_curve_keypair(pub, sec) != 0)
         return tb_err_set(err, "zmq_curve_keypair: %s", zmq_strerror(errno));
@@ -96,14 +96,14 @@ int pfd_curve_generate(const char *path, tb_err *err) {
     return 0;
 }
 
-int pfd_endpoint_bind(void *sock, const char *ep, const pfd_curve *curve, int lock_wait_ms,
+int tb_endpoint_bind(void *sock, const char *ep, const tb_curve *curve, int lock_wait_ms,
                       int *lock_fd, tb_err *err) {
     *lock_fd = -1;
     if (strncmp(ep, "ipc://", 6) == 0) {
         const char *path = ep + 6;
         char lp[4200];
         snprintf(lp, sizeof lp, "%s.lock", path);
-        int fd = pfd_lock_acquire(lp, lock_wait_ms, err);
+        int fd = tb_lock_acquire(lp, lock_wait_ms, err);
         if (fd < 0) {
             tb_err_wrap(err, "endpoint %s", ep);
             return fd;
@@ -126,7 +126,7 @@ int pfd_endpoint_bind(void *sock, const char *ep, const pfd_curve *curve, int lo
         char pub[41], sec[41];
         if (!curve || !curve->secret_key_file[0])
             return tb_err_set(err, "bind %s: tcp endpoints need curve.secret_key_file", ep);
-        if (pfd_curve_read_keys(pub, sec, curve->secret_key_file, err) < 0) return -1;
+        if (tb_curve_read_keys(pub, sec, curve->secret_key_file, err) < 0) return -1;
         if (!sec[0])
             return tb_err_set(err, "%s: no 'secret' line", curve->secret_key_file);
         int one = 1;
@@ -145,15 +145,15 @@ int pfd_endpoint_bind(void *sock, const char *ep, const pfd_curve *curve, int lo
     return 0;
 }
 
-int pfd_endpoint_client_curve(void *sock, const char *ep, const char *server_key_file,
+int tb_endpoint_client_curve(void *sock, const char *ep, const char *server_key_file,
                               const char *client_key_file, tb_err *err) {
     if (strncmp(ep, "tcp://", 6) != 0) return 0;
     if (!server_key_file || !client_key_file || !server_key_file[0] || !client_key_file[0])
         return tb_err_set(err, "%s: a tcp endpoint needs a server key and a client key file", ep);
     char spub[41], cpub[41], csec[41];
-    if (pfd_curve_read_keys(spub, NULL, server_key_file, err) < 0) return -1;
+    if (tb_curve_read_keys(spub, NULL, server_key_file, err) < 0) return -1;
     if (!spub[0]) return tb_err_set(err, "%s: no server public key", server_key_file);
-    if (pfd_curve_read_keys(cpub, csec, client_key_file, err) < 0) return -1;
+    if (tb_curve_read_keys(cpub, csec, client_key_file, err) < 0) return -1;
     if (!cpub[0] || !csec[0])
         return tb_err_set(err, "%s: needs 'public' and 'secret' lines", client_key_file);
     if (zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, spub, 40) != 0 ||
@@ -165,7 +165,7 @@ int pfd_endpoint_client_curve(void *sock, const char *ep, const char *server_key
 
 /* ---------------------------------------------------------------- ZAP */
 
-struct pfd_zap {
+struct tb_zap {
     void *zctx;
     char dir[4096];
     pthread_t thread;
@@ -216,7 +216,7 @@ static int recv_frame(void *s, char *buf, size_t cap, size_t *len, int *more) {
 }
 
 static void *zap_main(void *arg) {
-    pfd_zap *z = arg;
+    tb_zap *z = arg;
     void *s = zmq_socket(z->zctx, ZMQ_REP);
     int linger = 0;
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
@@ -272,8 +272,8 @@ static void *zap_main(void *arg) {
     return NULL;
 }
 
-pfd_zap *pfd_zap_start(void *zctx, const char *dir, tb_err *err) {
-    pfd_zap *z = calloc(1, sizeof *z);
+tb_zap *tb_zap_start(void *zctx, const char *dir, tb_err *err) {
+    tb_zap *z = calloc(1, sizeof *z);
     if (!z) {
         tb_err_set(err, "ZAP: out of memory");
         return NULL;
@@ -299,10 +299,10 @@ pfd_zap *pfd_zap_start(void *zctx, const char *dir, tb_err *err) {
     return z;
 }
 
-uint64_t pfd_zap_refused(const pfd_zap *z) { return z ? atomic_load(&((pfd_zap *)z)->refused) : 0; }
-uint64_t pfd_zap_accepted(const pfd_zap *z) { return z ? atomic_load(&((pfd_zap *)z)->accepted) : 0; }
+uint64_t tb_zap_refused(const tb_zap *z) { return z ? atomic_load(&((tb_zap *)z)->refused) : 0; }
+uint64_t tb_zap_accepted(const tb_zap *z) { return z ? atomic_load(&((tb_zap *)z)->accepted) : 0; }
 
-void pfd_zap_stop(pfd_zap *z) {
+void tb_zap_stop(tb_zap *z) {
     if (!z) return;
     atomic_store(&z->stop, 1);
     pthread_join(z->thread, NULL);
