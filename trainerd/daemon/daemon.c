@@ -837,6 +837,10 @@ int td_daemon_run(const td_config *cfg, const char *config_yaml) {
     int linger = 0;
     zmq_setsockopt(d->feed, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     zmq_setsockopt(d->ctl, ZMQ_MAXMSGSIZE, &ctlmax, sizeof ctlmax);
+    /* Subscribers only send (un)subscribe frames: a topic name. Without a cap a peer's
+     * length header makes libzmq try to allocate whatever it claims. */
+    int64_t submax = 4096;
+    zmq_setsockopt(d->pub, ZMQ_MAXMSGSIZE, &submax, sizeof submax);
     zmq_setsockopt(d->feed, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(d->ctl, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(d->pub, ZMQ_LINGER, &linger, sizeof linger);
