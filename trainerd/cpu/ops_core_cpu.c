@@ -1,7 +1,17 @@
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include "../backend.h"
 #include "core_cpu.h"
+
+static void *cpu_mem_alloc(size_t bytes) { return calloc(bytes ? bytes : 1, 1); }
+static void cpu_mem_free(void *p) { free(p); }
+static void cpu_mem_copy(void *dst, const void *src, size_t bytes) {
+    if (bytes && dst != src) memcpy(dst, src, bytes);
+}
+static void cpu_mem_set(void *p, int value, size_t bytes) {
+    if (bytes) memset(p, value, bytes);
+}
 
 static void cpu_fill(real *x, real value, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = value;
@@ -52,6 +62,12 @@ static void cpu_adamw(real *w, real *m, real *v, const real *g, size_t n, double
 }
 
 void tb_cpu_ops_core_init(tb_ops_core *ops) {
+    ops->host_memory = 1;
+    ops->mem_alloc = cpu_mem_alloc;
+    ops->mem_free = cpu_mem_free;
+    ops->to_device = cpu_mem_copy;
+    ops->to_host = cpu_mem_copy;
+    ops->mem_set = cpu_mem_set;
     ops->gemm = tb_cpu_gemm;
     ops->fill = cpu_fill;
     ops->copy = cpu_copy;

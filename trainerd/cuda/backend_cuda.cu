@@ -49,6 +49,7 @@ static int ctx_create(tb_err *err) {
         return tb_err_set(err, "cuda backend: device 0 set-up: %s", cudaGetErrorString(e));
     }
     c->sm_count = prop.multiProcessorCount;
+    c->sync_ops = 1;
     cublasStatus_t s = cublasLtCreate(&c->lt);
     if (s != CUBLAS_STATUS_SUCCESS) {
         cudaStreamDestroy(c->stream);
@@ -246,6 +247,7 @@ void tbc_gemm(float *c, const float *a, const float *b, int M, int N, int K, int
     }
     TBC_CHECK_LT(cublasLtMatmul(g->lt, e->desc, &alpha, b, e->la, a, e->lb, &beta, c, e->lc, c,
                                 e->lc, &e->algo, g->workspace, g->workspace_bytes, g->stream));
+    tbc_op_sync();
     if (transient) {
         TBC_CHECK(cudaStreamSynchronize(g->stream));
         gemm_entry_destroy(e);
@@ -322,6 +324,7 @@ static void cu_fill(real *x, real value, size_t n) {
 static void cu_copy(real *y, const real *x, size_t n) {
     if (y == x || !n) return;
     TBC_CHECK(cudaMemcpyAsync(y, x, n * sizeof(real), cudaMemcpyDeviceToDevice, tbc_g->stream));
+    tbc_op_sync();
 }
 
 static void cu_axpy(real *y, real a, const real *x, size_t n) {
@@ -349,7 +352,55 @@ static void cu_adamw(real *w, real *m, real *v, const real *g, size_t n, double 
     TBC_LAUNCHED();
 }
 
+/* ---- the memory interface: managed memory ---------------------------------------- */
+
+/* The model's buffers are managed memory: ops use them as device memory, and the layers'
+ * remaining host-side accesses (MoE offsets, label counts, memsets of scratch, the ODE
+ * step's element loops) work between ops in synchronous mode. */
+static void *cu_mem_alloc(size_t bytes) {
+    void *p = NULL;
+    if (!bytes) bytes = 1;
+    if (cudaMallocManaged(&p, bytes, cudaMemAttachGlobal) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return NULL;
+    }
+    TBC_CHECK(cudaMemsetAsync(p, 0, bytes, tbc_g->stream));
+    TBC_CHECK(cudaStreamSynchronize(tbc_g->stream));
+    return p;
+}
+
+static void cu_mem_free(void *p) {
+    if (!p) return;
+    TBC_CHECK(cudaStreamSynchronize(tbc_g->stream));
+    TBC_CHECK(cudaFree(p));
+}
+
+static void cu_mem_copy(void *dst, const void *src, size_t bytes) {
+    if (!bytes || dst == src) return;
+    TBC_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, tbc_g->stream));
+    TBC_CHECK(cudaStreamSynchronize(tbc_g->stream));
+}
+
+static void cu_mem_set(void *p, int value, size_t bytes) {
+    if (!bytes) return;
+    TBC_CHECK(cudaMemsetAsync(p, value, bytes, tbc_g->stream));
+    tbc_op_sync();
+}
+
+extern "C" void tb_cuda_set_sync(int on) {
+    if (tbc_g) {
+        TBC_CHECK(cudaStreamSynchronize(tbc_g->stream));
+        tbc_g->sync_ops = on != 0;
+    }
+}
+
 void tbc_ops_core_init(tb_ops_core *ops) {
+    ops->host_memory = 0;
+    ops->mem_alloc = cu_mem_alloc;
+    ops->mem_free = cu_mem_free;
+    ops->to_device = cu_mem_copy;
+    ops->to_host = cu_mem_copy;
+    ops->mem_set = cu_mem_set;
     ops->gemm = tbc_gemm;
     ops->fill = cu_fill;
     ops->copy = cu_copy;

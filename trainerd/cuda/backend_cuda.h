@@ -32,6 +32,11 @@ void *tb_cuda_malloc(size_t bytes, tb_err *err);
 void tb_cuda_free(void *p);
 int tb_cuda_h2d(void *dst, const void *src, size_t bytes, tb_err *err);
 int tb_cuda_d2h(void *dst, const void *src, size_t bytes, tb_err *err);
+/* Synchronous mode (on by default): every op waits for the stream before returning, as
+ * the model's layers still touch some activations on the host between ops; the core
+ * family's memory interface (mem_alloc etc.) hands out managed memory for that. Off:
+ * ops only enqueue (op-level use where every host access goes through tb_cuda_d2h). */
+void tb_cuda_set_sync(int on);
 /* Waits for the backend's stream; reports any pending CUDA error. */
 int tb_cuda_sync(tb_err *err);
 /* GEMM descriptor-cache statistics (entries, hits, misses) for tests. */

@@ -21,8 +21,13 @@
         if (s_ != CUBLAS_STATUS_SUCCESS)                                                \
             tbc_fatal(#call, __FILE__, __LINE__, cublasLtGetStatusString(s_));          \
     } while (0)
-/* After every kernel launch. */
-#define TBC_LAUNCHED() TBC_CHECK(cudaGetLastError())
+/* After every kernel launch (and every other asynchronous call an op may end with):
+ * checks the launch and, in synchronous mode, waits for the stream (tbc_op_sync). */
+#define TBC_LAUNCHED()                  \
+    do {                                \
+        TBC_CHECK(cudaGetLastError());  \
+        tbc_op_sync();                  \
+    } while (0)
 
 void tbc_fatal(const char *call, const char *file, int line, const char *msg);
 
@@ -75,10 +80,17 @@ typedef struct tbc_ctx {
     size_t scratch_cap[TBC_SCR_COUNT];
     tbc_gemm_entry gemm[TBC_GEMM_CACHE];
     long gemm_hits, gemm_misses;
+    int sync_ops; /* 1: every op waits for the stream before returning (tb_cuda_set_sync) */
 } tbc_ctx;
 
 /* The one context (the dense family's ops take no backend argument). */
 extern tbc_ctx *tbc_g;
+
+/* Synchronous mode: the model's layers still read and write some activations on the
+ * host between ops (managed memory), so each op's work must be finished when it returns. */
+static inline void tbc_op_sync(void) {
+    if (tbc_g->sync_ops) TBC_CHECK(cudaStreamSynchronize(tbc_g->stream));
+}
 
 void *tbc_scratch(int slot, size_t bytes);
 

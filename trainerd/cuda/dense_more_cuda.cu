@@ -28,7 +28,10 @@ static void cu_dropout_fwd(real *y, const real *x, const tb_dropout *d, uint32_t
     if (!n) return;
     tbc_drop dd = tbc_drop_make(d);
     if (!dd.active) {
-        if (y != x) TBC_CHECK(cudaMemcpyAsync(y, x, n * sizeof(float), cudaMemcpyDeviceToDevice, S()));
+        if (y != x) {
+            TBC_CHECK(cudaMemcpyAsync(y, x, n * sizeof(float), cudaMemcpyDeviceToDevice, S()));
+            tbc_op_sync();
+        }
         return;
     }
     k_dropout_fwd<<<tbc_blocks(n, EW), EW, 0, S()>>>(y, x, dd, site, n);

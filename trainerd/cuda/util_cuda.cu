@@ -16,6 +16,7 @@ void tbc_sort_pairs(int32_t *kout, int32_t *vout, const int32_t *kin, const int3
     TBC_CHECK(cub::DeviceRadixSort::SortPairs(NULL, bytes, ki, ko, vin, vout, n, 0, end_bit, tbc_g->stream));
     void *tmp = tbc_scratch(TBC_SCR_SORT_TMP, bytes);
     TBC_CHECK(cub::DeviceRadixSort::SortPairs(tmp, bytes, ki, ko, vin, vout, n, 0, end_bit, tbc_g->stream));
+    tbc_op_sync();
 }
 
 #define CS_THREADS 128

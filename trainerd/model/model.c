@@ -217,6 +217,56 @@ static size_t ffn_scratch(const tb_block *b, size_t n) {
 
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
 
+/* ---- memory through the backend (ops_core.h's memory interface) ---- */
+
+/* The registry's flat buffers in the backend's memory (zeroed), as tb_params_alloc does
+ * on the host. */
+static int params_alloc(tb_params *p, const tb_backend *be, tb_err *err) {
+    size_t n = p->total ? p->total : 1;
+    p->param = be->core.mem_alloc(n * sizeof(real));
+    p->grad = be->core.mem_alloc(n * sizeof(real));
+    p->m = be->core.mem_alloc(n * sizeof(real));
+    p->v = be->core.mem_alloc(n * sizeof(real));
+    p->codes = be->core.mem_alloc(p->codes_total ? p->codes_total : 1);
+    p->scales = be->core.mem_alloc((p->scales_total ? p->scales_total : 1) * sizeof(real));
+    if (!p->param || !p->grad || !p->m || !p->v || !p->codes || !p->scales)
+        return tb_err_set(err, "params: cannot allocate 4 x %zu reals on backend %s", p->total,
+                          be->name);
+    return 0;
+}
+
+static void params_release(tb_params *p, const tb_backend *be) {
+    void *bufs[6] = {p->param, p->grad, p->m, p->v, p->codes, p->scales};
+    for (int i = 0; i < 6; i++)
+        if (bufs[i]) be->core.mem_free(bufs[i]);
+    p->param = p->grad = p->m = p->v = p->scales = NULL;
+    p->codes = NULL;
+}
+
+/* Backend-side copies of the batch (ids, labels, key mask) for backends whose memory the
+ * host cannot hand over directly; they follow the nlogical L_bal slots of m->lbal. */
+static size_t stage_reals(size_t ntok) {
+    return (2 * ntok * sizeof(int32_t) + ntok + sizeof(real) - 1) / sizeof(real);
+}
+static int32_t *stage_ids(const tb_model *m) { return (int32_t *)(m->lbal + m->nlogical); }
+static int32_t *stage_labels(const tb_model *m) {
+    return stage_ids(m) + (size_t)m->maxB * (size_t)m->maxT;
+}
+static uint8_t *stage_mask(const tb_model *m) {
+    return (uint8_t *)(stage_labels(m) + (size_t)m->maxB * (size_t)m->maxT);
+}
+
+/* The batch as the ops see it: the caller's pointers on a host-memory backend, else the
+ * staged copies of the last forward. */
+static tb_batch batch_view(const tb_model *m, const tb_batch *bt) {
+    if (m->be->core.host_memory) return *bt;
+    tb_batch v = *bt;
+    v.ids = stage_ids(m);
+    v.labels = stage_labels(m);
+    v.key_mask = bt->key_mask ? stage_mask(m) : NULL;
+    return v;
+}
+
 int tb_model_create(tb_model *m, const tb_model_config *mc, const tb_backend *be, int maxB,
                     int maxT, tb_err *err) {
     memset(m, 0, sizeof *m);
@@ -226,7 +276,7 @@ int tb_model_create(tb_model *m, const tb_model_config *mc, const tb_backend *be
     if (maxB < 1 || maxT < 1) return tb_err_set(err, "model: bad batch shape %d x %d", maxB, maxT);
     m->maxB = maxB;
     m->maxT = maxT;
-    if (tb_params_build(&m->p, &m->cfg, err) || tb_params_alloc(&m->p, err)) goto fail;
+    if (tb_params_build(&m->p, &m->cfg, err) || params_alloc(&m->p, be, err)) goto fail;
     if (bind(m, err)) goto fail;
     const tb_model_config *c = &m->cfg;
     int B = maxB, T = maxT;
@@ -235,7 +285,9 @@ int tb_model_create(tb_model *m, const tb_model_config *mc, const tb_backend *be
     m->nlogical = (int)(c->num_layers * c->num_loops);
     m->ls = calloc((size_t)m->nlogical, sizeof *m->ls);
     m->ode_sums = calloc((size_t)m->nlogical, sizeof *m->ode_sums);
-    m->lbal = calloc((size_t)m->nlogical, sizeof *m->lbal);
+    /* L_bal slots (written by an op) and, off the host, the batch's staging area. */
+    size_t nstage = be->core.host_memory ? 0 : stage_reals(n);
+    m->lbal = be->core.mem_alloc(((size_t)m->nlogical + nstage) * sizeof *m->lbal);
     if (!m->ls || !m->ode_sums || !m->lbal) {
         tb_err_set(err, "model: out of memory");
         goto fail;
@@ -263,7 +315,7 @@ int tb_model_create(tb_model *m, const tb_model_config *mc, const tb_backend *be
     }
     size_t o_scr = off; off += scr;
     m->arena_count = off;
-    m->arena = calloc(off ? off : 1, sizeof(real));
+    m->arena = be->core.mem_alloc((off ? off : 1) * sizeof(real));
     if (!m->arena) {
         tb_err_set(err, "model: cannot allocate the %zu-real activation arena", off);
         goto fail;
@@ -302,14 +354,17 @@ fail:
 }
 
 void tb_model_free(tb_model *m) {
+    if (m->be) {
+        params_release(&m->p, m->be);
+        if (m->lbal) m->be->core.mem_free(m->lbal);
+        if (m->arena) m->be->core.mem_free(m->arena);
+    }
     tb_params_free(&m->p);
     free(m->linears);
     free(m->blocks);
     free(m->ls);
     free(m->ode_sums);
-    free(m->lbal);
     free(m->expert_linears);
-    free(m->arena);
     memset(m, 0, sizeof *m);
 }
 
@@ -321,7 +376,22 @@ void tb_model_refresh(tb_model *m) {
 }
 
 void tb_model_init(tb_model *m, uint64_t seed) {
-    tb_params_init(&m->p, seed);
+    const tb_backend *be = m->be;
+    size_t bytes = (m->p.total ? m->p.total : 1) * sizeof(real);
+    real *host = be->core.host_memory ? NULL : malloc(bytes);
+    if (!host) {
+        /* Host memory, or no host staging buffer: the CUDA backend's managed memory
+         * accepts the initialiser's host writes directly. */
+        tb_params_init(&m->p, seed);
+    } else {
+        /* Initialise on the host, then one copy to the backend. */
+        real *dev = m->p.param;
+        m->p.param = host;
+        tb_params_init(&m->p, seed);
+        m->p.param = dev;
+        be->core.to_device(dev, host, m->p.total * sizeof(real));
+        free(host);
+    }
     tb_model_refresh(m);
 }
 
@@ -346,6 +416,13 @@ int tb_model_forward(tb_model *m, const tb_batch *bt, const tb_dropout_ctx *d,
     int V = (int)c->vocab_size;
     if (embedding_check_ids(err, bt->ids, n, V)) return -1;
     if (loss_check_labels(err, bt->labels, n, V)) return -1;
+    if (!be->core.host_memory) {
+        be->core.to_device(stage_ids(m), bt->ids, n * sizeof(int32_t));
+        be->core.to_device(stage_labels(m), bt->labels, n * sizeof(int32_t));
+        if (bt->key_mask) be->core.to_device(stage_mask(m), bt->key_mask, n);
+    }
+    const tb_batch bv = batch_view(m, bt);
+    bt = &bv;
     m->B = B;
     m->T = T;
     if (d) m->drop = *d;
@@ -383,7 +460,9 @@ int tb_model_forward(tb_model *m, const tb_batch *bt, const tb_dropout_ctx *d,
         norm_forward(be, s->v, s->n2act, s->h, &b->n2, n);
         if (b->use_moe) {
             moe_forward(be, out, &m->lbal[l], s->fact, s->v, &b->moe, n);
-            bal_total += (double)m->lbal[l];
+            real lb;
+            be->core.to_host(&lb, &m->lbal[l], sizeof lb);
+            bal_total += (double)lb;
             n_moe++;
         } else {
             ffn_forward(be, out, s->fact, s->v, &b->ffn, n);
@@ -414,6 +493,8 @@ void tb_model_backward(tb_model *m, const tb_batch *bt, double grad_scale) {
     const tb_model_config *c = &m->cfg;
     int B = m->B, T = m->T, V = (int)c->vocab_size;
     size_t n = (size_t)B * T, C = (size_t)c->hidden_size;
+    const tb_batch bv = batch_view(m, bt);
+    bt = &bv;
     be->core.fill(m->dlogits, R(0.0), n * (size_t)V);
     loss_backward(be, m->dlogits, m->loss_act, m->logits, bt->labels, (real)grad_scale, n, V);
     be->core.fill(m->dh, R(0.0), n * C);

@@ -56,6 +56,42 @@ int tb_trainer_step(tb_trainer *tr, const tb_batch *micro, int nmicro, tb_step_r
     return 0;
 }
 
+/* Host views of the registry's role buffers for safetensors I/O: the buffers themselves
+ * on a host-memory backend, else host copies (staged through the memory interface). */
+typedef struct host_roles {
+    real *buf[3];
+    int staged;
+} host_roles;
+
+static int host_roles_get(host_roles *h, const tb_backend *be, const tb_params *p,
+                          real *const *dev, int n, tb_err *err) {
+    memset(h, 0, sizeof *h);
+    if (be->core.host_memory) {
+        for (int i = 0; i < n; i++) h->buf[i] = dev[i];
+        return 0;
+    }
+    h->staged = 1;
+    for (int i = 0; i < n; i++) {
+        h->buf[i] = malloc((p->total ? p->total : 1) * sizeof(real));
+        if (!h->buf[i]) {
+            for (int j = 0; j < i; j++) free(h->buf[j]);
+            return tb_err_set(err, "checkpoint: cannot stage %zu reals on the host", p->total);
+        }
+        be->core.to_host(h->buf[i], dev[i], p->total * sizeof(real));
+    }
+    return 0;
+}
+
+/* Copies staged buffers back to the backend (when `back`) and releases them. */
+static void host_roles_put(host_roles *h, const tb_backend *be, const tb_params *p,
+                           real *const *dev, int n, int back) {
+    if (!h->staged) return;
+    for (int i = 0; i < n; i++) {
+        if (back) be->core.to_device(dev[i], h->buf[i], p->total * sizeof(real));
+        free(h->buf[i]);
+    }
+}
+
 static int meta_add(tb_st_meta *m, int *n, const char *k, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static int meta_add(tb_st_meta *m, int *n, const char *k, const char *fmt, ...) {
@@ -80,8 +116,14 @@ int tb_trainer_save(const tb_trainer *tr, const char *dir, const tb_st_meta *ext
     meta_add(meta, &n, "format", "tb");
     meta_add(meta, &n, "model_class", "%s", tr->rc.model_class);
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    tb_st_role w[] = {{p->param, ""}};
-    if (tb_st_write(path, p, w, 1, meta, n, err)) return -1;
+    const tb_backend *be = tr->model.be;
+    real *const wdev[] = {p->param}, *const odev[] = {p->m, p->v};
+    host_roles hw, ho;
+    if (host_roles_get(&hw, be, p, wdev, 1, err)) return -1;
+    tb_st_role w[] = {{hw.buf[0], ""}};
+    int rv = tb_st_write(path, p, w, 1, meta, n, err);
+    host_roles_put(&hw, be, p, wdev, 1, 0);
+    if (rv) return -1;
     n = 0;
     meta_add(meta, &n, "step", "%" PRId64, tr->opt.step);
     meta_add(meta, &n, "lr_scale", "%.17g", tr->opt.lr_scale);
@@ -90,8 +132,11 @@ int tb_trainer_save(const tb_trainer *tr, const char *dir, const tb_st_meta *ext
     meta_add(meta, &n, "seed", "%" PRIu64, tr->seed);
     for (int i = 0; i < nextra && n < TB_TRAINER_META_MAX; i++) meta[n++] = extra[i];
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-    tb_st_role o[] = {{p->m, ".exp_avg"}, {p->v, ".exp_avg_sq"}};
-    return tb_st_write(path, p, o, 2, meta, n, err);
+    if (host_roles_get(&ho, be, p, odev, 2, err)) return -1;
+    tb_st_role o[] = {{ho.buf[0], ".exp_avg"}, {ho.buf[1], ".exp_avg_sq"}};
+    rv = tb_st_write(path, p, o, 2, meta, n, err);
+    host_roles_put(&ho, be, p, odev, 2, 0);
+    return rv;
 }
 
 static int meta_num(const tb_st_meta *m, int n, const char *key, const char *path, double *out,
@@ -110,13 +155,22 @@ int tb_trainer_load(tb_trainer *tr, const char *dir, tb_st_meta *meta, int cap, 
     char path[4096];
     tb_params *p = &tr->model.p;
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    tb_st_role w[] = {{p->param, ""}};
-    if (tb_st_read(path, p, w, 1, NULL, 0, NULL, err)) return -1;
+    const tb_backend *be = tr->model.be;
+    real *const wdev[] = {p->param}, *const odev[] = {p->m, p->v};
+    host_roles hw, ho;
+    if (host_roles_get(&hw, be, p, wdev, 1, err)) return -1;
+    tb_st_role w[] = {{hw.buf[0], ""}};
+    int rv = tb_st_read(path, p, w, 1, NULL, 0, NULL, err);
+    host_roles_put(&hw, be, p, wdev, 1, rv == 0);
+    if (rv) return -1;
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-    tb_st_role o[] = {{p->m, ".exp_avg"}, {p->v, ".exp_avg_sq"}};
+    if (host_roles_get(&ho, be, p, odev, 2, err)) return -1;
+    tb_st_role o[] = {{ho.buf[0], ".exp_avg"}, {ho.buf[1], ".exp_avg_sq"}};
     tb_st_meta mm[TB_TRAINER_META_MAX];
     int n = 0;
-    if (tb_st_read(path, p, o, 2, mm, TB_TRAINER_META_MAX, &n, err)) return -1;
+    rv = tb_st_read(path, p, o, 2, mm, TB_TRAINER_META_MAX, &n, err);
+    host_roles_put(&ho, be, p, odev, 2, rv == 0);
+    if (rv) return -1;
     double step, scale, retries, micro, seed;
     if (meta_num(mm, n, "step", path, &step, err) || meta_num(mm, n, "lr_scale", path, &scale, err) ||
         meta_num(mm, n, "nan_retries", path, &retries, err) ||

@@ -13,6 +13,17 @@
 struct tb_backend;
 
 typedef struct tb_ops_core {
+    /* Memory of the backend's tensors (the model's flat buffers and arena). host_memory
+     * is 1 when that memory is ordinary host memory the caller may read and write
+     * directly (CPU); otherwise the model stages through to_device / to_host.
+     * mem_alloc: zeroed, NULL on failure; to_host waits for every op issued before it. */
+    int host_memory;
+    void *(*mem_alloc)(size_t bytes);
+    void (*mem_free)(void *p);
+    void (*to_device)(void *dst, const void *src, size_t bytes); /* host -> backend */
+    void (*to_host)(void *dst, const void *src, size_t bytes);   /* backend -> host */
+    void (*mem_set)(void *p, int value, size_t bytes);
+
     /* Row-major GEMM: c = alpha · op(a) · op(b) + beta · c, with op(a) (M, K) and op(b)
      * (K, N). ta = 0: a is (M, K) with row stride lda; ta = 1: a is (K, M) (lda).
      * tb = 0: b is (K, N) (ldb); tb = 1: b is (N, K) (ldb). c is (M, N) with row stride
