@@ -87,12 +87,17 @@ static void stop_feed(void) {
     }
 }
 
-/* Starts tb-trainerd with the micro model and `extra` overrides (NULL-terminated). */
-static pid_t start_td(const char *const *extra) {
+/* Starts tb-trainerd with the micro model and `extra` overrides (NULL-terminated), and
+ * `-c config` when config is not NULL. */
+static pid_t start_td_config(const char *config, const char *const *extra) {
     static char buf[64][256];
     char *argv[80];
     int n = 0, k = 0;
     argv[n++] = TD_BIN;
+    if (config) {
+        argv[n++] = "-c";
+        argv[n++] = (char *)config;
+    }
     snprintf(buf[k], 256, "daemon.feed_endpoint=ipc://%s/feed.sock", dir);
     argv[n++] = "--set"; argv[n++] = buf[k++];
     snprintf(buf[k], 256, "daemon.control_endpoint=ipc://%s/ctl.sock", dir);
@@ -116,6 +121,8 @@ static pid_t start_td(const char *const *extra) {
     assert_true(p > 0);
     return p;
 }
+
+static pid_t start_td(const char *const *extra) { return start_td_config(NULL, extra); }
 
 static int setup(void **state) {
     (void)state;
@@ -587,6 +594,222 @@ static void test_control_status_lr_scale_checkpoint_pause_stop(void **state) {
     td_state_free(&st);
 }
 
+/* sd_notify datagrams with the watchdog spacing tracked across the whole test. */
+static double wd_last = -1, wd_max_gap;
+static int wd_count;
+static int nrecv(tb_notify_harness *h, int ms, char *buf, size_t len) {
+    int n = tb_notify_harness_recv(h, ms, buf, len);
+    if (n > 0 && strstr(buf, "WATCHDOG=1")) {
+        double now = tb_clock_mono_s();
+        if (wd_last >= 0 && now - wd_last > wd_max_gap) wd_max_gap = now - wd_last;
+        wd_last = now;
+        wd_count++;
+    }
+    return n;
+}
+/* Waits for a datagram holding `line`; *before gets 1 if one holding `not_before` came
+ * first. Returns 1 when found. */
+static int wait_line(tb_notify_harness *h, const char *line, const char *not_before, int *before,
+                     double timeout_s, char *buf, size_t len) {
+    double t0 = tb_clock_mono_s();
+    while (tb_clock_mono_s() - t0 < timeout_s) {
+        if (nrecv(h, 100, buf, len) <= 0) continue;
+        if (strstr(buf, line)) return 1;
+        if (not_before && before && strstr(buf, not_before)) *before = 1;
+    }
+    return 0;
+}
+/* The step of a STATUS= datagram of the form "step N loss x tok/s y" (x, y numbers), or
+ * -1 when it has another form. */
+static long long status_step(const char *buf) {
+    const char *p = strstr(buf, "STATUS=");
+    if (!p) return -1;
+    long long step;
+    double loss, tps;
+    char tail[8];
+    if (sscanf(p, "STATUS=step %lld loss %lf tok/s %lf%7s", &step, &loss, &tps, tail) == 3 &&
+        isfinite(loss) && tps >= 0)
+        return step;
+    return -1;
+}
+/* Waits for a STATUS= line with a step above `after` (training goes on). */
+static long long wait_status_after(tb_notify_harness *h, long long after, double timeout_s) {
+    char buf[512];
+    double t0 = tb_clock_mono_s();
+    while (tb_clock_mono_s() - t0 < timeout_s) {
+        if (nrecv(h, 100, buf, sizeof buf) <= 0 || !strstr(buf, "STATUS=")) continue;
+        long long s = status_step(buf);
+        if (s > after) return s;
+    }
+    return -1;
+}
+/* ctl_call that keeps reading the notify socket while it waits (a full datagram queue
+ * would block the daemon's sd_notify, as systemd never lets it). *seq gets the order of
+ * RELOADING=1 (R) and READY=1 (Y) datagrams that came before the reply, read until the
+ * queue is empty after it. */
+static int ctl_call_notify(void *req, tb_notify_harness *h, const char *verb, tb_reply *rep,
+                           char *seq, size_t seqlen) {
+    tb_request rq;
+    memset(&rq, 0, sizeof rq);
+    rq.id = 42;
+    snprintf(rq.verb, sizeof rq.verb, "%s", verb);
+    tb_err err;
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    assert_int_equal(tb_proto_encode_request(&pk, &rq, &err), 0);
+    tb_request_free(&rq);
+    assert_true(zmq_send(req, sb.data, sb.size, 0) >= 0);
+    msgpack_sbuffer_destroy(&sb);
+    size_t k = 0;
+    char buf[512];
+    double t0 = tb_clock_mono_s();
+    int got = 0;
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    while (!got && tb_clock_mono_s() - t0 < 10) {
+        while (nrecv(h, 0, buf, sizeof buf) > 0) {
+            if (strstr(buf, "RELOADING=1") && k + 1 < seqlen) seq[k++] = 'R';
+            if (strstr(buf, "READY=1") && k + 1 < seqlen) seq[k++] = 'Y';
+        }
+        zmq_pollitem_t it = {req, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 20) > 0) got = zmq_msg_recv(&m, req, 0) >= 0;
+    }
+    assert_true(got);
+    while (nrecv(h, 0, buf, sizeof buf) > 0) {
+        if (strstr(buf, "RELOADING=1") && k + 1 < seqlen) seq[k++] = 'R';
+        if (strstr(buf, "READY=1") && k + 1 < seqlen) seq[k++] = 'Y';
+    }
+    seq[k] = 0;
+    int rc = tb_proto_decode_reply(zmq_msg_data(&m), zmq_msg_size(&m), rep, &err);
+    zmq_msg_close(&m);
+    assert_int_equal(rc, 0);
+    assert_int_equal(rep->id, 42);
+    return rep->ok ? 0 : -1;
+}
+static void write_file(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void test_notify_reload_sighup_and_control_bad_config_kept_stopping_exit_0(void **state) {
+    (void)state;
+    tb_notify_harness h;
+    assert_int_equal(tb_notify_harness_open(&h, dir), 0);
+    setenv("WATCHDOG_USEC", "400000", 1);
+    unsetenv("WATCHDOG_PID");
+    wd_last = -1;
+    wd_max_gap = 0;
+    wd_count = 0;
+    char cfgp[256], logp[256], buf[512];
+    snprintf(cfgp, sizeof cfgp, "%s/td.yaml", dir);
+    snprintf(logp, sizeof logp, "%s/trainerd.log", dir);
+    write_file(cfgp, "training:\n  checkpoint_every_n_steps: 10\n");
+    const char *extra[] = {"daemon.max_steps=100000", "debug.step_sleep_ms=20", NULL};
+    pid_t td = start_td_config(cfgp, extra);
+    /* Before the feed: resumed (nothing to resume) but no batch yet, so no READY; a SIGHUP
+     * now reloads quietly (no RELOADING=1 before the first READY). */
+    double t0 = tb_clock_mono_s();
+    int early = 0;
+    usleep(500000);
+    kill(td, SIGHUP);
+    while (tb_clock_mono_s() - t0 < 1.5)
+        if (nrecv(&h, 100, buf, sizeof buf) > 0 &&
+            (strstr(buf, "READY=1") || strstr(buf, "RELOADING=1")))
+            early = 1;
+    assert_false(early);
+    start_feed(NULL);
+    int before = 0;
+    assert_int_equal(wait_line(&h, "READY=1", "RELOADING=1", &before, 15, buf, sizeof buf), 1);
+    assert_false(before);
+    long long s1 = wait_status_after(&h, 0, 15);
+    assert_true(s1 > 0);
+
+    /* SIGHUP with a changed reloadable key: RELOADING=1, then READY=1, then STATUS=. */
+    write_file(cfgp, "training:\n  checkpoint_every_n_steps: 5\ndaemon:\n  log_level: debug\n");
+    kill(td, SIGHUP);
+    before = 0;
+    assert_int_equal(wait_line(&h, "RELOADING=1", "READY=1", &before, 10, buf, sizeof buf), 1);
+    assert_false(before);
+    assert_non_null(strstr(buf, "MONOTONIC_USEC="));
+    assert_int_equal(wait_line(&h, "READY=1", NULL, NULL, 10, buf, sizeof buf), 1);
+    long long s2 = wait_status_after(&h, s1, 15);
+    assert_true(s2 > s1);
+
+    /* A config with an error: rejected with its file:line message, training goes on. */
+    write_file(cfgp, "training:\n  checkpoint_every_n_steps: zero\n");
+    kill(td, SIGHUP);
+    assert_int_equal(wait_line(&h, "RELOADING=1", NULL, NULL, 10, buf, sizeof buf), 1);
+    assert_int_equal(wait_line(&h, "READY=1", NULL, NULL, 10, buf, sizeof buf), 1);
+    long long s3 = wait_status_after(&h, s2, 15);
+    assert_true(s3 > s2);
+
+    /* Control `reload` (tbctl reload --wait): the reply comes after READY=1. A changed
+     * fixed key is refused by name and keeps its value; the reloadable change applies. */
+    void *ctx = zmq_ctx_new();
+    void *req = zmq_socket(ctx, ZMQ_REQ);
+    char ep[256];
+    snprintf(ep, sizeof ep, "ipc://%s/ctl.sock", dir);
+    assert_int_equal(zmq_connect(req, ep), 0);
+    tb_reply r;
+    char seq[16];
+    write_file(cfgp, "training:\n  checkpoint_every_n_steps: 7\n");
+    assert_int_equal(ctl_call_notify(req, &h, "reload", &r, seq, sizeof seq), 0);
+    assert_string_equal(seq, "RY"); /* both before the reply: it waited for the reload */
+    assert_non_null(tb_kvmap_get(&r.result, "changed"));
+    assert_non_null(strstr(tb_kvmap_get(&r.result, "changed")->v.s, "training.checkpoint_every_n_steps"));
+    assert_non_null(strstr(tb_kvmap_get(&r.result, "changed")->v.s, "daemon.log_level"));
+    tb_reply_free(&r);
+    write_file(cfgp, "training:\n  checkpoint_every_n_steps: 3\n  grad_clip_max_norm: 0.5\n");
+    assert_int_equal(ctl_call_notify(req, &h, "reload", &r, seq, sizeof seq), -1);
+    assert_string_equal(seq, "RY");
+    assert_non_null(r.error);
+    assert_non_null(strstr(r.error, "training.grad_clip_max_norm"));
+    tb_reply_free(&r);
+    write_file(cfgp, "training:\n  checkpoint_every_n_steps: [1\n");
+    assert_int_equal(ctl_call_notify(req, &h, "reload", &r, seq, sizeof seq), -1);
+    assert_string_equal(seq, "RY");
+    assert_non_null(strstr(r.error, "td.yaml:"));
+    tb_reply_free(&r);
+    assert_int_equal(ctl_call_notify(req, &h, "status", &r, seq, sizeof seq), 0);
+    assert_string_equal(tb_kvmap_get(&r.result, "state")->v.s, "running");
+    tb_reply_free(&r);
+    zmq_close(req);
+    zmq_ctx_term(ctx);
+    long long s4 = wait_status_after(&h, s3, 15);
+    assert_true(s4 > s3);
+
+    kill(td, SIGTERM);
+    assert_int_equal(wait_line(&h, "STOPPING=1", NULL, NULL, 5, buf, sizeof buf), 1);
+    assert_int_equal(wait_exit(td, 30), 0);
+    unsetenv("WATCHDOG_USEC");
+    tb_notify_harness_close(&h);
+    fprintf(stderr, "%d watchdog pings, largest gap %.0f ms (WATCHDOG_USEC 400 ms); steps %lld "
+                    "%lld %lld %lld\n", wd_count, wd_max_gap * 1e3, s1, s2, s3, s4);
+    assert_true(wd_count >= 8);
+    assert_true(wd_max_gap < 0.2);
+    /* The log names the file:line of the bad value and the refused key. */
+    char *log = slurp(logp);
+    assert_non_null(log);
+    assert_non_null(strstr(log, "reload rejected, running config kept"));
+    assert_non_null(strstr(log, "td.yaml:2"));
+    assert_non_null(strstr(log, "training.grad_clip_max_norm cannot change at run time"));
+    assert_non_null(strstr(log, "reload of "));
+    free(log);
+    /* The stop checkpoint's config holds the values in force (cadence 3 applied by
+     * the partly refused reload; grad_clip_max_norm kept). */
+    uint32_t crc;
+    td_state st;
+    final_ckpt(&crc, &st);
+    assert_non_null(st.config_yaml);
+    assert_non_null(strstr(st.config_yaml, "checkpoint_every_n_steps: 3"));
+    assert_null(strstr(st.config_yaml, "grad_clip_max_norm: 0.5"));
+    td_state_free(&st);
+}
+
 int main(int argc, char **argv) {
     slow_mode = argc > 1 && !strcmp(argv[1], "--slow");
     signal(SIGPIPE, SIG_IGN);
@@ -599,6 +822,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup_teardown(test_malformed_batch_each_field_refused_logged_training_goes_on, setup, teardown),
         cmocka_unit_test_setup_teardown(test_notify_ready_after_feed_watchdog_under_half_stopping_on_sigterm, setup, teardown),
         cmocka_unit_test_setup_teardown(test_control_status_lr_scale_checkpoint_pause_stop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_notify_reload_sighup_and_control_bad_config_kept_stopping_exit_0, setup, teardown),
     };
     const struct CMUnitTest slow[] = {
         cmocka_unit_test_setup_teardown(test_kill9_at_random_points_resumes_bit_exact_and_exact_stream, setup, teardown),

@@ -4,7 +4,10 @@
  *   any      -> STOPPING  SIGTERM/SIGINT or control "stop" (STOPPING=1); the loop
  *                         finishes the current step, checkpoints and exits 0
  *   RUNNING  -> DONE      daemon.max_steps reached: final checkpoint, exit 0
- *   RUNNING  -> FAILED    non-finite after max retries: emergency checkpoint, exit 3 */
+ *   RUNNING  -> FAILED    non-finite after max retries: emergency checkpoint, exit 3
+ * Reload (SIGHUP or control "reload") keeps the state: RELOADING=1, the config file is read
+ * again and the keys of td_reload_keys applied, then READY=1 and STATUS= (not while
+ * STARTING, before the first READY, nor while STOPPING). */
 #include "daemon.h"
 #include <errno.h>
 #include <math.h>
@@ -39,7 +42,8 @@ static const char *const rs_names[] = {"starting", "running", "paused", "stoppin
 #define QMAX 1024
 
 typedef struct td_daemon {
-    const td_config *cfg;
+    td_config *cfg;
+    const td_config_source *src;
     const char *config_yaml;
     td_trainer *tr;
     td_state st;
@@ -420,6 +424,152 @@ static void status_map(td_daemon *d, tb_kvmap *m) {
     tb_kvmap_add_int(m, "pid", getpid(), &err);
 }
 
+/* ---------------------------------------------------------------- reload */
+
+/* Keys whose running values the loop reads afresh at each use, so a reload can change
+ * them. The model, the training shape and schedule (the trainer holds its own copy),
+ * sockets, paths, rank/world, validation set and the debug fault counters cannot. */
+const char *const td_reload_keys[] = {
+    "daemon.log_level",
+    "daemon.progress_every",
+    "daemon.feed_timeout_ms",
+    "daemon.peak_flops",
+    "daemon.loss_ema_beta",
+    "daemon.spike_factor",
+    "daemon.spike_steps",
+    "daemon.spike_warmup",
+    "daemon.checkpoint_on_epoch",
+    "training.checkpoint_every_n_steps",
+    "training.max_rolling_checkpoints",
+    "training.num_best_checkpoints",
+    "validation.every_n_steps",
+    "debug.step_sleep_ms",
+    "debug.checkpoint_sleep_ms",
+    NULL,
+};
+
+static int reload_key(const char *key) {
+    for (int i = 0; td_reload_keys[i]; i++)
+        if (!strcmp(td_reload_keys[i], key)) return 1;
+    return 0;
+}
+
+/* Whether field f holds the same value in a and b; *sz gets its size in bytes. */
+static int field_same(const tb_cfg_field *f, const td_config *a, const td_config *b, size_t *sz) {
+    const char *pa = (const char *)a + f->offset, *pb = (const char *)b + f->offset;
+    switch (f->type) {
+    case TB_CFG_INT: *sz = sizeof(int64_t); return !memcmp(pa, pb, *sz);
+    case TB_CFG_DOUBLE: *sz = sizeof(double); return !memcmp(pa, pb, *sz);
+    case TB_CFG_BOOL:
+    case TB_CFG_ENUM: *sz = sizeof(int); return *(const int *)pa == *(const int *)pb;
+    case TB_CFG_STRING: *sz = f->size; return !strncmp(pa, pb, f->size);
+    case TB_CFG_STRLIST: {
+        const tb_cfg_strlist *la = (const tb_cfg_strlist *)pa, *lb = (const tb_cfg_strlist *)pb;
+        *sz = sizeof *la;
+        if (la->count != lb->count) return 0;
+        for (int i = 0; i < la->count; i++)
+            if (strcmp(la->items[i], lb->items[i])) return 0;
+        return 1;
+    }
+    default: *sz = 0; return 1;
+    }
+}
+
+static void list_add(char *list, size_t cap, const char *key) {
+    size_t n = strlen(list);
+    if (n + strlen(key) + 3 >= cap) return;
+    snprintf(list + n, cap - n, "%s%s", n ? ", " : "", key);
+}
+
+/* Reads the config file again (the same path and --set overrides) and applies the keys of
+ * td_reload_keys. Returns 0 when the new config is in force. Returns -1 with err when the
+ * config has an error (nothing applied: the running config stays whole) or when it changes
+ * keys that cannot change at run time (those keep their running values, each is logged;
+ * the reloadable changes are applied). res gets "changed" (and "refused"). */
+static int reload_config(td_daemon *d, tb_kvmap *res, tb_err *err) {
+    if (!d->src) return tb_err_set(err, "reload: the daemon was started without a config source");
+    const char *path = d->src->path ? d->src->path : "(no file: defaults and --set)";
+    const tb_cfg_schema *s = td_config_schema();
+    td_config *nc = calloc(1, sizeof *nc);
+    if (!s || !nc) {
+        free(nc);
+        return tb_err_set(err, "reload: out of memory");
+    }
+    tb_err e;
+    if (td_config_load(nc, d->src->path, d->src->overrides, d->src->nover, &e)) {
+        free(nc);
+        return tb_err_set(err, "reload rejected, running config kept: %s", e.msg);
+    }
+    char changed[1024] = "", refused[1024] = "";
+    int nref = 0, nchg = 0;
+    for (size_t i = 0; i < s->count; i++) {
+        const tb_cfg_field *f = &s->fields[i];
+        size_t sz;
+        if (f->type == TB_CFG_SECTION || field_same(f, d->cfg, nc, &sz)) continue;
+        if (reload_key(f->key)) {
+            memcpy((char *)d->cfg + f->offset, (const char *)nc + f->offset, sz);
+            list_add(changed, sizeof changed, f->key);
+            nchg++;
+        } else {
+            tb_error("reload: %s: %s cannot change at run time; keeping the running value "
+                     "(restart tb-trainerd to apply it)", path, f->key);
+            list_add(refused, sizeof refused, f->key);
+            nref++;
+        }
+    }
+    free(nc);
+    if (nchg) {
+        static const char *const lvl_names[] = {"error", "warn", "notice", "info", "debug"};
+        tb_log_level lvl;
+        if (!tb_log_level_parse(lvl_names[d->cfg->log_level], &lvl)) tb_log_init(NULL, lvl);
+        /* Checkpoints store the values in force. */
+        char *yaml = NULL;
+        size_t ylen = 0;
+        FILE *ms = open_memstream(&yaml, &ylen);
+        if (ms) {
+            int wrc = tb_cfg_write_values(ms, d->cfg, s);
+            if (fclose(ms) == 0 && wrc == 0) {
+                free(d->st.config_yaml);
+                d->st.config_yaml = yaml;
+                yaml = NULL;
+            }
+            free(yaml);
+        }
+    }
+    tb_kvmap_add_str(res, "changed", changed, &e);
+    if (nref) tb_kvmap_add_str(res, "refused", refused, &e);
+    tb_notice("reload of %s: %s%s%s", path, nchg ? "applied " : "no reloadable key changed",
+              changed, nref ? " (some keys refused)" : "");
+    event(d, "reload", nchg ? changed : NULL, (double)nchg);
+    if (nref)
+        return tb_err_set(err, "%s: %s cannot change at run time (running values kept; restart "
+                               "to apply)%s%s", path, refused, nchg ? "; applied: " : "",
+                          changed);
+    return 0;
+}
+
+static void notify_status(td_daemon *d) {
+    if (isnan(d->last_loss))
+        tb_notify_status("step %lld loss - tok/s -", (long long)d->st.step);
+    else
+        tb_notify_status("step %lld loss %.4f tok/s %.0f", (long long)d->st.step, d->last_loss,
+                         d->last_tps);
+}
+
+/* SIGHUP or control "reload": RELOADING=1, reload, READY=1 and STATUS=. Before the first
+ * READY (STARTING) the config is reloaded without notifications. */
+static int reload(td_daemon *d, tb_kvmap *res, tb_err *err) {
+    int notify = d->rs != TD_RS_STARTING;
+    if (notify) tb_notify_reloading();
+    int rc = reload_config(d, res, err);
+    if (rc) tb_error("%s", err->msg);
+    if (notify) {
+        tb_notify_ready();
+        notify_status(d);
+    }
+    return rc;
+}
+
 static double kv_number(const tb_kv *kv, int *ok) {
     *ok = 1;
     if (kv->type == TB_KV_DOUBLE) return kv->v.d;
@@ -485,6 +635,15 @@ static void ctl_handle(td_daemon *d) {
             tb_kvmap_add_double(&res, "lr_scale", s, &err);
             ctl_reply(d, rq.id, 1, NULL, &res);
         }
+    } else if (!strcmp(v, "reload")) {
+        /* Synchronous: the reply comes after the reload is applied (tbctl reload --wait). */
+        if (d->rs == TD_RS_STOPPING || d->want_stop || tb_signals.term) {
+            ctl_reply(d, rq.id, 0, "reload: the daemon is stopping", NULL);
+        } else if (reload(d, &res, &err)) {
+            ctl_reply(d, rq.id, 0, err.msg, &res);
+        } else {
+            ctl_reply(d, rq.id, 1, NULL, &res);
+        }
     } else if (!strcmp(v, "stop")) {
         d->want_stop = 1;
         tb_notice("stop requested by control");
@@ -492,7 +651,7 @@ static void ctl_handle(td_daemon *d) {
     } else {
         char e[400];
         snprintf(e, sizeof e, "unknown verb '%.255s' (status, pause, resume, checkpoint, "
-                              "set-lr-scale, stop)", v);
+                              "set-lr-scale, reload, stop)", v);
         ctl_reply(d, rq.id, 0, e, NULL);
     }
     tb_kvmap_free(&res);
@@ -561,6 +720,10 @@ static void rollback(td_daemon *d, double loss) {
     d->st.last_seq = keep.last_seq;
     d->st.epoch = keep.epoch;
     d->st.attempts = keep.attempts;
+    /* The config in force (a reload may have changed it since that checkpoint). */
+    free(d->st.config_yaml);
+    d->st.config_yaml = keep.config_yaml;
+    keep.config_yaml = NULL;
     td_state_free(&keep);
     td_trainer_set_lr_scale(d->tr, new_scale);
     d->st.lr_scale = new_scale;
@@ -710,8 +873,7 @@ static int run_micro(td_daemon *d) {
                     (long long)d->st.step, (long long)d->total_steps, loss, r.accuracy, r.lr,
                     r.grad_norm, rec.tokens_per_s, eta);
         }
-        tb_notify_status("step %lld loss %.4f tok/s %.0f", (long long)d->st.step, loss,
-                         rec.tokens_per_s);
+        notify_status(d);
         if (d->st.step >= d->total_steps) {
             tb_notice("reached %lld steps; exiting", (long long)d->total_steps);
             exit_status = TD_EXIT_OK;
@@ -754,10 +916,11 @@ static int run_micro(td_daemon *d) {
 
 /* ---------------------------------------------------------------- loop */
 
-int td_daemon_run(const td_config *cfg, const char *config_yaml) {
+int td_daemon_run(td_config *cfg, const char *config_yaml, const td_config_source *src) {
     td_daemon D, *d = &D;
     memset(d, 0, sizeof *d);
     d->cfg = cfg;
+    d->src = src;
     d->config_yaml = config_yaml;
     d->ctl_lock = d->pub_lock = -1;
     d->total_steps = td_config_total_steps(cfg);
@@ -915,6 +1078,15 @@ int td_daemon_run(const td_config *cfg, const char *config_yaml) {
             }
             d->rs = TD_RS_STOPPING;
         }
+        if (tb_signals.hup) {
+            tb_signals.hup = 0;
+            if (d->rs != TD_RS_STOPPING) {
+                tb_notice("SIGHUP: re-reading %s", src && src->path ? src->path : "the config");
+                tb_kvmap res = {0};
+                reload(d, &res, &err); /* logged there; the old config stays */
+                tb_kvmap_free(&res);
+            }
+        }
         if (tb_signals.usr1) {
             tb_signals.usr1 = 0;
             d->want_ckpt = 1;
@@ -991,7 +1163,7 @@ int td_daemon_run(const td_config *cfg, const char *config_yaml) {
             /* Model, device, checkpoint and feed are up. */
             d->rs = TD_RS_RUNNING;
             tb_notify_ready();
-            tb_notify_status("step %lld loss - tok/s -", (long long)d->st.step);
+            notify_status(d);
             tb_notice("ready: feed delivering, training from step %lld", (long long)d->st.step);
             event(d, "ready", NULL, (double)d->st.step);
         }

@@ -99,7 +99,9 @@ static int eval_main(const char *ckpt, const char *data, const char *tokenizer, 
 
 int main(int argc, char **argv) {
     const char *config = NULL;
-    const char **over = calloc((size_t)argc + 1, sizeof *over);
+    /* room for every --set value, --log-level's override and a NULL */
+    const char **over = calloc((size_t)argc + 2, sizeof *over);
+    if (!over) return TB_EX_SOFTWARE;
     int nover = 0, example = 0, json = 0;
     const char *log_level = NULL, *eval_ckpt = NULL, *eval_data = NULL, *eval_tok = NULL;
     long eval_batches = 0;
@@ -169,17 +171,27 @@ int main(int argc, char **argv) {
     static td_config cfg;
     tb_err err;
     tb_log_init("tb-trainerd", TB_LOG_INFO);
+    tb_log_level lvl;
+    static const char *const lvl_names[] = {"error", "warn", "notice", "info", "debug"};
+    /* --log-level is the override daemon.log_level=L, so it also wins over a reload. */
+    char lvl_over[64];
+    if (log_level) {
+        if (tb_log_level_parse(log_level, &lvl)) {
+            fprintf(stderr, "tb-trainerd: --log-level: unknown level\n");
+            free(over);
+            return TB_EX_USAGE;
+        }
+        snprintf(lvl_over, sizeof lvl_over, "daemon.log_level=%s", lvl_names[lvl - TB_LOG_ERROR]);
+        over[nover++] = lvl_over;
+    }
     if (td_config_load(&cfg, config, over, nover, &err)) {
         fprintf(stderr, "tb-trainerd: %s\n", err.msg);
         free(over);
         return TB_EX_CONFIG;
     }
-    free(over);
-    tb_log_level lvl;
-    static const char *const lvl_names[] = {"error", "warn", "notice", "info", "debug"};
-    if (tb_log_level_parse(log_level ? log_level : lvl_names[cfg.log_level], &lvl)) {
-        fprintf(stderr, "tb-trainerd: --log-level: unknown level\n");
-        return TB_EX_USAGE;
+    if (tb_log_level_parse(lvl_names[cfg.log_level], &lvl)) {
+        free(over);
+        return TB_EX_SOFTWARE;
     }
     tb_log_init("tb-trainerd", lvl);
     char *yaml = NULL;
@@ -189,7 +201,9 @@ int main(int argc, char **argv) {
         tb_cfg_write_values(ms, &cfg, td_config_schema());
         fclose(ms);
     }
-    int rc = td_daemon_run(&cfg, yaml);
+    td_config_source src = {config, over, nover};
+    int rc = td_daemon_run(&cfg, yaml, &src);
     free(yaml);
+    free(over);
     return rc;
 }
