@@ -7,6 +7,10 @@
 struct tb_backend;
 void tb_cpu_gemm(real *c, const real *a, const real *b, int M, int N, int K, int ta, int tb,
                  int lda, int ldb, int ldc, real alpha, real beta, const struct tb_backend *be);
+/* tb_cpu_gemm on the calling thread only (same results): for callers that split work
+ * over their own threads. */
+void tb_cpu_gemm_serial(real *c, const real *a, const real *b, int M, int N, int K, int ta,
+                        int tb, int lda, int ldb, int ldc, real alpha, real beta);
 /* Threads of the GEMM pool (TB_CPU_THREADS, default the online CPUs, at most 16). */
 int tb_cpu_threads(void);
 /* Replaces the dense family's linear and BitLinear kernels by GEMM-backed ones with

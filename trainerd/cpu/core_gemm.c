@@ -194,11 +194,16 @@ int tb_cpu_threads(void) {
     return pool.nthreads;
 }
 
+/* Set by tb_cpu_gemm_serial: this thread's products run on this thread only. */
+static _Thread_local int gemm_serial;
+
 static void gemm_run(const gemm_args *g) {
     pthread_once(&pool_once, pool_start);
     double work = (double)g->M * g->N * g->kc;
-    /* Small products, or a concurrent caller already using the pool: run here. */
-    if (pool.nthreads < 2 || work < 65536.0 || g->M < 2 * MR || pthread_mutex_trylock(&pool.busy)) {
+    /* Small products, a serial caller, or a concurrent caller already using the pool:
+     * run here. */
+    if (gemm_serial || pool.nthreads < 2 || work < 65536.0 || g->M < 2 * MR ||
+        pthread_mutex_trylock(&pool.busy)) {
         gemm_rows(g, 0, g->M);
         return;
     }
@@ -219,6 +224,12 @@ static void gemm_run(const gemm_args *g) {
 
 static _Thread_local real *pack_buf;
 static _Thread_local size_t pack_cap;
+/* Threads that call the GEMM (the pool's callers, and short-lived worker threads of other
+ * kernels) free their packing buffer when they exit: a key whose destructor frees it. */
+static pthread_key_t pack_key;
+static pthread_once_t pack_key_once = PTHREAD_ONCE_INIT;
+static void pack_free(void *p) { free(p); }
+static void pack_key_make(void) { pthread_key_create(&pack_key, pack_free); }
 
 /* Panels of op(b)[k0 .. k0+kc) x all N: (npanels, kc, NR), zero-padded columns. */
 static void pack_b(real *bp, const real *b, int N, int k0, int kc, int tb, int ldb) {
@@ -267,6 +278,8 @@ void tb_cpu_gemm(real *c, const real *a, const real *b, int M, int N, int K, int
         if (!nb) abort(); /* out of memory in a kernel: a broken invariant for us */
         pack_buf = nb;
         pack_cap = need;
+        pthread_once(&pack_key_once, pack_key_make);
+        pthread_setspecific(pack_key, nb);
     }
     for (int k0 = 0; k0 < K; k0 += kcmax) {
         int kc = K - k0 < kcmax ? K - k0 : kcmax;
@@ -275,4 +288,11 @@ void tb_cpu_gemm(real *c, const real *a, const real *b, int M, int N, int K, int
                        alpha, beta, onto};
         gemm_run(&g);
     }
+}
+
+void tb_cpu_gemm_serial(real *c, const real *a, const real *b, int M, int N, int K, int ta,
+                        int tb, int lda, int ldb, int ldc, real alpha, real beta) {
+    gemm_serial++;
+    tb_cpu_gemm(c, a, b, M, N, K, ta, tb, lda, ldb, ldc, alpha, beta, NULL);
+    gemm_serial--;
 }

@@ -21,6 +21,9 @@ void dense_cpu_dropout_fwd(real *y, const real *x, const tb_dropout *d, uint32_t
                            size_t n);
 void dense_cpu_dropout_bwd(real *dx, const real *dy, const tb_dropout *d, uint32_t site,
                            size_t n);
+/* m[k] = dropout_factor(d, site, i0 + k) for k < n (one Philox block per 4 elements). */
+void dense_cpu_dropout_factors(real *m, const tb_dropout *d, uint32_t site, uint64_t i0,
+                               size_t n);
 void dense_cpu_embed_fwd(real *out, const int32_t *ids, const real *table, size_t n, int C);
 void dense_cpu_embed_bwd(real *dtable, const real *dout, const int32_t *ids, size_t n, int C);
 void dense_cpu_conv1d_fwd(real *y, const real *x, const real *w, const real *bias, int B, int T,

@@ -4,13 +4,38 @@
 #include <string.h>
 #include "dense_cpu.h"
 
+#define DROP_CHUNK 256
+
+/* dropout_factor(d, site, i0 + k) for k < n, computing each Philox block once: element
+ * i is word i % 4 of block i / 4, exactly tb_rng_at's mapping (the CUDA kernels use it). */
+void dense_cpu_dropout_factors(real *m, const tb_dropout *d, uint32_t site, uint64_t i0,
+                               size_t n) {
+    tb_rng r;
+    tb_rng_init(&r, d->seed, TB_RNG_DROPOUT, d->step, d->layer, site);
+    uint32_t thr = dropout_threshold(d->p), ctr[4] = {r.ctr[0], r.ctr[1], r.ctr[2], 0}, out[4];
+    real keep = (real)(1.0 / (1.0 - (double)d->p));
+    size_t k = 0;
+    while (k < n) {
+        uint64_t i = i0 + k;
+        ctr[3] = (uint32_t)(i / 4);
+        tb_philox4x32(out, ctr, r.key);
+        for (unsigned w = (unsigned)(i % 4); w < 4 && k < n; w++, k++)
+            m[k] = (out[w] >> 8) >= thr ? keep : R(0.0);
+    }
+}
+
 void dense_cpu_dropout_fwd(real *y, const real *x, const tb_dropout *d, uint32_t site,
                            size_t n) {
     if (!dropout_active(d)) {
         if (y != x) memmove(y, x, n * sizeof(real));
         return;
     }
-    for (size_t i = 0; i < n; i++) y[i] = x[i] * dropout_factor(d, site, i);
+    real m[DROP_CHUNK];
+    for (size_t i0 = 0; i0 < n; i0 += DROP_CHUNK) {
+        size_t c = n - i0 < DROP_CHUNK ? n - i0 : DROP_CHUNK;
+        dense_cpu_dropout_factors(m, d, site, i0, c);
+        for (size_t i = 0; i < c; i++) y[i0 + i] = x[i0 + i] * m[i];
+    }
 }
 
 void dense_cpu_dropout_bwd(real *dx, const real *dy, const tb_dropout *d, uint32_t site,
@@ -19,7 +44,12 @@ void dense_cpu_dropout_bwd(real *dx, const real *dy, const tb_dropout *d, uint32
         for (size_t i = 0; i < n; i++) dx[i] += dy[i];
         return;
     }
-    for (size_t i = 0; i < n; i++) dx[i] += dy[i] * dropout_factor(d, site, i);
+    real m[DROP_CHUNK];
+    for (size_t i0 = 0; i0 < n; i0 += DROP_CHUNK) {
+        size_t c = n - i0 < DROP_CHUNK ? n - i0 : DROP_CHUNK;
+        dense_cpu_dropout_factors(m, d, site, i0, c);
+        for (size_t i = 0; i < c; i++) dx[i0 + i] += dy[i0 + i] * m[i];
+    }
 }
 
 void dense_cpu_embed_fwd(real *out, const int32_t *ids, const real *table, size_t n, int C) {

@@ -7,10 +7,13 @@
  * Both are evaluated in the quadratic form, per (b, h):
  *   y_t = Σ_s c γ^|t-s| [s ≤ t unless bidirectional] (q_t·k_s) v_s.
  * The backward recomputes q_t·k_s and dy_t·v_s, so the forward stores nothing. Powers of
- * γ are built by repeated multiplication outward from the diagonal, in the same order in
- * the forward and the backward. */
+ * γ are built by repeated multiplication (γ^n = γ^(n-1)·γ), the same table in the
+ * forward and the backward. Per (b, h) the products Q Kᵀ, W V, dY Vᵀ and the gradient
+ * products go through the core GEMM (each element summed in ascending index order). */
 #include "../backend.h"
+#include "core_cpu.h"
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 
 #define EPS_L2 1e-12
@@ -30,112 +33,195 @@ static inline real dotr(const real *a, const real *b, int n) {
     return acc;
 }
 
-static void decay_forward(real *y, const real *q, const real *k, const real *v,
-                          const real *gam, const real *cc, const decay_shape *sh) {
-    int hs = sh->hs;
-    for (int b = 0; b < sh->B; b++)
-        for (int h = 0; h < sh->H; h++) {
-            real g = gam[h], c = cc[h];
-            for (int t = 0; t < sh->T; t++) {
-                real *yt = y + at(sh, b, t, h);
-                const real *qt = q + at(sh, b, t, h);
-                for (int d = 0; d < hs; d++) yt[d] = 0;
-                real pw = 1; /* γ^(t-s) */
-                for (int s = t; s >= 0; s--) {
-                    real w = c * pw * dotr(qt, k + at(sh, b, s, h), hs);
-                    const real *vs = v + at(sh, b, s, h);
-                    for (int d = 0; d < hs; d++) yt[d] += w * vs[d];
-                    pw *= g;
-                }
-                if (sh->bidir) {
-                    pw = g;
-                    for (int s = t + 1; s < sh->T; s++) {
-                        real w = c * pw * dotr(qt, k + at(sh, b, s, h), hs);
-                        const real *vs = v + at(sh, b, s, h);
-                        for (int d = 0; d < hs; d++) yt[d] += w * vs[d];
-                        pw *= g;
-                    }
-                }
-            }
-        }
+/* Scratch of one thread: pw (T) powers of γ, three (T, T) matrices, two (T) rows. */
+static real *decay_scratch(int T) {
+    size_t tt = (size_t)T * (size_t)T;
+    real *p = malloc((3 * tt + 3 * (size_t)T) * sizeof(real));
+    if (!p) abort(); /* out of memory in a kernel: a broken invariant for us */
+    return p;
 }
 
-/* Backward of decay_forward. If qraw/kraw are given, q and k are the L2-normalised
+/* γ^n for n < T by repeated multiplication (the same values in forward and backward). */
+static void decay_powers(real *pw, real g, int T) {
+    pw[0] = 1;
+    for (int n = 1; n < T; n++) pw[n] = pw[n - 1] * g;
+}
+
+static inline int decay_keep(const decay_shape *sh, int t, int s) {
+    return s <= t || sh->bidir;
+}
+
+/* One head h of every batch row: S = Q Kᵀ, W = c γ^|t-s| S (masked), Y = W V. */
+static void decay_forward_h(real *y, const real *q, const real *k, const real *v, real g,
+                            real c, const decay_shape *sh, int h, real *scr) {
+    int T = sh->T, hs = sh->hs, ld = sh->H * hs;
+    real *pw = scr, *S = scr + 3 * (size_t)T;
+    decay_powers(pw, g, T);
+    for (int b = 0; b < sh->B; b++) {
+        size_t o = at(sh, b, 0, h);
+        tb_cpu_gemm_serial(S, q + o, k + o, T, T, hs, 0, 1, ld, ld, T, 1, 0);
+        for (int t = 0; t < T; t++) {
+            real *st = S + (size_t)t * T;
+            for (int s = 0; s < T; s++) {
+                int n = s <= t ? t - s : s - t;
+                st[s] = decay_keep(sh, t, s) ? c * pw[n] * st[s] : 0;
+            }
+        }
+        tb_cpu_gemm_serial(y + o, S, v + o, T, hs, T, 0, 0, T, ld, ld, 1, 0);
+    }
+}
+
+/* Backward of decay_forward_h. If qraw/kraw are given, q and k are the L2-normalised
  * qraw/kraw (per head, max(‖x‖, EPS_L2)) and the gradients go through the normalisation
  * into dq/dk: with n = max(‖x‖, eps), x̂ = x/n, d x = (d x̂ - x̂ (x̂·d x̂)) / n when
- * ‖x‖ > eps, d x = d x̂ / eps otherwise. dgam/dc may be NULL. */
+ * ‖x‖ > eps, d x = d x̂ / eps otherwise. dgam/dc may be NULL.
+ * With G = dY Vᵀ and S = Q Kᵀ: A = c γ^n G (masked); dq_t = inv_t Σ_s A_ts k_s,
+ * dk_s = inv_s Σ_t A_ts q_t, dv_s = Σ_t c γ^n S_ts dy_t. */
+static void decay_backward_h(real *dq, real *dk, real *dv, real *dgam, real *dc, const real *dy,
+                             const real *q, const real *k, const real *v, const real *qraw,
+                             const real *kraw, real g, real c, const decay_shape *sh, int h,
+                             real *scr) {
+    int T = sh->T, hs = sh->hs, ld = sh->H * hs;
+    size_t tt = (size_t)T * (size_t)T;
+    real *pw = scr, *betaq = scr + T, *betak = scr + 2 * (size_t)T;
+    real *G = scr + 3 * (size_t)T, *S = G + tt, *A2 = S + tt;
+    decay_powers(pw, g, T);
+    real acc_g = 0, acc_c = 0;
+    for (int b = 0; b < sh->B; b++) {
+        size_t o = at(sh, b, 0, h);
+        tb_cpu_gemm_serial(G, dy + o, v + o, T, T, hs, 0, 1, ld, ld, T, 1, 0);
+        tb_cpu_gemm_serial(S, q + o, k + o, T, T, hs, 0, 1, ld, ld, T, 1, 0);
+        for (int t = 0; t < T; t++) betaq[t] = betak[t] = 0;
+        for (int t = 0; t < T; t++) {
+            real inv_t = 1;
+            if (qraw) {
+                const real *x = qraw + at(sh, b, t, h);
+                real nrm = r_sqrt(dotr(x, x, hs));
+                inv_t = R(1.0) / (nrm > EPS_L2 ? nrm : (real)EPS_L2);
+            }
+            real *gt = G + (size_t)t * T, *st = S + (size_t)t * T, *a2 = A2 + (size_t)t * T;
+            real bq = 0;
+            for (int s = 0; s < T; s++) {
+                if (!decay_keep(sh, t, s)) {
+                    gt[s] = st[s] = a2[s] = 0;
+                    continue;
+                }
+                int n = s <= t ? t - s : s - t;
+                real p = pw[n], gdot = gt[s], score = st[s];
+                real alpha = c * p * gdot;
+                bq += alpha * score;
+                betak[s] += alpha * score;
+                acc_c += p * score * gdot;
+                if (n > 0) acc_g += c * (real)n * pw[n - 1] * score * gdot;
+                gt[s] = inv_t * alpha; /* -> dq */
+                a2[s] = alpha;         /* -> dk, scaled by inv_s below */
+                st[s] = c * p * score; /* -> dv */
+            }
+            betaq[t] = bq;
+        }
+        /* dk's per-key scale inv_s goes onto A2's columns. */
+        if (kraw)
+            for (int s = 0; s < T; s++) {
+                const real *x = kraw + at(sh, b, s, h);
+                real nrm = r_sqrt(dotr(x, x, hs));
+                real inv_s = R(1.0) / (nrm > EPS_L2 ? nrm : (real)EPS_L2);
+                for (int t = 0; t < T; t++) A2[(size_t)t * T + s] *= inv_s;
+            }
+        tb_cpu_gemm_serial(dq + o, G, k + o, T, hs, T, 0, 0, T, ld, ld, 1, 1);
+        tb_cpu_gemm_serial(dk + o, A2, q + o, T, hs, T, 1, 0, T, ld, ld, 1, 1);
+        tb_cpu_gemm_serial(dv + o, S, dy + o, T, hs, T, 1, 0, T, ld, ld, 1, 1);
+        if (qraw)
+            for (int t = 0; t < T; t++) {
+                const real *x = qraw + at(sh, b, t, h), *qt = q + at(sh, b, t, h);
+                real nrm = r_sqrt(dotr(x, x, hs));
+                if (!(nrm > EPS_L2)) continue;
+                real inv = R(1.0) / nrm;
+                real *dqt = dq + at(sh, b, t, h);
+                for (int d = 0; d < hs; d++) dqt[d] -= inv * betaq[t] * qt[d];
+            }
+        if (kraw)
+            for (int s = 0; s < T; s++) {
+                const real *x = kraw + at(sh, b, s, h), *ks = k + at(sh, b, s, h);
+                real nrm = r_sqrt(dotr(x, x, hs));
+                if (!(nrm > EPS_L2)) continue;
+                real inv = R(1.0) / nrm;
+                real *dks = dk + at(sh, b, s, h);
+                for (int d = 0; d < hs; d++) dks[d] -= inv * betak[s] * ks[d];
+            }
+    }
+    if (dgam) dgam[h] += acc_g;
+    if (dc) dc[h] += acc_c;
+}
+
+/* Heads split over threads by a fixed partition (a head, all its batch rows, on one
+ * thread), so every output and dgam/dc element has one writer and one summation order. */
+typedef struct decay_job {
+    real *y, *dq, *dk, *dv, *dgam, *dc;
+    const real *dy, *q, *k, *v, *qraw, *kraw, *gam, *cc;
+    const decay_shape *sh;
+    int backward, nparts;
+} decay_job;
+
+typedef struct decay_part {
+    const decay_job *job;
+    int part;
+} decay_part;
+
+static void *decay_part_run(void *arg) {
+    const decay_part *dp = arg;
+    const decay_job *J = dp->job;
+    int H = J->sh->H;
+    int h0 = (int)((int64_t)H * dp->part / J->nparts);
+    int h1 = (int)((int64_t)H * (dp->part + 1) / J->nparts);
+    if (h0 >= h1) return NULL;
+    real *scr = decay_scratch(J->sh->T);
+    for (int h = h0; h < h1; h++) {
+        if (J->backward)
+            decay_backward_h(J->dq, J->dk, J->dv, J->dgam, J->dc, J->dy, J->q, J->k, J->v,
+                             J->qraw, J->kraw, J->gam[h], J->cc[h], J->sh, h, scr);
+        else
+            decay_forward_h(J->y, J->q, J->k, J->v, J->gam[h], J->cc[h], J->sh, h, scr);
+    }
+    free(scr);
+    return NULL;
+}
+
+#define DECAY_MAX_THREADS 16
+
+static void decay_run(decay_job *J) {
+    if (J->sh->B <= 0 || J->sh->T <= 0 || J->sh->H <= 0) return;
+    int n = tb_cpu_threads();
+    if (n > DECAY_MAX_THREADS) n = DECAY_MAX_THREADS;
+    if (n > J->sh->H) n = J->sh->H;
+    if (n < 1) n = 1;
+    J->nparts = n;
+    decay_part parts[DECAY_MAX_THREADS];
+    pthread_t tid[DECAY_MAX_THREADS];
+    int started[DECAY_MAX_THREADS] = {0};
+    for (int p = 0; p < n; p++) parts[p] = (decay_part){J, p};
+    for (int p = 1; p < n; p++)
+        started[p] = pthread_create(&tid[p], NULL, decay_part_run, &parts[p]) == 0;
+    decay_part_run(&parts[0]);
+    for (int p = 1; p < n; p++) {
+        if (started[p]) pthread_join(tid[p], NULL);
+        else decay_part_run(&parts[p]); /* no thread: same partition, run here */
+    }
+}
+
+static void decay_forward(real *y, const real *q, const real *k, const real *v,
+                          const real *gam, const real *cc, const decay_shape *sh) {
+    decay_job J = {.y = y, .q = q, .k = k, .v = v, .gam = gam, .cc = cc, .sh = sh};
+    decay_run(&J);
+}
+
 static void decay_backward(real *dq, real *dk, real *dv, real *dgam, real *dc, const real *dy,
                            const real *q, const real *k, const real *v, const real *qraw,
                            const real *kraw, const real *gam, const real *cc,
                            const decay_shape *sh) {
-    int hs = sh->hs, T = sh->T;
-    for (int b = 0; b < sh->B; b++)
-        for (int h = 0; h < sh->H; h++) {
-            real g = gam[h], c = cc[h];
-            real acc_g = 0, acc_c = 0;
-            /* dq_t = Σ_s c γ^n (dy_t·v_s) k_s, plus ∂/∂γ and ∂/∂c. */
-            for (int t = 0; t < T; t++) {
-                const real *qt = q + at(sh, b, t, h), *dyt = dy + at(sh, b, t, h);
-                real *dqt = dq + at(sh, b, t, h);
-                real inv = 1, proj = 0, beta = 0;
-                if (qraw) {
-                    real nrm = r_sqrt(dotr(qraw + at(sh, b, t, h), qraw + at(sh, b, t, h), hs));
-                    proj = nrm > EPS_L2 ? 1 : 0;
-                    inv = R(1.0) / (nrm > EPS_L2 ? nrm : (real)EPS_L2);
-                }
-                for (int pass = 0; pass < 1 + sh->bidir; pass++) {
-                    int s0 = pass == 0 ? t : t + 1, s1 = pass == 0 ? -1 : T, ds = pass == 0 ? -1 : 1;
-                    real pw = pass == 0 ? 1 : g, pm1 = pass == 0 ? 0 : 1; /* γ^n, γ^(n-1) */
-                    int n = pass == 0 ? 0 : 1;
-                    for (int s = s0; s != s1; s += ds) {
-                        const real *ks = k + at(sh, b, s, h);
-                        real gdot = dotr(dyt, v + at(sh, b, s, h), hs);
-                        real score = dotr(qt, ks, hs);
-                        real alpha = c * pw * gdot;
-                        for (int d = 0; d < hs; d++) dqt[d] += inv * alpha * ks[d];
-                        beta += alpha * score;
-                        acc_c += pw * score * gdot;
-                        if (n > 0) acc_g += c * (real)n * pm1 * score * gdot;
-                        pm1 = pw;
-                        pw *= g;
-                        n++;
-                    }
-                }
-                if (proj != 0)
-                    for (int d = 0; d < hs; d++) dqt[d] -= inv * beta * qt[d];
-            }
-            if (dgam) dgam[h] += acc_g;
-            if (dc) dc[h] += acc_c;
-            /* dk_s = Σ_t c γ^n (dy_t·v_s) q_t;  dv_s = Σ_t c γ^n (q_t·k_s) dy_t. */
-            for (int s = 0; s < T; s++) {
-                const real *ks = k + at(sh, b, s, h), *vs = v + at(sh, b, s, h);
-                real *dks = dk + at(sh, b, s, h), *dvs = dv + at(sh, b, s, h);
-                real inv = 1, proj = 0, beta = 0;
-                if (kraw) {
-                    real nrm = r_sqrt(dotr(kraw + at(sh, b, s, h), kraw + at(sh, b, s, h), hs));
-                    proj = nrm > EPS_L2 ? 1 : 0;
-                    inv = R(1.0) / (nrm > EPS_L2 ? nrm : (real)EPS_L2);
-                }
-                for (int pass = 0; pass < 1 + sh->bidir; pass++) {
-                    int t0 = pass == 0 ? s : s - 1, t1 = pass == 0 ? T : -1, dt = pass == 0 ? 1 : -1;
-                    real pw = pass == 0 ? 1 : g;
-                    for (int t = t0; t != t1; t += dt) {
-                        const real *qt = q + at(sh, b, t, h), *dyt = dy + at(sh, b, t, h);
-                        real gdot = dotr(dyt, vs, hs);
-                        real score = dotr(qt, ks, hs);
-                        real wg = c * pw * gdot, ws = c * pw * score;
-                        for (int d = 0; d < hs; d++) {
-                            dks[d] += inv * wg * qt[d];
-                            dvs[d] += ws * dyt[d];
-                        }
-                        beta += wg * score;
-                        pw *= g;
-                    }
-                }
-                if (proj != 0)
-                    for (int d = 0; d < hs; d++) dks[d] -= inv * beta * ks[d];
-            }
-        }
+    decay_job J = {.dq = dq, .dk = dk, .dv = dv, .dgam = dgam, .dc = dc, .dy = dy, .q = q,
+                   .k = k, .v = v, .qraw = qraw, .kraw = kraw, .gam = gam, .cc = cc,
+                   .sh = sh, .backward = 1};
+    decay_run(&J);
 }
 
 /* γ_h of MODEL.md 6 'retnet' (in double, then cast). */
