@@ -19,44 +19,7 @@
 #include "gradcheck.h"
 #include "layers/mamba.h"
 
-/* A small pool of parameter tensors with their gradients. */
-typedef struct pt {
-    double *w, *g;
-    size_t n;
-    char name[48];
-} pt;
-typedef struct pool {
-    pt t[32];
-    int n;
-    uint32_t tag;
-} pool;
-
-static double *pool_add(pool *P, const char *name, size_t n, double base, double scale, double **g) {
-    pt *t = &P->t[P->n++];
-    t->w = calloc(n, sizeof(double));
-    t->g = calloc(n, sizeof(double));
-    t->n = n;
-    snprintf(t->name, sizeof t->name, "%s", name);
-    gc_fill_uniform(t->w, n, scale, 71, P->tag++);
-    for (size_t i = 0; i < n; i++) t->w[i] += base;
-    *g = t->g;
-    return t->w;
-}
-
-static void pool_linear(pool *P, tb_linear *l, const char *name, int in, int out, int bitnet) {
-    memset(l, 0, sizeof *l);
-    l->in = in, l->out = out, l->bitnet = bitnet;
-    l->w = pool_add(P, name, (size_t)in * out, 0, 1.0 / sqrt(in), &l->dw);
-    if (bitnet) {
-        l->wq = malloc((size_t)in * out);
-        l->sw = malloc(sizeof(double));
-        linear_refresh(tb_backend_cpu(), l);
-    }
-}
-
-static void pool_free(pool *P) {
-    for (int i = 0; i < P->n; i++) free(P->t[i].w), free(P->t[i].g);
-}
+#include "param_pool.h"
 
 typedef struct ctx {
     tb_mamba p;
