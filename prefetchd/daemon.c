@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -57,7 +58,8 @@ typedef struct pfd_daemon {
     size_t nswaps;
     /* workers */
     wproc w[MAX_WORKERS];
-    pfd_worker_shm *shm; /* MAX_WORKERS entries, shared */
+    pfd_worker_shm *shm; /* MAX_WORKERS entries, shared (a memfd, passed to workers) */
+    int shm_fd, exe_fd;  /* the shared status memfd; this program, for re-exec */
     int active;          /* index of the producing worker, -1 none */
     uint64_t restart_at_ns;
     uint64_t restarts, quick_deaths;
@@ -126,26 +128,70 @@ static void read_shm(const pfd_worker_shm *s, pfd_worker_shm *out) {
     memcpy(out, s, sizeof *out);
 }
 
+/* A memfd holding the effective configuration as YAML, for a worker to load. */
+static int config_memfd(const pfd_daemon *d) {
+    int fd = memfd_create("tb-prefetchd-config", MFD_CLOEXEC);
+    if (fd < 0) return -1;
+    int fd2 = dup(fd);
+    FILE *f = fd2 >= 0 ? fdopen(fd2, "w") : NULL;
+    if (!f) {
+        if (fd2 >= 0) close(fd2);
+        close(fd);
+        return -1;
+    }
+    int rc = tb_cfg_write_values(f, d->cfg, &pfd_config_schema);
+    if (fclose(f) != 0 || rc < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Workers are separate processes started by fork + exec of this program: the master has
+ * threads (libzmq's), and after a plain fork only async-signal-safe calls are defined (a
+ * lock held by another thread at the fork, e.g. the allocator's, would never be released
+ * in the child). The worker gets its socket, the status memfd, a memfd with the effective
+ * configuration and the ring/lock fds (kept so that a master restarted after a kill -9
+ * waits on the ring lock until every old worker is gone). */
 static int spawn_worker(pfd_daemon *d, int i) {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
         tb_error("socketpair: %s", strerror(errno));
         return -1;
     }
+    int cfd = config_memfd(d);
+    if (cfd < 0) {
+        tb_error("worker %d: configuration memfd: %s", i, strerror(errno));
+        close(sv[0]);
+        close(sv[1]);
+        return -1;
+    }
+    char cpath[64], spec[96];
+    snprintf(cpath, sizeof cpath, "/proc/self/fd/%d", cfd);
+    snprintf(spec, sizeof spec, "%d,%d,%d,%d", sv[1], d->shm_fd, i, (int)getpid());
+    char *argv[] = {"tb-prefetchd", "-c", cpath, "--worker", spec, NULL};
+    int keep[3 + 4] = {sv[1], d->shm_fd, cfd, -1, -1, -1, -1};
+    for (int k = 0; k < 4; k++) keep[3 + k] = d->lock_fds[k];
     memset(&d->shm[i], 0, sizeof d->shm[i]);
     pid_t pid = fork();
     if (pid < 0) {
         tb_error("fork: %s", strerror(errno));
         close(sv[0]);
         close(sv[1]);
+        close(cfd);
         return -1;
     }
-    if (pid == 0) {
-        close(sv[0]);
-        /* the lock fds stay open in the worker on purpose: a daemon restarted after a
-         * kill -9 of this master waits on the ring lock until every old worker is gone */
-        pfd_worker_main(d->cfg, sv[1], &d->shm[i]);
+    if (pid == 0) { /* async-signal-safe calls only until the exec */
+        for (int k = 0; k < 7; k++)
+            if (keep[k] >= 0) fcntl(keep[k], F_SETFD, 0);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        fexecve(d->exe_fd, argv, environ);
+        _exit(127);
     }
+    close(cfd);
     close(sv[1]);
     fcntl(sv[0], F_SETFL, O_NONBLOCK);
     d->w[i] = (wproc){.pid = pid, .sock = sv[0], .active = 0, .started_ns = tb_clock_mono_ns()};
@@ -972,7 +1018,12 @@ enum { PFD_EX_IN_USE = 75 };
 static int setup(pfd_daemon *d, int *code, tb_err *err) {
     const pfd_config *c = d->cfg;
     size_t shm_len = sizeof(pfd_worker_shm) * MAX_WORKERS;
-    d->shm = mmap(NULL, shm_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    d->exe_fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    if (d->exe_fd < 0) return tb_err_set(err, "/proc/self/exe (to start workers): %s", strerror(errno));
+    d->shm_fd = memfd_create("tb-prefetchd-workers", MFD_CLOEXEC);
+    if (d->shm_fd < 0 || ftruncate(d->shm_fd, (off_t)shm_len) < 0)
+        return tb_err_set(err, "worker status memfd: %s", strerror(errno));
+    d->shm = mmap(NULL, shm_len, PROT_READ | PROT_WRITE, MAP_SHARED, d->shm_fd, 0);
     if (d->shm == MAP_FAILED) {
         d->shm = NULL;
         return tb_err_set(err, "mmap worker status: %s", strerror(errno));
@@ -1129,6 +1180,31 @@ static void shutdown_all(pfd_daemon *d) {
     free_world(d);
     for (int k = 0; k < 4; k++)
         if (d->lock_fds[k] >= 0) close(d->lock_fds[k]);
+    if (d->shm_fd >= 0) close(d->shm_fd);
+    if (d->exe_fd >= 0) close(d->exe_fd);
+}
+
+int pfd_worker_exec_main(const pfd_config *cfg, const char *spec) {
+    static const tb_log_level lv[] = {TB_LOG_ERROR, TB_LOG_WARN, TB_LOG_NOTICE, TB_LOG_INFO,
+                                      TB_LOG_DEBUG};
+    tb_log_init("tb-prefetchd", lv[cfg->log_level >= 0 && cfg->log_level < 5 ? cfg->log_level : 3]);
+    int sock, shm_fd, idx, master;
+    char tail;
+    if (sscanf(spec, "%d,%d,%d,%d%c", &sock, &shm_fd, &idx, &master, &tail) != 4 || idx < 0 ||
+        idx >= MAX_WORKERS) {
+        tb_error("--worker %s: not the master's SOCK,SHM,INDEX,PID", spec);
+        return TB_EX_USAGE;
+    }
+    if (getppid() != (pid_t)master) return 0; /* the master is already gone */
+    size_t shm_len = sizeof(pfd_worker_shm) * MAX_WORKERS;
+    pfd_worker_shm *shm = mmap(NULL, shm_len, PROT_READ | PROT_WRITE, MAP_SHARED, shm_fd, 0);
+    if (shm == MAP_FAILED) {
+        tb_error("worker: mmap status memfd %d: %s", shm_fd, strerror(errno));
+        return TB_EX_SOFTWARE;
+    }
+    close(shm_fd);
+    fcntl(sock, F_SETFD, FD_CLOEXEC);
+    pfd_worker_main(cfg, sock, &shm[idx]);
 }
 
 int pfd_daemon_run(const pfd_config *cfg) {
@@ -1140,6 +1216,7 @@ int pfd_daemon_run(const pfd_config *cfg) {
     d->cfg = cfg;
     d->active = -1;
     for (int k = 0; k < 4; k++) d->lock_fds[k] = -1;
+    d->shm_fd = d->exe_fd = -1;
     if (tb_signal_install() < 0) {
         tb_error("signals: %s", strerror(errno));
         free(d);

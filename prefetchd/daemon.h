@@ -9,4 +9,8 @@
  * (0, TB_EX_CONFIG for unusable settings, TB_EX_SOFTWARE / TB_EX_IOERR otherwise). */
 int pfd_daemon_run(const pfd_config *cfg);
 
+/* The worker side of `tb-prefetchd --worker SOCK,SHM,INDEX,PID` (started by the master
+ * with fork + exec; not for people): maps the shared status, then runs the worker. */
+int pfd_worker_exec_main(const pfd_config *cfg, const char *spec);
+
 #endif

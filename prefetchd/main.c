@@ -24,13 +24,15 @@ int main(int argc, char **argv) {
     const char *config = NULL;
     char *sets[256];
     int nsets = 0, check = 0;
-    enum { OPT_CHECK = 256, OPT_EXAMPLE, OPT_GENKEYS };
+    const char *worker = NULL;
+    enum { OPT_CHECK = 256, OPT_EXAMPLE, OPT_GENKEYS, OPT_WORKER };
     static const struct option opts[] = {
         {"config", required_argument, 0, 'c'},
         {"set", required_argument, 0, 's'},
         {"check-config", no_argument, 0, OPT_CHECK},
         {"print-example-config", no_argument, 0, OPT_EXAMPLE},
         {"gen-curve-keys", required_argument, 0, OPT_GENKEYS},
+        {"worker", required_argument, 0, OPT_WORKER},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -47,6 +49,7 @@ int main(int argc, char **argv) {
             sets[nsets++] = optarg;
             break;
         case OPT_CHECK: check = 1; break;
+        case OPT_WORKER: worker = optarg; break;
         case OPT_EXAMPLE: return tb_cfg_write_example(stdout, &pfd_config_schema) == 0 ? 0 : 70;
         case OPT_GENKEYS:
             if (tb_curve_generate(optarg, &err) < 0) {
@@ -67,6 +70,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "tb-prefetchd: %s\n", err.msg);
         return TB_EX_CONFIG;
     }
+    if (worker) return pfd_worker_exec_main(&cfg, worker);
     if (check) {
         tb_cfg_write_values(stdout, &cfg, &pfd_config_schema);
         return 0;

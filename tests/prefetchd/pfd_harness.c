@@ -95,7 +95,11 @@ int pfdt_init(pfdt *t, const char *name) {
     return 0;
 }
 
+/* The daemon started last: its log is printed when a consumer stalls. */
+static pfdt *g_spawned;
+
 pid_t pfdt_spawn(pfdt *t, char *const extra_argv[]) {
+    g_spawned = t;
     char bin[512];
     snprintf(bin, sizeof bin, "%s/prefetchd/tb-prefetchd", TB_BINARY_DIR);
     char *argv[64];
@@ -225,6 +229,19 @@ int pfdt_log_has(pfdt *t, const char *s) {
     while (!found && fgets(line, sizeof line, f)) found = strstr(line, s) != NULL;
     fclose(f);
     return found;
+}
+
+void pfdt_dump_log(pfdt *t, int last_lines) {
+    FILE *f = fopen(t->log, "r");
+    if (!f) return;
+    char line[4096];
+    long n = 0;
+    while (fgets(line, sizeof line, f)) n++;
+    rewind(f);
+    fprintf(stderr, "--- last %d lines of %s\n", last_lines, t->log);
+    for (long i = 0; fgets(line, sizeof line, f); i++)
+        if (i >= n - last_lines) fputs(line, stderr);
+    fclose(f);
 }
 
 void pfdt_cleanup(pfdt *t) {
@@ -456,7 +473,14 @@ int pfdt_consume(pfdt_consumer *c, pfdt_plan *p, int n, int idle_ms, int *dups) 
     while (applied < n) {
         tb_batch b;
         int r = pfdt_consumer_recv(c, &b, idle_ms);
-        if (r == 0) break;
+        if (r == 0) {
+            if (idle_ms >= 1000) { /* a stall, not the end of a drain */
+                fprintf(stderr, "consumer: no batch within %d ms (next %llu, %d of %d applied)\n",
+                        idle_ms, (unsigned long long)c->next_seq, applied, n);
+                if (g_spawned) pfdt_dump_log(g_spawned, 80);
+            }
+            break;
+        }
         if (r < 0) return -1;
         if (b.seq < c->next_seq) {
             if (dups) (*dups)++;

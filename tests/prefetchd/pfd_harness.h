@@ -45,6 +45,8 @@ int pfdt_request(pfdt *t, const char *verb, const char *arg_key, const char *arg
 int64_t pfdt_status_int(pfdt *t, const char *key);
 /* Non-zero when the log contains s. */
 int pfdt_log_has(pfdt *t, const char *s);
+/* Prints the last lines of the daemon's log to stderr (for a failing test). */
+void pfdt_dump_log(pfdt *t, int last_lines);
 void pfdt_cleanup(pfdt *t);
 
 /* The consumer: one DEALER, rank 0 of world 1 unless set. */

@@ -24,14 +24,31 @@ typedef struct gen_watch {
 
 /* Consumes n batches, checking them against the plan and that the generation of the
  * samples never goes back. */
-static int consume_watch(pfdt_consumer *c, pfdt_plan *p, int n, gen_watch *g, uint64_t *first_seq_of,
+static pfdt *g_t; /* the daemon under test, for its log when a check fails */
+
+static int consume_watch_(pfdt_consumer *c, pfdt_plan *p, int n, gen_watch *g, uint64_t *first_seq_of,
                          uint64_t want_gen) {
     int applied = 0;
     while (applied < n) {
         tb_batch b;
         int r = pfdt_consumer_recv(c, &b, 10000);
-        if (r != 1 || b.seq != c->next_seq) return -1;
-        if (pfdt_plan_next(p) < 0 || pfdt_plan_compare(p, &b) < 0) return -1;
+        if (r != 1) {
+            fprintf(stderr, "consume_watch: no batch within 10 s (next %llu, %d applied)\n",
+                    (unsigned long long)c->next_seq, applied);
+            return -1;
+        }
+        if (b.seq != c->next_seq) {
+            fprintf(stderr, "consume_watch: got batch %llu, expected %llu\n",
+                    (unsigned long long)b.seq, (unsigned long long)c->next_seq);
+            tb_batch_free(&b);
+            return -1;
+        }
+        if (pfdt_plan_next(p) < 0 || pfdt_plan_compare(p, &b) < 0) {
+            fprintf(stderr, "consume_watch: batch %llu differs from the plan\n",
+                    (unsigned long long)b.seq);
+            tb_batch_free(&b);
+            return -1;
+        }
         for (uint32_t i = 0; i < b.B; i++) {
             if (b.prov[i].generation < g->max_gen) g->regressions++;
             if (b.prov[i].generation > g->max_gen) g->max_gen = b.prov[i].generation;
@@ -46,6 +63,13 @@ static int consume_watch(pfdt_consumer *c, pfdt_plan *p, int n, gen_watch *g, ui
     return applied;
 }
 
+static int consume_watch(pfdt_consumer *c, pfdt_plan *p, int n, gen_watch *g, uint64_t *first_seq_of,
+                         uint64_t want_gen) {
+    int r = consume_watch_(c, p, n, g, first_seq_of, want_gen);
+    if (r < 0 && g_t) pfdt_dump_log(g_t, 60);
+    return r;
+}
+
 static int64_t reply_int(const tb_reply *r, const char *k) {
     const tb_kv *kv = tb_kvmap_get(&r->result, k);
     return kv && kv->type == TB_KV_INT ? kv->v.i : -1;
@@ -55,6 +79,7 @@ static void test_live_swaps_old_until_boundary_then_new_nothing_lost(void **stat
     (void)state;
     pfdt t;
     if (pfdt_init(&t, "swap") < 0) skip();
+    g_t = &t;
     char a[400], b[400], manb[400], text[900];
     snprintf(a, sizeof a, "%s/a.jsonl.gz", t.dir);
     snprintf(b, sizeof b, "%s/b.jsonl", t.dir);

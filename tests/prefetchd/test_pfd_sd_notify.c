@@ -23,14 +23,14 @@ static void test_ready_status_watchdog_reload_stopping(void **state) {
     if (pfdt_init(&t, "notify") < 0) skip();
     tb_notify_harness h;
     assert_int_equal(tb_notify_harness_open(&h, t.dir), 0);
-    setenv("WATCHDOG_USEC", "600000", 1);
+    setenv("WATCHDOG_USEC", "1000000", 1);
     unsetenv("WATCHDOG_PID");
     t.pid = pfdt_spawn(&t, NULL);
     char buf[1024];
     assert_int_equal(tb_notify_harness_wait_for(&h, "READY=1", 10000, buf, sizeof buf), 1);
     /* the control socket answers once READY was sent */
     assert_true(pfdt_status_int(&t, "pid") == t.pid);
-    /* 2 s of messages: STATUS lines and watchdog pings < 300 ms apart */
+    /* 2 s of messages: STATUS lines and watchdog pings under half the interval apart */
     double last_wd = 0, max_gap = 0;
     int wd = 0, status = 0;
     double end = tb_clock_mono_s() + 2.0;
@@ -47,7 +47,7 @@ static void test_ready_status_watchdog_reload_stopping(void **state) {
     }
     printf("%d watchdog pings, largest gap %.3f s; %d STATUS lines\n", wd, max_gap, status);
     assert_true(wd >= 5);
-    assert_true(max_gap < 0.3);
+    assert_true(max_gap < 0.5);
     assert_true(status >= 2);
     kill(t.pid, SIGHUP);
     assert_int_equal(tb_notify_harness_wait_for(&h, "RELOADING=1", 5000, buf, sizeof buf), 1);

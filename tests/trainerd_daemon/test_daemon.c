@@ -449,7 +449,7 @@ static void test_notify_ready_after_feed_watchdog_under_half_stopping_on_sigterm
     (void)state;
     tb_notify_harness h;
     assert_int_equal(tb_notify_harness_open(&h, dir), 0);
-    setenv("WATCHDOG_USEC", "400000", 1);
+    setenv("WATCHDOG_USEC", "1000000", 1); /* pings every 250 ms */
     unsetenv("WATCHDOG_PID");
     const char *extra[] = {"daemon.max_steps=100000", "debug.step_sleep_ms=20", NULL};
     pid_t td = start_td(extra);
@@ -494,10 +494,10 @@ static void test_notify_ready_after_feed_watchdog_under_half_stopping_on_sigterm
             wd++;
         }
     }
-    fprintf(stderr, "%d watchdog pings, largest gap %.0f ms (WATCHDOG_USEC 400 ms)\n", wd,
+    fprintf(stderr, "%d watchdog pings, largest gap %.0f ms (WATCHDOG_USEC 1000 ms)\n", wd,
             max_gap * 1e3);
-    assert_true(wd >= 8);
-    assert_true(max_gap < 0.2);
+    assert_true(wd >= 6);
+    assert_true(max_gap < 0.5); /* under half the interval, even under ASan on a loaded box */
     kill(td, SIGTERM);
     assert_int_equal(tb_notify_harness_wait_for(&h, "STOPPING=1", 5000, buf, sizeof buf), 1);
     assert_int_equal(wait_exit(td, 30), 0);
@@ -699,7 +699,7 @@ static void test_notify_reload_sighup_and_control_bad_config_kept_stopping_exit_
     (void)state;
     tb_notify_harness h;
     assert_int_equal(tb_notify_harness_open(&h, dir), 0);
-    setenv("WATCHDOG_USEC", "400000", 1);
+    setenv("WATCHDOG_USEC", "1000000", 1); /* pings every 250 ms */
     unsetenv("WATCHDOG_PID");
     wd_last = -1;
     wd_max_gap = 0;
@@ -787,10 +787,10 @@ static void test_notify_reload_sighup_and_control_bad_config_kept_stopping_exit_
     assert_int_equal(wait_exit(td, 30), 0);
     unsetenv("WATCHDOG_USEC");
     tb_notify_harness_close(&h);
-    fprintf(stderr, "%d watchdog pings, largest gap %.0f ms (WATCHDOG_USEC 400 ms); steps %lld "
+    fprintf(stderr, "%d watchdog pings, largest gap %.0f ms (WATCHDOG_USEC 1000 ms); steps %lld "
                     "%lld %lld %lld\n", wd_count, wd_max_gap * 1e3, s1, s2, s3, s4);
-    assert_true(wd_count >= 8);
-    assert_true(wd_max_gap < 0.2);
+    assert_true(wd_count >= 6);
+    assert_true(wd_max_gap < 0.5);
     /* The log names the file:line of the bad value and the refused key. */
     char *log = slurp(logp);
     assert_non_null(log);

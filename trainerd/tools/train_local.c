@@ -22,6 +22,7 @@
 #include "tb_err.h"
 #include "tb_log.h"
 #include "tb_spm.h"
+#include "layers/loss.h"
 
 static volatile sig_atomic_t stop_flag;
 
@@ -54,6 +55,9 @@ static void usage(FILE *f) {
             "  --save-every N      steps between saves (0: only at the end)\n"
             "  --resume DIR        continue from a --save directory (same options)\n"
             "  --csv FILE          append one line per step (step,loss,accuracy,lr,grad_norm,tok_s)\n"
+            "  --split-every N     every N steps, also the loss of the step's first micro-batch\n"
+            "                      (after the update, no dropout) split by what the input held\n"
+            "                      at the supervised positions: [MASK] vs kept/random tokens\n"
             "Exit status: 0 done, 64 usage, 65 bad data, 70 internal error, 75 gave up after\n"
             "non-finite steps (an emergency save is written to DIR/emergency with --save), 78 config.\n");
 }
@@ -64,7 +68,7 @@ typedef struct opts {
     int ndata;
     const char *sets[64];
     int nsets;
-    long steps, seq_len, batch, accum, save_every;
+    long steps, seq_len, batch, accum, save_every, split_every;
     double lr_scale, minutes;
     long long seed;
 } opts;
@@ -170,6 +174,19 @@ static int save(const tb_trainer *tr, const char *dir, const tb_stream_cursor *c
     return tb_trainer_save(tr, dir, &extra, 1, err);
 }
 
+/* The loss of micro-batch b (no dropout) over the supervised positions whose input is
+ * [MASK] (want_mask) or anything else (a kept or random token). */
+static int split_loss(tb_trainer *tr, const tb_batch *b, int32_t mask_id, int want_mask,
+                      int32_t *scratch, tb_fwd_result *res, tb_err *err) {
+    size_t n = (size_t)b->B * (size_t)b->T;
+    for (size_t i = 0; i < n; i++)
+        scratch[i] = (b->ids[i] == mask_id) == want_mask ? b->labels[i] : TB_LABEL_IGNORE;
+    tb_batch sb = *b;
+    sb.labels = scratch;
+    tb_dropout_ctx nod = {0};
+    return tb_model_forward(&tr->model, &sb, &nod, res, err);
+}
+
 int main(int argc, char **argv) {
     opts o;
     memset(&o, 0, sizeof o);
@@ -178,7 +195,7 @@ int main(int argc, char **argv) {
     o.lr_scale = 1;
     o.seed = -1;
     enum { O_PRESET = 1, O_CONFIG, O_SET, O_DATA, O_TOK, O_STEPS, O_T, O_B, O_ACC, O_LR, O_SEED,
-           O_MIN, O_SAVE, O_SAVE_EVERY, O_RESUME, O_CSV, O_HELP };
+           O_MIN, O_SAVE, O_SAVE_EVERY, O_RESUME, O_CSV, O_SPLIT, O_HELP };
     static const struct option lo[] = {
         {"preset", 1, 0, O_PRESET}, {"config", 1, 0, O_CONFIG},   {"set", 1, 0, O_SET},
         {"data", 1, 0, O_DATA},     {"tokenizer", 1, 0, O_TOK},   {"steps", 1, 0, O_STEPS},
@@ -186,6 +203,7 @@ int main(int argc, char **argv) {
         {"lr-scale", 1, 0, O_LR},   {"seed", 1, 0, O_SEED},       {"minutes", 1, 0, O_MIN},
         {"save", 1, 0, O_SAVE},     {"save-every", 1, 0, O_SAVE_EVERY},
         {"resume", 1, 0, O_RESUME}, {"csv", 1, 0, O_CSV},         {"help", 0, 0, O_HELP},
+        {"split-every", 1, 0, O_SPLIT},
         {0, 0, 0, 0}};
     int c;
     char *end;
@@ -221,6 +239,7 @@ int main(int argc, char **argv) {
         case O_SAVE: o.save = optarg; break;
         case O_RESUME: o.resume = optarg; break;
         case O_CSV: o.csv = optarg; break;
+        case O_SPLIT: { long long v; NUM(v, strtoll_10); o.split_every = (long)v; break; }
         case O_HELP:
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return TB_EX_USAGE;
@@ -316,7 +335,9 @@ int main(int argc, char **argv) {
     int32_t *labels = malloc(n * (size_t)accum * sizeof *labels);
     uint8_t *mask = malloc(n * (size_t)accum);
     tb_batch *mb = calloc((size_t)accum, sizeof *mb);
-    if (!ids || !labels || !mask || !mb) {
+    int32_t *split_scratch = malloc(n * sizeof *split_scratch);
+    tb_spm_specials specials = tb_spm_get_specials(spm);
+    if (!ids || !labels || !mask || !mb || !split_scratch) {
         fprintf(stderr, "tb-train-local: out of memory\n");
         return TB_EX_SOFTWARE;
     }
@@ -380,6 +401,19 @@ int main(int argc, char **argv) {
                     r.accuracy, r.opt.lr, r.opt.grad_norm, tps, now - t0);
             fflush(csv);
         }
+        if (o.split_every > 0 && tr.opt.step % o.split_every == 0) {
+            tb_fwd_result fm, fo;
+            if (split_loss(&tr, &mb[0], specials.mask, 1, split_scratch, &fm, &err) ||
+                split_loss(&tr, &mb[0], specials.mask, 0, split_scratch, &fo, &err)) {
+                fprintf(stderr, "tb-train-local: split: %s\n", err.msg);
+                status = TB_EX_SOFTWARE;
+                goto done;
+            }
+            printf("split %" PRId64 ": [MASK] positions CE %.4f acc %.4f (%" PRId64
+                   "), kept/random CE %.4f acc %.4f (%" PRId64 ")\n",
+                   tr.opt.step, fm.ce, fm.accuracy, fm.count, fo.ce, fo.accuracy, fo.count);
+            fflush(stdout);
+        }
         if (r.status == TB_OPTIM_GAVE_UP) {
             fprintf(stderr, "tb-train-local: %d consecutive non-finite steps: giving up\n",
                     tr.opt.nan_retries);
@@ -416,6 +450,7 @@ done:
     free(ids);
     free(labels);
     free(mask);
+    free(split_scratch);
     free(mb);
     if (csv) fclose(csv);
     return status;
