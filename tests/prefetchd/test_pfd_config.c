@@ -108,6 +108,55 @@ static void test_example_config_loads_and_matches_schema_output(void **state) {
     assert_string_equal(file, out);
 }
 
+/* Workers load the master's effective values as written by tb_cfg_write_values: every
+ * value, awkward strings and doubles included, must come back exactly. */
+static void test_effective_values_round_trip_for_workers(void **state) {
+    (void)state;
+    write_cfg("odd.yaml",
+              "paths:\n  ring: \"/run/tb/ring with: colon # and hash\"\n"
+              "  state_dir: \"/var/lib/tb/'quoted' \\\"dir\\\"\"\n"
+              "data:\n  text_field: \"  text  \"\n  mask_prob: 0.1234567890123\n"
+              "  seed: 18446744073709551\n  packing: false\n"
+              "daemon:\n  log_level: debug\n");
+    char p[300];
+    snprintf(p, sizeof p, "%s/odd.yaml", g_dir);
+    char *over[] = {"data.manifest=\"/etc/tb/m: x.manifest\"", "http.retries=7"};
+    pfd_config a, b;
+    tb_err err;
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    if (pfd_config_load(&a, p, over, 2, &err) != 0) fprintf(stderr, "%s\n", err.msg);
+    assert_string_equal(a.ring_path, "/run/tb/ring with: colon # and hash");
+    assert_string_equal(a.text_field, "  text  ");
+    char *va = NULL;
+    size_t la = 0;
+    FILE *ma = open_memstream(&va, &la);
+    tb_cfg_write_values(ma, &a, &pfd_config_schema);
+    fclose(ma);
+    snprintf(p, sizeof p, "%s/values.yaml", g_dir);
+    FILE *f = fopen(p, "w");
+    fputs(va, f);
+    fclose(f);
+    if (pfd_config_load(&b, p, NULL, 0, &err) != 0) fprintf(stderr, "%s\n%s", err.msg, va);
+    assert_string_equal(b.ring_path, a.ring_path);
+    assert_string_equal(b.state_dir, a.state_dir);
+    assert_string_equal(b.manifest, a.manifest);
+    assert_string_equal(b.text_field, a.text_field);
+    assert_true(b.mask_prob == a.mask_prob);
+    assert_true(b.seed == a.seed);
+    assert_int_equal(b.packing, a.packing);
+    assert_int_equal(b.http_retries, 7);
+    assert_int_equal(b.log_level, 4);
+    char *vb = NULL;
+    size_t lb = 0;
+    FILE *mb = open_memstream(&vb, &lb);
+    tb_cfg_write_values(mb, &b, &pfd_config_schema);
+    fclose(mb);
+    assert_string_equal(va, vb);
+    free(va);
+    free(vb);
+}
+
 static int setup(void **state) {
     (void)state;
     snprintf(g_dir, sizeof g_dir, "/tmp/pfdt-cfg-XXXXXX");
@@ -124,6 +173,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_config_exits_78_with_file_line_key),
         cmocka_unit_test(test_example_config_loads_and_matches_schema_output),
+        cmocka_unit_test(test_effective_values_round_trip_for_workers),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
