@@ -137,7 +137,7 @@ typedef struct peer {
 
 int main(int argc, char **argv) {
     if (argc < 6) {
-        fprintf(stderr, "usage: td_fakefeed ENDPOINT B T VOCAB SEED [--bad-at K]\n");
+        fprintf(stderr, "usage: td_fakefeed ENDPOINT B T VOCAB SEED [--bad-at K | --skip-at K]\n");
         return 64;
     }
     B = (uint32_t)atoi(argv[2]);
@@ -145,7 +145,9 @@ int main(int argc, char **argv) {
     V = (uint32_t)atoi(argv[4]);
     seed = strtoull(argv[5], NULL, 10);
     long long bad_at = -1;
+    long long skip_at = -1; /* once: batch K is not sent (a feed that skips one) */
     if (argc >= 8 && !strcmp(argv[6], "--bad-at")) bad_at = atoll(argv[7]);
+    if (argc >= 8 && !strcmp(argv[6], "--skip-at")) skip_at = atoll(argv[7]);
     signal(SIGTERM, on_term);
     signal(SIGINT, on_term);
     void *ctx = zmq_ctx_new();
@@ -206,6 +208,11 @@ int main(int argc, char **argv) {
         for (int i = 0; i < np; i++) {
             peer *p = &peers[i];
             while (p->credit > 0) {
+                if (skip_at >= 0 && p->next == (uint64_t)skip_at) {
+                    fprintf(stderr, "fakefeed: skipping batch %lld once\n", skip_at);
+                    skip_at = -1;
+                    p->next++;
+                }
                 msgpack_sbuffer sb;
                 msgpack_sbuffer_init(&sb);
                 if (!bad_done && bad_at >= 0 && p->next == (uint64_t)bad_at) {

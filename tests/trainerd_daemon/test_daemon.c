@@ -66,18 +66,21 @@ static int wait_exit(pid_t p, double timeout_s) {
 }
 
 static pid_t feed_pid;
-static void start_feed(const char *extra_bad_at) {
+static void start_feed_opt(const char *opt, const char *k) {
     char ep[256];
     snprintf(ep, sizeof ep, "ipc://%s/feed.sock", dir);
     char *argv[10] = {FEED_BIN, ep, "2", "16", "512", "7", NULL, NULL, NULL};
-    if (extra_bad_at) {
-        argv[6] = "--bad-at";
-        argv[7] = (char *)extra_bad_at;
+    if (opt) {
+        argv[6] = (char *)opt;
+        argv[7] = (char *)k;
     }
     char log[256];
     snprintf(log, sizeof log, "%s/feed.log", dir);
     feed_pid = spawn(argv, log);
     assert_true(feed_pid > 0);
+}
+static void start_feed(const char *extra_bad_at) {
+    start_feed_opt(extra_bad_at ? "--bad-at" : NULL, extra_bad_at);
 }
 static void stop_feed(void) {
     if (feed_pid > 0) {
@@ -436,6 +439,25 @@ static void test_malformed_batch_each_field_refused_logged_training_goes_on(void
         if (!strstr(log, want[i])) fprintf(stderr, "missing in log: %s\n", want[i]);
         assert_non_null(strstr(log, want[i]));
     }
+    free(log);
+    uint32_t crc;
+    td_state st;
+    final_ckpt(&crc, &st);
+    assert_int_equal(st.batches_applied, 10);
+    assert_int_equal(st.last_seq, 9);
+    td_state_free(&st);
+}
+
+/* A feed that skips a batch: trainerd refuses the one after the gap, says HELLO again
+ * with its cursor, gets the missing batch and applies the stream without a hole. */
+static void test_feed_gap_refused_hello_again_nothing_skipped(void **state) {
+    (void)state;
+    start_feed_opt("--skip-at", "4");
+    const char *extra[] = {"daemon.max_steps=10", NULL};
+    pid_t td = start_td(extra);
+    assert_int_equal(wait_exit(td, 60), 0);
+    char *log = log_text("trainerd.log");
+    assert_non_null(strstr(log, "BATCH seq 5 arrived before 4"));
     free(log);
     uint32_t crc;
     td_state st;
@@ -820,6 +842,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup_teardown(test_forced_nan_persisting_emergency_checkpoint_dump_exit_3, setup, teardown),
         cmocka_unit_test_setup_teardown(test_forced_loss_spike_rolls_back_and_halves_lr, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed_batch_each_field_refused_logged_training_goes_on, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_feed_gap_refused_hello_again_nothing_skipped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_notify_ready_after_feed_watchdog_under_half_stopping_on_sigterm, setup, teardown),
         cmocka_unit_test_setup_teardown(test_control_status_lr_scale_checkpoint_pause_stop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_notify_reload_sighup_and_control_bad_config_kept_stopping_exit_0, setup, teardown),

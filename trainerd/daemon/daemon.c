@@ -84,6 +84,9 @@ typedef struct td_daemon {
     int gate_open;   /* daemon.wait_subscribers satisfied (or given up) */
     double gate_t0;
     uint64_t dup_dropped;
+    uint64_t gaps;   /* batches refused because one before them never came */
+    int want_rehello; /* after a gap: HELLO again with the cursor */
+    double rehello_t; /* when the last gap's HELLO went out (mono s) */
     double wd_period, wd_next; /* systemd watchdog: ping period (s), next ping (mono s) */
 } td_daemon;
 
@@ -214,6 +217,16 @@ static void feed_recv_one(td_daemon *d, zmq_msg_t *msg) {
         tb_warn("feed: BATCH seq %llu already seen (newest %llu); dropped",
                 (unsigned long long)b.seq, (unsigned long long)newest);
         tb_batch_free(&b);
+        goto refused;
+    }
+    if ((d->qn || d->st.has_cursor) && b.seq != newest + (uint64_t)d->cfg->world) {
+        /* Taking it would skip a batch: refuse it and ask again from the cursor (the
+         * feed re-sends everything after it), so nothing is lost. */
+        tb_error("feed: BATCH seq %llu arrived before %llu: refused; sending HELLO again",
+                 (unsigned long long)b.seq, (unsigned long long)(newest + (uint64_t)d->cfg->world));
+        tb_batch_free(&b);
+        d->gaps++;
+        d->want_rehello = 1;
         goto refused;
     }
     if (d->qn == QMAX) {
@@ -420,6 +433,7 @@ static void status_map(td_daemon *d, tb_kvmap *m) {
     tb_kvmap_add_int(m, "last_seq", d->st.has_cursor ? (int64_t)d->st.last_seq : -1, &err);
     tb_kvmap_add_int(m, "queued", d->qn, &err);
     tb_kvmap_add_int(m, "refused", (int64_t)d->refused, &err);
+    tb_kvmap_add_int(m, "feed_gaps", (int64_t)d->gaps, &err);
     tb_kvmap_add_str(m, "last_checkpoint", d->last_ckpt, &err);
     tb_kvmap_add_int(m, "pid", getpid(), &err);
 }
@@ -1158,6 +1172,12 @@ int td_daemon_run(td_config *cfg, const char *config_yaml, const td_config_sourc
                         (long long)d->subs, (long long)cfg->wait_subscribers,
                         (long long)cfg->wait_subscribers_ms);
             }
+        }
+        if (d->want_rehello && tb_clock_mono_s() - d->rehello_t > 0.2) {
+            /* once per 200 ms: batches already in flight would each ask again */
+            d->want_rehello = 0;
+            d->rehello_t = tb_clock_mono_s();
+            feed_rehello(d);
         }
         if (d->rs == TD_RS_STARTING && d->qn > 0) {
             /* Model, device, checkpoint and feed are up. */
