@@ -3,8 +3,8 @@
 # once, cached under ./var), then both daemons in the foreground on the demo corpus:
 #
 #   tb-prefetchd  shard set A (shards 0-3 of the demo corpus), tiny-preset batches
-#   tb-trainerd   the tiny preset on the CPU backend (the CUDA backend is not wired into
-#                 the daemon yet, so a GPU is not used either)
+#   tb-trainerd   the tiny preset; daemon.backend auto: the CUDA backend when the build
+#                 has it and a GPU is visible (fp32, not tuned yet), else the CPU backend
 #   tbctl tail    live step lines (trainerd.step)
 #   half way:     `tbctl shards set` swaps to shard set B (shards 4-7), live
 #   3/4 of the way: `tbctl --daemon trainerd checkpoint` writes a manual checkpoint
@@ -132,10 +132,7 @@ for _ in $(seq 100); do
 done
 echo "tb-prefetchd pid $pfd_pid: generation $(status_of "${pctl[@]}" generation), $(wc -l < "$q/etc/shards-a.manifest") shards, B=$batch T=$seq_len, $threads tokenizer threads"
 
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  echo "quickstart: a GPU is present, but tb-trainerd's CUDA backend is not wired into the daemon yet: CPU"
-fi
-echo "== tb-trainerd (tiny preset, CPU backend; log $q/log/trainerd.log)"
+echo "== tb-trainerd (tiny preset, daemon.backend auto; log $q/log/trainerd.log)"
 "$td" -c "$q/etc/trainerd.yaml" > "$q/log/trainerd.log" 2>&1 &
 td_pid=$!
 

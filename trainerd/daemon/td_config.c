@@ -55,6 +55,10 @@ static const tb_cfg_field own_fields[] = {
     F_BOOL("daemon.checkpoint_on_epoch", checkpoint_on_epoch, "true",
            "Checkpoint when the data cursor enters a new epoch."),
     F_BOOL("daemon.watchdog", watchdog, "true", "Send WATCHDOG=1 when systemd asks for it."),
+    F_ENUM("daemon.backend", backend, "auto", TD_BACKEND_CHOICES,
+           "Where the model runs: cpu (the reference backend), cuda (GPU 0 of those visible; "
+           "needs a build with nvcc), or auto (cuda when the build has it and a GPU is "
+           "present, else cpu). Fixed for the run."),
     F_STR("daemon.curve_secret_key_file", curve_secret_key_file, "",
           "tcp control/metrics endpoints: this daemon's CURVE key file (public/secret lines)."),
     F_STR("daemon.curve_allowed_dir", curve_allowed_dir, "",

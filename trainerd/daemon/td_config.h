@@ -10,6 +10,8 @@
 
 typedef enum td_preset { TD_PRESET_NONE = 0, TD_PRESET_TINY, TD_PRESET_MINI, TD_PRESET_FRANKENSTEIN, TD_PRESET_ULTRA } td_preset;
 #define TD_PRESET_CHOICES "none|tiny|mini|frankenstein|ultra"
+typedef enum td_backend_choice { TD_BACKEND_AUTO = 0, TD_BACKEND_CPU, TD_BACKEND_CUDA } td_backend_choice;
+#define TD_BACKEND_CHOICES "auto|cpu|cuda"
 
 typedef struct td_config {
     tb_run_config run;
@@ -32,6 +34,7 @@ typedef struct td_config {
     int64_t spike_warmup;       /* steps before spike detection starts */
     int checkpoint_on_epoch;
     int watchdog;
+    int backend;             /* index into TD_BACKEND_CHOICES */
     char curve_secret_key_file[TB_CFG_STR_MAX];
     char curve_allowed_dir[TB_CFG_STR_MAX];
     char feed_server_key_file[TB_CFG_STR_MAX];

@@ -1,4 +1,7 @@
 #include "trainer.h"
+#ifdef TB_HAVE_CUDA_BACKEND
+#include "backend_cuda.h"
+#endif
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -48,7 +51,27 @@ td_trainer *td_trainer_create(const td_config *cfg, tb_err *err) {
         return NULL;
     }
     t->cfg = *cfg;
-    t->be = tb_backend_cpu();
+    t->be = NULL;
+    if (cfg->backend == TD_BACKEND_CUDA || cfg->backend == TD_BACKEND_AUTO) {
+#ifdef TB_HAVE_CUDA_BACKEND
+        if (cfg->backend == TD_BACKEND_CUDA || tb_cuda_device_count() > 0) {
+            t->be = tb_backend_cuda(err);
+            if (!t->be) {
+                tb_err_wrap(err, "daemon.backend: cuda");
+                free(t);
+                return NULL;
+            }
+        }
+#else
+        if (cfg->backend == TD_BACKEND_CUDA) {
+            tb_err_set(err, "daemon.backend: cuda: this build has no CUDA backend (nvcc was not "
+                            "found when it was configured)");
+            free(t);
+            return NULL;
+        }
+#endif
+    }
+    if (!t->be) t->be = tb_backend_cpu();
     const tb_train_config *tc = &cfg->run.training;
     if (tb_model_create(&t->m, &cfg->run.model, t->be, (int)tc->batch_size, (int)tc->max_length,
                         err)) {

@@ -23,6 +23,9 @@
 #include "tb_log.h"
 #include "tb_spm.h"
 #include "layers/loss.h"
+#ifdef TB_HAVE_CUDA_BACKEND
+#include "backend_cuda.h"
+#endif
 
 static volatile sig_atomic_t stop_flag;
 
@@ -55,15 +58,17 @@ static void usage(FILE *f) {
             "  --save-every N      steps between saves (0: only at the end)\n"
             "  --resume DIR        continue from a --save directory (same options)\n"
             "  --csv FILE          append one line per step (step,loss,accuracy,lr,grad_norm,tok_s)\n"
+            "  --backend NAME      auto (default: cuda when this build has the CUDA backend and\n"
+            "                      a GPU is present, else cpu) | cpu | cuda\n"
             "  --split-every N     every N steps, also the loss of the step's first micro-batch\n"
             "                      (after the update, no dropout) split by what the input held\n"
             "                      at the supervised positions: [MASK] vs kept/random tokens\n"
-            "Exit status: 0 done, 64 usage, 65 bad data, 70 internal error, 75 gave up after\n"
-            "non-finite steps (an emergency save is written to DIR/emergency with --save), 78 config.\n");
+            "Exit status: 0 done, 64 usage, 65 bad data, 69 no CUDA device (--backend cuda), 70 internal error,\n"
+            "75 gave up after non-finite steps (an emergency save is written to DIR/emergency with --save), 78 config.\n");
 }
 
 typedef struct opts {
-    const char *preset, *config, *tokenizer, *save, *resume, *csv;
+    const char *preset, *config, *tokenizer, *save, *resume, *csv, *backend;
     const char *data[256];
     int ndata;
     const char *sets[64];
@@ -194,8 +199,9 @@ int main(int argc, char **argv) {
     o.seq_len = o.batch = o.accum = -1;
     o.lr_scale = 1;
     o.seed = -1;
+    o.backend = "auto";
     enum { O_PRESET = 1, O_CONFIG, O_SET, O_DATA, O_TOK, O_STEPS, O_T, O_B, O_ACC, O_LR, O_SEED,
-           O_MIN, O_SAVE, O_SAVE_EVERY, O_RESUME, O_CSV, O_SPLIT, O_HELP };
+           O_MIN, O_SAVE, O_SAVE_EVERY, O_RESUME, O_CSV, O_SPLIT, O_BACKEND, O_HELP };
     static const struct option lo[] = {
         {"preset", 1, 0, O_PRESET}, {"config", 1, 0, O_CONFIG},   {"set", 1, 0, O_SET},
         {"data", 1, 0, O_DATA},     {"tokenizer", 1, 0, O_TOK},   {"steps", 1, 0, O_STEPS},
@@ -203,7 +209,7 @@ int main(int argc, char **argv) {
         {"lr-scale", 1, 0, O_LR},   {"seed", 1, 0, O_SEED},       {"minutes", 1, 0, O_MIN},
         {"save", 1, 0, O_SAVE},     {"save-every", 1, 0, O_SAVE_EVERY},
         {"resume", 1, 0, O_RESUME}, {"csv", 1, 0, O_CSV},         {"help", 0, 0, O_HELP},
-        {"split-every", 1, 0, O_SPLIT},
+        {"split-every", 1, 0, O_SPLIT}, {"backend", 1, 0, O_BACKEND},
         {0, 0, 0, 0}};
     int c;
     char *end;
@@ -239,6 +245,7 @@ int main(int argc, char **argv) {
         case O_SAVE: o.save = optarg; break;
         case O_RESUME: o.resume = optarg; break;
         case O_CSV: o.csv = optarg; break;
+        case O_BACKEND: o.backend = optarg; break;
         case O_SPLIT: { long long v; NUM(v, strtoll_10); o.split_every = (long)v; break; }
         case O_HELP:
         case 'h': usage(stdout); return 0;
@@ -298,8 +305,37 @@ int main(int argc, char **argv) {
         tb_spm_free(spm);
         return TB_EX_NOINPUT;
     }
+    const tb_backend *be = NULL;
+    const char *be_name = o.backend;
+    if (!strcmp(o.backend, "cpu")) {
+        be = tb_backend_cpu();
+    } else if (!strcmp(o.backend, "cuda") || !strcmp(o.backend, "auto")) {
+#ifdef TB_HAVE_CUDA_BACKEND
+        if (!strcmp(o.backend, "cuda") || tb_cuda_device_count() > 0) {
+            be = tb_backend_cuda(&err);
+            be_name = "cuda";
+            if (!be) {
+                fprintf(stderr, "tb-train-local: --backend %s: %s\n", o.backend, err.msg);
+                return 69; /* EX_UNAVAILABLE */
+            }
+        }
+#else
+        if (!strcmp(o.backend, "cuda")) {
+            fprintf(stderr, "tb-train-local: --backend cuda: this build has no CUDA backend "
+                            "(nvcc was not found when it was configured)\n");
+            return TB_EX_USAGE;
+        }
+#endif
+        if (!be) {
+            be = tb_backend_cpu();
+            be_name = "cpu";
+        }
+    } else {
+        fprintf(stderr, "tb-train-local: --backend: '%s' is not auto, cpu or cuda\n", o.backend);
+        return TB_EX_USAGE;
+    }
     tb_trainer tr;
-    if (tb_trainer_create(&tr, &rc, tb_backend_cpu(), B, T, &err)) {
+    if (tb_trainer_create(&tr, &rc, be, B, T, &err)) {
         fprintf(stderr, "tb-train-local: %s\n", err.msg);
         return TB_EX_SOFTWARE;
     }
@@ -352,9 +388,10 @@ int main(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     printf("tb-train-local: %s, %" PRId64 " parameters, B %d x T %d x accum %d, %d steps, "
-           "arena %.1f MiB, seed %lld\n",
+           "arena %.1f MiB, seed %lld, backend %s\n",
            rc.model_class, (int64_t)tr.model.p.total, B, T, accum, (int)o.steps,
-           (double)tb_model_arena_bytes(&tr.model) / 1048576.0, (long long)rc.training.seed);
+           (double)tb_model_arena_bytes(&tr.model) / 1048576.0, (long long)rc.training.seed,
+           be_name);
     fflush(stdout);
     tb_stream_batch sb;
     memset(&sb, 0, sizeof sb);
