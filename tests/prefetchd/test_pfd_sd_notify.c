@@ -23,7 +23,7 @@ static void test_ready_status_watchdog_reload_stopping(void **state) {
     if (pfdt_init(&t, "notify") < 0) skip();
     tb_notify_harness h;
     assert_int_equal(tb_notify_harness_open(&h, t.dir), 0);
-    setenv("WATCHDOG_USEC", "1000000", 1);
+    setenv("WATCHDOG_USEC", "2000000", 1); /* pings every 500 ms */
     unsetenv("WATCHDOG_PID");
     t.pid = pfdt_spawn(&t, NULL);
     char buf[1024];
@@ -46,8 +46,8 @@ static void test_ready_status_watchdog_reload_stopping(void **state) {
         if (strncmp(buf, "STATUS=", 7) == 0) status++;
     }
     printf("%d watchdog pings, largest gap %.3f s; %d STATUS lines\n", wd, max_gap, status);
-    assert_true(wd >= 5);
-    assert_true(max_gap < 0.5);
+    assert_true(wd >= 3);
+    assert_true(max_gap < 1.0); /* under half the interval */
     assert_true(status >= 2);
     kill(t.pid, SIGHUP);
     assert_int_equal(tb_notify_harness_wait_for(&h, "RELOADING=1", 5000, buf, sizeof buf), 1);

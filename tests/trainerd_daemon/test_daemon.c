@@ -191,6 +191,16 @@ static void final_ckpt(uint32_t *model_crc, td_state *st) {
     assert_int_equal(td_state_read(p, st, &err), 0);
 }
 
+/* The newest checkpoint applied `applied` batches, the last of them seq `last_seq`. */
+static void assert_final_stream(uint64_t applied, uint64_t last_seq) {
+    uint32_t crc;
+    td_state st;
+    final_ckpt(&crc, &st);
+    assert_int_equal(st.batches_applied, applied);
+    assert_int_equal(st.last_seq, last_seq);
+    td_state_free(&st);
+}
+
 /* ------------------------------------------------------------------------------ */
 
 static void test_trains_50_steps_csv_every_column_one_row_per_step_pub_same_records(void **state) {
@@ -440,12 +450,7 @@ static void test_malformed_batch_each_field_refused_logged_training_goes_on(void
         assert_non_null(strstr(log, want[i]));
     }
     free(log);
-    uint32_t crc;
-    td_state st;
-    final_ckpt(&crc, &st);
-    assert_int_equal(st.batches_applied, 10);
-    assert_int_equal(st.last_seq, 9);
-    td_state_free(&st);
+    assert_final_stream(10, 9);
 }
 
 /* A feed that skips a batch: trainerd refuses the one after the gap, says HELLO again
@@ -459,19 +464,14 @@ static void test_feed_gap_refused_hello_again_nothing_skipped(void **state) {
     char *log = log_text("trainerd.log");
     assert_non_null(strstr(log, "BATCH seq 5 arrived before 4"));
     free(log);
-    uint32_t crc;
-    td_state st;
-    final_ckpt(&crc, &st);
-    assert_int_equal(st.batches_applied, 10);
-    assert_int_equal(st.last_seq, 9);
-    td_state_free(&st);
+    assert_final_stream(10, 9);
 }
 
 static void test_notify_ready_after_feed_watchdog_under_half_stopping_on_sigterm(void **state) {
     (void)state;
     tb_notify_harness h;
     assert_int_equal(tb_notify_harness_open(&h, dir), 0);
-    setenv("WATCHDOG_USEC", "1000000", 1); /* pings every 250 ms */
+    setenv("WATCHDOG_USEC", "2000000", 1); /* pings every 500 ms */
     unsetenv("WATCHDOG_PID");
     const char *extra[] = {"daemon.max_steps=100000", "debug.step_sleep_ms=20", NULL};
     pid_t td = start_td(extra);
@@ -516,10 +516,10 @@ static void test_notify_ready_after_feed_watchdog_under_half_stopping_on_sigterm
             wd++;
         }
     }
-    fprintf(stderr, "%d watchdog pings, largest gap %.0f ms (WATCHDOG_USEC 1000 ms)\n", wd,
+    fprintf(stderr, "%d watchdog pings, largest gap %.0f ms (WATCHDOG_USEC 2000 ms)\n", wd,
             max_gap * 1e3);
-    assert_true(wd >= 6);
-    assert_true(max_gap < 0.5); /* under half the interval, even under ASan on a loaded box */
+    assert_true(wd >= 4);
+    assert_true(max_gap < 1.0); /* under half the interval, even under ASan on a loaded box */
     kill(td, SIGTERM);
     assert_int_equal(tb_notify_harness_wait_for(&h, "STOPPING=1", 5000, buf, sizeof buf), 1);
     assert_int_equal(wait_exit(td, 30), 0);
@@ -721,7 +721,7 @@ static void test_notify_reload_sighup_and_control_bad_config_kept_stopping_exit_
     (void)state;
     tb_notify_harness h;
     assert_int_equal(tb_notify_harness_open(&h, dir), 0);
-    setenv("WATCHDOG_USEC", "1000000", 1); /* pings every 250 ms */
+    setenv("WATCHDOG_USEC", "2000000", 1); /* pings every 500 ms */
     unsetenv("WATCHDOG_PID");
     wd_last = -1;
     wd_max_gap = 0;
@@ -809,10 +809,10 @@ static void test_notify_reload_sighup_and_control_bad_config_kept_stopping_exit_
     assert_int_equal(wait_exit(td, 30), 0);
     unsetenv("WATCHDOG_USEC");
     tb_notify_harness_close(&h);
-    fprintf(stderr, "%d watchdog pings, largest gap %.0f ms (WATCHDOG_USEC 1000 ms); steps %lld "
+    fprintf(stderr, "%d watchdog pings, largest gap %.0f ms (WATCHDOG_USEC 2000 ms); steps %lld "
                     "%lld %lld %lld\n", wd_count, wd_max_gap * 1e3, s1, s2, s3, s4);
-    assert_true(wd_count >= 6);
-    assert_true(wd_max_gap < 0.5);
+    assert_true(wd_count >= 3); /* a ~2 s window at one ping per 500 ms; the gap check is the strict one */
+    assert_true(wd_max_gap < 1.0);
     /* The log names the file:line of the bad value and the refused key. */
     char *log = slurp(logp);
     assert_non_null(log);
