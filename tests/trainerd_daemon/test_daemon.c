@@ -534,7 +534,8 @@ static void test_notify_ready_after_feed_watchdog_under_half_stopping_on_sigterm
     td_state_free(&st);
 }
 
-static int ctl_call(void *req, const char *verb, const char *argk, double argv_, tb_reply *rep) {
+/* Sends control request id 42 with the verb and, when argk is set, one double argument. */
+static void ctl_send(void *req, const char *verb, const char *argk, double argv_) {
     tb_request rq;
     memset(&rq, 0, sizeof rq);
     rq.id = 42;
@@ -549,6 +550,11 @@ static int ctl_call(void *req, const char *verb, const char *argk, double argv_,
     tb_request_free(&rq);
     assert_true(zmq_send(req, sb.data, sb.size, 0) >= 0);
     msgpack_sbuffer_destroy(&sb);
+}
+
+static int ctl_call(void *req, const char *verb, const char *argk, double argv_, tb_reply *rep) {
+    ctl_send(req, verb, argk, argv_);
+    tb_err err;
     zmq_msg_t m;
     zmq_msg_init(&m);
     int timeout = 10000;
@@ -671,19 +677,8 @@ static long long wait_status_after(tb_notify_harness *h, long long after, double
  * queue is empty after it. */
 static int ctl_call_notify(void *req, tb_notify_harness *h, const char *verb, tb_reply *rep,
                            char *seq, size_t seqlen) {
-    tb_request rq;
-    memset(&rq, 0, sizeof rq);
-    rq.id = 42;
-    snprintf(rq.verb, sizeof rq.verb, "%s", verb);
+    ctl_send(req, verb, NULL, 0);
     tb_err err;
-    msgpack_sbuffer sb;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    assert_int_equal(tb_proto_encode_request(&pk, &rq, &err), 0);
-    tb_request_free(&rq);
-    assert_true(zmq_send(req, sb.data, sb.size, 0) >= 0);
-    msgpack_sbuffer_destroy(&sb);
     size_t k = 0;
     char buf[512];
     double t0 = tb_clock_mono_s();

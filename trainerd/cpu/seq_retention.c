@@ -71,6 +71,21 @@ static void decay_forward_h(real *y, const real *q, const real *k, const real *v
     }
 }
 
+/* The radial part of the L2 normalisation's backward, per row t of head h: where
+ * ‖raw_t‖ > EPS_L2, dx_t -= beta_t · x̂_t / ‖raw_t‖ (x̂ the normalised row). */
+static void l2_backward_radial(real *dx, const real *xhat, const real *raw, const real *beta,
+                               const decay_shape *sh, int b, int h) {
+    int T = sh->T, hs = sh->hs;
+    for (int t = 0; t < T; t++) {
+        const real *x = raw + at(sh, b, t, h), *xt = xhat + at(sh, b, t, h);
+        real nrm = r_sqrt(dotr(x, x, hs));
+        if (!(nrm > EPS_L2)) continue;
+        real inv = R(1.0) / nrm;
+        real *dxt = dx + at(sh, b, t, h);
+        for (int d = 0; d < hs; d++) dxt[d] -= inv * beta[t] * xt[d];
+    }
+}
+
 /* Backward of decay_forward_h. If qraw/kraw are given, q and k are the L2-normalised
  * qraw/kraw (per head, max(‖x‖, EPS_L2)) and the gradients go through the normalisation
  * into dq/dk: with n = max(‖x‖, eps), x̂ = x/n, d x = (d x̂ - x̂ (x̂·d x̂)) / n when
@@ -130,24 +145,8 @@ static void decay_backward_h(real *dq, real *dk, real *dv, real *dgam, real *dc,
         tb_cpu_gemm_serial(dq + o, G, k + o, T, hs, T, 0, 0, T, ld, ld, 1, 1);
         tb_cpu_gemm_serial(dk + o, A2, q + o, T, hs, T, 1, 0, T, ld, ld, 1, 1);
         tb_cpu_gemm_serial(dv + o, S, dy + o, T, hs, T, 1, 0, T, ld, ld, 1, 1);
-        if (qraw)
-            for (int t = 0; t < T; t++) {
-                const real *x = qraw + at(sh, b, t, h), *qt = q + at(sh, b, t, h);
-                real nrm = r_sqrt(dotr(x, x, hs));
-                if (!(nrm > EPS_L2)) continue;
-                real inv = R(1.0) / nrm;
-                real *dqt = dq + at(sh, b, t, h);
-                for (int d = 0; d < hs; d++) dqt[d] -= inv * betaq[t] * qt[d];
-            }
-        if (kraw)
-            for (int s = 0; s < T; s++) {
-                const real *x = kraw + at(sh, b, s, h), *ks = k + at(sh, b, s, h);
-                real nrm = r_sqrt(dotr(x, x, hs));
-                if (!(nrm > EPS_L2)) continue;
-                real inv = R(1.0) / nrm;
-                real *dks = dk + at(sh, b, s, h);
-                for (int d = 0; d < hs; d++) dks[d] -= inv * betak[s] * ks[d];
-            }
+        if (qraw) l2_backward_radial(dq, q, qraw, betaq, sh, b, h);
+        if (kraw) l2_backward_radial(dk, k, kraw, betak, sh, b, h);
     }
     if (dgam) dgam[h] += acc_g;
     if (dc) dc[h] += acc_c;

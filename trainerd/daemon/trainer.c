@@ -1,7 +1,5 @@
 #include "trainer.h"
-#ifdef TB_HAVE_CUDA_BACKEND
-#include "backend_cuda.h"
-#endif
+#include "backend_pick.h"
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -51,27 +49,14 @@ td_trainer *td_trainer_create(const td_config *cfg, tb_err *err) {
         return NULL;
     }
     t->cfg = *cfg;
-    t->be = NULL;
-    if (cfg->backend == TD_BACKEND_CUDA || cfg->backend == TD_BACKEND_AUTO) {
-#ifdef TB_HAVE_CUDA_BACKEND
-        if (cfg->backend == TD_BACKEND_CUDA || tb_cuda_device_count() > 0) {
-            t->be = tb_backend_cuda(err);
-            if (!t->be) {
-                tb_err_wrap(err, "daemon.backend: cuda");
-                free(t);
-                return NULL;
-            }
-        }
-#else
-        if (cfg->backend == TD_BACKEND_CUDA) {
-            tb_err_set(err, "daemon.backend: cuda: this build has no CUDA backend (nvcc was not "
-                            "found when it was configured)");
-            free(t);
-            return NULL;
-        }
-#endif
+    static const char *const backend_names[] = {"auto", "cpu", "cuda"}; /* TD_BACKEND_CHOICES */
+    int no_device;
+    t->be = tb_backend_pick(backend_names[cfg->backend], &no_device, err);
+    if (!t->be) {
+        tb_err_wrap(err, "daemon.backend");
+        free(t);
+        return NULL;
     }
-    if (!t->be) t->be = tb_backend_cpu();
     const tb_train_config *tc = &cfg->run.training;
     if (tb_model_create(&t->m, &cfg->run.model, t->be, (int)tc->batch_size, (int)tc->max_length,
                         err)) {

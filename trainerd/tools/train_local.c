@@ -23,9 +23,7 @@
 #include "tb_log.h"
 #include "tb_spm.h"
 #include "layers/loss.h"
-#ifdef TB_HAVE_CUDA_BACKEND
-#include "backend_cuda.h"
-#endif
+#include "backend_pick.h"
 
 static volatile sig_atomic_t stop_flag;
 
@@ -305,34 +303,11 @@ int main(int argc, char **argv) {
         tb_spm_free(spm);
         return TB_EX_NOINPUT;
     }
-    const tb_backend *be = NULL;
-    const char *be_name = o.backend;
-    if (!strcmp(o.backend, "cpu")) {
-        be = tb_backend_cpu();
-    } else if (!strcmp(o.backend, "cuda") || !strcmp(o.backend, "auto")) {
-#ifdef TB_HAVE_CUDA_BACKEND
-        if (!strcmp(o.backend, "cuda") || tb_cuda_device_count() > 0) {
-            be = tb_backend_cuda(&err);
-            be_name = "cuda";
-            if (!be) {
-                fprintf(stderr, "tb-train-local: --backend %s: %s\n", o.backend, err.msg);
-                return 69; /* EX_UNAVAILABLE */
-            }
-        }
-#else
-        if (!strcmp(o.backend, "cuda")) {
-            fprintf(stderr, "tb-train-local: --backend cuda: this build has no CUDA backend "
-                            "(nvcc was not found when it was configured)\n");
-            return TB_EX_USAGE;
-        }
-#endif
-        if (!be) {
-            be = tb_backend_cpu();
-            be_name = "cpu";
-        }
-    } else {
-        fprintf(stderr, "tb-train-local: --backend: '%s' is not auto, cpu or cuda\n", o.backend);
-        return TB_EX_USAGE;
+    int no_device;
+    const tb_backend *be = tb_backend_pick(o.backend, &no_device, &err);
+    if (!be) {
+        fprintf(stderr, "tb-train-local: --backend: %s\n", err.msg);
+        return no_device ? 69 /* EX_UNAVAILABLE */ : TB_EX_USAGE;
     }
     tb_trainer tr;
     if (tb_trainer_create(&tr, &rc, be, B, T, &err)) {
@@ -391,7 +366,7 @@ int main(int argc, char **argv) {
            "arena %.1f MiB, seed %lld, backend %s\n",
            rc.model_class, (int64_t)tr.model.p.total, B, T, accum, (int)o.steps,
            (double)tb_model_arena_bytes(&tr.model) / 1048576.0, (long long)rc.training.seed,
-           be_name);
+           be->name);
     fflush(stdout);
     tb_stream_batch sb;
     memset(&sb, 0, sizeof sb);
