@@ -30,6 +30,7 @@ typedef float real;
 #define r_cosh(x) _Generic((x), float: coshf, default: cosh)(x)
 #define r_sinh(x) _Generic((x), float: sinhf, default: sinh)(x)
 #define r_log1p(x) _Generic((x), float: log1pf, default: log1p)(x)
+#define r_fma(a, b, c) _Generic((a), float: fmaf, default: fma)(a, b, c) /* one rounding */
 #define r_rint(x) _Generic((x), float: rintf, default: rint)(x) /* half to even */
 
 #endif

@@ -1,7 +1,8 @@
-/* The fp32 GEMM (the training build's kernel: 8-wide vectors) equals the naive loop bit
- * for bit for every transpose, odd sizes, K chunking and the accumulate-onto form; and
+/* The fp32 GEMM (the training build's kernel: 8-wide vectors) equals the naive loop of
+ * fused multiply-adds in ascending k bit for bit for every transpose, odd sizes, K chunking and the accumulate-onto form; and
  * the GEMM-backed linear / BitLinear ops equal the reference loops (TB_CPU_REFERENCE)
  * bit for bit, compared through the op table against direct loops. */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -27,8 +28,8 @@ static void naive(float *c, const float *a, const float *b, int M, int N, int K,
             float *cp = &c[(size_t)i * ldc + j];
             float acc = onto ? *cp : 0;
             for (int k = 0; k < K; k++)
-                acc += (ta ? a[(size_t)k * lda + i] : a[(size_t)i * lda + k]) *
-                       (tb ? b[(size_t)j * ldb + k] : b[(size_t)k * ldb + j]);
+                acc = fmaf(ta ? a[(size_t)k * lda + i] : a[(size_t)i * lda + k],
+                           tb ? b[(size_t)j * ldb + k] : b[(size_t)k * ldb + j], acc);
             *cp = onto ? acc : beta == 0 ? alpha * acc : alpha * acc + beta * *cp;
         }
 }
@@ -86,15 +87,17 @@ static void test_gemm_backed_linear_ops_equal_reference_loops(void **s) {
     for (int t = 0; t < n; t++)
         for (int o = 0; o < out; o++) {
             float acc = 0;
-            for (int j = 0; j < in; j++) acc += x[t * in + j] * w[o * in + j];
+            for (int j = 0; j < in; j++) acc = fmaf(x[t * in + j], w[o * in + j], acc);
             yr[t * out + o] = acc;
         }
     for (int t = 0; t < n; t++)
         for (int o = 0; o < out; o++)
-            for (int j = 0; j < in; j++) dxr[t * in + j] += dy[t * out + o] * w[o * in + j];
+            for (int j = 0; j < in; j++)
+                dxr[t * in + j] = fmaf(dy[t * out + o], w[o * in + j], dxr[t * in + j]);
     for (int o = 0; o < out; o++)
         for (int t = 0; t < n; t++)
-            for (int j = 0; j < in; j++) dwr[o * in + j] += dy[t * out + o] * x[t * in + j];
+            for (int j = 0; j < in; j++)
+                dwr[o * in + j] = fmaf(dy[t * out + o], x[t * in + j], dwr[o * in + j]);
     assert_memory_equal(y, yr, (size_t)n * out * 4);
     assert_memory_equal(dx, dxr, (size_t)n * in * 4);
     assert_memory_equal(dw, dwr, (size_t)out * in * 4);

@@ -238,7 +238,8 @@ static void test_bitlinear_forward_and_ste_backward_equal_definition_exactly(voi
                 for (int j = 0; j < in; j++) acc += (int64_t)xq[t * in + j] * c.p.wq[o * in + j];
                 assert_true(c.y[t * out + o] == (real)acc / (stats[3 * t + 2] * *c.p.sw));
             }
-        /* backward twice: dW = dW0 + Σ_t dy x̃ (sequential, ascending t) */
+        /* backward twice: dW = dW0 + Σ_t dy x̃ (sequential fused multiply-adds, ascending t:
+         * the CPU GEMM's contract) */
         real *dx = calloc(n * in, sizeof(real)), *scr = malloc(sizeof(real) * n * in);
         real *dw0 = malloc(sizeof(real) * in * out);
         gc_fill_uniform(c.p.dw, (size_t)in * out, 1.0, 30, (uint32_t)s);
@@ -248,7 +249,7 @@ static void test_bitlinear_forward_and_ste_backward_equal_definition_exactly(voi
             for (int j = 0; j < in; j++) {
                 real ref = dw0[o * in + j];
                 for (size_t t = 0; t < n; t++)
-                    ref += c.G[t * out + o] * ((real)xq[t * in + j] / stats[3 * t + 2]);
+                    ref = r_fma(c.G[t * out + o], (real)xq[t * in + j] / stats[3 * t + 2], ref);
                 assert_true(c.p.dw[o * in + j] == ref);
             }
         /* dx̂ = dy · w̃ (scratch holds it), dx = LN0ᵀ(dx̂) */
@@ -256,7 +257,7 @@ static void test_bitlinear_forward_and_ste_backward_equal_definition_exactly(voi
             for (int j = 0; j < in; j++) {
                 real ref = 0;
                 for (int o = 0; o < out; o++)
-                    ref += c.G[t * out + o] * ((real)c.p.wq[o * in + j] / *c.p.sw);
+                    ref = r_fma(c.G[t * out + o], (real)c.p.wq[o * in + j] / *c.p.sw, ref);
                 assert_true(scr[t * in + j] == ref);
             }
             double sg = 0, sgx = 0;

@@ -22,8 +22,8 @@ static void naive(double *c, const double *a, const double *b, int M, int N, int
             int onto = alpha == 1 && beta == 1;
             double acc = onto ? *cp : 0;
             for (int k = 0; k < K; k++)
-                acc += (ta ? a[(size_t)k * lda + i] : a[(size_t)i * lda + k]) *
-                       (tb ? b[(size_t)j * ldb + k] : b[(size_t)k * ldb + j]);
+                acc = fma(ta ? a[(size_t)k * lda + i] : a[(size_t)i * lda + k],
+                          tb ? b[(size_t)j * ldb + k] : b[(size_t)k * ldb + j], acc);
             *cp = onto ? acc : beta == 0 ? alpha * acc : alpha * acc + beta * *cp;
         }
 }

@@ -1,9 +1,12 @@
 /* CPU GEMM: register-blocked (MR x NR tiles of c held in vector registers), with the
- * k loop innermost and one accumulator per output element, so every element is
- * Σ_k a[i,k]·b[k,j] in ascending k exactly like the naive triple loop (no FMA
- * contraction: the library is built as ISO C, -ffp-contract=off). op(b) = bᵀ is packed
- * into a per-thread (K, N) scratch buffer that grows on first use (the measure pass
- * before step 0), so nothing is allocated in the steady state.
+ * k loop innermost and one accumulator per output element, so every element is the
+ * chain acc = fma(a[i,k], b[k,j], acc) in ascending k: exactly the naive loop written
+ * with fused multiply-adds (one rounding per term; r_fma in the reference loops and the
+ * tests). The AVX2 kernel uses the FMA instruction; the baseline kernel calls libm's
+ * fma, so both give the same bits. The library is built as ISO C, -ffp-contract=off, so
+ * no other expression is fused behind our back. op(b) = bᵀ is packed into a per-thread
+ * (K, N) scratch buffer that grows on first use (the measure pass before step 0), so
+ * nothing is allocated in the steady state.
  * Threads: a fixed partition of output rows over a small persistent pool; each element
  * is computed by one thread in the same order, so results do not depend on threads. */
 #include <pthread.h>
@@ -16,7 +19,7 @@
 #define VBYTES 32
 typedef real vreal __attribute__((vector_size(VBYTES)));
 #define VL ((int)(VBYTES / sizeof(real)))
-#define MR 4
+#define MR 6
 #define NR (2 * VL)
 
 typedef struct gemm_args {
@@ -31,7 +34,7 @@ typedef struct gemm_args {
 } gemm_args;
 
 #define KC 256 /* k chunk: a packed panel (KC x NR reals) stays in L1 */
-#define MC 64  /* rows per block: the A block (MC x KC) stays in L2 */
+#define MC (16 * MR) /* rows per block, whole tiles: the A block (MC x KC) stays in L2 */
 
 static inline real a_at(const gemm_args *g, int i, int k) {
     return g->ta ? g->a[(size_t)k * g->lda + i] : g->a[(size_t)i * g->lda + k];
@@ -46,10 +49,47 @@ static inline void store(const gemm_args *g, real *cp, real acc) {
     else *cp = g->alpha * acc + g->beta * *cp;
 }
 
-/* The tile kernel, compiled twice (AVX2 and baseline) from one body. */
-#define TILE_BODY                                                                          \
+/* The full MR x NR tile over one k chunk: twelve accumulators held in registers
+ * (c<r><half>), a(r, k) = a0[r·rs + k·ks]. */
+#define FULL_TILE(MADD)                                                                    \
+    do {                                                                                   \
+        vreal c00 = acc[0][0], c01 = acc[0][1], c10 = acc[1][0], c11 = acc[1][1];          \
+        vreal c20 = acc[2][0], c21 = acc[2][1], c30 = acc[3][0], c31 = acc[3][1];          \
+        vreal c40 = acc[4][0], c41 = acc[4][1], c50 = acc[5][0], c51 = acc[5][1];          \
+        const real *ap = a0;                                                               \
+        for (int k = 0; k < g->kc; k++, bk += NR, ap += ks) {                              \
+            vreal b0, b1;                                                                  \
+            memcpy(&b0, bk, VBYTES);                                                       \
+            memcpy(&b1, bk + VL, VBYTES);                                                  \
+            real av = ap[0];                                                               \
+            MADD(c00, av, b0);                                                             \
+            MADD(c01, av, b1);                                                             \
+            av = ap[rs];                                                                   \
+            MADD(c10, av, b0);                                                             \
+            MADD(c11, av, b1);                                                             \
+            av = ap[2 * rs];                                                               \
+            MADD(c20, av, b0);                                                             \
+            MADD(c21, av, b1);                                                             \
+            av = ap[3 * rs];                                                               \
+            MADD(c30, av, b0);                                                             \
+            MADD(c31, av, b1);                                                             \
+            av = ap[4 * rs];                                                               \
+            MADD(c40, av, b0);                                                             \
+            MADD(c41, av, b1);                                                             \
+            av = ap[5 * rs];                                                               \
+            MADD(c50, av, b0);                                                             \
+            MADD(c51, av, b1);                                                             \
+        }                                                                                  \
+        acc[0][0] = c00, acc[0][1] = c01, acc[1][0] = c10, acc[1][1] = c11;                \
+        acc[2][0] = c20, acc[2][1] = c21, acc[3][0] = c30, acc[3][1] = c31;                \
+        acc[4][0] = c40, acc[4][1] = c41, acc[5][0] = c50, acc[5][1] = c51;                \
+    } while (0)
+
+/* The tile loop, compiled twice (AVX2 + FMA, and baseline) from one body. */
+#define TILE_BODY(MADD)                                                                    \
     {                                                                                      \
         int npan = (g->N + NR - 1) / NR;                                                   \
+        size_t rs = g->ta ? 1 : (size_t)g->lda, ks = g->ta ? (size_t)g->lda : 1;           \
         for (int ib = r0; ib < r1; ib += MC) {                                             \
             int ie = ib + MC < r1 ? ib + MC : r1;                                          \
             for (int pn = 0; pn < npan; pn++) {                                            \
@@ -58,8 +98,9 @@ static inline void store(const gemm_args *g, real *cp, real acc) {
                 for (int i0 = ib; i0 < ie; i0 += MR) {                                     \
                     int mr = ie - i0 < MR ? ie - i0 : MR;                                  \
                     vreal acc[MR][2];                                                      \
-                    memset(acc, 0, sizeof acc);                                            \
-                    if (g->onto || !g->first)                                              \
+                    int load = g->onto || !g->first;                                       \
+                    if (!load || nr < NR || mr < MR) memset(acc, 0, sizeof acc);           \
+                    if (load)                                                              \
                         for (int r = 0; r < mr; r++) {                                     \
                             const real *cr = g->c + (size_t)(i0 + r) * g->ldc + j0;        \
                             if (nr == NR) {                                                \
@@ -73,30 +114,9 @@ static inline void store(const gemm_args *g, real *cp, real acc) {
                             }                                                              \
                         }                                                                  \
                     const real *bk = panel;                                                \
-                    if (mr == MR && !g->ta) {                                              \
-                        const real *a0 = g->a + (size_t)i0 * g->lda + g->k0;               \
-                        for (int k = 0; k < g->kc; k++, bk += NR) {                        \
-                            vreal b0, b1;                                                  \
-                            memcpy(&b0, bk, VBYTES);                                       \
-                            memcpy(&b1, bk + VL, VBYTES);                                  \
-                            for (int r = 0; r < MR; r++) {                                 \
-                                real av = a0[(size_t)r * g->lda + k];                      \
-                                acc[r][0] += av * b0;                                      \
-                                acc[r][1] += av * b1;                                      \
-                            }                                                              \
-                        }                                                                  \
-                    } else if (mr == MR) {                                                 \
-                        const real *a0 = g->a + (size_t)g->k0 * g->lda + i0;               \
-                        for (int k = 0; k < g->kc; k++, bk += NR, a0 += g->lda) {          \
-                            vreal b0, b1;                                                  \
-                            memcpy(&b0, bk, VBYTES);                                       \
-                            memcpy(&b1, bk + VL, VBYTES);                                  \
-                            for (int r = 0; r < MR; r++) {                                 \
-                                real av = a0[r];                                           \
-                                acc[r][0] += av * b0;                                      \
-                                acc[r][1] += av * b1;                                      \
-                            }                                                              \
-                        }                                                                  \
+                    if (mr == MR) {                                                        \
+                        const real *a0 = g->a + (size_t)i0 * rs + (size_t)g->k0 * ks;      \
+                        FULL_TILE(MADD);                                                   \
                     } else {                                                               \
                         for (int k = 0; k < g->kc; k++, bk += NR) {                        \
                             vreal b0, b1;                                                  \
@@ -104,23 +124,44 @@ static inline void store(const gemm_args *g, real *cp, real acc) {
                             memcpy(&b1, bk + VL, VBYTES);                                  \
                             for (int r = 0; r < mr; r++) {                                 \
                                 real av = a_at(g, i0 + r, g->k0 + k);                      \
-                                acc[r][0] += av * b0;                                      \
-                                acc[r][1] += av * b1;                                      \
+                                MADD(acc[r][0], av, b0);                                   \
+                                MADD(acc[r][1], av, b1);                                   \
                             }                                                              \
                         }                                                                  \
                     }                                                                      \
+                    int plain = g->onto || !g->last, scaled = !plain && g->beta == 0;      \
                     for (int r = 0; r < mr; r++) {                                         \
                         real *cr = g->c + (size_t)(i0 + r) * g->ldc + j0;                  \
-                        for (int j = 0; j < nr; j++)                                       \
-                            store(g, cr + j, j < VL ? acc[r][0][j] : acc[r][1][j - VL]);   \
+                        if (nr == NR && (plain || scaled)) {                               \
+                            vreal v0 = acc[r][0], v1 = acc[r][1];                          \
+                            if (scaled) v0 = g->alpha * v0, v1 = g->alpha * v1;            \
+                            memcpy(cr, &v0, VBYTES);                                       \
+                            memcpy(cr + VL, &v1, VBYTES);                                  \
+                        } else {                                                           \
+                            for (int j = 0; j < nr; j++)                                   \
+                                store(g, cr + j, j < VL ? acc[r][0][j] : acc[r][1][j - VL]); \
+                        }                                                                  \
                     }                                                                      \
                 }                                                                          \
             }                                                                              \
         }                                                                                  \
     }
 
-__attribute__((target("avx2"))) static void rows_avx2(const gemm_args *g, int r0, int r1) TILE_BODY
-static void rows_base(const gemm_args *g, int r0, int r1) TILE_BODY
+#include <immintrin.h>
+#ifdef TB_REAL_DOUBLE
+#define MADD_FMA(acc, av, b)                                                               \
+    (acc) = (vreal)_mm256_fmadd_pd(_mm256_set1_pd(av), (__m256d)(b), (__m256d)(acc))
+#else
+#define MADD_FMA(acc, av, b)                                                               \
+    (acc) = (vreal)_mm256_fmadd_ps(_mm256_set1_ps(av), (__m256)(b), (__m256)(acc))
+#endif
+/* Without FMA hardware: the same fused operation, element by element, through libm. */
+#define MADD_SCALAR(acc, av, b)                                                            \
+    for (int e_ = 0; e_ < VL; e_++) (acc)[e_] = r_fma((av), (b)[e_], (acc)[e_])
+
+__attribute__((target("avx2,fma"))) static void rows_avx2(const gemm_args *g, int r0,
+                                                          int r1) TILE_BODY(MADD_FMA)
+static void rows_base(const gemm_args *g, int r0, int r1) TILE_BODY(MADD_SCALAR)
 
 static int have_avx2;
 
@@ -173,7 +214,7 @@ static void *worker_main(void *arg) {
 
 static void pool_start(void) {
     __builtin_cpu_init();
-    have_avx2 = __builtin_cpu_supports("avx2");
+    have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     const char *env = getenv("TB_CPU_THREADS");
     if (env && atoi(env) > 0) n = atoi(env);

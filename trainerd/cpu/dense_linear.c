@@ -1,6 +1,7 @@
 /* Plain linear and BitLinear kernels (MODEL.md section 2). Single-threaded, blocked so
  * that a block of rows stays in cache; per element every reduction runs in ascending
- * index order onto the existing value, so results do not depend on the blocking. */
+ * index order onto the existing value as fused multiply-adds (r_fma: one rounding per
+ * term, the CPU GEMM's contract), so results do not depend on the blocking. */
 #include <math.h>
 #include <string.h>
 #include "dense_cpu.h"
@@ -16,7 +17,7 @@ void dense_cpu_linear_fwd(real *y, const real *x, const real *w, size_t n, int i
             for (size_t t = t0; t < t1; t++) {
                 const real *xr = x + t * in;
                 real s = 0;
-                for (int j = 0; j < in; j++) s += xr[j] * wr[j];
+                for (int j = 0; j < in; j++) s = r_fma(xr[j], wr[j], s);
                 y[t * out + o] = s;
             }
         }
@@ -33,7 +34,7 @@ void dense_cpu_linear_bwd(real *dx, real *dw, const real *dy, const real *x, con
             for (int o = 0; o < out; o++) {
                 real a = dyr[o];
                 const real *wr = w + (size_t)o * in;
-                for (int j = 0; j < in; j++) dxr[j] += a * wr[j];
+                for (int j = 0; j < in; j++) dxr[j] = r_fma(a, wr[j], dxr[j]);
             }
         }
     }
@@ -45,7 +46,7 @@ void dense_cpu_linear_bwd(real *dx, real *dw, const real *dy, const real *x, con
                 for (size_t t = t0; t < t1; t++) {
                     real a = dy[t * out + o];
                     const real *xr = x + t * in;
-                    for (int j = 0; j < in; j++) dwr[j] += a * xr[j];
+                    for (int j = 0; j < in; j++) dwr[j] = r_fma(a, xr[j], dwr[j]);
                 }
             }
         }
@@ -129,7 +130,8 @@ void dense_cpu_bitlinear_bwd(real *dx, real *dw, real *dxhat, const real *dy, co
         for (int o = 0; o < out; o++) {
             const int8_t *wr = wq + (size_t)o * in;
             real a = dyr[o];
-            for (int j = 0; j < in; j++) g[j] += a * (wr[j] > 0 ? c : wr[j] < 0 ? -c : R(0.0));
+            for (int j = 0; j < in; j++)
+                g[j] = r_fma(a, wr[j] > 0 ? c : wr[j] < 0 ? -c : R(0.0), g[j]);
         }
         /* LN0ᵀ: dx += rstd (g - mean(g) - x̂ mean(g ⊙ x̂)). */
         const real *xr = x + t * in;
