@@ -4,7 +4,10 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <math.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 #include <stdlib.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -93,8 +96,64 @@ static void test_save_reload_continue_equals_uninterrupted(void **s) {
     tb_trainer_free(&c);
 }
 
+/* Parallel micro-batches (tb_trainer_set_parallel): the first step's loss equals the
+ * sequential one bit for bit (same weights, same forward), the update equals it up to the
+ * order of the gradient sum, and running the micro-batches one at a time (the calling
+ * thread solo, so core.threads() is 1) gives the same bits as running them at once. */
+static void test_parallel_micro_batches_match_sequential_and_ignore_threads(void **s) {
+    (void)s;
+    tb_trainer a, b, c;
+    tb_err err = {{0}};
+    make(&a);
+    make(&b);
+    make(&c);
+    if (tb_trainer_set_parallel(&b, ACC, &err) || tb_trainer_set_parallel(&c, ACC, &err))
+        fail_msg("%s", err.msg);
+    assert_int_equal(b.nrep, ACC - 1);
+    assert_true(b.model.be->core.threads() >= 2); /* TB_CPU_THREADS=3 below */
+    double la[STEPS], lb[STEPS], lc[STEPS];
+    run_steps(&a, 0, 1, la);
+    run_steps(&b, 0, 1, lb);
+    assert_memory_equal(&la[0], &lb[0], sizeof la[0]);
+    double lr = 0, dmax = 0;
+    for (int g = 0; g < TB_GROUP_COUNT; g++)
+        if (a.rc.training.group[g].lr > lr) lr = a.rc.training.group[g].lr;
+    for (size_t i = 0; i < a.model.p.total; i++) {
+        double d = fabs((double)a.model.p.param[i] - (double)b.model.p.param[i]);
+        if (d > dmax) dmax = d;
+    }
+    printf("parallel vs sequential after one step: max |dw| %.3g (peak lr %.3g)\n", dmax, lr);
+    assert_true(dmax <= 1e-3 * lr);
+    run_steps(&b, 1, STEPS, lb);
+    c.model.be->core.thread_solo(1);
+    assert_int_equal(c.model.be->core.threads(), 1);
+    run_steps(&c, 0, STEPS, lc);
+    c.model.be->core.thread_solo(0);
+    assert_memory_equal(lb, lc, sizeof lb);
+    assert_memory_equal(b.model.p.param, c.model.p.param, b.model.p.total * sizeof(real));
+    /* a bad micro-batch in a parallel step: an error naming it, gradients cleared */
+    int V = (int)b.rc.model.vocab_size;
+    int32_t ids[ACC][B * T], labels[ACC][B * T];
+    tb_batch mb[ACC];
+    for (int i = 0; i < ACC; i++) {
+        test_make_batch(ids[i], labels[i], B, T, V, (uint32_t)(100 + i));
+        mb[i] = (tb_batch){ids[i], labels[i], NULL, B, T};
+    }
+    ids[1][3] = V + 7;
+    tb_step_result r;
+    assert_int_equal(tb_trainer_step(&b, mb, ACC, &r, &err), -1);
+    printf("bad micro-batch: %s\n", err.msg);
+    assert_non_null(strstr(err.msg, "micro-batch 1"));
+    for (size_t i = 0; i < b.model.p.total; i++) assert_true(b.model.p.grad[i] == 0);
+    tb_trainer_free(&a);
+    tb_trainer_free(&b);
+    tb_trainer_free(&c);
+}
+
 int main(void) {
+    setenv("TB_CPU_THREADS", "3", 1); /* before the CPU backend starts its pool */
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parallel_micro_batches_match_sequential_and_ignore_threads),
         cmocka_unit_test(test_same_seed_gives_bitwise_identical_losses),
         cmocka_unit_test(test_save_reload_continue_equals_uninterrupted),
     };

@@ -11,8 +11,11 @@ void tb_cpu_gemm(real *c, const real *a, const real *b, int M, int N, int K, int
  * over their own threads. */
 void tb_cpu_gemm_serial(real *c, const real *a, const real *b, int M, int N, int K, int ta,
                         int tb, int lda, int ldb, int ldc, real alpha, real beta);
-/* Threads of the GEMM pool (TB_CPU_THREADS, default the online CPUs, at most 16). */
+/* Threads the calling thread's kernels may use: the GEMM pool's (TB_CPU_THREADS, default
+ * the online CPUs, at most 16), or 1 on a thread inside tb_cpu_thread_solo(1). */
 int tb_cpu_threads(void);
+/* Nested on / off: while on, every kernel called from this thread runs on it alone. */
+void tb_cpu_thread_solo(int on);
 /* Replaces the dense family's linear and BitLinear kernels by GEMM-backed ones with
  * bitwise-identical results (core_linear.c); TB_CPU_REFERENCE=1 in the environment
  * keeps the reference loops. */

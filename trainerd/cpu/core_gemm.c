@@ -230,13 +230,19 @@ static void pool_start(void) {
     pool.nthreads = started;
 }
 
+/* Set by tb_cpu_gemm_serial and tb_cpu_thread_solo: this thread's products (and, through
+ * tb_cpu_threads, the other kernels' parts) run on this thread only. */
+static _Thread_local int gemm_serial;
+
 int tb_cpu_threads(void) {
     pthread_once(&pool_once, pool_start);
-    return pool.nthreads;
+    return gemm_serial ? 1 : pool.nthreads;
 }
 
-/* Set by tb_cpu_gemm_serial: this thread's products run on this thread only. */
-static _Thread_local int gemm_serial;
+void tb_cpu_thread_solo(int on) {
+    if (on) gemm_serial++;
+    else if (gemm_serial > 0) gemm_serial--;
+}
 
 static void gemm_run(const gemm_args *g) {
     pthread_once(&pool_once, pool_start);

@@ -6,6 +6,7 @@
  * real arithmetic (|Σ x_q w_q| <= 128 · in < 2^24 for in < 2^17; wider inputs keep the
  * reference kernel). Scratch: per-thread buffers that grow on first use (the first step),
  * never in the steady state. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include "../backend.h"
@@ -17,6 +18,14 @@ typedef struct scratch {
 } scratch;
 
 static _Thread_local scratch s_a, s_b;
+/* Threads that exit (the trainer's parallel micro-batch threads) free their scratch: a
+ * key per buffer whose destructor frees it. */
+static pthread_key_t key_a, key_b;
+static pthread_once_t keys_once = PTHREAD_ONCE_INIT;
+static void keys_make(void) {
+    pthread_key_create(&key_a, free);
+    pthread_key_create(&key_b, free);
+}
 
 static real *grow(scratch *s, size_t n) {
     if (n > s->cap) {
@@ -24,6 +33,8 @@ static real *grow(scratch *s, size_t n) {
         if (!p) abort(); /* out of memory inside a kernel: a broken invariant */
         s->p = p;
         s->cap = n;
+        pthread_once(&keys_once, keys_make);
+        pthread_setspecific(s == &s_a ? key_a : key_b, p);
     }
     return s->p;
 }

@@ -63,6 +63,8 @@ static void cpu_adamw(real *w, real *m, real *v, const real *g, size_t n, double
 
 void tb_cpu_ops_core_init(tb_ops_core *ops) {
     ops->host_memory = 1;
+    ops->threads = tb_cpu_threads;
+    ops->thread_solo = tb_cpu_thread_solo;
     ops->mem_alloc = cpu_mem_alloc;
     ops->mem_free = cpu_mem_free;
     ops->to_device = cpu_mem_copy;

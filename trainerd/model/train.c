@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,16 +20,128 @@ int tb_trainer_create(tb_trainer *tr, const tb_run_config *rc, const tb_backend 
     return 0;
 }
 
+static void free_replicas(tb_trainer *tr) {
+    for (int i = 0; i < tr->nrep; i++) tb_model_free(&tr->rep[i]);
+    free(tr->rep);
+    tr->rep = NULL;
+    tr->nrep = 0;
+}
+
 void tb_trainer_free(tb_trainer *tr) {
+    free_replicas(tr);
     tb_model_free(&tr->model);
     memset(tr, 0, sizeof *tr);
+}
+
+int tb_trainer_set_parallel(tb_trainer *tr, int nmicro, tb_err *err) {
+    const tb_backend *be = tr->model.be;
+    free_replicas(tr);
+    if (nmicro <= 1) return 0;
+    if (!be->core.host_memory || !be->core.threads || !be->core.thread_solo)
+        return tb_err_set(err, "parallel micro-batches: the %s backend runs one model at a time",
+                          be->name);
+    tr->rep = calloc((size_t)nmicro - 1, sizeof *tr->rep);
+    if (!tr->rep) return tb_err_set(err, "parallel micro-batches: out of memory");
+    for (int i = 0; i < nmicro - 1; i++) {
+        if (tb_model_create(&tr->rep[i], &tr->rc.model, be, tr->model.maxB, tr->model.maxT,
+                            err)) {
+            free_replicas(tr);
+            return tb_err_wrap(err, "parallel micro-batches: replica %d", i + 1);
+        }
+        tr->nrep = i + 1;
+    }
+    return 0;
+}
+
+/* ---- parallel micro-batches ---- */
+
+typedef struct micro_job {
+    tb_model *m;
+    const tb_batch *b;
+    tb_dropout_ctx d;
+    tb_fwd_result f;
+    int failed;
+    tb_err err;
+} micro_job;
+
+static void micro_run(micro_job *j) {
+    j->failed = tb_model_forward(j->m, j->b, &j->d, &j->f, &j->err) != 0;
+    if (!j->failed && isfinite(j->f.loss)) tb_model_backward(j->m, j->b, 1.0);
+}
+
+static void *micro_thread(void *arg) {
+    micro_job *j = arg;
+    j->m->be->core.thread_solo(1);
+    micro_run(j);
+    j->m->be->core.thread_solo(0);
+    return NULL;
+}
+
+/* Runs micro-batches [0, n) on models 0 .. n-1 (the trainer's, then replicas), up to
+ * `threads` at once, each from a zeroed gradient; then the trainer's gradient += each
+ * replica's, in order. */
+static void run_parallel(tb_trainer *tr, micro_job *jobs, int n) {
+    const tb_backend *be = tr->model.be;
+    tb_params *p0 = &tr->model.p;
+    for (int i = 1; i < n; i++) {
+        tb_params *pr = &tr->rep[i - 1].p;
+        memcpy(pr->param, p0->param, p0->total * sizeof(real));
+        if (p0->codes_total) memcpy(pr->codes, p0->codes, p0->codes_total);
+        if (p0->scales_total) memcpy(pr->scales, p0->scales, p0->scales_total * sizeof(real));
+        be->core.fill(pr->grad, R(0.0), pr->total);
+    }
+    int threads = be->core.threads();
+    if (threads < 1) threads = 1;
+    for (int w0 = 0; w0 < n; w0 += threads) {
+        int w1 = w0 + threads < n ? w0 + threads : n;
+        pthread_t tid[w1 - w0];
+        int started[w1 - w0];
+        for (int i = w0 + 1; i < w1; i++)
+            started[i - w0] = pthread_create(&tid[i - w0], NULL, micro_thread, &jobs[i]) == 0;
+        micro_thread(&jobs[w0]);
+        for (int i = w0 + 1; i < w1; i++) {
+            if (started[i - w0]) pthread_join(tid[i - w0], NULL);
+            else micro_thread(&jobs[i]); /* no thread: run it here, same result */
+        }
+    }
+    for (int i = 1; i < n; i++) be->core.axpy(p0->grad, R(1.0), tr->rep[i - 1].p.grad, p0->total);
 }
 
 int tb_trainer_step(tb_trainer *tr, const tb_batch *micro, int nmicro, tb_step_result *res,
                     tb_err *err) {
     tb_step_result r;
     memset(&r, 0, sizeof r);
-    int finite = 1;
+    int finite = 1, naccum = nmicro;
+    if (tr->nrep > 0 && nmicro > 1 && nmicro <= tr->nrep + 1) {
+        micro_job jobs[nmicro];
+        memset(jobs, 0, sizeof jobs);
+        for (int i = 0; i < nmicro; i++) {
+            jobs[i].m = i ? &tr->rep[i - 1] : &tr->model;
+            jobs[i].b = &micro[i];
+            jobs[i].d = (tb_dropout_ctx){tr->seed, (uint32_t)(tr->micro_seen + (uint64_t)i),
+                                         tr->rc.model.dropout > 0};
+        }
+        run_parallel(tr, jobs, nmicro);
+        for (int i = 0; i < nmicro; i++)
+            if (jobs[i].failed) {
+                tr->model.be->core.fill(tr->model.p.grad, R(0.0), tr->model.p.total);
+                if (err) *err = jobs[i].err;
+                return tb_err_wrap(err, "micro-batch %d", i);
+            }
+        tr->micro_seen += (uint64_t)nmicro;
+        for (int i = 0; i < nmicro; i++) {
+            const tb_fwd_result *f = &jobs[i].f;
+            if (!isfinite(f->loss)) finite = 0;
+            r.loss += f->loss / nmicro;
+            r.ce += f->ce / nmicro;
+            r.l_bal += f->l_bal / nmicro;
+            r.l_ode += f->l_ode / nmicro;
+            r.count += f->count;
+            r.correct += f->correct;
+            r.tokens += (int64_t)micro[i].B * micro[i].T;
+        }
+        goto update; /* past the sequential loop */
+    }
     for (int i = 0; i < nmicro; i++) {
         tb_dropout_ctx d = {tr->seed, (uint32_t)tr->micro_seen, tr->rc.model.dropout > 0};
         tb_fwd_result f;
@@ -48,8 +161,9 @@ int tb_trainer_step(tb_trainer *tr, const tb_batch *micro, int nmicro, tb_step_r
         r.correct += f.correct;
         r.tokens += (int64_t)micro[i].B * micro[i].T;
     }
+update:
     r.accuracy = r.count ? (double)r.correct / (double)r.count : 0;
-    r.status = tb_optim_step(&tr->opt, tr->model.be, &tr->model.p, &tr->rc.training, nmicro,
+    r.status = tb_optim_step(&tr->opt, tr->model.be, &tr->model.p, &tr->rc.training, naccum,
                              finite, &r.opt);
     if (r.status == TB_OPTIM_APPLIED) tb_model_refresh(&tr->model);
     *res = r;

@@ -19,6 +19,10 @@ typedef struct tb_trainer {
     tb_optim opt;
     uint64_t seed;
     uint64_t micro_seen; /* micro-batches run so far: the dropout counter */
+    /* Parallel micro-batches (tb_trainer_set_parallel): replicas of the model, one per
+     * micro-batch after the first, with their own activations and gradients. */
+    tb_model *rep;
+    int nrep;
 } tb_trainer;
 
 typedef struct tb_step_result {
@@ -33,6 +37,15 @@ typedef struct tb_step_result {
 int tb_trainer_create(tb_trainer *tr, const tb_run_config *rc, const tb_backend *be, int maxB,
                       int maxT, tb_err *err);
 void tb_trainer_free(tb_trainer *tr);
+/* Parallel micro-batches, for backends that run models concurrently (core.threads; the
+ * CPU): up to nmicro micro-batches of a step each get their own model (the trainer's and
+ * nmicro - 1 replicas holding copies of its weights), run at once on up to core.threads()
+ * threads, and each computes its gradient from zero in its own buffer; the step then sums
+ * them in micro-batch order. The result is the same whatever the thread count (it
+ * differs in the last bits from the sequential accumulation, where micro-batch 1 adds
+ * onto micro-batch 0's partial sums). nmicro <= 1 turns it off. Costs one parameter and
+ * gradient copy and one activation arena per replica. -1 when the backend cannot. */
+int tb_trainer_set_parallel(tb_trainer *tr, int nmicro, tb_err *err);
 /* One optimizer step over nmicro micro-batches. Returns -1 only for bad input (ids or
  * labels out of range); a non-finite step is reported in res->status. */
 int tb_trainer_step(tb_trainer *tr, const tb_batch *micro, int nmicro, tb_step_result *res,

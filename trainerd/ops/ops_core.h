@@ -3,7 +3,8 @@
  *
  * Determinism: every op gives bitwise-identical results for identical inputs on one
  * backend; the CPU GEMM splits work by output rows only, so each output element is
- * always summed in the same order (k ascending) whatever the thread count. */
+ * always summed in the same order (k ascending, fused multiply-adds) whatever the thread
+ * count. */
 #ifndef TB_OPS_CORE_H
 #define TB_OPS_CORE_H
 #include <stddef.h>
@@ -18,6 +19,13 @@ typedef struct tb_ops_core {
      * directly (CPU); otherwise the model stages through to_device / to_host.
      * mem_alloc: zeroed, NULL on failure; to_host waits for every op issued before it. */
     int host_memory;
+    /* Concurrent models (host-memory backends; NULL elsewhere): how many threads the
+     * calling thread's ops may use (1 inside thread_solo), and a nested per-thread switch
+     * that keeps every op issued by the calling thread on that thread (thread_solo(1) ...
+     * thread_solo(0)), so a caller may run that many models' forward and backward passes
+     * on its own threads at once. Results do not depend on either. */
+    int (*threads)(void);
+    void (*thread_solo)(int on);
     void *(*mem_alloc)(size_t bytes);
     void (*mem_free)(void *p);
     void (*to_device)(void *dst, const void *src, size_t bytes); /* host -> backend */
@@ -29,7 +37,8 @@ typedef struct tb_ops_core {
      * tb = 0: b is (K, N) (ldb); tb = 1: b is (N, K) (ldb). c is (M, N) with row stride
      * ldc. beta = 0 ignores c's old contents (NaN included). Each c element is the sum
      * over k in ascending order, then alpha, then + beta · c; with alpha = beta = 1 it is
-     * accumulated onto c instead (c + a0·b0 + a1·b1 + ..., the order of a "+=" loop). */
+     * accumulated onto c instead (c + a0·b0 + a1·b1 + ..., the order of a "+=" loop).
+     * On the CPU every term is a fused multiply-add (acc = fma(a, b, acc)). */
     void (*gemm)(real *c, const real *a, const real *b, int M, int N, int K, int ta, int tb,
                  int lda, int ldb, int ldc, real alpha, real beta, const struct tb_backend *be);
 

@@ -49,6 +49,10 @@ static void usage(FILE *f) {
             "  --batch B           micro-batch size (default: training.batch_size)\n"
             "  --accum N           micro-batches per step (default 1 with a preset,\n"
             "                      training.gradient_accumulation_steps with --config)\n"
+            "  --parallel          run a step's micro-batches at once, one model replica each,\n"
+            "                      on the CPU backend's threads (TB_CPU_THREADS); each gradient\n"
+            "                      starts from zero and they are summed in order, so results do\n"
+            "                      not depend on the thread count\n"
             "  --lr-scale X        multiply every group's peak learning rate by X\n"
             "  --seed N            init, dropout and data order seed (default training.seed)\n"
             "  --minutes M         stop after M minutes of training (saving if --save)\n"
@@ -73,6 +77,7 @@ typedef struct opts {
     int nsets;
     long steps, seq_len, batch, accum, save_every, split_every;
     double lr_scale, minutes;
+    int parallel;
     long long seed;
 } opts;
 
@@ -199,7 +204,7 @@ int main(int argc, char **argv) {
     o.seed = -1;
     o.backend = "auto";
     enum { O_PRESET = 1, O_CONFIG, O_SET, O_DATA, O_TOK, O_STEPS, O_T, O_B, O_ACC, O_LR, O_SEED,
-           O_MIN, O_SAVE, O_SAVE_EVERY, O_RESUME, O_CSV, O_SPLIT, O_BACKEND, O_HELP };
+           O_MIN, O_SAVE, O_SAVE_EVERY, O_RESUME, O_CSV, O_SPLIT, O_BACKEND, O_PAR, O_HELP };
     static const struct option lo[] = {
         {"preset", 1, 0, O_PRESET}, {"config", 1, 0, O_CONFIG},   {"set", 1, 0, O_SET},
         {"data", 1, 0, O_DATA},     {"tokenizer", 1, 0, O_TOK},   {"steps", 1, 0, O_STEPS},
@@ -207,7 +212,7 @@ int main(int argc, char **argv) {
         {"lr-scale", 1, 0, O_LR},   {"seed", 1, 0, O_SEED},       {"minutes", 1, 0, O_MIN},
         {"save", 1, 0, O_SAVE},     {"save-every", 1, 0, O_SAVE_EVERY},
         {"resume", 1, 0, O_RESUME}, {"csv", 1, 0, O_CSV},         {"help", 0, 0, O_HELP},
-        {"split-every", 1, 0, O_SPLIT}, {"backend", 1, 0, O_BACKEND},
+        {"split-every", 1, 0, O_SPLIT}, {"backend", 1, 0, O_BACKEND}, {"parallel", 0, 0, O_PAR},
         {0, 0, 0, 0}};
     int c;
     char *end;
@@ -244,6 +249,7 @@ int main(int argc, char **argv) {
         case O_RESUME: o.resume = optarg; break;
         case O_CSV: o.csv = optarg; break;
         case O_BACKEND: o.backend = optarg; break;
+        case O_PAR: o.parallel = 1; break;
         case O_SPLIT: { long long v; NUM(v, strtoll_10); o.split_every = (long)v; break; }
         case O_HELP:
         case 'h': usage(stdout); return 0;
@@ -314,6 +320,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "tb-train-local: %s\n", err.msg);
         return TB_EX_SOFTWARE;
     }
+    if (o.parallel && tb_trainer_set_parallel(&tr, accum, &err)) {
+        fprintf(stderr, "tb-train-local: --parallel: %s\n", err.msg);
+        return TB_EX_USAGE;
+    }
     tb_stream_cursor cur, *at = NULL;
     if (o.resume) {
         tb_st_meta meta[TB_TRAINER_META_MAX];
@@ -362,9 +372,10 @@ int main(int argc, char **argv) {
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    printf("tb-train-local: %s, %" PRId64 " parameters, B %d x T %d x accum %d, %d steps, "
+    printf("tb-train-local: %s, %" PRId64 " parameters, B %d x T %d x accum %d%s, %d steps, "
            "arena %.1f MiB, seed %lld, backend %s\n",
-           rc.model_class, (int64_t)tr.model.p.total, B, T, accum, (int)o.steps,
+           rc.model_class, (int64_t)tr.model.p.total, B, T, accum,
+           tr.nrep ? " (parallel)" : "", (int)o.steps,
            (double)tb_model_arena_bytes(&tr.model) / 1048576.0, (long long)rc.training.seed,
            be->name);
     fflush(stdout);
