@@ -20,5 +20,11 @@ void tb_cpu_thread_solo(int on);
  * bitwise-identical results (core_linear.c); TB_CPU_REFERENCE=1 in the environment
  * keeps the reference loops. */
 void tb_cpu_core_accelerate_dense(tb_ops_dense *d);
+/* The GEMM-backed BitLinear kernels it installs (global: multi-versioned, see vmath.h). */
+void tb_cpu_fast_bitlinear_fwd(real *y, const int8_t *xq, const real *stats, const int8_t *wq,
+                               const real *sw, size_t n, int in, int out);
+void tb_cpu_fast_bitlinear_bwd(real *dx, real *dw, real *dxhat, const real *dy, const real *x,
+                               const int8_t *xq, const real *stats, const int8_t *wq,
+                               const real *sw, size_t n, int in, int out);
 
 #endif

@@ -11,6 +11,7 @@
 #include <string.h>
 #include "../backend.h"
 #include "core_cpu.h"
+#include "vmath.h"
 
 typedef struct scratch {
     real *p;
@@ -57,8 +58,10 @@ static void fast_linear_bwd(real *dx, real *dw, const real *dy, const real *x, c
     if (dw) tb_cpu_gemm(dw, dy, x, out, in, (int)n, 1, 0, out, in, in, R(1.0), R(1.0), NULL);
 }
 
-static void fast_bitlinear_fwd(real *y, const int8_t *xq, const real *stats, const int8_t *wq,
-                               const real *sw, size_t n, int in, int out) {
+static inline TB_BODY void tb_cpu_fast_bitlinear_fwd_body(real *y, const int8_t *xq,
+                                                            const real *stats, const int8_t *wq,
+                                                            const real *sw, size_t n, int in,
+                                                            int out) {
     if (in >= EXACT_IN) {
         ref_bitlinear_fwd(y, xq, stats, wq, sw, n, in, out);
         return;
@@ -74,10 +77,16 @@ static void fast_bitlinear_fwd(real *y, const int8_t *xq, const real *stats, con
         for (int o = 0; o < out; o++) yr[o] = yr[o] / d;
     }
 }
+TB_AVX2_TWIN(void, tb_cpu_fast_bitlinear_fwd,
+             (real *y, const int8_t *xq, const real *stats, const int8_t *wq, const real *sw,
+              size_t n, int in, int out),
+             (y, xq, stats, wq, sw, n, in, out))
 
-static void fast_bitlinear_bwd(real *dx, real *dw, real *dxhat, const real *dy, const real *x,
-                               const int8_t *xq, const real *stats, const int8_t *wq,
-                               const real *sw, size_t n, int in, int out) {
+static inline TB_BODY void tb_cpu_fast_bitlinear_bwd_body(real *dx, real *dw, real *dxhat,
+                                                            const real *dy, const real *x,
+                                                            const int8_t *xq, const real *stats,
+                                                            const int8_t *wq, const real *sw,
+                                                            size_t n, int in, int out) {
     if (in >= EXACT_IN) {
         ref_bitlinear_bwd(dx, dw, dxhat, dy, x, xq, stats, wq, sw, n, in, out);
         return;
@@ -112,12 +121,16 @@ static void fast_bitlinear_bwd(real *dx, real *dw, real *dxhat, const real *dy, 
         }
     }
 }
+TB_AVX2_TWIN(void, tb_cpu_fast_bitlinear_bwd,
+             (real *dx, real *dw, real *dxhat, const real *dy, const real *x, const int8_t *xq,
+              const real *stats, const int8_t *wq, const real *sw, size_t n, int in, int out),
+             (dx, dw, dxhat, dy, x, xq, stats, wq, sw, n, in, out))
 
 void tb_cpu_core_accelerate_dense(tb_ops_dense *d) {
     ref_bitlinear_fwd = d->bitlinear_fwd;
     ref_bitlinear_bwd = d->bitlinear_bwd;
     d->linear_fwd = fast_linear_fwd;
     d->linear_bwd = fast_linear_bwd;
-    d->bitlinear_fwd = fast_bitlinear_fwd;
-    d->bitlinear_bwd = fast_bitlinear_bwd;
+    d->bitlinear_fwd = tb_cpu_fast_bitlinear_fwd;
+    d->bitlinear_bwd = tb_cpu_fast_bitlinear_bwd;
 }

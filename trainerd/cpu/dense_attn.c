@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include "vmath.h"
 #include "core_cpu.h"
 #include "dense_cpu.h"
 
@@ -58,17 +59,26 @@ static void attn_fwd_bh(const attn_job *J, int b, int h, real *pt) {
         }
         if (J->sigmoid) {
             double s = 0;
+            for (int j = 0; j < T; j++) p[j] = -p[j];
+            tb_vexp(p, p, (size_t)T);
             for (int j = 0; j < T; j++) {
-                if (km && !km[j]) continue;
-                p[j] = R(1.0) / (R(1.0) + r_exp(-p[j]));
+                if (km && !km[j]) {
+                    p[j] = 0;
+                    continue;
+                }
+                p[j] = R(1.0) / (R(1.0) + p[j]);
                 s += p[j];
             }
             J->rowstat[row] = (real)(s + SIG_EPS);
         } else if (any) {
             double s = 0;
+            for (int j = 0; j < T; j++) p[j] = p[j] - mx;
+            tb_vexp(p, p, (size_t)T);
             for (int j = 0; j < T; j++) {
-                if (km && !km[j]) continue;
-                p[j] = r_exp(p[j] - mx);
+                if (km && !km[j]) {
+                    p[j] = 0;
+                    continue;
+                }
                 s += p[j];
             }
             real inv = (real)(1.0 / s);

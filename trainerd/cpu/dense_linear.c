@@ -5,6 +5,7 @@
 #include <math.h>
 #include <string.h>
 #include "dense_cpu.h"
+#include "vmath.h"
 
 #define ROW_BLOCK 16 /* tokens per block */
 
@@ -53,7 +54,8 @@ void dense_cpu_linear_bwd(real *dx, real *dw, const real *dy, const real *x, con
     }
 }
 
-void dense_cpu_bitlinear_quant_w(int8_t *wq, real *sw, const real *w, size_t count) {
+static inline TB_BODY void dense_cpu_bitlinear_quant_w_body(int8_t *wq, real *sw, const real *w,
+                                                             size_t count) {
     double s = 0;
     for (size_t i = 0; i < count; i++) s += fabs((double)w[i]);
     real mean = count ? (real)(s / (double)count) : R(0.0);
@@ -64,9 +66,12 @@ void dense_cpu_bitlinear_quant_w(int8_t *wq, real *sw, const real *w, size_t cou
     }
     *sw = scale;
 }
+TB_AVX2_TWIN(void, dense_cpu_bitlinear_quant_w,
+             (int8_t *wq, real *sw, const real *w, size_t count), (wq, sw, w, count))
 
 /* LN0 statistics in double; x̂ in real; s_x and codes from x̂. */
-void dense_cpu_bitlinear_quant_x(int8_t *xq, real *stats, const real *x, size_t n, int in) {
+static inline TB_BODY void dense_cpu_bitlinear_quant_x_body(int8_t *xq, real *stats,
+                                                             const real *x, size_t n, int in) {
     for (size_t t = 0; t < n; t++) {
         const real *xr = x + t * in;
         double s = 0;
@@ -94,6 +99,8 @@ void dense_cpu_bitlinear_quant_x(int8_t *xq, real *stats, const real *x, size_t 
         stats[3 * t + 2] = sx;
     }
 }
+TB_AVX2_TWIN(void, dense_cpu_bitlinear_quant_x,
+             (int8_t *xq, real *stats, const real *x, size_t n, int in), (xq, stats, x, n, in))
 
 void dense_cpu_bitlinear_fwd(real *y, const int8_t *xq, const real *stats, const int8_t *wq,
                              const real *sw, size_t n, int in, int out) {

@@ -2,7 +2,13 @@
  * double; scalar-parameter gradients (dyt alpha, derf alpha and s) summed in double. */
 #include <math.h>
 #include "dense_cpu.h"
+#include "vmath.h"
 #include "../layers/norm.h"
+
+/* Loops over a row's [0, C) in stack-sized chunks: j0, m. */
+#define ROW_CHUNKS(C)                                                                      \
+    for (int j0 = 0, m; j0 < (C) && (m = (C) - j0 < TB_VCHUNK ? (C) - j0 : TB_VCHUNK);    \
+         j0 += TB_VCHUNK)
 
 #define DT_EPS 1e-6 /* dynamic_tanh: outside the sqrt */
 #define LN_EPS 1e-5
@@ -33,19 +39,28 @@ void dense_cpu_norm_fwd(real *y, real *stats, const real *x, const real *const *
             row_mean_var(xr, C, 1, &mean, &var);
             real sd = (real)sqrt(var);
             real r = R(1.0) / (sd + (real)DT_EPS);
-            for (int j = 0; j < C; j++) yr[j] = r_tanh(prm[0][j] * ((xr[j] - mean) * r) + prm[1][j]);
+            for (int j = 0; j < C; j++) yr[j] = prm[0][j] * ((xr[j] - mean) * r) + prm[1][j];
+            tb_vtanh(yr, yr, (size_t)C);
             stats[2 * t] = mean;
             stats[2 * t + 1] = sd;
             break;
         }
         case TB_NORM_DYT: {
-            real a = prm[0][0];
-            for (int j = 0; j < C; j++) yr[j] = prm[1][j] * r_tanh(a * xr[j]) + prm[2][j];
+            real a = prm[0][0], th[TB_VCHUNK];
+            ROW_CHUNKS(C) {
+                for (int j = 0; j < m; j++) th[j] = a * xr[j0 + j];
+                tb_vtanh(th, th, (size_t)m);
+                for (int j = 0; j < m; j++) yr[j0 + j] = prm[1][j0 + j] * th[j] + prm[2][j0 + j];
+            }
             break;
         }
         case TB_NORM_DERF: {
-            real a = prm[0][0], s = prm[1][0];
-            for (int j = 0; j < C; j++) yr[j] = prm[2][j] * r_erf(a * xr[j] + s) + prm[3][j];
+            real a = prm[0][0], s = prm[1][0], ef[TB_VCHUNK];
+            ROW_CHUNKS(C) {
+                for (int j = 0; j < m; j++) ef[j] = a * xr[j0 + j] + s;
+                tb_verf(ef, ef, (size_t)m);
+                for (int j = 0; j < m; j++) yr[j0 + j] = prm[2][j0 + j] * ef[j] + prm[3][j0 + j];
+            }
             break;
         }
         case TB_NORM_LAYER_NORM: {
@@ -86,48 +101,74 @@ void dense_cpu_norm_bwd(real *dx, real *const *dprm, const real *dy, const real 
             real mean = stats[2 * t], sd = stats[2 * t + 1];
             real r = R(1.0) / (sd + (real)DT_EPS);
             double sg = 0, sgd = 0;
-            for (int j = 0; j < C; j++) {
-                real xh = (xr[j] - mean) * r;
-                real yv = r_tanh(prm[0][j] * xh + prm[1][j]);
-                real dz = g[j] * (R(1.0) - yv * yv);
-                dprm[0][j] += dz * xh;
-                dprm[1][j] += dz;
-                real dxh = dz * prm[0][j];
-                sg += dxh;
-                sgd += (double)dxh * (double)(xr[j] - mean);
+            real yc[TB_VCHUNK];
+            ROW_CHUNKS(C) {
+                for (int j = 0; j < m; j++)
+                    yc[j] = prm[0][j0 + j] * ((xr[j0 + j] - mean) * r) + prm[1][j0 + j];
+                tb_vtanh(yc, yc, (size_t)m);
+                for (int jj = 0; jj < m; jj++) {
+                    int j = j0 + jj;
+                    real xh = (xr[j] - mean) * r;
+                    real yv = yc[jj];
+                    real dz = g[j] * (R(1.0) - yv * yv);
+                    dprm[0][j] += dz * xh;
+                    dprm[1][j] += dz;
+                    real dxh = dz * prm[0][j];
+                    sg += dxh;
+                    sgd += (double)dxh * (double)(xr[j] - mean);
+                }
             }
             real mg = (real)(sg / C);
             real coef = sd > 0 ? (real)((double)r * r * sgd / ((C - 1) * (double)sd)) : R(0.0);
-            for (int j = 0; j < C; j++) {
-                real xh = (xr[j] - mean) * r;
-                real yv = r_tanh(prm[0][j] * xh + prm[1][j]);
-                real dxh = g[j] * (R(1.0) - yv * yv) * prm[0][j];
-                dxr[j] += r * (dxh - mg) - coef * (xr[j] - mean);
+            ROW_CHUNKS(C) {
+                for (int j = 0; j < m; j++)
+                    yc[j] = prm[0][j0 + j] * ((xr[j0 + j] - mean) * r) + prm[1][j0 + j];
+                tb_vtanh(yc, yc, (size_t)m);
+                for (int jj = 0; jj < m; jj++) {
+                    int j = j0 + jj;
+                    real yv = yc[jj];
+                    real dxh = g[j] * (R(1.0) - yv * yv) * prm[0][j];
+                    dxr[j] += r * (dxh - mg) - coef * (xr[j] - mean);
+                }
             }
             break;
         }
         case TB_NORM_DYT: {
-            real a = prm[0][0];
-            for (int j = 0; j < C; j++) {
-                real th = r_tanh(a * xr[j]);
-                dprm[1][j] += g[j] * th;
-                dprm[2][j] += g[j];
-                real du = g[j] * prm[1][j] * (R(1.0) - th * th);
-                ga += (double)du * xr[j];
-                dxr[j] += du * a;
+            real a = prm[0][0], tc[TB_VCHUNK];
+            ROW_CHUNKS(C) {
+                for (int j = 0; j < m; j++) tc[j] = a * xr[j0 + j];
+                tb_vtanh(tc, tc, (size_t)m);
+                for (int jj = 0; jj < m; jj++) {
+                    int j = j0 + jj;
+                    real th = tc[jj];
+                    dprm[1][j] += g[j] * th;
+                    dprm[2][j] += g[j];
+                    real du = g[j] * prm[1][j] * (R(1.0) - th * th);
+                    ga += (double)du * xr[j];
+                    dxr[j] += du * a;
+                }
             }
             break;
         }
         case TB_NORM_DERF: {
-            real a = prm[0][0], s = prm[1][0];
-            for (int j = 0; j < C; j++) {
-                real u = a * xr[j] + s;
-                dprm[2][j] += g[j] * r_erf(u);
-                dprm[3][j] += g[j];
-                real du = g[j] * prm[2][j] * (real)two_over_sqrt_pi * r_exp(-u * u);
-                ga += (double)du * xr[j];
-                gs += du;
-                dxr[j] += du * a;
+            real a = prm[0][0], s = prm[1][0], ef[TB_VCHUNK], ex[TB_VCHUNK];
+            ROW_CHUNKS(C) {
+                for (int j = 0; j < m; j++) {
+                    real u = a * xr[j0 + j] + s;
+                    ef[j] = u;
+                    ex[j] = -u * u;
+                }
+                tb_verf(ef, ef, (size_t)m);
+                tb_vexp(ex, ex, (size_t)m);
+                for (int jj = 0; jj < m; jj++) {
+                    int j = j0 + jj;
+                    dprm[2][j] += g[j] * ef[jj];
+                    dprm[3][j] += g[j];
+                    real du = g[j] * prm[2][j] * (real)two_over_sqrt_pi * ex[jj];
+                    ga += (double)du * xr[j];
+                    gs += du;
+                    dxr[j] += du * a;
+                }
             }
             break;
         }

@@ -2,6 +2,12 @@
  * with a bias (dt_proj), a ⊙ silu(g) gating, column-slice copies. */
 #include "../backend.h"
 #include <math.h>
+#include "vmath.h"
+
+/* Loops over [0, n) in stack-sized chunks: i0, m. */
+#define CHUNKS(n)                                                                          \
+    for (size_t i0 = 0, m; i0 < (n) && (m = (n) - i0 < TB_VCHUNK ? (n) - i0 : TB_VCHUNK);  \
+         i0 += TB_VCHUNK)
 
 static real sigm(real x) {
     return x >= 0 ? R(1.0) / (R(1.0) + r_exp(-x)) : r_exp(x) / (R(1.0) + r_exp(x));
@@ -10,11 +16,18 @@ static real sigm(real x) {
 static void cpu_act_forward(real *y, const real *x, size_t n, int kind,
                             const struct tb_backend *be) {
     (void)be;
+    real t[TB_VCHUNK];
     if (kind == TB_ACT_GELU) {
-        for (size_t i = 0; i < n; i++)
-            y[i] = R(0.5) * x[i] * (R(1.0) + r_erf(x[i] * (real)M_SQRT1_2));
+        CHUNKS(n) {
+            for (size_t i = 0; i < m; i++) t[i] = x[i0 + i] * (real)M_SQRT1_2;
+            tb_verf(t, t, m);
+            for (size_t i = 0; i < m; i++) y[i0 + i] = R(0.5) * x[i0 + i] * (R(1.0) + t[i]);
+        }
     } else {
-        for (size_t i = 0; i < n; i++) y[i] = x[i] * sigm(x[i]);
+        CHUNKS(n) {
+            tb_vsigmoid(t, x + i0, m);
+            for (size_t i = 0; i < m; i++) y[i0 + i] = x[i0 + i] * t[i];
+        }
     }
 }
 
@@ -24,15 +37,28 @@ static void cpu_act_backward(real *dx, const real *dy, const real *x, size_t n, 
     if (kind == TB_ACT_GELU) {
         /* d/dx [x Φ(x)] = Φ(x) + x φ(x). */
         const real inv_sqrt_2pi = (real)(0.5 * M_2_SQRTPI * M_SQRT1_2);
-        for (size_t i = 0; i < n; i++) {
-            real cdf = R(0.5) * (R(1.0) + r_erf(x[i] * (real)M_SQRT1_2));
-            real pdf = inv_sqrt_2pi * r_exp(R(-0.5) * x[i] * x[i]);
-            dx[i] += dy[i] * (cdf + x[i] * pdf);
+        real ef[TB_VCHUNK], ex[TB_VCHUNK];
+        CHUNKS(n) {
+            for (size_t i = 0; i < m; i++) {
+                ef[i] = x[i0 + i] * (real)M_SQRT1_2;
+                ex[i] = R(-0.5) * x[i0 + i] * x[i0 + i];
+            }
+            tb_verf(ef, ef, m);
+            tb_vexp(ex, ex, m);
+            for (size_t i = 0; i < m; i++) {
+                real cdf = R(0.5) * (R(1.0) + ef[i]);
+                real pdf = inv_sqrt_2pi * ex[i];
+                dx[i0 + i] += dy[i0 + i] * (cdf + x[i0 + i] * pdf);
+            }
         }
     } else {
-        for (size_t i = 0; i < n; i++) {
-            real s = sigm(x[i]);
-            dx[i] += dy[i] * s * (R(1.0) + x[i] * (R(1.0) - s));
+        real sg[TB_VCHUNK];
+        CHUNKS(n) {
+            tb_vsigmoid(sg, x + i0, m);
+            for (size_t i = 0; i < m; i++) {
+                real s = sg[i], xv = x[i0 + i];
+                dx[i0 + i] += dy[i0 + i] * s * (R(1.0) + xv * (R(1.0) - s));
+            }
         }
     }
 }
@@ -65,25 +91,35 @@ static void cpu_softplus_bias_backward(real *dx, real *dbias, const real *dy, co
 static void cpu_mul_silu_forward(real *y, const real *a, const real *g, size_t rows, int cols,
                                  int lda, int ldg, const struct tb_backend *be) {
     (void)be;
-    for (size_t r = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++) {
-            real gv = g[r * (size_t)ldg + (size_t)c];
-            y[r * (size_t)cols + (size_t)c] = a[r * (size_t)lda + (size_t)c] * gv * sigm(gv);
+    real sg[TB_VCHUNK];
+    for (size_t r = 0; r < rows; r++) {
+        const real *gr = g + r * (size_t)ldg, *ar = a + r * (size_t)lda;
+        real *yr = y + r * (size_t)cols;
+        CHUNKS((size_t)cols) {
+            tb_vsigmoid(sg, gr + i0, m);
+            for (size_t c = 0; c < m; c++) yr[i0 + c] = ar[i0 + c] * gr[i0 + c] * sg[c];
         }
+    }
 }
 
 static void cpu_mul_silu_backward(real *da, real *dg, const real *dy, const real *a,
                                   const real *g, size_t rows, int cols, int lda, int ldg,
                                   const struct tb_backend *be) {
     (void)be;
-    for (size_t r = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++) {
-            real gv = g[r * (size_t)ldg + (size_t)c], s = sigm(gv);
-            real d = dy[r * (size_t)cols + (size_t)c];
-            da[r * (size_t)lda + (size_t)c] += d * gv * s;
-            dg[r * (size_t)ldg + (size_t)c] +=
-                d * a[r * (size_t)lda + (size_t)c] * s * (R(1.0) + gv * (R(1.0) - s));
+    real sg[TB_VCHUNK];
+    for (size_t r = 0; r < rows; r++) {
+        const real *gr = g + r * (size_t)ldg, *ar = a + r * (size_t)lda;
+        const real *dyr = dy + r * (size_t)cols;
+        real *dar = da + r * (size_t)lda, *dgr = dg + r * (size_t)ldg;
+        CHUNKS((size_t)cols) {
+            tb_vsigmoid(sg, gr + i0, m);
+            for (size_t c = 0; c < m; c++) {
+                real gv = gr[i0 + c], s = sg[c], d = dyr[i0 + c];
+                dar[i0 + c] += d * gv * s;
+                dgr[i0 + c] += d * ar[i0 + c] * s * (R(1.0) + gv * (R(1.0) - s));
+            }
         }
+    }
 }
 
 static void cpu_copy_cols(real *dst, const real *src, size_t rows, int cols, int ldd, int lds,

@@ -7,6 +7,7 @@
  * reverse-time backward; each state component (i, n) is an independent scalar recurrence,
  * so the backward runs one reverse pass per (b, i, n) with a scalar carry
  *   dh_t = dy_t[i] Cm_t[n] + exp(Δ_{t+1} A) dh_{t+1}. */
+#include "vmath.h"
 #include "../backend.h"
 #include <math.h>
 
@@ -31,9 +32,11 @@ static void cpu_scan_forward(real *y, real *states, const real *xc, const real *
                     real dt = delta[e], x = xc[e];
                     real *hcur = states + e * sN + (size_t)n0;
                     const real *hprev = t > 0 ? hcur - sDi * sN : NULL;
-                    real acc = 0;
+                    real acc = 0, av[SCAN_NB];
+                    for (int j = 0; j < nn; j++) av[j] = dt * A[j];
+                    tb_vexp(av, av, (size_t)nn);
                     for (int j = 0; j < nn; j++) {
-                        real a = r_exp(dt * A[j]);
+                        real a = av[j];
                         real hv = (hprev ? a * hprev[j] : 0) + dt * bt[j] * x;
                         hcur[j] = hv;
                         acc += hv * ct[j];
@@ -62,13 +65,21 @@ static void cpu_scan_backward(real *dxc, real *ddelta, real *dA_log, real *dBm, 
             dD[i] += dDi;
             for (int n = 0; n < N; n++) {
                 real A = -r_exp(A_log[(size_t)i * sN + (size_t)n]);
-                real carry = 0, dAl = 0;
+                real carry = 0, dAl = 0, av[TB_VCHUNK];
                 for (int t = T - 1; t >= 0; t--) {
                     size_t row = r0 + (size_t)t, e = row * sDi + (size_t)i;
+                    /* a_t for the chunk of steps ending at t, as the forward computed them */
+                    int c = (T - 1 - t) % TB_VCHUNK;
+                    if (c == 0) {
+                        int m = t + 1 < TB_VCHUNK ? t + 1 : TB_VCHUNK;
+                        for (int q = 0; q < m; q++)
+                            av[q] = delta[(r0 + (size_t)(t - q)) * sDi + (size_t)i] * A;
+                        tb_vexp(av, av, (size_t)m);
+                    }
                     real dt = delta[e], x = xc[e], bn = Bm[row * sld + (size_t)n];
                     real hcur = states[e * sN + (size_t)n];
                     real hprev = t > 0 ? states[(e - sDi) * sN + (size_t)n] : 0;
-                    real a = r_exp(dt * A);
+                    real a = av[c];
                     real dh = dy[e] * Cm[row * sld + (size_t)n] + carry;
                     dCm[row * sld + (size_t)n] += dy[e] * hcur;
                     real da = dh * hprev; /* ∂L/∂a_t */
