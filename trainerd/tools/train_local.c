@@ -62,6 +62,13 @@ static void usage(FILE *f) {
             "  --csv FILE          append one line per step (step,loss,accuracy,lr,grad_norm,tok_s)\n"
             "  --backend NAME      auto (default: cuda when this build has the CUDA backend and\n"
             "                      a GPU is present, else cpu) | cpu | cuda\n"
+            "  --eval-data PATH    held-out shard file or directory (repeatable; keep it out of\n"
+            "                      --data): --eval-batches micro-batches are read from it once\n"
+            "                      (seed + 1) and their masked-LM loss (no dropout, summed over\n"
+            "                      every supervised position) is printed at the end and every\n"
+            "                      --eval-every steps\n"
+            "  --eval-batches N    (default 16)\n"
+            "  --eval-every N      (default 0: only at the end)\n"
             "  --split-every N     every N steps, also the loss of the step's first micro-batch\n"
             "                      (after the update, no dropout) split by what the input held\n"
             "                      at the supervised positions: [MASK] vs kept/random tokens\n"
@@ -73,6 +80,9 @@ typedef struct opts {
     const char *preset, *config, *tokenizer, *save, *resume, *csv, *backend;
     const char *data[256];
     int ndata;
+    const char *eval[256];
+    int neval;
+    long eval_batches, eval_every;
     const char *sets[64];
     int nsets;
     long steps, seq_len, batch, accum, save_every, split_every;
@@ -182,6 +192,98 @@ static int save(const tb_trainer *tr, const char *dir, const tb_stream_cursor *c
     return tb_trainer_save(tr, dir, &extra, 1, err);
 }
 
+/* Held-out batches, read once. */
+typedef struct eval_set {
+    int32_t *ids, *labels;
+    uint8_t *mask;
+    int n, B, T;
+} eval_set;
+
+static int eval_load(eval_set *ev, const opts *o, const tb_stream_config *train_sc, tb_spm *spm,
+                     tb_err *err) {
+    memset(ev, 0, sizeof *ev);
+    if (o->neval == 0 || o->eval_batches < 1) return 0;
+    opts eo = *o;
+    eo.ndata = o->neval;
+    memcpy(eo.data, o->eval, sizeof o->eval);
+    tb_manifest man;
+    if (build_manifest(&man, &eo, err)) return tb_err_wrap(err, "--eval-data");
+    tb_stream_config sc = *train_sc;
+    sc.seed = train_sc->seed + 1;
+    tb_stream *st = tb_stream_open(&sc, &man, spm, NULL, err);
+    if (!st) {
+        tb_manifest_free(&man);
+        return tb_err_wrap(err, "--eval-data");
+    }
+    size_t n = (size_t)sc.batch_size * sc.seq_len, k = (size_t)o->eval_batches;
+    ev->ids = malloc(n * k * sizeof *ev->ids);
+    ev->labels = malloc(n * k * sizeof *ev->labels);
+    ev->mask = malloc(n * k);
+    ev->B = (int)sc.batch_size;
+    ev->T = (int)sc.seq_len;
+    tb_stream_batch sb;
+    memset(&sb, 0, sizeof sb);
+    int rc = 0;
+    if (!ev->ids || !ev->labels || !ev->mask) rc = tb_err_set(err, "--eval-data: out of memory");
+    for (size_t b = 0; rc == 0 && b < k; b++) {
+        int rv = tb_stream_next_batch(st, &sb, err);
+        if (rv != 1) {
+            rc = rv == 0 ? tb_err_set(err, "--eval-data: ended after %zu of %zu batches", b, k)
+                         : tb_err_wrap(err, "--eval-data");
+            break;
+        }
+        memcpy(ev->ids + b * n, sb.ids, n * sizeof *ev->ids);
+        memcpy(ev->labels + b * n, sb.labels, n * sizeof *ev->labels);
+        memcpy(ev->mask + b * n, sb.attn_mask, n);
+        ev->n++;
+    }
+    tb_stream_batch_free(&sb);
+    tb_stream_close(st);
+    tb_manifest_free(&man);
+    return rc;
+}
+
+/* Masked-LM loss over every supervised position of the held-out batches (no dropout). */
+static int eval_run(tb_trainer *tr, const eval_set *ev, tb_fwd_result *out, tb_err *err) {
+    size_t n = (size_t)ev->B * ev->T;
+    double sum = 0;
+    int64_t count = 0, correct = 0;
+    for (int b = 0; b < ev->n; b++) {
+        int padded = 0;
+        for (size_t i = 0; i < n && !padded; i++) padded = !ev->mask[(size_t)b * n + i];
+        tb_batch mb = {ev->ids + (size_t)b * n, ev->labels + (size_t)b * n,
+                       padded ? ev->mask + (size_t)b * n : NULL, ev->B, ev->T};
+        tb_dropout_ctx nod = {0};
+        tb_fwd_result f;
+        if (tb_model_forward(&tr->model, &mb, &nod, &f, err)) return -1;
+        sum += f.ce * (double)f.count;
+        count += f.count;
+        correct += f.correct;
+    }
+    memset(out, 0, sizeof *out);
+    out->count = count;
+    out->correct = correct;
+    out->ce = count ? sum / (double)count : 0;
+    out->accuracy = count ? (double)correct / (double)count : 0;
+    return 0;
+}
+
+static int report_eval(tb_trainer *tr, const eval_set *ev, tb_err *err) {
+    tb_fwd_result f;
+    if (eval_run(tr, ev, &f, err)) return -1;
+    printf("eval step %" PRId64 ": masked-LM loss %.4f acc %.4f over %" PRId64
+           " positions (%d held-out batches of %d x %d)\n",
+           tr->opt.step, f.ce, f.accuracy, f.count, ev->n, ev->B, ev->T);
+    fflush(stdout);
+    return 0;
+}
+
+static void eval_free(eval_set *ev) {
+    free(ev->ids);
+    free(ev->labels);
+    free(ev->mask);
+}
+
 /* The loss of micro-batch b (no dropout) over the supervised positions whose input is
  * [MASK] (want_mask) or anything else (a kept or random token). */
 static int split_loss(tb_trainer *tr, const tb_batch *b, int32_t mask_id, int want_mask,
@@ -200,11 +302,12 @@ int main(int argc, char **argv) {
     memset(&o, 0, sizeof o);
     o.steps = 100;
     o.seq_len = o.batch = o.accum = -1;
+    o.eval_batches = 16;
     o.lr_scale = 1;
     o.seed = -1;
     o.backend = "auto";
     enum { O_PRESET = 1, O_CONFIG, O_SET, O_DATA, O_TOK, O_STEPS, O_T, O_B, O_ACC, O_LR, O_SEED,
-           O_MIN, O_SAVE, O_SAVE_EVERY, O_RESUME, O_CSV, O_SPLIT, O_BACKEND, O_PAR, O_HELP };
+           O_MIN, O_SAVE, O_SAVE_EVERY, O_RESUME, O_CSV, O_SPLIT, O_BACKEND, O_PAR, O_EVAL, O_EVALN, O_EVALE, O_HELP };
     static const struct option lo[] = {
         {"preset", 1, 0, O_PRESET}, {"config", 1, 0, O_CONFIG},   {"set", 1, 0, O_SET},
         {"data", 1, 0, O_DATA},     {"tokenizer", 1, 0, O_TOK},   {"steps", 1, 0, O_STEPS},
@@ -213,6 +316,7 @@ int main(int argc, char **argv) {
         {"save", 1, 0, O_SAVE},     {"save-every", 1, 0, O_SAVE_EVERY},
         {"resume", 1, 0, O_RESUME}, {"csv", 1, 0, O_CSV},         {"help", 0, 0, O_HELP},
         {"split-every", 1, 0, O_SPLIT}, {"backend", 1, 0, O_BACKEND}, {"parallel", 0, 0, O_PAR},
+        {"eval-data", 1, 0, O_EVAL}, {"eval-batches", 1, 0, O_EVALN}, {"eval-every", 1, 0, O_EVALE},
         {0, 0, 0, 0}};
     int c;
     char *end;
@@ -250,6 +354,11 @@ int main(int argc, char **argv) {
         case O_CSV: o.csv = optarg; break;
         case O_BACKEND: o.backend = optarg; break;
         case O_PAR: o.parallel = 1; break;
+        case O_EVAL:
+            if (o.neval < 256) o.eval[o.neval++] = optarg;
+            break;
+        case O_EVALN: { long long v; NUM(v, strtoll_10); o.eval_batches = (long)v; break; }
+        case O_EVALE: { long long v; NUM(v, strtoll_10); o.eval_every = (long)v; break; }
         case O_SPLIT: { long long v; NUM(v, strtoll_10); o.split_every = (long)v; break; }
         case O_HELP:
         case 'h': usage(stdout); return 0;
@@ -351,6 +460,11 @@ int main(int argc, char **argv) {
         fprintf(stderr, "tb-train-local: %s\n", err.msg);
         return TB_EX_NOINPUT;
     }
+    eval_set ev;
+    if (eval_load(&ev, &o, &sc, spm, &err)) {
+        fprintf(stderr, "tb-train-local: %s\n", err.msg);
+        return TB_EX_NOINPUT;
+    }
     size_t n = (size_t)B * T;
     int32_t *ids = malloc(n * (size_t)accum * sizeof *ids);
     int32_t *labels = malloc(n * (size_t)accum * sizeof *labels);
@@ -437,6 +551,12 @@ int main(int argc, char **argv) {
                    tr.opt.step, fm.ce, fm.accuracy, fm.count, fo.ce, fo.accuracy, fo.count);
             fflush(stdout);
         }
+        if (ev.n && o.eval_every > 0 && tr.opt.step % o.eval_every == 0 &&
+            report_eval(&tr, &ev, &err)) {
+            fprintf(stderr, "tb-train-local: eval: %s\n", err.msg);
+            status = TB_EX_SOFTWARE;
+            goto done;
+        }
         if (r.status == TB_OPTIM_GAVE_UP) {
             fprintf(stderr, "tb-train-local: %d consecutive non-finite steps: giving up\n",
                     tr.opt.nan_retries);
@@ -461,10 +581,16 @@ int main(int argc, char **argv) {
         fprintf(stderr, "tb-train-local: %s\n", err.msg);
         status = TB_EX_IOERR;
     }
+    if (ev.n && !(o.eval_every > 0 && tr.opt.step % o.eval_every == 0) &&
+        report_eval(&tr, &ev, &err)) {
+        fprintf(stderr, "tb-train-local: eval: %s\n", err.msg);
+        status = TB_EX_SOFTWARE;
+    }
     printf("tb-train-local: %" PRId64 " steps, %" PRId64 " tokens in %.1f s (%.0f tok/s)%s\n",
            tr.opt.step - first, tokens, tb_clock_mono_s() - t0,
            (double)tokens / (tb_clock_mono_s() - t0 + 1e-9), stop_flag ? ", interrupted" : "");
 done:
+    eval_free(&ev);
     tb_stream_batch_free(&sb);
     tb_stream_close(st);
     tb_manifest_free(&man);
