@@ -68,6 +68,8 @@ static void usage(FILE *f) {
             "                      every supervised position) is printed at the end and every\n"
             "                      --eval-every steps\n"
             "  --eval-batches N    (default 16)\n"
+            "  --eval-mask-prob P  masking share of the held-out batches (default: the training\n"
+            "                      value, training.mlm_probability)\n"
             "  --eval-every N      (default 0: only at the end)\n"
             "  --split-every N     every N steps, also the loss of the step's first micro-batch\n"
             "                      (after the update, no dropout) split by what the input held\n"
@@ -83,6 +85,7 @@ typedef struct opts {
     const char *eval[256];
     int neval;
     long eval_batches, eval_every;
+    double eval_mask_prob;
     const char *sets[64];
     int nsets;
     long steps, seq_len, batch, accum, save_every, split_every;
@@ -210,6 +213,7 @@ static int eval_load(eval_set *ev, const opts *o, const tb_stream_config *train_
     if (build_manifest(&man, &eo, err)) return tb_err_wrap(err, "--eval-data");
     tb_stream_config sc = *train_sc;
     sc.seed = train_sc->seed + 1;
+    if (o->eval_mask_prob > 0) sc.mask_prob = o->eval_mask_prob;
     tb_stream *st = tb_stream_open(&sc, &man, spm, NULL, err);
     if (!st) {
         tb_manifest_free(&man);
@@ -307,7 +311,7 @@ int main(int argc, char **argv) {
     o.seed = -1;
     o.backend = "auto";
     enum { O_PRESET = 1, O_CONFIG, O_SET, O_DATA, O_TOK, O_STEPS, O_T, O_B, O_ACC, O_LR, O_SEED,
-           O_MIN, O_SAVE, O_SAVE_EVERY, O_RESUME, O_CSV, O_SPLIT, O_BACKEND, O_PAR, O_EVAL, O_EVALN, O_EVALE, O_HELP };
+           O_MIN, O_SAVE, O_SAVE_EVERY, O_RESUME, O_CSV, O_SPLIT, O_BACKEND, O_PAR, O_EVAL, O_EVALN, O_EVALE, O_EVALP, O_HELP };
     static const struct option lo[] = {
         {"preset", 1, 0, O_PRESET}, {"config", 1, 0, O_CONFIG},   {"set", 1, 0, O_SET},
         {"data", 1, 0, O_DATA},     {"tokenizer", 1, 0, O_TOK},   {"steps", 1, 0, O_STEPS},
@@ -317,6 +321,7 @@ int main(int argc, char **argv) {
         {"resume", 1, 0, O_RESUME}, {"csv", 1, 0, O_CSV},         {"help", 0, 0, O_HELP},
         {"split-every", 1, 0, O_SPLIT}, {"backend", 1, 0, O_BACKEND}, {"parallel", 0, 0, O_PAR},
         {"eval-data", 1, 0, O_EVAL}, {"eval-batches", 1, 0, O_EVALN}, {"eval-every", 1, 0, O_EVALE},
+        {"eval-mask-prob", 1, 0, O_EVALP},
         {0, 0, 0, 0}};
     int c;
     char *end;
@@ -359,6 +364,7 @@ int main(int argc, char **argv) {
             break;
         case O_EVALN: { long long v; NUM(v, strtoll_10); o.eval_batches = (long)v; break; }
         case O_EVALE: { long long v; NUM(v, strtoll_10); o.eval_every = (long)v; break; }
+        case O_EVALP: NUM(o.eval_mask_prob, strtod); break;
         case O_SPLIT: { long long v; NUM(v, strtoll_10); o.split_every = (long)v; break; }
         case O_HELP:
         case 'h': usage(stdout); return 0;
