@@ -1,6 +1,7 @@
 /* Core family on CUDA vs the CPU backend: GEMM (cuBLASLt, every transpose, padded
- * strides, beta 0 with NaN in c, K = 0, the descriptor cache) and the element-wise,
- * reduction and AdamW ops. Skips (exit 77) without a device. */
+ * strides, beta 0 with NaN in c, K = 0, the descriptor cache) and the element-wise
+ * (axpby bit-identical, aliased too), reduction and AdamW ops. Skips (exit 77) without a
+ * device. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -81,6 +82,23 @@ static void test_elementwise_sum_and_adamw_match_cpu(void **state) {
         float *dx = ct_up(x, B), *dy = ct_up(y, B), *dg = ct_up(g, B), *dm = ct_up(m, B), *dv = ct_up(v, B);
         char shape[64];
         snprintf(shape, sizeof shape, "n=%zu", n);
+        /* axpby into a third buffer, then in place on each input: same expression as
+         * the CPU (no fma), so bit-identical */
+        float *z = ct_hmalloc(B), *dz = ct_poisoned(B);
+        ct_gpu->core.axpby(dz, 0.6f, dx, -1.3f, dy, n);
+        ct_cpu->core.axpby(z, 0.6f, x, -1.3f, y, n);
+        ct_down(out, dz, B);
+        check("core.axpby", out, z, n, shape);
+        assert_memory_equal(out, z, B);
+        ct_gpu->core.axpby(dz, 0.25f, dz, 1.5f, dx, n);
+        ct_cpu->core.axpby(z, 0.25f, z, 1.5f, x, n);
+        ct_gpu->core.axpby(dz, -0.5f, dy, 0.75f, dz, n);
+        ct_cpu->core.axpby(z, -0.5f, y, 0.75f, z, n);
+        ct_down(out, dz, B);
+        check("core.axpby in place", out, z, n, shape);
+        assert_memory_equal(out, z, B);
+        tb_cuda_free(dz);
+        free(z);
         /* axpy, scale, copy, fill */
         ct_gpu->core.axpy(dy, 0.3f, dx, n);
         ct_cpu->core.axpy(y, 0.3f, x, n);

@@ -29,6 +29,10 @@ static void cpu_scale(real *x, real a, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] *= a;
 }
 
+static void cpu_axpby(real *z, real a, const real *x, real b, const real *y, size_t n) {
+    for (size_t i = 0; i < n; i++) z[i] = a * x[i] + b * y[i];
+}
+
 static double cpu_sumsq(const real *x, size_t n) {
     /* Four partial sums (fixed order) let the compiler vectorise without reassociation. */
     double s[4] = {0, 0, 0, 0};
@@ -75,6 +79,7 @@ void tb_cpu_ops_core_init(tb_ops_core *ops) {
     ops->copy = cpu_copy;
     ops->axpy = cpu_axpy;
     ops->scale = cpu_scale;
+    ops->axpby = cpu_axpby;
     ops->sumsq = cpu_sumsq;
     ops->all_finite = cpu_all_finite;
     ops->adamw = cpu_adamw;

@@ -49,7 +49,11 @@ static int ctx_create(tb_err *err) {
         return tb_err_set(err, "cuda backend: device 0 set-up: %s", cudaGetErrorString(e));
     }
     c->sm_count = prop.multiProcessorCount;
-    c->sync_ops = 1;
+    /* Asynchronous by default: every host read goes through an op that waits (to_host,
+     * scalar results). Managed memory keeps the synchronous mode its host accesses need. */
+    const char *managed = getenv("TB_CUDA_MANAGED");
+    c->managed = managed && strcmp(managed, "1") == 0;
+    c->sync_ops = c->managed;
     cublasStatus_t s = cublasLtCreate(&c->lt);
     if (s != CUBLAS_STATUS_SUCCESS) {
         cudaStreamDestroy(c->stream);
@@ -302,6 +306,10 @@ static double reduce_to_host(const float *x, size_t n, int kind) {
 __global__ void k_fill(float *x, float v, size_t n) { GRID_STRIDE(i, n) x[i] = v; }
 __global__ void k_axpy(float *y, float a, const float *x, size_t n) { GRID_STRIDE(i, n) y[i] += a * x[i]; }
 __global__ void k_scale(float *x, float a, size_t n) { GRID_STRIDE(i, n) x[i] *= a; }
+/* Built with --fmad=false: two roundings of the products and one of the sum, as the CPU. */
+__global__ void k_axpby(float *z, float a, const float *x, float b, const float *y, size_t n) {
+    GRID_STRIDE(i, n) z[i] = a * x[i] + b * y[i];
+}
 
 __global__ void k_adamw(float *w, float *m, float *v, const float *g, size_t n, float rb1, float rb2,
                         float c1, float c2, float decay, float step, float rbc2, float reps, float gs) {
@@ -339,6 +347,12 @@ static void cu_scale(real *x, real a, size_t n) {
     TBC_LAUNCHED();
 }
 
+static void cu_axpby(real *z, real a, const real *x, real b, const real *y, size_t n) {
+    if (!n) return;
+    k_axpby<<<tbc_blocks(n, 256), 256, 0, tbc_g->stream>>>(z, a, x, b, y, n);
+    TBC_LAUNCHED();
+}
+
 static double cu_sumsq(const real *x, size_t n) { return reduce_to_host(x, n, TBC_RED_SQUARE); }
 
 static int cu_all_finite(const real *x, size_t n) { return reduce_to_host(x, n, TBC_RED_NONFINITE) == 0.0; }
@@ -352,15 +366,18 @@ static void cu_adamw(real *w, real *m, real *v, const real *g, size_t n, double 
     TBC_LAUNCHED();
 }
 
-/* ---- the memory interface: managed memory ---------------------------------------- */
+/* ---- the memory interface: device memory ----------------------------------------- */
 
-/* The model's buffers are managed memory: ops use them as device memory, and the layers'
- * remaining host-side accesses (MoE offsets, label counts, memsets of scratch, the ODE
- * step's element loops) work between ops in synchronous mode. */
+/* The model's buffers are plain device memory: the layers reach them only through ops
+ * and to_device / to_host. TB_CUDA_MANAGED=1 (read once, at context creation) makes them
+ * managed memory and the stream synchronous instead, for callers that still read or
+ * write model buffers on the host (trainerd/cuda/README.md says which). */
 static void *cu_mem_alloc(size_t bytes) {
     void *p = NULL;
     if (!bytes) bytes = 1;
-    if (cudaMallocManaged(&p, bytes, cudaMemAttachGlobal) != cudaSuccess) {
+    cudaError_t e = tbc_g->managed ? cudaMallocManaged(&p, bytes, cudaMemAttachGlobal)
+                                   : cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
         (void)cudaGetLastError();
         return NULL;
     }
@@ -406,6 +423,7 @@ void tbc_ops_core_init(tb_ops_core *ops) {
     ops->copy = cu_copy;
     ops->axpy = cu_axpy;
     ops->scale = cu_scale;
+    ops->axpby = cu_axpby;
     ops->sumsq = cu_sumsq;
     ops->all_finite = cu_all_finite;
     ops->adamw = cu_adamw;

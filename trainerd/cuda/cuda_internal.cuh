@@ -81,13 +81,15 @@ typedef struct tbc_ctx {
     tbc_gemm_entry gemm[TBC_GEMM_CACHE];
     long gemm_hits, gemm_misses;
     int sync_ops; /* 1: every op waits for the stream before returning (tb_cuda_set_sync) */
+    int managed;  /* 1: mem_alloc gives managed memory (TB_CUDA_MANAGED=1) */
 } tbc_ctx;
 
 /* The one context (the dense family's ops take no backend argument). */
 extern tbc_ctx *tbc_g;
 
-/* Synchronous mode: the model's layers still read and write some activations on the
- * host between ops (managed memory), so each op's work must be finished when it returns. */
+/* Synchronous mode (off by default; on with TB_CUDA_MANAGED=1 or tb_cuda_set_sync(1)):
+ * each op's work is finished when it returns, for callers that touch managed memory on
+ * the host between ops, and to localise a failing kernel. */
 static inline void tbc_op_sync(void) {
     if (tbc_g->sync_ops) TBC_CHECK(cudaStreamSynchronize(tbc_g->stream));
 }

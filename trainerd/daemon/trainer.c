@@ -8,6 +8,8 @@
 #include "model/model.h"
 #include "model/optim.h"
 #include "model/safetensors.h"
+#include "model/train.h"
+#include "tb_log.h"
 #include "tb_crc32c.h"
 
 const char *const td_comp_names[TD_COMP_COUNT] = {
@@ -133,12 +135,21 @@ static void note_nonfinite(td_trainer *t) {
     if (t->last_bad) json_decref(t->last_bad);
     json_t *arr = json_array();
     const tb_params *p = &t->m.p;
+    /* weights and gradients on the host (staged copies on a device backend) */
+    real *dev[2] = {p->param, p->grad};
+    tb_host_roles h;
+    tb_err err = {{0}};
+    if (tb_host_roles_get(&h, t->be, p, dev, 2, &err)) {
+        tb_log_write(TB_LOG_WARN, "non-finite report: %s", err.msg);
+        t->last_bad = arr;
+        return;
+    }
     for (int i = 0; i < p->count; i++) {
         const tb_tensor *tt = &p->t[i];
         size_t bad_w = 0, bad_g = 0;
         double maxw = 0, maxg = 0;
         for (size_t k = 0; k < tt->numel; k++) {
-            double w = p->param[tt->offset + k], g = p->grad[tt->offset + k];
+            double w = h.buf[0][tt->offset + k], g = h.buf[1][tt->offset + k];
             if (!isfinite(w)) bad_w++;
             else if (fabs(w) > maxw) maxw = fabs(w);
             if (!isfinite(g)) bad_g++;
@@ -153,6 +164,7 @@ static void note_nonfinite(td_trainer *t) {
         json_object_set_new(o, "max_abs_grad", json_real(maxg));
         json_array_append_new(arr, o);
     }
+    tb_host_roles_put(&h, t->be, p, dev, 2, 0);
     t->last_bad = arr;
 }
 
@@ -234,23 +246,36 @@ int td_trainer_write(const td_trainer *t, const char *dir, tb_err *err) {
     snprintf(meta[0].value, sizeof meta[0].value, "pt");
     snprintf(meta[1].key, sizeof meta[1].key, "step");
     snprintf(meta[1].value, sizeof meta[1].value, "%s", step);
-    tb_st_role w = {t->m.p.param, ""};
+    /* host views (staged copies on a device backend) */
+    const tb_params *p = &t->m.p;
+    real *dev[3] = {p->param, p->m, p->v};
+    tb_host_roles h;
+    if (tb_host_roles_get(&h, t->be, p, dev, 3, err)) return -1;
+    tb_st_role w = {h.buf[0], ""};
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    if (tb_st_write(path, &t->m.p, &w, 1, meta, 2, err)) return -1;
-    tb_st_role mv[2] = {{t->m.p.m, ".exp_avg"}, {t->m.p.v, ".exp_avg_sq"}};
+    int rc = tb_st_write(path, p, &w, 1, meta, 2, err);
+    tb_st_role mv[2] = {{h.buf[1], ".exp_avg"}, {h.buf[2], ".exp_avg_sq"}};
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-    if (tb_st_write(path, &t->m.p, mv, 2, meta, 2, err)) return -1;
-    return 0;
+    if (rc == 0) rc = tb_st_write(path, p, mv, 2, meta, 2, err);
+    tb_host_roles_put(&h, t->be, p, dev, 3, 0);
+    return rc;
 }
 
 int td_trainer_read(td_trainer *t, const char *dir, tb_err *err) {
     char path[4096];
-    tb_st_role w = {t->m.p.param, ""};
+    /* into host views, copied to the backend only when both files were read */
+    tb_params *p = &t->m.p;
+    real *dev[3] = {p->param, p->m, p->v};
+    tb_host_roles h;
+    if (tb_host_roles_get(&h, t->be, p, dev, 3, err)) return -1;
+    tb_st_role w = {h.buf[0], ""};
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    if (tb_st_read(path, &t->m.p, &w, 1, NULL, 0, NULL, err)) return -1;
-    tb_st_role mv[2] = {{t->m.p.m, ".exp_avg"}, {t->m.p.v, ".exp_avg_sq"}};
+    int rc = tb_st_read(path, p, &w, 1, NULL, 0, NULL, err);
+    tb_st_role mv[2] = {{h.buf[1], ".exp_avg"}, {h.buf[2], ".exp_avg_sq"}};
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-    if (tb_st_read(path, &t->m.p, mv, 2, NULL, 0, NULL, err)) return -1;
+    if (rc == 0) rc = tb_st_read(path, p, mv, 2, NULL, 0, NULL, err);
+    tb_host_roles_put(&h, t->be, p, dev, 3, rc == 0);
+    if (rc) return -1;
     t->be->core.fill(t->m.p.grad, R(0.0), t->m.p.total);
     tb_model_refresh(&t->m);
     t->micro = 0;
@@ -284,5 +309,10 @@ int td_trainer_dump_nonfinite(const td_trainer *t, const char *path, const td_st
 }
 
 uint32_t td_trainer_param_crc(const td_trainer *t) {
-    return tb_crc32c(0, t->m.p.param, t->m.p.total * sizeof(real));
+    real *dev[1] = {t->m.p.param};
+    tb_host_roles h;
+    if (tb_host_roles_get(&h, t->be, &t->m.p, dev, 1, NULL)) return 0;
+    uint32_t crc = tb_crc32c(0, h.buf[0], t->m.p.total * sizeof(real));
+    tb_host_roles_put(&h, t->be, &t->m.p, dev, 1, 0);
+    return crc;
 }

@@ -1,5 +1,6 @@
 #include "attention.h"
-#include <string.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include "../backend.h"
 
 /* Activation layout (n = B·T, kv = Hkv·hs): act_q, act_k, act_v (linear acts), q (n, C)
@@ -50,6 +51,33 @@ size_t attention_scratch_count(const tb_attention *p, int B, int T) {
     return 2 * n * C + 2 * n * kv + max_lin_scratch(p, n) + (size_t)T;
 }
 
+/* The position table is computed on the host (libm, the CPU backend's values); off the
+ * host it is built in a host buffer and copied. The buffer grows on first use (the first
+ * forward) and is kept, so the steady state allocates nothing. */
+static _Thread_local real *tab_host;
+static _Thread_local size_t tab_cap;
+
+static void write_table(const tb_backend *be, real *tab, const tb_attention *p, int layer, int T,
+                        int hs) {
+    if (be->core.host_memory) {
+        posenc_table(tab, p->pos, p->pos_base, p->pos_damping, layer, T, hs);
+        return;
+    }
+    size_t count = posenc_table_count(T, hs);
+    if (count > tab_cap) {
+        real *h = realloc(tab_host, (count ? count : 1) * sizeof(real));
+        if (!h) {
+            fprintf(stderr, "attention: out of host memory for a %zu-real position table\n",
+                    count);
+            abort();
+        }
+        tab_host = h;
+        tab_cap = count;
+    }
+    posenc_table(tab_host, p->pos, p->pos_base, p->pos_damping, layer, T, hs);
+    be->core.to_device(tab, tab_host, count * sizeof(real));
+}
+
 void attention_forward(const tb_backend *be, real *out, real *act, const real *u,
                        const tb_attention *p, const uint8_t *key_mask, const tb_dropout *d,
                        int layer, int B, int T) {
@@ -61,7 +89,7 @@ void attention_forward(const tb_backend *be, real *out, real *act, const real *u
     linear_forward(be, act + l.k, act + l.act_k, u, &p->k, n);
     linear_forward(be, act + l.v, act + l.act_v, u, &p->v, n);
     if (uses_pos(p)) {
-        posenc_table(act + l.tab, p->pos, p->pos_base, p->pos_damping, layer, T, hs);
+        write_table(be, act + l.tab, p, layer, T, hs);
         posenc_forward(be, act + l.q, act + l.q, act + l.tab, p->pos, B, T, p->H, hs,
                        (size_t)p->C);
         posenc_forward(be, act + l.k, act + l.k, act + l.tab, p->pos, B, T, p->Hkv, hs, kv);
@@ -83,7 +111,7 @@ void attention_backward(const tb_backend *be, real *du, real *scratch, const rea
     size_t kv = (size_t)p->Hkv * hs;
     real *da = scratch, *dq = da + n * C, *dk = dq + n * C, *dv = dk + n * kv;
     real *lscr = dv + n * kv, *work = lscr + max_lin_scratch(p, n);
-    memset(da, 0, (2 * n * C + 2 * n * kv) * sizeof(real));
+    be->core.fill(da, R(0.0), 2 * n * C + 2 * n * kv);
     linear_backward(be, da, lscr, dout, act + l.act_o, act + l.a, &p->o, n);
     be->dense.attn_bwd(dq, dk, dv, work, da, act + l.probs, act + l.rowstat, act + l.q,
                        act + l.k, act + l.v, C, kv, key_mask, p->kind == TB_ATTN_SIGMOID, d,

@@ -1,5 +1,4 @@
 #include "embedding.h"
-#include <string.h>
 #include "../backend.h"
 
 int embedding_check_ids(tb_err *err, const int32_t *ids, size_t n, int V) {
@@ -47,7 +46,7 @@ void embedding_backward(const tb_backend *be, real *scratch, const real *dout, c
                         int T) {
     size_t n = (size_t)B * T;
     real *g = scratch;
-    memset(g, 0, n * p->C * sizeof(real));
+    be->core.fill(g, R(0.0), n * p->C);
     be->dense.dropout_bwd(g, dout, d, TB_DROPOUT_SITE_EMB, n * p->C);
     if (!p->factorized) {
         be->dense.embed_bwd(p->dtable, g, ids, n, p->C);
@@ -55,7 +54,7 @@ void embedding_backward(const tb_backend *be, real *scratch, const real *dout, c
     }
     const real *e = act, *x = p->conv ? e + n * p->Cl : e;
     real *dc = g + n * p->C, *de = dc + n * p->Cl, *lscr = de + n * p->Cl;
-    memset(dc, 0, 2 * n * p->Cl * sizeof(real));
+    be->core.fill(dc, R(0.0), 2 * n * p->Cl);
     linear_backward(be, dc, lscr, g, x + n * p->Cl, x, &p->proj, n);
     if (p->conv) {
         be->dense.conv1d_bwd(de, p->dconv_w, p->dconv_b, dc, e, p->conv_w, B, T, p->Cl, p->k);

@@ -9,6 +9,12 @@ int loss_check_labels(tb_err *err, const int32_t *labels, size_t n, int V) {
     return 0;
 }
 
+int64_t loss_count_labels(const int32_t *labels, size_t n, int V) {
+    int64_t count = 0;
+    for (size_t t = 0; t < n; t++) count += labels[t] >= 0 && labels[t] < V;
+    return count;
+}
+
 size_t loss_act_count(size_t ntok) {
     return ntok;
 }
@@ -21,9 +27,7 @@ void loss_forward(const tb_backend *be, tb_ce_result *res, real *act, const real
 }
 
 void loss_backward(const tb_backend *be, real *dlogits, const real *act, const real *logits,
-                   const int32_t *labels, real dloss, size_t ntok, int V) {
-    int64_t count = 0;
-    for (size_t t = 0; t < ntok; t++) count += labels[t] >= 0 && labels[t] < V;
+                   const int32_t *labels, int64_t count, real dloss, size_t ntok, int V) {
     if (count == 0) return;
     be->dense.xent_bwd(dlogits, logits, act, labels, dloss / (real)count, ntok, V);
 }

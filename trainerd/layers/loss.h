@@ -24,6 +24,10 @@ typedef struct tb_ce_result {
 /* 0 if every label is -100 or in [0, V), else -1 naming the position and value. */
 int loss_check_labels(tb_err *err, const int32_t *labels, size_t n, int V);
 
+/* Supervised positions (label in [0, V)) of host labels: the count loss_backward takes,
+ * counted by the caller because the op's labels may live in backend memory. */
+int64_t loss_count_labels(const int32_t *labels, size_t n, int V);
+
 size_t loss_act_count(size_t ntok); /* ntok (the logsumexp of each row) */
 
 void loss_forward(const struct tb_backend *be, tb_ce_result *res,
@@ -31,10 +35,12 @@ void loss_forward(const struct tb_backend *be, tb_ce_result *res,
                   const real *logits,     // (ntok, V)
                   const int32_t *labels,  // (ntok)
                   size_t ntok, int V);
-/* dlogits += dloss · dCE/dlogits (dloss = dL/dCE; nothing when count = 0). */
+/* dlogits += dloss · dCE/dlogits (dloss = dL/dCE; nothing when count = 0), count =
+ * loss_count_labels of the same labels. */
 void loss_backward(const struct tb_backend *be,
                    real *dlogits,          // (ntok, V) +=
-                   const real *act, const real *logits, const int32_t *labels, real dloss,
-                   size_t ntok, int V);
+                   const real *act, const real *logits,
+                   const int32_t *labels,  // (ntok)
+                   int64_t count, real dloss, size_t ntok, int V);
 
 #endif

@@ -48,6 +48,13 @@ static moe_act moe_layout(real *base, const tb_moe *p, size_t ntok) {
     return a;
 }
 
+/* The routing's per-expert row ranges on the host, where the GEMM sizes are chosen:
+ * one to_host of E+1 int32 (it waits for the routing op). */
+static void offsets_to_host(const tb_backend *be, int32_t *off, const moe_act *a, int E) {
+    if (E > TB_MOE_MAX_EXPERTS) abort(); /* bind rejects it */
+    be->core.to_host(off, a->offsets, ((size_t)E + 1) * sizeof(int32_t));
+}
+
 size_t moe_act_count(const tb_moe *p, size_t ntok) {
     return moe_layout(NULL, p, ntok).total;
 }
@@ -78,9 +85,11 @@ void moe_forward(const tb_backend *be, real *out, real *lbal, real *act, const r
     be->seq.moe_route_forward(a.probs, a.sel, a.gate, a.order, a.offsets, a.lbal, a.logits,
                               (int)ntok, p->E, K, p->renormalize, p->capacity_factor, be);
     be->core.fill(out, 0, ntok * (size_t)C);
+    int32_t offsets[TB_MOE_MAX_EXPERTS + 1];
+    offsets_to_host(be, offsets, &a, p->E);
     size_t uo = 0, dn = 0;
     for (int e = 0; e < p->E; e++) {
-        size_t j0 = (size_t)a.offsets[e], n = (size_t)a.offsets[e + 1] - j0;
+        size_t j0 = (size_t)offsets[e], n = (size_t)offsets[e + 1] - j0;
         if (n == 0) continue;
         real *xe = a.xe + j0 * (size_t)C, *he = a.he + j0 * (size_t)F;
         real *ae = a.ae + j0 * (size_t)F, *ye = a.ye + j0 * (size_t)C;
@@ -107,9 +116,11 @@ void moe_backward(const tb_backend *be, real *dv, real *scratch, const real *dou
     real *dae = dxe + ntok * (size_t)C, *dhe = dae + ntok * (size_t)F;
     real *ls = dhe + ntok * (size_t)F;
     be->core.fill(dgate, 0, ntok * (size_t)K);
+    int32_t offsets[TB_MOE_MAX_EXPERTS + 1];
+    offsets_to_host(be, offsets, &a, p->E);
     size_t uo = 0, dn = 0;
     for (int e = 0; e < p->E; e++) {
-        size_t j0 = (size_t)a.offsets[e], n = (size_t)a.offsets[e + 1] - j0;
+        size_t j0 = (size_t)offsets[e], n = (size_t)offsets[e + 1] - j0;
         if (n == 0) continue;
         const real *xe = a.xe + j0 * (size_t)C, *he = a.he + j0 * (size_t)F;
         const real *ae = a.ae + j0 * (size_t)F, *ye = a.ye + j0 * (size_t)C;

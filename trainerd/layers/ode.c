@@ -1,5 +1,4 @@
 #include "ode.h"
-#include <string.h>
 #include "../backend.h"
 
 /* Activations of one evaluation of f (n = B·T): zin (n, C) its input, norm stats,
@@ -67,12 +66,12 @@ double ode_forward(const tb_backend *be, real *out, real *act, const real *u, co
     int ns = stages(p);
     real dt = R(1.0) / (real)p->steps;
     double lode = 0;
-    if (out != u) memmove(out, u, nc * sizeof(real));
+    if (out != u) be->core.copy(out, u, nc);
     for (int s = 0; s < p->steps; s++) {
         real *ev[4];
         for (int st = 0; st < ns; st++) ev[st] = act + l.per_eval * ((size_t)s * ns + st);
         uint32_t site = TB_DROPOUT_SITE_ATTN + (uint32_t)(s * ns);
-        memcpy(ev[0] + l.zin, out, nc * sizeof(real));
+        be->core.copy(ev[0] + l.zin, out, nc);
         f_forward(be, ev[0], &l, p, key_mask, d, site, B, T);
         double ss;
         be->dense.sum_squares(&ss, ev[0] + l.k, nc);
@@ -101,14 +100,14 @@ static void f_backward(const tb_backend *be, real *gin, const real *gk, const re
                        real *lscr, real *work, int B, int T) {
     size_t n = (size_t)B * T, C = (size_t)p->C;
     int hs = p->C / p->H;
-    memset(da, 0, n * C * sizeof(real));
+    be->core.fill(da, R(0.0), n * C);
     linear_backward(be, da, lscr, gk, e + l->oact, e + l->a, &p->o, n);
-    memset(dqkv, 0, 3 * n * C * sizeof(real));
+    be->core.fill(dqkv, R(0.0), 3 * n * C);
     const real *qkv = e + l->qkv;
     be->dense.attn_bwd(dqkv, dqkv + C, dqkv + 2 * C, work, da, e + l->probs, e + l->rowstat, qkv,
                        qkv + C, qkv + 2 * C, 3 * C, 3 * C, key_mask, 0, d, site, B, T, p->H,
                        p->H, hs);
-    memset(dxn, 0, n * C * sizeof(real));
+    be->core.fill(dxn, R(0.0), n * C);
     linear_backward(be, dxn, lscr, dqkv, e + l->qact, e + l->xn, &p->qkv, n);
     norm_backward(be, gin, dxn, e + l->nact, e + l->zin, &p->norm, n);
 }
@@ -124,30 +123,33 @@ void ode_backward(const tb_backend *be, real *du, real *scratch, const real *dou
     real *gz = scratch, *acc = gz + nc, *gk = acc + nc, *gin = gk + nc, *da = gin + nc;
     real *dxn = da + nc, *dqkv = dxn + nc, *lscr = dqkv + 3 * nc, *work = lscr + lin_scratch(p, n);
     real kscale = g_ode * R(2.0) / (real)nc; /* d mean(k1²) / dk1 = 2 k1 / nc */
-    memcpy(gz, dout, nc * sizeof(real));
+    be->core.copy(gz, dout, nc);
     for (int s = p->steps - 1; s >= 0; s--) {
         const real *ev[4];
         for (int st = 0; st < ns; st++) ev[st] = act + l.per_eval * ((size_t)s * ns + st);
         uint32_t site = TB_DROPOUT_SITE_ATTN + (uint32_t)(s * ns);
-        memcpy(acc, gz, nc * sizeof(real));
+        be->core.copy(acc, gz, nc);
         if (p->rk4) {
             /* z' = z + Σ w_st k_st, k_st = f(z + c_st k_{st-1}). */
             real w[4] = {dt / 6, dt / 3, dt / 3, dt / 6};
             real c[4] = {0, dt / 2, dt / 2, dt};
             for (int st = 3; st >= 0; st--) {
-                /* gk = w_st gz + c_{st+1} gin (gin of stage st+1) */
-                for (size_t i = 0; i < nc; i++)
-                    gk[i] = w[st] * gz[i] + (st < 3 ? c[st + 1] * gin[i] : R(0.0));
+                /* gk = w_st gz + c_{st+1} gin (gin of stage st+1). Stage 3 has no
+                 * successor: 0 times a zeroed gin adds +0, so w_3 gz + 0 keeps its bits
+                 * (a -0 product becomes +0). gin is then the zeroed output of f_backward. */
+                if (st == 3) be->core.fill(gin, R(0.0), nc);
+                be->core.axpby(gk, w[st], gz, st < 3 ? c[st + 1] : R(0.0), gin, nc);
                 if (st == 0 && g_ode != 0) be->dense.axpy(gk, gk, kscale, ev[0] + l.k, nc);
-                memset(gin, 0, nc * sizeof(real));
+                if (st < 3) be->core.fill(gin, R(0.0), nc);
                 f_backward(be, gin, gk, ev[st], &l, p, key_mask, d, site + (uint32_t)st, da,
                            dxn, dqkv, lscr, work, B, T);
                 be->dense.axpy(acc, acc, R(1.0), gin, nc);
             }
         } else {
-            for (size_t i = 0; i < nc; i++) gk[i] = dt * gz[i];
+            be->core.copy(gk, gz, nc);
+            be->core.scale(gk, dt, nc); /* gk = dt gz */
             if (g_ode != 0) be->dense.axpy(gk, gk, kscale, ev[0] + l.k, nc);
-            memset(gin, 0, nc * sizeof(real));
+            be->core.fill(gin, R(0.0), nc);
             f_backward(be, gin, gk, ev[0], &l, p, key_mask, d, site, da, dxn, dqkv, lscr, work,
                        B, T);
             be->dense.axpy(acc, acc, R(1.0), gin, nc);

@@ -65,15 +65,17 @@ void posenc_table(real *tab, tb_pos_kind kind, double base, double damping, int 
     }
 }
 
-static void copy_rows(real *y, const real *x, size_t n, size_t w, size_t ld) {
+/* The first w columns of n rows ld apart (rows do not overlap unless y == x). */
+static void copy_rows(const tb_backend *be, real *y, const real *x, size_t n, size_t w,
+                      size_t ld) {
     if (y == x) return;
-    for (size_t r = 0; r < n; r++) memmove(y + r * ld, x + r * ld, w * sizeof(real));
+    be->seq.copy_cols(y, x, n, (int)w, (int)ld, (int)ld, be);
 }
 
 void posenc_forward(const tb_backend *be, real *y, const real *x, const real *tab,
                     tb_pos_kind kind, int B, int T, int H, int hs, size_t ld) {
     if (kind == TB_POS_NONE) {
-        copy_rows(y, x, (size_t)B * T, (size_t)H * hs, ld);
+        copy_rows(be, y, x, (size_t)B * T, (size_t)H * hs, ld);
         return;
     }
     be->dense.posenc_apply(y, x, tab, tab + (size_t)T * (hs / 2),
@@ -83,7 +85,7 @@ void posenc_forward(const tb_backend *be, real *y, const real *x, const real *ta
 void posenc_backward(const tb_backend *be, real *dx, const real *dy, const real *tab,
                      tb_pos_kind kind, int B, int T, int H, int hs, size_t ld) {
     if (kind == TB_POS_NONE) {
-        copy_rows(dx, dy, (size_t)B * T, (size_t)H * hs, ld);
+        copy_rows(be, dx, dy, (size_t)B * T, (size_t)H * hs, ld);
         return;
     }
     be->dense.posenc_apply(dx, dy, tab, tab + (size_t)T * (hs / 2),

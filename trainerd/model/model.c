@@ -1,5 +1,6 @@
 #include "model.h"
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "../layers/loss.h"
@@ -378,13 +379,17 @@ void tb_model_refresh(tb_model *m) {
 void tb_model_init(tb_model *m, uint64_t seed) {
     const tb_backend *be = m->be;
     size_t bytes = (m->p.total ? m->p.total : 1) * sizeof(real);
-    real *host = be->core.host_memory ? NULL : malloc(bytes);
-    if (!host) {
-        /* Host memory, or no host staging buffer: the CUDA backend's managed memory
-         * accepts the initialiser's host writes directly. */
+    if (be->core.host_memory) {
         tb_params_init(&m->p, seed);
     } else {
-        /* Initialise on the host, then one copy to the backend. */
+        /* Initialise on the host, then one copy to the backend (whose memory the host
+         * cannot write). */
+        real *host = malloc(bytes);
+        if (!host) {
+            fprintf(stderr, "model init: out of host memory for the %zu-byte staging buffer\n",
+                    bytes);
+            abort();
+        }
         real *dev = m->p.param;
         m->p.param = host;
         tb_params_init(&m->p, seed);
@@ -493,10 +498,13 @@ void tb_model_backward(tb_model *m, const tb_batch *bt, double grad_scale) {
     const tb_model_config *c = &m->cfg;
     int B = m->B, T = m->T, V = (int)c->vocab_size;
     size_t n = (size_t)B * T, C = (size_t)c->hidden_size;
+    /* Counted on the caller's labels: the staged copy is not host memory. */
+    int64_t nsup = loss_count_labels(bt->labels, n, V);
     const tb_batch bv = batch_view(m, bt);
     bt = &bv;
     be->core.fill(m->dlogits, R(0.0), n * (size_t)V);
-    loss_backward(be, m->dlogits, m->loss_act, m->logits, bt->labels, (real)grad_scale, n, V);
+    loss_backward(be, m->dlogits, m->loss_act, m->logits, bt->labels, nsup, (real)grad_scale, n,
+                  V);
     be->core.fill(m->dh, R(0.0), n * C);
     linear_backward(be, m->dh, m->scratch, m->dlogits, m->head_act, m->y_final, &m->head, n);
     be->core.fill(m->dx, R(0.0), n * C);

@@ -170,15 +170,8 @@ update:
     return 0;
 }
 
-/* Host views of the registry's role buffers for safetensors I/O: the buffers themselves
- * on a host-memory backend, else host copies (staged through the memory interface). */
-typedef struct host_roles {
-    real *buf[3];
-    int staged;
-} host_roles;
-
-static int host_roles_get(host_roles *h, const tb_backend *be, const tb_params *p,
-                          real *const *dev, int n, tb_err *err) {
+int tb_host_roles_get(tb_host_roles *h, const tb_backend *be, const tb_params *p,
+                      real *const *dev, int n, tb_err *err) {
     memset(h, 0, sizeof *h);
     if (be->core.host_memory) {
         for (int i = 0; i < n; i++) h->buf[i] = dev[i];
@@ -196,9 +189,8 @@ static int host_roles_get(host_roles *h, const tb_backend *be, const tb_params *
     return 0;
 }
 
-/* Copies staged buffers back to the backend (when `back`) and releases them. */
-static void host_roles_put(host_roles *h, const tb_backend *be, const tb_params *p,
-                           real *const *dev, int n, int back) {
+void tb_host_roles_put(tb_host_roles *h, const tb_backend *be, const tb_params *p,
+                      real *const *dev, int n, int back) {
     if (!h->staged) return;
     for (int i = 0; i < n; i++) {
         if (back) be->core.to_device(dev[i], h->buf[i], p->total * sizeof(real));
@@ -232,11 +224,11 @@ int tb_trainer_save(const tb_trainer *tr, const char *dir, const tb_st_meta *ext
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     const tb_backend *be = tr->model.be;
     real *const wdev[] = {p->param}, *const odev[] = {p->m, p->v};
-    host_roles hw, ho;
-    if (host_roles_get(&hw, be, p, wdev, 1, err)) return -1;
+    tb_host_roles hw, ho;
+    if (tb_host_roles_get(&hw, be, p, wdev, 1, err)) return -1;
     tb_st_role w[] = {{hw.buf[0], ""}};
     int rv = tb_st_write(path, p, w, 1, meta, n, err);
-    host_roles_put(&hw, be, p, wdev, 1, 0);
+    tb_host_roles_put(&hw, be, p, wdev, 1, 0);
     if (rv) return -1;
     n = 0;
     meta_add(meta, &n, "step", "%" PRId64, tr->opt.step);
@@ -246,10 +238,10 @@ int tb_trainer_save(const tb_trainer *tr, const char *dir, const tb_st_meta *ext
     meta_add(meta, &n, "seed", "%" PRIu64, tr->seed);
     for (int i = 0; i < nextra && n < TB_TRAINER_META_MAX; i++) meta[n++] = extra[i];
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-    if (host_roles_get(&ho, be, p, odev, 2, err)) return -1;
+    if (tb_host_roles_get(&ho, be, p, odev, 2, err)) return -1;
     tb_st_role o[] = {{ho.buf[0], ".exp_avg"}, {ho.buf[1], ".exp_avg_sq"}};
     rv = tb_st_write(path, p, o, 2, meta, n, err);
-    host_roles_put(&ho, be, p, odev, 2, 0);
+    tb_host_roles_put(&ho, be, p, odev, 2, 0);
     return rv;
 }
 
@@ -271,19 +263,19 @@ int tb_trainer_load(tb_trainer *tr, const char *dir, tb_st_meta *meta, int cap, 
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     const tb_backend *be = tr->model.be;
     real *const wdev[] = {p->param}, *const odev[] = {p->m, p->v};
-    host_roles hw, ho;
-    if (host_roles_get(&hw, be, p, wdev, 1, err)) return -1;
+    tb_host_roles hw, ho;
+    if (tb_host_roles_get(&hw, be, p, wdev, 1, err)) return -1;
     tb_st_role w[] = {{hw.buf[0], ""}};
     int rv = tb_st_read(path, p, w, 1, NULL, 0, NULL, err);
-    host_roles_put(&hw, be, p, wdev, 1, rv == 0);
+    tb_host_roles_put(&hw, be, p, wdev, 1, rv == 0);
     if (rv) return -1;
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-    if (host_roles_get(&ho, be, p, odev, 2, err)) return -1;
+    if (tb_host_roles_get(&ho, be, p, odev, 2, err)) return -1;
     tb_st_role o[] = {{ho.buf[0], ".exp_avg"}, {ho.buf[1], ".exp_avg_sq"}};
     tb_st_meta mm[TB_TRAINER_META_MAX];
     int n = 0;
     rv = tb_st_read(path, p, o, 2, mm, TB_TRAINER_META_MAX, &n, err);
-    host_roles_put(&ho, be, p, odev, 2, rv == 0);
+    tb_host_roles_put(&ho, be, p, odev, 2, rv == 0);
     if (rv) return -1;
     double step, scale, retries, micro, seed;
     if (meta_num(mm, n, "step", path, &step, err) || meta_num(mm, n, "lr_scale", path, &scale, err) ||

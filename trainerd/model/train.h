@@ -37,6 +37,19 @@ typedef struct tb_step_result {
 int tb_trainer_create(tb_trainer *tr, const tb_run_config *rc, const tb_backend *be, int maxB,
                       int maxT, tb_err *err);
 void tb_trainer_free(tb_trainer *tr);
+/* Host views of n (<= 3) of the registry's role buffers (param, grad, m, v; dev[i]) for
+ * host-side work such as safetensors I/O: the buffers themselves on a host-memory
+ * backend, else host copies staged through the memory interface. put copies the staged
+ * copies back when `back`, and releases them. */
+typedef struct tb_host_roles {
+    real *buf[3];
+    int staged;
+} tb_host_roles;
+int tb_host_roles_get(tb_host_roles *h, const tb_backend *be, const tb_params *p,
+                      real *const *dev, int n, tb_err *err);
+void tb_host_roles_put(tb_host_roles *h, const tb_backend *be, const tb_params *p,
+                       real *const *dev, int n, int back);
+
 /* Parallel micro-batches, for backends that run models concurrently (core.threads; the
  * CPU): up to nmicro micro-batches of a step each get their own model (the trainer's and
  * nmicro - 1 replicas holding copies of its weights), run at once on up to core.threads()

@@ -48,6 +48,9 @@ typedef struct tb_ops_core {
     void (*axpy)(real *y, real a, const real *x, size_t n);
     /* x *= a */
     void (*scale)(real *x, real a, size_t n);
+    /* z = a · x + b · y, each element computed as exactly that expression (two products,
+     * one sum, no fused multiply-add); z may equal x or y. */
+    void (*axpby)(real *z, real a, const real *x, real b, const real *y, size_t n);
 
     /* Σ x² accumulated in double (global gradient norm, L_ode). */
     double (*sumsq)(const real *x, size_t n);
