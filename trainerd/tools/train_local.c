@@ -49,6 +49,12 @@ static void usage(FILE *f) {
             "  --batch B           micro-batch size (default: training.batch_size)\n"
             "  --accum N           micro-batches per step (default 1 with a preset,\n"
             "                      training.gradient_accumulation_steps with --config)\n"
+            "  --interleave G      read G steps' rows at once (G x accum x B consecutive rows of\n"
+            "                      the packed stream) and give step k of the G the rows k, k+G,\n"
+            "                      k+2G, ...: each step mixes rows from G times further apart,\n"
+            "                      so more documents (default 1: consecutive rows); checkpoints\n"
+            "                      keep the block's start and the step within it, so --resume\n"
+            "                      is exact\n"
             "  --parallel          run a step's micro-batches at once, one model replica each,\n"
             "                      on the CPU backend's threads (TB_CPU_THREADS); each gradient\n"
             "                      starts from zero and they are summed in order, so results do\n"
@@ -56,6 +62,8 @@ static void usage(FILE *f) {
             "  --lr-scale X        multiply every group's peak learning rate by X\n"
             "  --seed N            init, dropout and data order seed (default training.seed)\n"
             "  --minutes M         stop after M minutes of training (saving if --save)\n"
+            "  --stop-after N      stop after N steps of this run (saving if --save); the\n"
+            "                      schedule still spans --steps, so a later --resume continues\n"
             "  --save DIR          save there at the end (and every --save-every steps)\n"
             "  --save-every N      steps between saves (0: only at the end)\n"
             "  --resume DIR        continue from a --save directory (same options)\n"
@@ -84,7 +92,7 @@ typedef struct opts {
     int ndata;
     const char *eval[256];
     int neval;
-    long eval_batches, eval_every;
+    long eval_batches, eval_every, interleave, stop_after;
     double eval_mask_prob;
     const char *sets[64];
     int nsets;
@@ -186,13 +194,19 @@ static int hex_decode(uint8_t *out, size_t n, const char *s) {
     return 0;
 }
 
-static int save(const tb_trainer *tr, const char *dir, const tb_stream_cursor *cur, tb_err *err) {
+/* The data position: the cursor before the current block of --interleave steps and how
+ * many of its steps were trained on (0: the block is not read yet). */
+static int save(const tb_trainer *tr, const char *dir, const tb_stream_cursor *cur, long kstep,
+                tb_err *err) {
     uint8_t b[TB_STREAM_CURSOR_BYTES];
     tb_stream_cursor_serialize(b, cur);
-    tb_st_meta extra;
-    snprintf(extra.key, sizeof extra.key, "data_cursor");
-    hex_encode(extra.value, b, sizeof b);
-    return tb_trainer_save(tr, dir, &extra, 1, err);
+    tb_st_meta extra[2];
+    memset(extra, 0, sizeof extra);
+    snprintf(extra[0].key, sizeof extra[0].key, "data_cursor");
+    hex_encode(extra[0].value, b, sizeof b);
+    snprintf(extra[1].key, sizeof extra[1].key, "data_block_step");
+    snprintf(extra[1].value, sizeof extra[1].value, "%ld", kstep);
+    return tb_trainer_save(tr, dir, extra, 2, err);
 }
 
 /* Held-out batches, read once. */
@@ -307,11 +321,12 @@ int main(int argc, char **argv) {
     o.steps = 100;
     o.seq_len = o.batch = o.accum = -1;
     o.eval_batches = 16;
+    o.interleave = 1;
     o.lr_scale = 1;
     o.seed = -1;
     o.backend = "auto";
     enum { O_PRESET = 1, O_CONFIG, O_SET, O_DATA, O_TOK, O_STEPS, O_T, O_B, O_ACC, O_LR, O_SEED,
-           O_MIN, O_SAVE, O_SAVE_EVERY, O_RESUME, O_CSV, O_SPLIT, O_BACKEND, O_PAR, O_EVAL, O_EVALN, O_EVALE, O_EVALP, O_HELP };
+           O_MIN, O_SAVE, O_SAVE_EVERY, O_RESUME, O_CSV, O_SPLIT, O_BACKEND, O_PAR, O_EVAL, O_EVALN, O_EVALE, O_EVALP, O_INTER, O_STOPA, O_HELP };
     static const struct option lo[] = {
         {"preset", 1, 0, O_PRESET}, {"config", 1, 0, O_CONFIG},   {"set", 1, 0, O_SET},
         {"data", 1, 0, O_DATA},     {"tokenizer", 1, 0, O_TOK},   {"steps", 1, 0, O_STEPS},
@@ -321,7 +336,8 @@ int main(int argc, char **argv) {
         {"resume", 1, 0, O_RESUME}, {"csv", 1, 0, O_CSV},         {"help", 0, 0, O_HELP},
         {"split-every", 1, 0, O_SPLIT}, {"backend", 1, 0, O_BACKEND}, {"parallel", 0, 0, O_PAR},
         {"eval-data", 1, 0, O_EVAL}, {"eval-batches", 1, 0, O_EVALN}, {"eval-every", 1, 0, O_EVALE},
-        {"eval-mask-prob", 1, 0, O_EVALP},
+        {"eval-mask-prob", 1, 0, O_EVALP}, {"interleave", 1, 0, O_INTER},
+        {"stop-after", 1, 0, O_STOPA},
         {0, 0, 0, 0}};
     int c;
     char *end;
@@ -365,11 +381,17 @@ int main(int argc, char **argv) {
         case O_EVALN: { long long v; NUM(v, strtoll_10); o.eval_batches = (long)v; break; }
         case O_EVALE: { long long v; NUM(v, strtoll_10); o.eval_every = (long)v; break; }
         case O_EVALP: NUM(o.eval_mask_prob, strtod); break;
+        case O_INTER: { long long v; NUM(v, strtoll_10); o.interleave = (long)v; break; }
+        case O_STOPA: { long long v; NUM(v, strtoll_10); o.stop_after = (long)v; break; }
         case O_SPLIT: { long long v; NUM(v, strtoll_10); o.split_every = (long)v; break; }
         case O_HELP:
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return TB_EX_USAGE;
         }
+    }
+    if (o.interleave < 1 || o.interleave > 4096) {
+        fprintf(stderr, "tb-train-local: --interleave: %ld is outside [1, 4096]\n", o.interleave);
+        return TB_EX_USAGE;
     }
     if (optind < argc || o.ndata == 0 || !o.tokenizer || o.steps < 1 || (o.preset && o.config)) {
         fprintf(stderr, "tb-train-local: %s\n",
@@ -440,6 +462,7 @@ int main(int argc, char **argv) {
         return TB_EX_USAGE;
     }
     tb_stream_cursor cur, *at = NULL;
+    long kstep = 0; /* steps of the current --interleave block already trained on */
     if (o.resume) {
         tb_st_meta meta[TB_TRAINER_META_MAX];
         int n = 0;
@@ -452,6 +475,14 @@ int main(int argc, char **argv) {
                     err.msg[0] ? err.msg : "no valid data_cursor in optimizer.safetensors");
             return TB_EX_DATAERR;
         }
+        const char *ks = tb_st_meta_get(meta, n, "data_block_step");
+        kstep = ks ? atol(ks) : 0;
+        if (kstep < 0 || kstep >= o.interleave) {
+            fprintf(stderr, "tb-train-local: --resume %s: data_block_step %ld does not fit "
+                    "--interleave %ld (resume with the options of the saved run)\n",
+                    o.resume, kstep, o.interleave);
+            return TB_EX_USAGE;
+        }
         at = &cur;
     }
     tb_stream_config sc;
@@ -461,13 +492,17 @@ int main(int argc, char **argv) {
     sc.mask_prob = rc.training.mlm_probability;
     sc.seed = (uint64_t)rc.training.seed;
     sc.threads = 1;
-    tb_stream *st = tb_stream_open(&sc, &man, spm, at, &err);
-    if (!st) {
+    eval_set ev;
+    if (eval_load(&ev, &o, &sc, spm, &err)) {
         fprintf(stderr, "tb-train-local: %s\n", err.msg);
         return TB_EX_NOINPUT;
     }
-    eval_set ev;
-    if (eval_load(&ev, &o, &sc, spm, &err)) {
+    /* The training stream hands out whole blocks: --interleave steps of accum x B rows. */
+    const long G = o.interleave;
+    sc.batch_size = (uint32_t)((long)B * accum * G);
+    tb_stream *st = tb_stream_open(&sc, &man, spm, at, &err);
+    if (!st) {
+        eval_free(&ev);
         fprintf(stderr, "tb-train-local: %s\n", err.msg);
         return TB_EX_NOINPUT;
     }
@@ -505,19 +540,28 @@ int main(int argc, char **argv) {
     double t0 = tb_clock_mono_s(), tlast = t0;
     int64_t first = tr.opt.step, tokens = 0;
     tb_stream_cursor_get(st, &cur);
+    int have_block = 0;
     while (tr.opt.step < o.steps && !stop_flag) {
-        for (int a = 0; a < accum; a++) {
+        if (!have_block) { /* cur: the stream's position before this block */
             int rv = tb_stream_next_batch(st, &sb, &err);
             if (rv != 1) {
                 fprintf(stderr, "tb-train-local: data: %s\n", rv == 0 ? "stream ended" : err.msg);
                 status = TB_EX_DATAERR;
                 goto done;
             }
-            memcpy(ids + (size_t)a * n, sb.ids, n * sizeof *ids);
-            memcpy(labels + (size_t)a * n, sb.labels, n * sizeof *labels);
-            memcpy(mask + (size_t)a * n, sb.attn_mask, n);
+            have_block = 1;
+        }
+        /* step kstep of the block: micro-batch a, row b <- block row (a·B + b)·G + kstep */
+        for (int a = 0; a < accum; a++) {
             int padded = 0;
-            for (size_t i = 0; i < n && !padded; i++) padded = !sb.attn_mask[i];
+            for (int b = 0; b < B; b++) {
+                size_t src = ((size_t)(a * B + b) * (size_t)G + (size_t)kstep) * (size_t)T;
+                size_t dst = (size_t)a * n + (size_t)b * (size_t)T;
+                memcpy(ids + dst, sb.ids + src, (size_t)T * sizeof *ids);
+                memcpy(labels + dst, sb.labels + src, (size_t)T * sizeof *labels);
+                memcpy(mask + dst, sb.attn_mask + src, (size_t)T);
+                for (int i = 0; i < T && !padded; i++) padded = !sb.attn_mask[src + (size_t)i];
+            }
             mb[a] = (tb_batch){ids + (size_t)a * n, labels + (size_t)a * n,
                                padded ? mask + (size_t)a * n : NULL, B, T};
         }
@@ -527,7 +571,11 @@ int main(int argc, char **argv) {
             status = TB_EX_DATAERR;
             goto done;
         }
-        tb_stream_cursor_get(st, &cur);
+        if (++kstep == G) { /* block used up: the position is after it */
+            kstep = 0;
+            have_block = 0;
+            tb_stream_cursor_get(st, &cur);
+        }
         double now = tb_clock_mono_s(), dt = now - tlast;
         tlast = now;
         tokens += r.tokens;
@@ -570,20 +618,21 @@ int main(int argc, char **argv) {
                 char dir[4096];
                 snprintf(dir, sizeof dir, "%s/emergency", o.save);
                 mkdir(o.save, 0755);
-                if (save(&tr, dir, &cur, &err)) fprintf(stderr, "tb-train-local: %s\n", err.msg);
+                if (save(&tr, dir, &cur, kstep, &err)) fprintf(stderr, "tb-train-local: %s\n", err.msg);
             }
             status = 75;
             goto done;
         }
         if (o.save && o.save_every > 0 && tr.opt.step % o.save_every == 0 &&
-            save(&tr, o.save, &cur, &err)) {
+            save(&tr, o.save, &cur, kstep, &err)) {
             fprintf(stderr, "tb-train-local: %s\n", err.msg);
             status = TB_EX_IOERR;
             goto done;
         }
         if (o.minutes > 0 && now - t0 > o.minutes * 60) break;
+        if (o.stop_after > 0 && tr.opt.step - first >= o.stop_after) break;
     }
-    if (o.save && save(&tr, o.save, &cur, &err)) {
+    if (o.save && save(&tr, o.save, &cur, kstep, &err)) {
         fprintf(stderr, "tb-train-local: %s\n", err.msg);
         status = TB_EX_IOERR;
     }
