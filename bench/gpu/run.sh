@@ -36,7 +36,7 @@ prepare)
     # Libraries the device machine lacks (cmocka; libyaml for the model test's presets):
     # every resolved dependency except glibc, the C++ runtime and CUDA's own.
     for t in $tests; do ldd "$b/tests/cuda/$t"; done | awk '$3 ~ /^\// {print $1, $3}' | sort -u |
-        grep -Ev '^(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|libcudart|libcublas|libcublasLt)\.so' |
+        grep -Ev '^(libc|libm|libmvec|libdl|libpthread|librt|libstdc\+\+|libgcc_s|libcudart|libcublas|libcublasLt)\.so' |
         while read -r name path; do cp -L "$path" ".carry/cuda/$name" || exit 1; done || exit 1
     ls -la .carry/cuda
     ;;

@@ -7,9 +7,10 @@
 #   bench/gpu/train_local.sh device    # on the GPU machine with .carry carried:
 #       1. tiny, 30 steps, same seed on --backend cuda and --backend cpu: loss per step side
 #          by side (fp32 both; dropout masks are the same draws)
-#       2. mini B 32 x T 128 and frankenstein B 8 x T 512, a few steps on cuda: tok/s and the
-#          GPU memory in use (nvidia-smi sampled every 200 ms; the backend is fp32 with managed
-#          memory and a synchronous stream, not the bf16 path issue 6 asks for)
+#       2. mini B 32 x T 128 (12 steps) and frankenstein B 8 x T 512 (8 steps) on cuda:
+#          tok/s over the run and its steady state (median per-step tok/s after step 2), and
+#          the GPU memory in use (nvidia-smi sampled every 200 ms; the backend is fp32 with
+#          device memory and an asynchronous stream, not the bf16 path issue 6 asks for)
 #   Writes a table and the logs to $OUT (or ./gpu-out). TB_GPU_DEADLINE (s) skips what is left;
 #   TB_RUNS="name ..." runs only those (tiny_cuda tiny_cpu mini_cuda frankenstein_cuda).
 set -u -o pipefail
@@ -23,7 +24,7 @@ prepare)
     rm -rf .carry/train && mkdir -p .carry/train/lib || exit 1
     cp "$b/trainerd/tools/tb-train-local" .carry/train/ || exit 1
     ldd "$b/trainerd/tools/tb-train-local" | awk '$3 ~ /^\// {print $1, $3}' |
-        grep -Ev '^(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|libcudart|libcublas|libcublasLt)\.so' |
+        grep -Ev '^(libc|libm|libmvec|libdl|libpthread|librt|libstdc\+\+|libgcc_s|libcudart|libcublas|libcublasLt)\.so' |
         while read -r name path; do cp -L "$path" ".carry/train/lib/$name" || exit 1; done || exit 1
     cp var/corpus/shard-00000.jsonl.gz var/corpus/shard-00001.jsonl.gz .carry/train/ || exit 1
     cp var/tokenizer/es8k.model .carry/train/ || exit 1
@@ -49,7 +50,11 @@ device)
         local rc=$?
         kill $smi 2>/dev/null; wait $smi 2>/dev/null
         local peak; peak=$(sort -n "$out/$name.mem" | tail -1)
-        echo "$name rc=$rc peak_mem_MiB=${peak:-?} $(tail -n 1 "$out/$name.log")" | tee -a "$out/summary.txt"
+        # steady state: the median of the per-step tok/s (CSV column 6) after the first 2 steps
+        local med; med=$(awk -F, 'NR > 2 {print $6}' "$out/$name.csv" 2>/dev/null | sort -n |
+                         awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]; else print "?"}')
+        echo "$name rc=$rc peak_mem_MiB=${peak:-?} steady_tok_s=$med $(tail -n 1 "$out/$name.log")" |
+            tee -a "$out/summary.txt"
     }
     run tiny_cuda --preset tiny --backend cuda --steps 30 --seq-len 128 --batch 4 --lr-scale 10
     TB_CPU_THREADS=8 run tiny_cpu --preset tiny --backend cpu --steps 30 --seq-len 128 --batch 4 --lr-scale 10
@@ -61,8 +66,8 @@ device)
             tee "$out/tiny_compare.txt" | tail -n 4
     fi
     # the demo tokenizer has 8000 pieces: mini and frankenstein run with vocab_size 8000
-    run mini_cuda --preset mini --backend cuda --steps 6 --seq-len 128 --batch 32 --set model.vocab_size=8000
-    run frankenstein_cuda --preset frankenstein --backend cuda --steps 4 --seq-len 512 --batch 8 --set model.vocab_size=8000
+    run mini_cuda --preset mini --backend cuda --steps 12 --seq-len 128 --batch 32 --set model.vocab_size=8000
+    run frankenstein_cuda --preset frankenstein --backend cuda --steps 8 --seq-len 512 --batch 8 --set model.vocab_size=8000
     cat "$out/summary.txt"
     ;;
 *)

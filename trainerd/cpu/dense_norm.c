@@ -86,6 +86,14 @@ void dense_cpu_norm_fwd(real *y, real *stats, const real *x, const real *const *
     }
 }
 
+/* dynamic_tanh's y = tanh(α ⊙ x̂ + β) for row elements [j0, j0 + m), x̂ = (x - mean) r:
+ * the forward's values, recomputed by the backward's two passes. */
+static void dyn_tanh_chunk(real *yc, const real *const *prm, const real *x, int j0, int m,
+                           real mean, real r) {
+    for (int j = 0; j < m; j++) yc[j] = prm[0][j0 + j] * ((x[j] - mean) * r) + prm[1][j0 + j];
+    tb_vtanh(yc, yc, (size_t)m);
+}
+
 void dense_cpu_norm_bwd(real *dx, real *const *dprm, const real *dy, const real *stats,
                         const real *x, const real *const *prm, int type, size_t n, int C) {
     double ga = 0, gs = 0; /* scalar-parameter gradients */
@@ -103,9 +111,7 @@ void dense_cpu_norm_bwd(real *dx, real *const *dprm, const real *dy, const real 
             double sg = 0, sgd = 0;
             real yc[TB_VCHUNK];
             ROW_CHUNKS(C) {
-                for (int j = 0; j < m; j++)
-                    yc[j] = prm[0][j0 + j] * ((xr[j0 + j] - mean) * r) + prm[1][j0 + j];
-                tb_vtanh(yc, yc, (size_t)m);
+                dyn_tanh_chunk(yc, prm, xr + j0, j0, m, mean, r);
                 for (int jj = 0; jj < m; jj++) {
                     int j = j0 + jj;
                     real xh = (xr[j] - mean) * r;
@@ -121,9 +127,7 @@ void dense_cpu_norm_bwd(real *dx, real *const *dprm, const real *dy, const real 
             real mg = (real)(sg / C);
             real coef = sd > 0 ? (real)((double)r * r * sgd / ((C - 1) * (double)sd)) : R(0.0);
             ROW_CHUNKS(C) {
-                for (int j = 0; j < m; j++)
-                    yc[j] = prm[0][j0 + j] * ((xr[j0 + j] - mean) * r) + prm[1][j0 + j];
-                tb_vtanh(yc, yc, (size_t)m);
+                dyn_tanh_chunk(yc, prm, xr + j0, j0, m, mean, r);
                 for (int jj = 0; jj < m; jj++) {
                     int j = j0 + jj;
                     real yv = yc[jj];
