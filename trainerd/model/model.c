@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "../layers/loss.h"
+#include "tb_clock.h"
 
 /* ---- binding the registry to the layers' parameter structs ---- */
 
@@ -402,6 +403,36 @@ void tb_model_init(tb_model *m, uint64_t seed) {
 
 const tb_block *tb_model_block(const tb_model *m, int physical) { return &m->blocks[physical]; }
 
+/* ---- phase timing ---- */
+
+const char *const tb_phase_names[TB_PHASE_COUNT] = {"embedding", "norms", "ode", "retnet",
+                                                    "mamba", "attention", "ffn", "head+loss"};
+
+void tb_model_profile(tb_model *m, int on) {
+    m->profile = on;
+    memset(m->prof, 0, sizeof m->prof);
+}
+
+/* Waits for the backend's queued work (a one-byte read), then charges the time since *t
+ * to the phase and restarts *t. */
+static int mixer_phase(int mixer) {
+    switch (mixer) {
+    case TB_MIXER_ODE: return TB_PHASE_ODE;
+    case TB_MIXER_RETNET: return TB_PHASE_RETNET;
+    case TB_MIXER_MAMBA: return TB_PHASE_MAMBA;
+    default: return TB_PHASE_ATTN;
+    }
+}
+
+static void phase_end(tb_model *m, int dir, int phase, double *t) {
+    if (!m->profile) return;
+    unsigned char b;
+    if (!m->be->core.host_memory) m->be->core.to_host(&b, m->arena, 1);
+    double now = tb_clock_mono_s();
+    m->prof[dir][phase] += now - *t;
+    *t = now;
+}
+
 /* ---- forward ---- */
 
 static tb_dropout layer_drop(const tb_model *m, uint32_t layer) {
@@ -434,7 +465,9 @@ int tb_model_forward(tb_model *m, const tb_batch *bt, const tb_dropout_ctx *d,
     else memset(&m->drop, 0, sizeof m->drop);
     tb_dropout de = layer_drop(m, TB_DROPOUT_LAYER_EMB);
     real *x0 = m->nlogical ? m->ls[0].x : m->x_final;
+    double tp = m->profile ? tb_clock_mono_s() : 0;
     embedding_forward(be, x0, m->emb_act, bt->ids, &m->emb, &de, B, T);
+    phase_end(m, 0, TB_PHASE_EMBED, &tp);
     double ode_total = 0, bal_total = 0;
     int n_moe = 0;
     m->n_ode_evals = 0;
@@ -443,6 +476,7 @@ int tb_model_forward(tb_model *m, const tb_batch *bt, const tb_dropout_ctx *d,
         tb_lstore *s = &m->ls[l];
         real *out = l + 1 < m->nlogical ? m->ls[l + 1].x : m->x_final;
         norm_forward(be, s->u, s->n1act, s->x, &b->n1, n);
+        phase_end(m, 0, TB_PHASE_NORMS, &tp);
         tb_dropout dl = layer_drop(m, (uint32_t)l);
         /* mixer output goes to h, then h += x (residual) */
         switch (b->mixer) {
@@ -462,7 +496,9 @@ int tb_model_forward(tb_model *m, const tb_batch *bt, const tb_dropout_ctx *d,
             break;
         }
         be->core.axpy(s->h, R(1.0), s->x, n * C);
+        phase_end(m, 0, mixer_phase(b->mixer), &tp);
         norm_forward(be, s->v, s->n2act, s->h, &b->n2, n);
+        phase_end(m, 0, TB_PHASE_NORMS, &tp);
         if (b->use_moe) {
             moe_forward(be, out, &m->lbal[l], s->fact, s->v, &b->moe, n);
             real lb;
@@ -473,11 +509,13 @@ int tb_model_forward(tb_model *m, const tb_batch *bt, const tb_dropout_ctx *d,
             ffn_forward(be, out, s->fact, s->v, &b->ffn, n);
         }
         be->core.axpy(out, R(1.0), s->h, n * C);
+        phase_end(m, 0, TB_PHASE_FFN, &tp);
     }
     norm_forward(be, m->y_final, m->fn_act, m->x_final, &m->final_norm, n);
     linear_forward(be, m->logits, m->head_act, m->y_final, &m->head, n);
     tb_ce_result ce;
     loss_forward(be, &ce, m->loss_act, m->logits, bt->labels, n, V);
+    phase_end(m, 0, TB_PHASE_HEAD, &tp);
     tb_fwd_result r;
     memset(&r, 0, sizeof r);
     r.ce = ce.loss;
@@ -502,6 +540,7 @@ void tb_model_backward(tb_model *m, const tb_batch *bt, double grad_scale) {
     int64_t nsup = loss_count_labels(bt->labels, n, V);
     const tb_batch bv = batch_view(m, bt);
     bt = &bv;
+    double tp = m->profile ? tb_clock_mono_s() : 0;
     be->core.fill(m->dlogits, R(0.0), n * (size_t)V);
     loss_backward(be, m->dlogits, m->loss_act, m->logits, bt->labels, nsup, (real)grad_scale, n,
                   V);
@@ -509,6 +548,7 @@ void tb_model_backward(tb_model *m, const tb_batch *bt, double grad_scale) {
     linear_backward(be, m->dh, m->scratch, m->dlogits, m->head_act, m->y_final, &m->head, n);
     be->core.fill(m->dx, R(0.0), n * C);
     norm_backward(be, m->dx, m->dh, m->fn_act, m->x_final, &m->final_norm, n);
+    phase_end(m, 1, TB_PHASE_HEAD, &tp);
     real g_ode = m->n_ode_evals
                      ? (real)(grad_scale * c->lambda_ode / ((double)m->n_ode_evals * (double)c->ode_steps))
                      : R(0.0);
@@ -524,8 +564,10 @@ void tb_model_backward(tb_model *m, const tb_batch *bt, double grad_scale) {
             moe_backward(be, m->dv, m->scratch, m->dx, bal_scale, s->fact, s->v, &b->moe, n);
         else
             ffn_backward(be, m->dv, m->scratch, m->dx, s->fact, s->v, &b->ffn, n);
+        phase_end(m, 1, TB_PHASE_FFN, &tp);
         be->core.copy(m->dh, m->dx, n * C);
         norm_backward(be, m->dh, m->dv, s->n2act, s->h, &b->n2, n);
+        phase_end(m, 1, TB_PHASE_NORMS, &tp);
         /* h = x + Mixer(N1(x)) */
         be->core.fill(m->du, R(0.0), n * C);
         tb_dropout dl = layer_drop(m, (uint32_t)l);
@@ -545,9 +587,12 @@ void tb_model_backward(tb_model *m, const tb_batch *bt, double grad_scale) {
                                &dl, l, B, T);
             break;
         }
+        phase_end(m, 1, mixer_phase(b->mixer), &tp);
         be->core.copy(m->dx, m->dh, n * C);
         norm_backward(be, m->dx, m->du, s->n1act, s->x, &b->n1, n);
+        phase_end(m, 1, TB_PHASE_NORMS, &tp);
     }
     tb_dropout de = layer_drop(m, TB_DROPOUT_LAYER_EMB);
     embedding_backward(be, m->scratch, m->dx, m->emb_act, bt->ids, &m->emb, &de, B, T);
+    phase_end(m, 1, TB_PHASE_EMBED, &tp);
 }

@@ -70,6 +70,20 @@ typedef struct tb_lstore {
     real *fact;   // FFN activations
 } tb_lstore;
 
+/* Phases of the step that tb_model_profile times. */
+enum {
+    TB_PHASE_EMBED = 0,
+    TB_PHASE_NORMS,  /* N1, N2 of every layer */
+    TB_PHASE_ODE,
+    TB_PHASE_RETNET,
+    TB_PHASE_MAMBA,
+    TB_PHASE_ATTN,
+    TB_PHASE_FFN,    /* MoE or dense FFN, residual adds */
+    TB_PHASE_HEAD,   /* final norm, head, loss */
+    TB_PHASE_COUNT
+};
+extern const char *const tb_phase_names[TB_PHASE_COUNT];
+
 typedef struct tb_model {
     tb_params p;
     tb_model_config cfg;
@@ -93,6 +107,9 @@ typedef struct tb_model {
     double *ode_sums;   /* per logical layer: Σ_steps mean(k1²) */
     real *lbal;         /* per logical layer: L_bal of its MoE evaluation */
     int n_ode_evals;
+    /* Phase timing (tb_model_profile): seconds per phase, forward [0] and backward [1]. */
+    int profile;
+    double prof[2][TB_PHASE_COUNT];
     /* last forward */
     int B, T;
     tb_dropout_ctx drop;
@@ -114,6 +131,12 @@ int tb_model_forward(tb_model *m, const tb_batch *b, const tb_dropout_ctx *d,
                      tb_fwd_result *res, tb_err *err);
 /* Backward of the last forward: every parameter gradient += dL/dθ · grad_scale. */
 void tb_model_backward(tb_model *m, const tb_batch *b, double grad_scale);
+
+/* Phase timing for finding where a step's time goes: when on, forward and backward wait
+ * for the backend after each phase (a one-byte to_host) and add its wall time to
+ * m->prof; this serialises an asynchronous backend, so the step itself gets slower.
+ * Off by default. */
+void tb_model_profile(tb_model *m, int on);
 
 /* The tensors of the registry, by mixer, as the layer structs see them (tests). */
 const tb_block *tb_model_block(const tb_model *m, int physical);

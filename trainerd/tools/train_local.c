@@ -79,6 +79,10 @@ static void usage(FILE *f) {
             "  --eval-mask-prob P  masking share of the held-out batches (default: the training\n"
             "                      value, training.mlm_probability)\n"
             "  --eval-every N      (default 0: only at the end)\n"
+            "  --profile           time the phases of forward and backward (embedding, norms,\n"
+            "                      each mixer kind, FFN, head + loss) and print a table at the\n"
+            "                      end; the backend waits after each phase, so it runs slower\n"
+            "                      (with --parallel: micro-batch 0's model only)\n"
             "  --split-every N     every N steps, also the loss of the step's first micro-batch\n"
             "                      (after the update, no dropout) split by what the input held\n"
             "                      at the supervised positions: [MASK] vs kept/random tokens\n"
@@ -93,6 +97,7 @@ typedef struct opts {
     const char *eval[256];
     int neval;
     long eval_batches, eval_every, interleave, stop_after;
+    int profile;
     double eval_mask_prob;
     const char *sets[64];
     int nsets;
@@ -296,6 +301,19 @@ static int report_eval(tb_trainer *tr, const eval_set *ev, tb_err *err) {
     return 0;
 }
 
+/* The phase table of --profile: seconds and share of the run's wall time. */
+static void print_profile(const tb_model *m, double wall) {
+    double sum = 0;
+    printf("profile: phase, forward s, backward s, share of %.1f s\n", wall);
+    for (int p = 0; p < TB_PHASE_COUNT; p++) {
+        double f = m->prof[0][p], b = m->prof[1][p];
+        sum += f + b;
+        printf("profile: %-10s %9.3f %9.3f %6.1f%%\n", tb_phase_names[p], f, b,
+               wall > 0 ? 100 * (f + b) / wall : 0);
+    }
+    printf("profile: %-10s %9.3f (optimizer, data, evaluation, logging)\n", "other", wall - sum);
+}
+
 static void eval_free(eval_set *ev) {
     free(ev->ids);
     free(ev->labels);
@@ -326,7 +344,7 @@ int main(int argc, char **argv) {
     o.seed = -1;
     o.backend = "auto";
     enum { O_PRESET = 1, O_CONFIG, O_SET, O_DATA, O_TOK, O_STEPS, O_T, O_B, O_ACC, O_LR, O_SEED,
-           O_MIN, O_SAVE, O_SAVE_EVERY, O_RESUME, O_CSV, O_SPLIT, O_BACKEND, O_PAR, O_EVAL, O_EVALN, O_EVALE, O_EVALP, O_INTER, O_STOPA, O_HELP };
+           O_MIN, O_SAVE, O_SAVE_EVERY, O_RESUME, O_CSV, O_SPLIT, O_BACKEND, O_PAR, O_EVAL, O_EVALN, O_EVALE, O_EVALP, O_INTER, O_STOPA, O_PROF, O_HELP };
     static const struct option lo[] = {
         {"preset", 1, 0, O_PRESET}, {"config", 1, 0, O_CONFIG},   {"set", 1, 0, O_SET},
         {"data", 1, 0, O_DATA},     {"tokenizer", 1, 0, O_TOK},   {"steps", 1, 0, O_STEPS},
@@ -337,7 +355,7 @@ int main(int argc, char **argv) {
         {"split-every", 1, 0, O_SPLIT}, {"backend", 1, 0, O_BACKEND}, {"parallel", 0, 0, O_PAR},
         {"eval-data", 1, 0, O_EVAL}, {"eval-batches", 1, 0, O_EVALN}, {"eval-every", 1, 0, O_EVALE},
         {"eval-mask-prob", 1, 0, O_EVALP}, {"interleave", 1, 0, O_INTER},
-        {"stop-after", 1, 0, O_STOPA},
+        {"stop-after", 1, 0, O_STOPA}, {"profile", 0, 0, O_PROF},
         {0, 0, 0, 0}};
     int c;
     char *end;
@@ -383,6 +401,7 @@ int main(int argc, char **argv) {
         case O_EVALP: NUM(o.eval_mask_prob, strtod); break;
         case O_INTER: { long long v; NUM(v, strtoll_10); o.interleave = (long)v; break; }
         case O_STOPA: { long long v; NUM(v, strtoll_10); o.stop_after = (long)v; break; }
+        case O_PROF: o.profile = 1; break;
         case O_SPLIT: { long long v; NUM(v, strtoll_10); o.split_every = (long)v; break; }
         case O_HELP:
         case 'h': usage(stdout); return 0;
@@ -461,6 +480,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "tb-train-local: --parallel: %s\n", err.msg);
         return TB_EX_USAGE;
     }
+    if (o.profile) tb_model_profile(&tr.model, 1);
     tb_stream_cursor cur, *at = NULL;
     long kstep = 0; /* steps of the current --interleave block already trained on */
     if (o.resume) {
@@ -641,6 +661,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "tb-train-local: eval: %s\n", err.msg);
         status = TB_EX_SOFTWARE;
     }
+    if (o.profile) print_profile(&tr.model, tb_clock_mono_s() - t0);
     printf("tb-train-local: %" PRId64 " steps, %" PRId64 " tokens in %.1f s (%.0f tok/s)%s\n",
            tr.opt.step - first, tokens, tb_clock_mono_s() - t0,
            (double)tokens / (tb_clock_mono_s() - t0 + 1e-9), stop_flag ? ", interrupted" : "");
