@@ -214,6 +214,13 @@ static int save(const tb_trainer *tr, const char *dir, const tb_stream_cursor *c
     return tb_trainer_save(tr, dir, extra, 2, err);
 }
 
+/* A micro-batch's key mask: the mask when some position is padding, else NULL (no mask). */
+static const uint8_t *key_mask_or_null(const uint8_t *mask, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!mask[i]) return mask;
+    return NULL;
+}
+
 /* Held-out batches, read once. */
 typedef struct eval_set {
     int32_t *ids, *labels;
@@ -272,10 +279,8 @@ static int eval_run(tb_trainer *tr, const eval_set *ev, tb_fwd_result *out, tb_e
     double sum = 0;
     int64_t count = 0, correct = 0;
     for (int b = 0; b < ev->n; b++) {
-        int padded = 0;
-        for (size_t i = 0; i < n && !padded; i++) padded = !ev->mask[(size_t)b * n + i];
         tb_batch mb = {ev->ids + (size_t)b * n, ev->labels + (size_t)b * n,
-                       padded ? ev->mask + (size_t)b * n : NULL, ev->B, ev->T};
+                       key_mask_or_null(ev->mask + (size_t)b * n, n), ev->B, ev->T};
         tb_dropout_ctx nod = {0};
         tb_fwd_result f;
         if (tb_model_forward(&tr->model, &mb, &nod, &f, err)) return -1;
@@ -573,17 +578,15 @@ int main(int argc, char **argv) {
         }
         /* step kstep of the block: micro-batch a, row b <- block row (a·B + b)·G + kstep */
         for (int a = 0; a < accum; a++) {
-            int padded = 0;
             for (int b = 0; b < B; b++) {
                 size_t src = ((size_t)(a * B + b) * (size_t)G + (size_t)kstep) * (size_t)T;
                 size_t dst = (size_t)a * n + (size_t)b * (size_t)T;
                 memcpy(ids + dst, sb.ids + src, (size_t)T * sizeof *ids);
                 memcpy(labels + dst, sb.labels + src, (size_t)T * sizeof *labels);
                 memcpy(mask + dst, sb.attn_mask + src, (size_t)T);
-                for (int i = 0; i < T && !padded; i++) padded = !sb.attn_mask[src + (size_t)i];
             }
             mb[a] = (tb_batch){ids + (size_t)a * n, labels + (size_t)a * n,
-                               padded ? mask + (size_t)a * n : NULL, B, T};
+                               key_mask_or_null(mask + (size_t)a * n, n), B, T};
         }
         tb_step_result r;
         if (tb_trainer_step(&tr, mb, accum, &r, &err)) {
