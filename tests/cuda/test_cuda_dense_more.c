@@ -111,17 +111,23 @@ static void test_posenc_rotation_and_hyperbolic_match_cpu(void **state) {
 static void test_attention_softmax_sigmoid_gqa_mask_dropout_match_cpu(void **state) {
     (void)state;
     /* B, T, H, Hkv, hs, extra stride */
-    static const int sh[][6] = {{1, 1, 1, 1, 1, 0}, {2, 5, 2, 1, 7, 3}, {1, 33, 4, 2, 16, 0},
-                                {2, 130, 3, 3, 33, 1}, {1, 20, 2, 2, 200, 0}};
+    static const int sh[][6] = {{1, 1, 1, 1, 1, 0},     {2, 5, 2, 1, 7, 3},    {1, 33, 4, 2, 16, 0},
+                                {2, 130, 3, 3, 33, 1},  {1, 20, 2, 2, 200, 0}, {2, 97, 4, 2, 64, 0},
+                                {1, 70, 2, 1, 128, 5},  {2, 64, 2, 2, 32, 0},  {1, 161, 2, 2, 100, 2}};
     for (size_t s = 0; s < sizeof sh / sizeof sh[0]; s++)
         for (int sig = 0; sig < 2; sig++)
             for (int masked = 0; masked < 2; masked++)
-                for (int drop = 0; drop < 2; drop++) {
+                for (int drop = 0; drop < 2; drop++)
+                    for (int fused = 0; fused < 2; fused++) {
                     int B = sh[s][0], T = sh[s][1], H = sh[s][2], Hkv = sh[s][3], hs = sh[s][4];
+                    /* fused: the GPU keeps no P (probs == NULL) where its backend offers it */
+                    if (fused && (sig || !ct_gpu->dense.attn_recomputes ||
+                                  !ct_gpu->dense.attn_recomputes(hs)))
+                        continue;
                     size_t ldq = (size_t)H * hs + sh[s][5], ldkv = (size_t)Hkv * hs + sh[s][5];
                     size_t ntok = (size_t)B * T;
-                    snprintf(shape, sizeof shape, "B=%d T=%d H=%d Hkv=%d hs=%d sigmoid=%d mask=%d drop=%d", B, T, H,
-                             Hkv, hs, sig, masked, drop);
+                    snprintf(shape, sizeof shape, "B=%d T=%d H=%d Hkv=%d hs=%d sigmoid=%d mask=%d drop=%d fused=%d",
+                             B, T, H, Hkv, hs, sig, masked, drop, fused);
                     tb_dropout d = {0.2f, 99, 4, 1, drop};
                     uint8_t *mask = NULL, *gmask = NULL;
                     if (masked) {
@@ -133,24 +139,24 @@ static void test_attention_softmax_sigmoid_gqa_mask_dropout_match_cpu(void **sta
                     }
                     ct_t q = ct_rand(ntok * ldq, -1, 1), k = ct_rand(ntok * ldkv, -1, 1), v = ct_rand(ntok * ldkv, -1, 1);
                     ct_t out = ct_out(ntok * H * hs), probs = ct_out((size_t)B * H * T * T), rs = ct_out((size_t)B * H * T);
-                    ct_gpu->dense.attn_fwd(out.d, probs.d, rs.d, q.d, k.d, v.d, ldq, ldkv, gmask, sig, &d, 1, B, T, H,
-                                           Hkv, hs);
+                    ct_gpu->dense.attn_fwd(out.d, fused ? NULL : probs.d, rs.d, q.d, k.d, v.d, ldq, ldkv, gmask, sig,
+                                           &d, 1, B, T, H, Hkv, hs);
                     ct_cpu->dense.attn_fwd(out.h, probs.h, rs.h, q.h, k.h, v.h, ldq, ldkv, mask, sig, &d, 1, B, T, H,
                                            Hkv, hs);
-                    chk("dense.attn_fwd out", out);
-                    chk("dense.attn_fwd probs", probs);
-                    chk("dense.attn_fwd rowstat", rs);
+                    chk(fused ? "dense.attn_fwd fused out" : "dense.attn_fwd out", out);
+                    if (!fused) chk("dense.attn_fwd probs", probs);
+                    chk(fused ? "dense.attn_fwd fused lse" : "dense.attn_fwd rowstat", rs);
                     /* The backward reads each side's own probs (they agree to 1e-5). */
                     ct_t dout = ct_rand(ntok * H * hs, -1, 1), dq = ct_rand(ntok * ldq, -1, 1),
                          dk = ct_rand(ntok * ldkv, -1, 1), dv = ct_rand(ntok * ldkv, -1, 1);
                     float *work = ct_hmalloc((size_t)T * 4);
-                    ct_gpu->dense.attn_bwd(dq.d, dk.d, dv.d, NULL, dout.d, probs.d, rs.d, q.d, k.d, v.d, ldq, ldkv,
-                                           gmask, sig, &d, 1, B, T, H, Hkv, hs);
-                    ct_cpu->dense.attn_bwd(dq.h, dk.h, dv.h, work, dout.h, probs.h, rs.h, q.h, k.h, v.h, ldq, ldkv,
-                                           mask, sig, &d, 1, B, T, H, Hkv, hs);
-                    chk("dense.attn_bwd dq", dq);
-                    chk("dense.attn_bwd dk", dk);
-                    chk("dense.attn_bwd dv", dv);
+                    ct_gpu->dense.attn_bwd(dq.d, dk.d, dv.d, NULL, dout.d, out.d, fused ? NULL : probs.d, rs.d, q.d,
+                                           k.d, v.d, ldq, ldkv, gmask, sig, &d, 1, B, T, H, Hkv, hs);
+                    ct_cpu->dense.attn_bwd(dq.h, dk.h, dv.h, work, dout.h, out.h, probs.h, rs.h, q.h, k.h, v.h, ldq,
+                                           ldkv, mask, sig, &d, 1, B, T, H, Hkv, hs);
+                    chk(fused ? "dense.attn_bwd fused dq" : "dense.attn_bwd dq", dq);
+                    chk(fused ? "dense.attn_bwd fused dk" : "dense.attn_bwd dk", dk);
+                    chk(fused ? "dense.attn_bwd fused dv" : "dense.attn_bwd dv", dv);
                     ct_tfree(q), ct_tfree(k), ct_tfree(v), ct_tfree(out), ct_tfree(probs), ct_tfree(rs);
                     ct_tfree(dout), ct_tfree(dq), ct_tfree(dk), ct_tfree(dv);
                     free(work), free(mask);

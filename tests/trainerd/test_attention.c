@@ -170,6 +170,21 @@ static void test_attention_probs_rows_and_mask(void **state) {
         assert_true(fabs(s - 1) < 1e-14);
     }
     for (int r = 0; r < H * T; r++) assert_true(probs[(size_t)r * T + 1] == 0 && probs[(size_t)r * T + 4] == 0);
+    /* rowstat is the log-sum-exp of the scaled scores over the unmasked keys, so
+     * P_ij = exp(s_ij - rowstat_i) (the fused backends recompute P this way). */
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < T; i++)
+                for (int j = 0; j < T; j++) {
+                    if (!mask[b * T + j]) continue;
+                    double sc = 0;
+                    for (int c = 0; c < hs; c++)
+                        sc += (double)q[((size_t)b * T + i) * ld + (size_t)h * hs + c] *
+                              k[((size_t)b * T + j) * ld + (size_t)h * hs + c];
+                    sc /= sqrt((double)hs);
+                    size_t row = ((size_t)b * H + h) * T + i;
+                    assert_true(fabs(exp(sc - rs[row]) - probs[row * T + j]) < 1e-13);
+                }
     free(q), free(k), free(v), free(out), free(probs), free(rs);
 }
 

@@ -83,7 +83,7 @@ static void attn_fwd_bh(const attn_job *J, int b, int h, real *pt) {
             }
             real inv = (real)(1.0 / s);
             for (int j = 0; j < T; j++) p[j] *= inv;
-            J->rowstat[row] = 0;
+            J->rowstat[row] = (real)((double)mx + log(s));
         } else {
             J->rowstat[row] = 0;
         }
@@ -222,11 +222,12 @@ void dense_cpu_attn_fwd(real *out, real *probs, real *rowstat, const real *q, co
 }
 
 void dense_cpu_attn_bwd(real *dq, real *dk, real *dv, real *work, const real *dout,
-                        const real *probs, const real *rowstat, const real *q, const real *k,
+                        const real *out, const real *probs, const real *rowstat, const real *q, const real *k,
                         const real *v, size_t ldq, size_t ldkv, const uint8_t *key_mask,
                         int sigmoid, const tb_dropout *d, uint32_t site, int B, int T, int H,
                         int Hkv, int hs) {
     (void)work;     /* the per-thread scratch is allocated per call */
+    (void)out;      /* P is kept: Σ P dP comes from it */
     (void)key_mask; /* masked keys have probs = 0, skipped */
     if (B <= 0 || T <= 0 || H <= 0) return;
     attn_job J = {.dq = dq, .dk = dk, .dv = dv, .dout = dout, .cprobs = probs,

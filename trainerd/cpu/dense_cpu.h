@@ -38,7 +38,7 @@ void dense_cpu_attn_fwd(real *out, real *probs, real *rowstat, const real *q, co
                         int sigmoid, const tb_dropout *d, uint32_t site, int B, int T, int H,
                         int Hkv, int hs);
 void dense_cpu_attn_bwd(real *dq, real *dk, real *dv, real *work, const real *dout,
-                        const real *probs, const real *rowstat, const real *q, const real *k,
+                        const real *out, const real *probs, const real *rowstat, const real *q, const real *k,
                         const real *v, size_t ldq, size_t ldkv, const uint8_t *key_mask,
                         int sigmoid, const tb_dropout *d, uint32_t site, int B, int T, int H,
                         int Hkv, int hs);

@@ -7,6 +7,7 @@
  * heads and the queries in order: no atomics. probs are stored as on the CPU.
  * This is the portable path (sigmoid attention, GPUs without cuDNN); cuDNN's fused
  * attention (no stored probs) is a later step. */
+#include <string.h>
 #include "cuda_internal.cuh"
 extern "C" {
 #include "layers/dropout.h"
@@ -70,6 +71,7 @@ __global__ void k_attn_fwd(float *out, float *probs, float *rowstat, const float
             s += e;
         }
         s = tbc_block_sum_d(s, shd);
+        rs = (float)((double)mx + log(s));
         float inv = (float)(1.0 / s);
         for (int j = tid; j < T; j += AT_THREADS) sp[j] *= inv;
     }
@@ -211,6 +213,12 @@ static void cu_attn_fwd(real *out, real *probs, real *rowstat, const real *q, co
                         size_t ldq, size_t ldkv, const uint8_t *key_mask, int sigmoid, const tb_dropout *d,
                         uint32_t site, int B, int T, int H, int Hkv, int hs) {
     if (B <= 0 || T <= 0 || H <= 0 || hs <= 0) return;
+    if (!probs) {
+        if (sigmoid || !tbc_flash_fits(hs))
+            tbc_fatal("attn", __FILE__, __LINE__, "probs == NULL needs softmax and a head size the fused kernel takes");
+        tbc_flash_fwd(out, rowstat, q, k, v, ldq, ldkv, key_mask, d, site, B, T, H, Hkv, hs);
+        return;
+    }
     attn_check(T, H, Hkv, hs);
     if (B > 65535) tbc_fatal("attn", __FILE__, __LINE__, "batch above 65535");
     float scale = (float)(1.0 / sqrt((double)hs));
@@ -221,13 +229,19 @@ static void cu_attn_fwd(real *out, real *probs, real *rowstat, const real *q, co
     TBC_LAUNCHED();
 }
 
-static void cu_attn_bwd(real *dq, real *dk, real *dv, real *work, const real *dout, const real *probs,
-                        const real *rowstat, const real *q, const real *k, const real *v, size_t ldq, size_t ldkv,
-                        const uint8_t *key_mask, int sigmoid, const tb_dropout *d, uint32_t site, int B, int T, int H,
-                        int Hkv, int hs) {
+static void cu_attn_bwd(real *dq, real *dk, real *dv, real *work, const real *dout, const real *out,
+                        const real *probs, const real *rowstat, const real *q, const real *k, const real *v,
+                        size_t ldq, size_t ldkv, const uint8_t *key_mask, int sigmoid, const tb_dropout *d,
+                        uint32_t site, int B, int T, int H, int Hkv, int hs) {
     (void)work;
-    (void)key_mask; /* masked keys have probs = 0 */
     if (B <= 0 || T <= 0 || H <= 0 || hs <= 0) return;
+    if (!probs) {
+        if (sigmoid || !tbc_flash_fits(hs))
+            tbc_fatal("attn", __FILE__, __LINE__, "probs == NULL needs softmax and a head size the fused kernel takes");
+        tbc_flash_bwd(dq, dk, dv, dout, out, rowstat, q, k, v, ldq, ldkv, key_mask, d, site, B, T, H, Hkv, hs);
+        return;
+    }
+    /* the plain kernels: masked keys have probs = 0 */
     attn_check(T, H, Hkv, hs);
     float scale = (float)(1.0 / sqrt((double)hs));
     tbc_drop dd = tbc_drop_make(d);
@@ -242,7 +256,19 @@ static void cu_attn_bwd(real *dq, real *dk, real *dv, real *work, const real *do
     TBC_LAUNCHED();
 }
 
+/* TB_CUDA_ATTN=plain keeps P and uses the plain kernels everywhere (the path of GPUs
+ * whose shared memory is too small for the fused kernels, forced for testing). */
+static int cu_attn_recomputes(int hs) {
+    static int plain = -1;
+    if (plain < 0) {
+        const char *e = getenv("TB_CUDA_ATTN");
+        plain = e && !strcmp(e, "plain");
+    }
+    return !plain && tbc_flash_fits(hs);
+}
+
 void tbc_attn_init(tb_ops_dense *ops) {
     ops->attn_fwd = cu_attn_fwd;
     ops->attn_bwd = cu_attn_bwd;
+    ops->attn_recomputes = cu_attn_recomputes;
 }

@@ -52,6 +52,7 @@ enum {
     TBC_SCR_CONV_D,     /* conv1d_bwd: d(col) */
     TBC_SCR_CONV_DW,    /* conv1d_bwd: d(repacked weight) */
     TBC_SCR_ATTN_DS,    /* attn_bwd: dS (B, H, T, T) */
+    TBC_SCR_ATTN_D,     /* fused attn_bwd: D = rowsum(dO ∘ O) (B, H, T) */
     TBC_SCR_SEQ_A,      /* seq ops: first partial buffer */
     TBC_SCR_SEQ_B,      /* seq ops: second partial buffer */
     TBC_SCR_SEQ_C,      /* seq ops: third partial buffer */
@@ -189,6 +190,14 @@ void tbc_colsum_add(float *dst, const float *src, size_t rows, int cols, size_t 
 /* Family init (filled by dense_cuda.cu etc.). */
 void tbc_dense_more_init(tb_ops_dense *ops);
 void tbc_attn_init(tb_ops_dense *ops);
+/* Fused softmax attention (flash_cuda.cu): no stored P, rowstat = log-sum-exp. */
+int tbc_flash_fits(int hs);
+void tbc_flash_fwd(float *out, float *lse, const float *q, const float *k, const float *v, size_t ldq, size_t ldkv,
+                   const uint8_t *mask, const struct tb_dropout *d, uint32_t site, int B, int T, int H, int Hkv,
+                   int hs);
+void tbc_flash_bwd(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                   const float *q, const float *k, const float *v, size_t ldq, size_t ldkv, const uint8_t *mask,
+                   const struct tb_dropout *d, uint32_t site, int B, int T, int H, int Hkv, int hs);
 void tbc_seq_more_init(tb_ops_seq *ops);
 void tbc_scan_init(tb_ops_seq *ops);
 void tbc_moe_init(tb_ops_seq *ops);

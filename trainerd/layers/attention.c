@@ -24,7 +24,7 @@ static attn_layout layout(const tb_attention *p, int B, int T) {
     l.q = o, o += n * C;
     l.k = o, o += n * kv;
     l.v = o, o += n * kv;
-    l.probs = o, o += (size_t)B * p->H * T * T;
+    l.probs = o, o += p->recompute_probs ? 0 : (size_t)B * p->H * T * T;
     l.rowstat = o, o += (size_t)B * p->H * T;
     l.a = o, o += n * C;
     l.act_o = o, o += linear_act_count(&p->o, n);
@@ -94,7 +94,7 @@ void attention_forward(const tb_backend *be, real *out, real *act, const real *u
                        (size_t)p->C);
         posenc_forward(be, act + l.k, act + l.k, act + l.tab, p->pos, B, T, p->Hkv, hs, kv);
     }
-    be->dense.attn_fwd(act + l.a, act + l.probs, act + l.rowstat, act + l.q, act + l.k,
+    be->dense.attn_fwd(act + l.a, p->recompute_probs ? NULL : act + l.probs, act + l.rowstat, act + l.q, act + l.k,
                        act + l.v, (size_t)p->C, kv, key_mask, p->kind == TB_ATTN_SIGMOID, d,
                        TB_DROPOUT_SITE_ATTN, B, T, p->H, p->Hkv, hs);
     linear_forward(be, out, act + l.act_o, act + l.a, &p->o, n);
@@ -113,7 +113,8 @@ void attention_backward(const tb_backend *be, real *du, real *scratch, const rea
     real *lscr = dv + n * kv, *work = lscr + max_lin_scratch(p, n);
     be->core.fill(da, R(0.0), 2 * n * C + 2 * n * kv);
     linear_backward(be, da, lscr, dout, act + l.act_o, act + l.a, &p->o, n);
-    be->dense.attn_bwd(dq, dk, dv, work, da, act + l.probs, act + l.rowstat, act + l.q,
+    be->dense.attn_bwd(dq, dk, dv, work, da, act + l.a, p->recompute_probs ? NULL : act + l.probs,
+                       act + l.rowstat, act + l.q,
                        act + l.k, act + l.v, C, kv, key_mask, p->kind == TB_ATTN_SIGMOID, d,
                        TB_DROPOUT_SITE_ATTN, B, T, p->H, p->Hkv, hs);
     if (uses_pos(p)) {

@@ -29,6 +29,8 @@ typedef struct tb_attention {
     int C, H, Hkv;        /* hs = C / H; H % Hkv == 0 */
     tb_pos_kind pos;      /* titan only (standard and sigmoid ignore it) */
     double pos_base, pos_damping;
+    int recompute_probs;  /* 0: P (B, H, T, T) is stored for the backward; 1: the backend
+                           * recomputes it (dense.attn_recomputes; softmax only) */
 } tb_attention;
 
 size_t attention_act_count(const tb_attention *p, int B, int T);

@@ -21,7 +21,7 @@ static ode_layout layout(const tb_ode *p, int B, int T) {
     l.xn = o, o += n * C;
     l.qact = o, o += linear_act_count(&p->qkv, n);
     l.qkv = o, o += 3 * n * C;
-    l.probs = o, o += (size_t)B * p->H * T * T;
+    l.probs = o, o += p->recompute_probs ? 0 : (size_t)B * p->H * T * T;
     l.rowstat = o, o += (size_t)B * p->H * T;
     l.a = o, o += n * C;
     l.oact = o, o += linear_act_count(&p->o, n);
@@ -54,7 +54,8 @@ static void f_forward(const tb_backend *be, real *e, const ode_layout *l, const 
     norm_forward(be, e + l->xn, e + l->nact, e + l->zin, &p->norm, n);
     linear_forward(be, e + l->qkv, e + l->qact, e + l->xn, &p->qkv, n);
     real *qkv = e + l->qkv;
-    be->dense.attn_fwd(e + l->a, e + l->probs, e + l->rowstat, qkv, qkv + C, qkv + 2 * C,
+    be->dense.attn_fwd(e + l->a, p->recompute_probs ? NULL : e + l->probs, e + l->rowstat, qkv,
+                       qkv + C, qkv + 2 * C,
                        3 * C, 3 * C, key_mask, 0, d, site, B, T, p->H, p->H, hs);
     linear_forward(be, e + l->k, e + l->oact, e + l->a, &p->o, n);
 }
@@ -104,7 +105,8 @@ static void f_backward(const tb_backend *be, real *gin, const real *gk, const re
     linear_backward(be, da, lscr, gk, e + l->oact, e + l->a, &p->o, n);
     be->core.fill(dqkv, R(0.0), 3 * n * C);
     const real *qkv = e + l->qkv;
-    be->dense.attn_bwd(dqkv, dqkv + C, dqkv + 2 * C, work, da, e + l->probs, e + l->rowstat, qkv,
+    be->dense.attn_bwd(dqkv, dqkv + C, dqkv + 2 * C, work, da, e + l->a,
+                       p->recompute_probs ? NULL : e + l->probs, e + l->rowstat, qkv,
                        qkv + C, qkv + 2 * C, 3 * C, 3 * C, key_mask, 0, d, site, B, T, p->H,
                        p->H, hs);
     be->core.fill(dxn, R(0.0), n * C);

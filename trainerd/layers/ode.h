@@ -27,6 +27,7 @@ typedef struct tb_ode {
     int C, H;
     int steps;      /* S >= 1 */
     int rk4;        /* 1: rk4, 0: euler */
+    int recompute_probs; /* 1: the backend keeps no P (dense.attn_recomputes) */
 } tb_ode;
 
 size_t ode_act_count(const tb_ode *p, int B, int T);

@@ -50,6 +50,11 @@ static tb_pos_kind pos_kind(int cfg_pos) {
     }
 }
 
+/* Whether the backend's attention recomputes P in its backward for head size hs. */
+static int recomputes(const tb_backend *be, int hs) {
+    return be->dense.attn_recomputes && be->dense.attn_recomputes(hs);
+}
+
 static int bind(tb_model *m, tb_err *err) {
     const tb_model_config *c = &m->cfg;
     tb_params *p = &m->p;
@@ -100,6 +105,8 @@ static int bind(tb_model *m, tb_err *err) {
             b->attn.pos = pos_kind(c->pos_encoding);
             b->attn.pos_base = c->hope_base;
             b->attn.pos_damping = c->hope_damping;
+            b->attn.recompute_probs = b->attn.kind != TB_ATTN_SIGMOID &&
+                                      recomputes(m->be, C / b->attn.H);
             break;
         case TB_MIXER_ODE:
             b->ode.norm = bind_norm(m, &L->mnorm);
@@ -109,6 +116,7 @@ static int bind(tb_model *m, tb_err *err) {
             b->ode.H = (int)c->num_heads;
             b->ode.steps = (int)c->ode_steps;
             b->ode.rk4 = c->ode_solver == TB_CFG_ODE_RK4;
+            b->ode.recompute_probs = recomputes(m->be, C / b->ode.H);
             break;
         case TB_MIXER_RETNET:
             b->ret.q = bind_linear(m, L->q);

@@ -119,8 +119,12 @@ typedef struct tb_ops_dense {
      * q has stride ldq, of k and v stride ldkv; head h at offset h·hs.
      * softmax (sigmoid = 0): P = softmax(q kᵀ / sqrt(hs)) over unmasked keys, probs = P;
      * sigmoid: W = σ(q kᵀ / sqrt(hs)) (masked: 0), probs = W, rowstat = ΣW + 1e-6,
-     * P = W / rowstat. A query with every key masked has P = 0. Dropout on P at `site`
-     * (element ((b·H + h)·T + i)·T + j). out = P̃ v, heads merged head-major. */
+     * P = W / rowstat. softmax: rowstat = log Σ_j exp(s_ij) over the unmasked keys (the
+     * row's log-sum-exp of the scaled scores; 0 for a query with every key masked).
+     * A query with every key masked has P = 0. Dropout on P at `site`
+     * (element ((b·H + h)·T + i)·T + j). out = P̃ v, heads merged head-major.
+     * probs may be NULL for softmax when attn_recomputes(hs) says so: the backend keeps
+     * no P and its backward recomputes it from q, k and rowstat (fused attention). */
     void (*attn_fwd)(real *out,          // (n, H·hs)
                      real *probs,        // (B, H, T, T)
                      real *rowstat,      // (B, H, T)
@@ -128,13 +132,17 @@ typedef struct tb_ops_dense {
                      const uint8_t *key_mask, // (B, T) or NULL
                      int sigmoid, const tb_dropout *d, uint32_t site,
                      int B, int T, int H, int Hkv, int hs);
-    /* dq, dk, dv += (strides as q, k, v); work: T reals. */
+    /* dq, dk, dv += (strides as q, k, v); work: T reals. out: the forward's output. */
     void (*attn_bwd)(real *dq, real *dk, real *dv, real *work,
                      const real *dout,   // (n, H·hs)
+                     const real *out,    // (n, H·hs)
                      const real *probs, const real *rowstat,
                      const real *q, const real *k, const real *v, size_t ldq, size_t ldkv,
                      const uint8_t *key_mask, int sigmoid, const tb_dropout *d, uint32_t site,
                      int B, int T, int H, int Hkv, int hs);
+    /* NULL, or 1 when attn_fwd / attn_bwd take probs == NULL for softmax attention with
+     * head size hs (the layers then allocate no (B, H, T, T) buffer). */
+    int (*attn_recomputes)(int hs);
 
     /* Masked cross-entropy and accuracy (layers/loss.h). Labels -100 are ignored, others
      * lie in [0, V). fwd: lse[t] = logsumexp(logits[t]) for supervised rows, *sum = Σ CE

@@ -1,0 +1,523 @@
+/* Fused softmax attention on CUDA, fp32 (the op contract of ops_dense.h attn_fwd /
+ * attn_bwd with probs == NULL): P is never stored. The forward walks the keys in tiles
+ * with a running row maximum and sum (online softmax) and writes out = P̃ v and the row's
+ * log-sum-exp; the backward recomputes P = exp(s - lse) tile by tile.
+ *
+ * Kernels (128 threads; thread (ty, tx) = (tid / 8, tid % 8)):
+ *   k_fa_fwd      block per (64 queries, head, batch): S = Q Kᵀ over 32-key tiles, each
+ *                 thread 4 rows x 4 keys; online softmax (row reductions over the 8 lanes
+ *                 of a row by fixed xor shuffles); O += P̃ V, each thread 4 rows x HS/8
+ *                 channels.
+ *   k_fa_rowdot   D = rowsum(dO ∘ O) per (b, h, i), one warp per row, fixed shuffle tree.
+ *   k_fa_bwd_q    block per (64 queries, head, batch): over 32-key tiles S, dP̃ = dO Vᵀ,
+ *                 dS = P (dP̃ m - D) / sqrt(hs), dq += dS K.
+ *   k_fa_bwd_kv   block per (BK keys, kv head, batch): over the group's query heads in
+ *                 order and 32-query tiles, Sᵀ, dP̃ᵀ, dv += P̃ᵀ dO, dk += dSᵀ Q.
+ * Every sum runs in a fixed order and each output element has one writer: no atomics, the
+ * same inputs give the same bits. Products use fmaf explicitly (the library is built
+ * without FMA contraction). The head size is padded to HS in {32, 64, 128} with zeros;
+ * larger heads, sigmoid attention and GPUs whose per-block shared memory is too small
+ * for these tiles take the plain kernels of attn_cuda.cu (with stored P). Dropout factors
+ * are the Philox draws of the plain path and the CPU, element ((b·H + h)·T + i)·T + j. */
+#include "cuda_internal.cuh"
+
+#define FA_THREADS 128
+#define FA_BR 64 /* queries per block (forward, dq) */
+#define FA_BC 32 /* keys per tile (forward, dq); queries per tile (dk, dv) */
+#define FA_LD (FA_BC + 1)
+
+static inline cudaStream_t S(void) { return tbc_g->stream; }
+
+__device__ __forceinline__ float fa_rowmax8(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 4));
+}
+__device__ __forceinline__ float fa_rowsum8(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    v += __shfl_xor_sync(0xffffffffu, v, 2);
+    return v + __shfl_xor_sync(0xffffffffu, v, 4);
+}
+
+/* rows x HS tile of a (tokens, ld) tensor, transposed into dst[c·ldd + r]; zero outside. */
+template <int HS>
+__device__ __forceinline__ void fa_load_t(float *dst, int ldd, const float *src, size_t ld, int r0, int rows,
+                                          int T, int hs) {
+    for (int e = threadIdx.x; e < rows * HS; e += FA_THREADS) {
+        int r = e / HS, c = e % HS;
+        float x = 0;
+        if (r0 + r < T && c < hs) x = src[(size_t)(r0 + r) * ld + c];
+        dst[c * ldd + r] = x;
+    }
+}
+
+template <int HS>
+__global__ void __launch_bounds__(FA_THREADS)
+    k_fa_fwd(float *out, float *lse, const float *q, const float *k, const float *v, size_t ldq, size_t ldkv,
+             const uint8_t *mask, tbc_drop d, uint32_t site, int T, int H, int Hkv, int hs, float scale) {
+    constexpr int NC = HS / 8;
+    extern __shared__ float sm[];
+    float *QT = sm;                 /* [HS][FA_BR] */
+    float *KT = QT + HS * FA_BR;    /* [HS][FA_LD] */
+    float *Vs = KT + HS * FA_LD;    /* [FA_BC][HS] */
+    float *Ps = Vs + FA_BC * HS;    /* [FA_BR][FA_LD] */
+    __shared__ int km[FA_BC];
+    int tid = threadIdx.x, ty = tid / 8, tx = tid % 8;
+    int i0 = blockIdx.x * FA_BR, h = blockIdx.y, b = blockIdx.z;
+    int kh = h / (H / Hkv);
+    const float *qb = q + (size_t)b * T * ldq + (size_t)h * hs;
+    const float *kb = k + (size_t)b * T * ldkv + (size_t)kh * hs;
+    const float *vb = v + (size_t)b * T * ldkv + (size_t)kh * hs;
+    size_t rowbase = ((size_t)b * H + h) * T;
+    fa_load_t<HS>(QT, FA_BR, qb, ldq, i0, FA_BR, T, hs);
+    float acc[4][NC], m[4], l[4];
+#pragma unroll
+    for (int a = 0; a < 4; a++) {
+        m[a] = -INFINITY;
+        l[a] = 0;
+#pragma unroll
+        for (int cc = 0; cc < NC; cc++) acc[a][cc] = 0;
+    }
+    for (int j0 = 0; j0 < T; j0 += FA_BC) {
+        __syncthreads();
+        fa_load_t<HS>(KT, FA_LD, kb, ldkv, j0, FA_BC, T, hs);
+        for (int e = tid; e < FA_BC * HS; e += FA_THREADS) {
+            int j = e / HS, c = e % HS;
+            Vs[e] = (j0 + j < T && c < hs) ? vb[(size_t)(j0 + j) * ldkv + c] : 0.0f;
+        }
+        if (tid < FA_BC) {
+            int j = j0 + tid;
+            km[tid] = j < T && (!mask || mask[(size_t)b * T + j]);
+        }
+        __syncthreads();
+        float s[4][4];
+#pragma unroll
+        for (int a = 0; a < 4; a++)
+#pragma unroll
+            for (int bb = 0; bb < 4; bb++) s[a][bb] = 0;
+#pragma unroll 8
+        for (int c = 0; c < HS; c++) {
+            float qv[4], kv[4];
+#pragma unroll
+            for (int a = 0; a < 4; a++) qv[a] = QT[c * FA_BR + ty + 16 * a];
+#pragma unroll
+            for (int bb = 0; bb < 4; bb++) kv[bb] = KT[c * FA_LD + tx + 8 * bb];
+#pragma unroll
+            for (int a = 0; a < 4; a++)
+#pragma unroll
+                for (int bb = 0; bb < 4; bb++) s[a][bb] = fmaf(qv[a], kv[bb], s[a][bb]);
+        }
+#pragma unroll
+        for (int a = 0; a < 4; a++) {
+            int r = ty + 16 * a, i = i0 + r;
+            float mt = -INFINITY;
+#pragma unroll
+            for (int bb = 0; bb < 4; bb++) {
+                s[a][bb] = km[tx + 8 * bb] ? s[a][bb] * scale : -INFINITY;
+                mt = fmaxf(mt, s[a][bb]);
+            }
+            mt = fa_rowmax8(mt);
+            float mn = fmaxf(m[a], mt);
+            float alpha = mn == -INFINITY ? 1.0f : expf(m[a] - mn);
+            float rs = 0;
+#pragma unroll
+            for (int bb = 0; bb < 4; bb++) {
+                int j = tx + 8 * bb;
+                float p = s[a][bb] == -INFINITY ? 0.0f : expf(s[a][bb] - mn);
+                rs += p;
+                if (d.active && p != 0 && i < T) p *= tbc_drop_factor(d, site, (rowbase + i) * T + j0 + j);
+                Ps[r * FA_LD + j] = p;
+            }
+            rs = fa_rowsum8(rs);
+            l[a] = l[a] * alpha + rs;
+            m[a] = mn;
+#pragma unroll
+            for (int cc = 0; cc < NC; cc++) acc[a][cc] *= alpha;
+        }
+        __syncthreads();
+        int nj = T - j0 < FA_BC ? T - j0 : FA_BC;
+        for (int j = 0; j < nj; j++) {
+            float pv[4];
+#pragma unroll
+            for (int a = 0; a < 4; a++) pv[a] = Ps[(ty + 16 * a) * FA_LD + j];
+#pragma unroll
+            for (int cc = 0; cc < NC; cc++) {
+                float vv = Vs[j * HS + tx + 8 * cc];
+#pragma unroll
+                for (int a = 0; a < 4; a++) acc[a][cc] = fmaf(pv[a], vv, acc[a][cc]);
+            }
+        }
+    }
+    size_t ldo = (size_t)H * hs;
+#pragma unroll
+    for (int a = 0; a < 4; a++) {
+        int i = i0 + ty + 16 * a;
+        if (i >= T) continue;
+        float inv = l[a] > 0 ? 1.0f / l[a] : 0.0f;
+        float *o = out + ((size_t)b * T + i) * ldo + (size_t)h * hs;
+#pragma unroll
+        for (int cc = 0; cc < NC; cc++) {
+            int c = tx + 8 * cc;
+            if (c < hs) o[c] = acc[a][cc] * inv;
+        }
+        if (tx == 0) lse[rowbase + i] = l[a] > 0 ? m[a] + logf(l[a]) : 0.0f;
+    }
+}
+
+/* D[(b·H + h)·T + i] = Σ_c dO ∘ O over the head's channels: one warp per row. */
+__global__ void k_fa_rowdot(float *D, const float *dout, const float *out, int B, int T, int H, int hs) {
+    int lane = threadIdx.x % 32;
+    size_t rows = (size_t)B * H * T, warps = (size_t)gridDim.x * (blockDim.x / 32);
+    for (size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; row < rows; row += warps) {
+        int i = (int)(row % T), h = (int)(row / T % H), b = (int)(row / ((size_t)T * H));
+        size_t off = ((size_t)b * T + i) * ((size_t)H * hs) + (size_t)h * hs;
+        float s = 0;
+        for (int c = lane; c < hs; c += 32) s = fmaf(dout[off + c], out[off + c], s);
+#pragma unroll
+        for (int w = 16; w > 0; w >>= 1) s += __shfl_xor_sync(0xffffffffu, s, w);
+        if (lane == 0) D[row] = s;
+    }
+}
+
+template <int HS>
+__global__ void __launch_bounds__(FA_THREADS)
+    k_fa_bwd_q(float *dq, const float *dout, const float *lse, const float *Dg, const float *q, const float *k,
+               const float *v, size_t ldq, size_t ldkv, const uint8_t *mask, tbc_drop d, uint32_t site, int T,
+               int H, int Hkv, int hs, float scale) {
+    constexpr int NC = HS / 8;
+    extern __shared__ float sm[];
+    float *QT = sm;               /* [HS][FA_BR] */
+    float *OT = QT + HS * FA_BR;  /* dO: [HS][FA_BR] */
+    float *KT = OT + HS * FA_BR;  /* [HS][FA_LD] */
+    float *VT = KT + HS * FA_LD;  /* [HS][FA_LD] */
+    float *SS = VT + HS * FA_LD;  /* dS: [FA_BR][FA_LD] */
+    __shared__ float sl[FA_BR], sD[FA_BR];
+    __shared__ int km[FA_BC];
+    int tid = threadIdx.x, ty = tid / 8, tx = tid % 8;
+    int i0 = blockIdx.x * FA_BR, h = blockIdx.y, b = blockIdx.z;
+    int kh = h / (H / Hkv);
+    size_t ldo = (size_t)H * hs, rowbase = ((size_t)b * H + h) * T;
+    const float *kb = k + (size_t)b * T * ldkv + (size_t)kh * hs;
+    const float *vb = v + (size_t)b * T * ldkv + (size_t)kh * hs;
+    fa_load_t<HS>(QT, FA_BR, q + (size_t)b * T * ldq + (size_t)h * hs, ldq, i0, FA_BR, T, hs);
+    fa_load_t<HS>(OT, FA_BR, dout + (size_t)b * T * ldo + (size_t)h * hs, ldo, i0, FA_BR, T, hs);
+    if (tid < FA_BR) {
+        int i = i0 + tid;
+        sl[tid] = i < T ? lse[rowbase + i] : 0.0f;
+        sD[tid] = i < T ? Dg[rowbase + i] : 0.0f;
+    }
+    float acc[4][NC];
+#pragma unroll
+    for (int a = 0; a < 4; a++)
+#pragma unroll
+        for (int cc = 0; cc < NC; cc++) acc[a][cc] = 0;
+    for (int j0 = 0; j0 < T; j0 += FA_BC) {
+        __syncthreads();
+        fa_load_t<HS>(KT, FA_LD, kb, ldkv, j0, FA_BC, T, hs);
+        fa_load_t<HS>(VT, FA_LD, vb, ldkv, j0, FA_BC, T, hs);
+        if (tid < FA_BC) {
+            int j = j0 + tid;
+            km[tid] = j < T && (!mask || mask[(size_t)b * T + j]);
+        }
+        __syncthreads();
+        float s[4][4], dp[4][4];
+#pragma unroll
+        for (int a = 0; a < 4; a++)
+#pragma unroll
+            for (int bb = 0; bb < 4; bb++) s[a][bb] = dp[a][bb] = 0;
+#pragma unroll 4
+        for (int c = 0; c < HS; c++) {
+            float qv[4], ov[4], kv[4], vv[4];
+#pragma unroll
+            for (int a = 0; a < 4; a++) {
+                qv[a] = QT[c * FA_BR + ty + 16 * a];
+                ov[a] = OT[c * FA_BR + ty + 16 * a];
+            }
+#pragma unroll
+            for (int bb = 0; bb < 4; bb++) {
+                kv[bb] = KT[c * FA_LD + tx + 8 * bb];
+                vv[bb] = VT[c * FA_LD + tx + 8 * bb];
+            }
+#pragma unroll
+            for (int a = 0; a < 4; a++)
+#pragma unroll
+                for (int bb = 0; bb < 4; bb++) {
+                    s[a][bb] = fmaf(qv[a], kv[bb], s[a][bb]);
+                    dp[a][bb] = fmaf(ov[a], vv[bb], dp[a][bb]);
+                }
+        }
+#pragma unroll
+        for (int a = 0; a < 4; a++) {
+            int r = ty + 16 * a, i = i0 + r;
+#pragma unroll
+            for (int bb = 0; bb < 4; bb++) {
+                int j = tx + 8 * bb;
+                float p = km[j] && i < T ? expf(s[a][bb] * scale - sl[r]) : 0.0f;
+                float ds = 0;
+                if (p != 0) {
+                    float mf = d.active ? tbc_drop_factor(d, site, (rowbase + i) * T + j0 + j) : 1.0f;
+                    ds = p * (dp[a][bb] * mf - sD[r]) * scale;
+                }
+                SS[r * FA_LD + j] = ds;
+            }
+        }
+        __syncthreads();
+        int nj = T - j0 < FA_BC ? T - j0 : FA_BC;
+        for (int j = 0; j < nj; j++) {
+            float dsv[4];
+#pragma unroll
+            for (int a = 0; a < 4; a++) dsv[a] = SS[(ty + 16 * a) * FA_LD + j];
+#pragma unroll
+            for (int cc = 0; cc < NC; cc++) {
+                float kk = KT[(tx + 8 * cc) * FA_LD + j];
+#pragma unroll
+                for (int a = 0; a < 4; a++) acc[a][cc] = fmaf(dsv[a], kk, acc[a][cc]);
+            }
+        }
+    }
+#pragma unroll
+    for (int a = 0; a < 4; a++) {
+        int i = i0 + ty + 16 * a;
+        if (i >= T) continue;
+        float *g = dq + ((size_t)b * T + i) * ldq + (size_t)h * hs;
+#pragma unroll
+        for (int cc = 0; cc < NC; cc++) {
+            int c = tx + 8 * cc;
+            if (c < hs) g[c] += acc[a][cc];
+        }
+    }
+}
+
+/* BK keys per block, each thread BK / 16 keys (rows ty + 16 a) x HS / 8 channels. */
+template <int HS, int BK>
+__global__ void __launch_bounds__(FA_THREADS)
+    k_fa_bwd_kv(float *dk, float *dv, const float *dout, const float *lse, const float *Dg, const float *q,
+                const float *k, const float *v, size_t ldq, size_t ldkv, const uint8_t *mask, tbc_drop d,
+                uint32_t site, int T, int H, int Hkv, int hs, float scale) {
+    constexpr int NC = HS / 8, NA = BK / 16, LK = BK + 1;
+    extern __shared__ float sm[];
+    float *KT = sm;               /* [HS][LK] */
+    float *VT = KT + HS * LK;     /* [HS][LK] */
+    float *QT = VT + HS * LK;     /* [HS][FA_LD] */
+    float *OT = QT + HS * FA_LD;  /* dO: [HS][FA_LD] */
+    float *PT = OT + HS * FA_LD;  /* P̃ᵀ: [BK][FA_LD] */
+    float *ST = PT + BK * FA_LD;  /* dSᵀ: [BK][FA_LD] */
+    __shared__ float sl[FA_BC], sD[FA_BC];
+    __shared__ int km[BK];
+    int tid = threadIdx.x, ty = tid / 8, tx = tid % 8;
+    int j0 = blockIdx.x * BK, kh = blockIdx.y, b = blockIdx.z;
+    int group = H / Hkv;
+    size_t ldo = (size_t)H * hs;
+    fa_load_t<HS>(KT, LK, k + (size_t)b * T * ldkv + (size_t)kh * hs, ldkv, j0, BK, T, hs);
+    fa_load_t<HS>(VT, LK, v + (size_t)b * T * ldkv + (size_t)kh * hs, ldkv, j0, BK, T, hs);
+    if (tid < BK) {
+        int j = j0 + tid;
+        km[tid] = j < T && (!mask || mask[(size_t)b * T + j]);
+    }
+    float ak[NA][NC], av[NA][NC];
+#pragma unroll
+    for (int a = 0; a < NA; a++)
+#pragma unroll
+        for (int cc = 0; cc < NC; cc++) ak[a][cc] = av[a][cc] = 0;
+    for (int g = 0; g < group; g++) {
+        int h = kh * group + g;
+        size_t rowbase = ((size_t)b * H + h) * T;
+        const float *qb = q + (size_t)b * T * ldq + (size_t)h * hs;
+        const float *ob = dout + (size_t)b * T * ldo + (size_t)h * hs;
+        for (int i0 = 0; i0 < T; i0 += FA_BC) {
+            __syncthreads();
+            fa_load_t<HS>(QT, FA_LD, qb, ldq, i0, FA_BC, T, hs);
+            fa_load_t<HS>(OT, FA_LD, ob, ldo, i0, FA_BC, T, hs);
+            if (tid < FA_BC) {
+                int i = i0 + tid;
+                sl[tid] = i < T ? lse[rowbase + i] : 0.0f;
+                sD[tid] = i < T ? Dg[rowbase + i] : 0.0f;
+            }
+            __syncthreads();
+            float s[NA][4], dp[NA][4];
+#pragma unroll
+            for (int a = 0; a < NA; a++)
+#pragma unroll
+                for (int bb = 0; bb < 4; bb++) s[a][bb] = dp[a][bb] = 0;
+#pragma unroll 4
+            for (int c = 0; c < HS; c++) {
+                float kv[NA], vv[NA], qv[4], ov[4];
+#pragma unroll
+                for (int a = 0; a < NA; a++) {
+                    kv[a] = KT[c * LK + ty + 16 * a];
+                    vv[a] = VT[c * LK + ty + 16 * a];
+                }
+#pragma unroll
+                for (int bb = 0; bb < 4; bb++) {
+                    qv[bb] = QT[c * FA_LD + tx + 8 * bb];
+                    ov[bb] = OT[c * FA_LD + tx + 8 * bb];
+                }
+#pragma unroll
+                for (int a = 0; a < NA; a++)
+#pragma unroll
+                    for (int bb = 0; bb < 4; bb++) {
+                        s[a][bb] = fmaf(kv[a], qv[bb], s[a][bb]);
+                        dp[a][bb] = fmaf(vv[a], ov[bb], dp[a][bb]);
+                    }
+            }
+#pragma unroll
+            for (int a = 0; a < NA; a++) {
+                int jr = ty + 16 * a;
+#pragma unroll
+                for (int bb = 0; bb < 4; bb++) {
+                    int ic = tx + 8 * bb, i = i0 + ic;
+                    float p = km[jr] && i < T ? expf(s[a][bb] * scale - sl[ic]) : 0.0f;
+                    float pt = 0, ds = 0;
+                    if (p != 0) {
+                        float mf = d.active ? tbc_drop_factor(d, site, (rowbase + i) * T + j0 + jr) : 1.0f;
+                        pt = p * mf;
+                        ds = p * (dp[a][bb] * mf - sD[ic]) * scale;
+                    }
+                    PT[jr * FA_LD + ic] = pt;
+                    ST[jr * FA_LD + ic] = ds;
+                }
+            }
+            __syncthreads();
+            int ni = T - i0 < FA_BC ? T - i0 : FA_BC;
+            for (int i = 0; i < ni; i++) {
+                float pv[NA], sv[NA];
+#pragma unroll
+                for (int a = 0; a < NA; a++) {
+                    pv[a] = PT[(ty + 16 * a) * FA_LD + i];
+                    sv[a] = ST[(ty + 16 * a) * FA_LD + i];
+                }
+#pragma unroll
+                for (int cc = 0; cc < NC; cc++) {
+                    int c = tx + 8 * cc;
+                    float ov = OT[c * FA_LD + i], qv = QT[c * FA_LD + i];
+#pragma unroll
+                    for (int a = 0; a < NA; a++) {
+                        av[a][cc] = fmaf(pv[a], ov, av[a][cc]);
+                        ak[a][cc] = fmaf(sv[a], qv, ak[a][cc]);
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int a = 0; a < NA; a++) {
+        int j = j0 + ty + 16 * a;
+        if (j >= T) continue;
+        size_t off = ((size_t)b * T + j) * ldkv + (size_t)kh * hs;
+#pragma unroll
+        for (int cc = 0; cc < NC; cc++) {
+            int c = tx + 8 * cc;
+            if (c < hs) {
+                dk[off + c] += ak[a][cc];
+                dv[off + c] += av[a][cc];
+            }
+        }
+    }
+}
+
+/* Shared memory of each kernel for head size HS (bytes, the dynamic part). */
+static size_t fa_smem_fwd(int HS) { return (size_t)4 * (HS * FA_BR + HS * FA_LD + FA_BC * HS + FA_BR * FA_LD); }
+static size_t fa_smem_q(int HS) { return (size_t)4 * (2 * HS * FA_BR + 2 * HS * FA_LD + FA_BR * FA_LD); }
+static int fa_bk(int HS) { return HS > 64 ? 32 : 64; }
+static size_t fa_smem_kv(int HS) {
+    int BK = fa_bk(HS);
+    return (size_t)4 * (2 * HS * (BK + 1) + 2 * HS * FA_LD + 2 * BK * FA_LD);
+}
+static int fa_hs(int hs) { return hs <= 32 ? 32 : hs <= 64 ? 64 : hs <= 128 ? 128 : 0; }
+
+/* The largest dynamic shared memory a block may opt into (queried once). */
+static size_t fa_smem_limit(void) {
+    static size_t lim = 0;
+    if (!lim) {
+        int v = 0;
+        TBC_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, tbc_g->device));
+        lim = v > 0 ? (size_t)v : 48 * 1024;
+    }
+    return lim;
+}
+
+int tbc_flash_fits(int hs) {
+    int HS = fa_hs(hs);
+    if (!HS) return 0;
+    size_t need = fa_smem_fwd(HS);
+    if (fa_smem_q(HS) > need) need = fa_smem_q(HS);
+    if (fa_smem_kv(HS) > need) need = fa_smem_kv(HS);
+    return need + 2048 <= fa_smem_limit();
+}
+
+/* Raise a kernel's dynamic shared memory limit once (per instantiation). */
+template <typename K>
+static void fa_allow(K kernel, size_t bytes, int *done) {
+    if (*done) return;
+    TBC_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    *done = 1;
+}
+
+static void fa_check(int B, int T, int H, int Hkv, int hs) {
+    if (Hkv <= 0 || H % Hkv) tbc_fatal("attn", __FILE__, __LINE__, "H is not a multiple of Hkv");
+    if (H > 65535 || B > 65535) tbc_fatal("attn", __FILE__, __LINE__, "more than 65535 heads or batch rows");
+    if (!tbc_flash_fits(hs)) tbc_fatal("attn", __FILE__, __LINE__, "head size too large for the fused kernel");
+    (void)T;
+}
+
+template <int HS>
+static void fa_fwd(float *out, float *lse, const float *q, const float *k, const float *v, size_t ldq, size_t ldkv,
+                   const uint8_t *mask, tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs) {
+    static int allowed;
+    size_t smem = fa_smem_fwd(HS);
+    fa_allow(k_fa_fwd<HS>, smem, &allowed);
+    dim3 g((unsigned)((T + FA_BR - 1) / FA_BR), (unsigned)H, (unsigned)B);
+    k_fa_fwd<HS><<<g, FA_THREADS, smem, S()>>>(out, lse, q, k, v, ldq, ldkv, mask, d, site, T, H, Hkv, hs,
+                                               (float)(1.0 / sqrt((double)hs)));
+    TBC_LAUNCHED();
+}
+
+template <int HS>
+static void fa_bwd(float *dq, float *dk, float *dv, const float *dout, const float *lse, const float *D,
+                   const float *q, const float *k, const float *v, size_t ldq, size_t ldkv, const uint8_t *mask,
+                   tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs) {
+    constexpr int BK = HS > 64 ? 32 : 64;
+    static int allowed_q, allowed_kv;
+    float scale = (float)(1.0 / sqrt((double)hs));
+    size_t sq = fa_smem_q(HS), skv = fa_smem_kv(HS);
+    fa_allow(k_fa_bwd_q<HS>, sq, &allowed_q);
+    fa_allow(k_fa_bwd_kv<HS, BK>, skv, &allowed_kv);
+    dim3 gq((unsigned)((T + FA_BR - 1) / FA_BR), (unsigned)H, (unsigned)B);
+    k_fa_bwd_q<HS><<<gq, FA_THREADS, sq, S()>>>(dq, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, T, H, Hkv, hs,
+                                                scale);
+    TBC_LAUNCHED();
+    dim3 gkv((unsigned)((T + BK - 1) / BK), (unsigned)Hkv, (unsigned)B);
+    k_fa_bwd_kv<HS, BK><<<gkv, FA_THREADS, skv, S()>>>(dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, T, H,
+                                                       Hkv, hs, scale);
+    TBC_LAUNCHED();
+}
+
+void tbc_flash_fwd(float *out, float *lse, const float *q, const float *k, const float *v, size_t ldq, size_t ldkv,
+                   const uint8_t *mask, const struct tb_dropout *d, uint32_t site, int B, int T, int H, int Hkv,
+                   int hs) {
+    if (B <= 0 || T <= 0 || H <= 0 || hs <= 0) return;
+    fa_check(B, T, H, Hkv, hs);
+    tbc_drop dd = tbc_drop_make(d);
+    switch (fa_hs(hs)) {
+    case 32: fa_fwd<32>(out, lse, q, k, v, ldq, ldkv, mask, dd, site, B, T, H, Hkv, hs); break;
+    case 64: fa_fwd<64>(out, lse, q, k, v, ldq, ldkv, mask, dd, site, B, T, H, Hkv, hs); break;
+    default: fa_fwd<128>(out, lse, q, k, v, ldq, ldkv, mask, dd, site, B, T, H, Hkv, hs); break;
+    }
+}
+
+void tbc_flash_bwd(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                   const float *q, const float *k, const float *v, size_t ldq, size_t ldkv, const uint8_t *mask,
+                   const struct tb_dropout *d, uint32_t site, int B, int T, int H, int Hkv, int hs) {
+    if (B <= 0 || T <= 0 || H <= 0 || hs <= 0) return;
+    fa_check(B, T, H, Hkv, hs);
+    tbc_drop dd = tbc_drop_make(d);
+    size_t rows = (size_t)B * H * T;
+    float *D = (float *)tbc_scratch(TBC_SCR_ATTN_D, rows * sizeof(float));
+    k_fa_rowdot<<<tbc_blocks(rows, 8), 256, 0, S()>>>(D, dout, out, B, T, H, hs);
+    TBC_LAUNCHED();
+    switch (fa_hs(hs)) {
+    case 32: fa_bwd<32>(dq, dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, dd, site, B, T, H, Hkv, hs); break;
+    case 64: fa_bwd<64>(dq, dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, dd, site, B, T, H, Hkv, hs); break;
+    default: fa_bwd<128>(dq, dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, dd, site, B, T, H, Hkv, hs); break;
+    }
+}
