@@ -34,7 +34,8 @@ static float *rnd(size_t n, float lo, float hi) {
 }
 
 static const int lin_shapes[][3] = {{1, 1, 1}, {3, 5, 7}, {33, 64, 31}, {70, 130, 65},
-                                    {257, 300, 129}, {64, 1000, 96}};
+                                    {257, 300, 129}, {64, 1000, 96}, {130, 128, 384},
+                                    {256, 1024, 256}};
 #define NLIN (sizeof lin_shapes / sizeof lin_shapes[0])
 
 static void test_linear_fwd_bwd_match_cpu(void **state) {

@@ -48,8 +48,14 @@ static double max_diff(const float *a, const float *b, size_t n) {
     return m;
 }
 
-static void compare_model(const char *preset, int B, int T, double lambda_ode) {
+/* prec: the GPU's GEMM precision (bound CT_TOL in fp32, 2e-2 in bf16 / fp16); fp16 runs
+ * its backward with the first dynamic loss scale (1024) and divides it out, as the
+ * trainer does; plain: softmax attention through the plain kernels (stored P). */
+static void compare_model(const char *preset, int B, int T, double lambda_ode, int prec, int plain) {
     tb_err err = {{0}};
+    double tol = prec == TB_PREC_FP32 ? CT_TOL : 2e-2, gseed = prec == TB_PREC_FP16 ? 1024.0 : 1.0;
+    assert_int_equal(ct_gpu->core.set_precision(prec), prec);
+    tb_cuda_force_plain_attention(plain);
     tb_run_config rc;
     if (tb_run_config_preset(&rc, preset, &err)) fail_msg("%s", err.msg);
     tb_model_config mc = rc.model;
@@ -65,8 +71,11 @@ static void compare_model(const char *preset, int B, int T, double lambda_ode) {
     tb_model_init(&gpu.m, seed);
     const tb_params *pc = &cpu.m.p, *pg = &gpu.m.p;
     assert_int_equal(pc->total, pg->total);
-    printf("%s: %d tensors, %zu parameters, B %d T %d, lambda_ode %g, arena %.1f MiB\n", preset,
-           pc->count, pc->total, B, T, lambda_ode, tb_model_arena_bytes(&gpu.m) / 1048576.0);
+    printf("%s: %d tensors, %zu parameters, B %d T %d, lambda_ode %g, arena %.1f MiB, GEMMs %s,"
+           " attention %s\n", preset, pc->count, pc->total, B, T, lambda_ode,
+           tb_model_arena_bytes(&gpu.m) / 1048576.0,
+           prec == TB_PREC_BF16 ? "bf16" : prec == TB_PREC_FP16 ? "fp16" : "fp32",
+           plain ? "plain" : "fused where it fits");
     /* Initial parameters: the device copy of the host initialisation, bit for bit. */
     float *w = down(ct_gpu, pg->param, pg->total * sizeof(float));
     assert_memory_equal(w, pc->param, pg->total * sizeof(float));
@@ -113,8 +122,9 @@ static void compare_model(const char *preset, int B, int T, double lambda_ode) {
            (long long)gpu.r.correct, (long long)cpu.r.count);
 
     tb_model_backward(&cpu.m, &bt, 1.0);
-    tb_model_backward(&gpu.m, &bt, 1.0);
+    tb_model_backward(&gpu.m, &bt, gseed);
     float *gg = down(ct_gpu, pg->grad, pg->total * sizeof(float));
+    for (size_t i = 0; i < pg->total; i++) gg[i] = (float)(gg[i] / gseed);
     const float *gc = pc->grad;
     double gmax = max_abs(gc, pc->total);
     double worst = 0, worst_scaled = 0;
@@ -126,8 +136,8 @@ static void compare_model(const char *preset, int B, int T, double lambda_ode) {
         double m = max_abs(b, t->numel), d = max_diff(a, b, t->numel);
         double e = d / (m > 1e-30 ? m : 1e-30), es = d / (gmax > 1e-30 ? gmax : 1e-30);
         const char *verdict = "ok";
-        if (!(e <= CT_TOL)) {
-            if (t->group == TB_GROUP_NORMS && es <= CT_TOL) {
+        if (!(e <= tol)) {
+            if (t->group == TB_GROUP_NORMS && es <= tol) {
                 verdict = "ok (scaled by the largest gradient)";
                 nscaled++;
                 if (es > worst_scaled) worst_scaled = es;
@@ -152,12 +162,14 @@ static void compare_model(const char *preset, int B, int T, double lambda_ode) {
            " %d norm tensors need the scaled tolerance (worst %.3e); %d fail; worst layer "
            "input %.3e\n",
            preset, pc->count, gmax, worst, worst_name, nscaled, worst_scaled, nfail, worst_act);
-    assert_true(rel_scalar(gpu.r.loss, cpu.r.loss) <= CT_TOL);
-    assert_true(rel_scalar(gpu.r.ce, cpu.r.ce) <= CT_TOL);
-    assert_true(fabs(gpu.r.l_bal - cpu.r.l_bal) <= CT_TOL * (fabs(cpu.r.l_bal) + 1e-30));
-    assert_true(fabs(gpu.r.l_ode - cpu.r.l_ode) <= CT_TOL * (fabs(cpu.r.l_ode) + 1e-30));
+    assert_true(rel_scalar(gpu.r.loss, cpu.r.loss) <= tol);
+    assert_true(rel_scalar(gpu.r.ce, cpu.r.ce) <= tol);
+    assert_true(fabs(gpu.r.l_bal - cpu.r.l_bal) <= tol * (fabs(cpu.r.l_bal) + 1e-30));
+    assert_true(fabs(gpu.r.l_ode - cpu.r.l_ode) <= tol * (fabs(cpu.r.l_ode) + 1e-30));
     assert_true(gpu.r.count == cpu.r.count);
     assert_int_equal(nfail, 0);
+    ct_gpu->core.set_precision(TB_PREC_FP32);
+    tb_cuda_force_plain_attention(0);
     free(ids);
     free(labels);
     free(mask);
@@ -167,12 +179,27 @@ static void compare_model(const char *preset, int B, int T, double lambda_ode) {
 
 static void test_tiny_model_loss_and_every_gradient_match_cpu(void **s) {
     (void)s;
-    compare_model("tiny", 2, 64, 0.1);
+    compare_model("tiny", 2, 64, 0.1, TB_PREC_FP32, 0);
 }
 
 static void test_mini_model_loss_and_every_gradient_match_cpu(void **s) {
     (void)s;
-    compare_model("mini", 2, 32, 0.0);
+    compare_model("mini", 2, 32, 0.0, TB_PREC_FP32, 0);
+}
+
+static void test_tiny_and_mini_in_bf16_match_cpu(void **s) {
+    (void)s;
+    compare_model("tiny", 2, 64, 0.1, TB_PREC_BF16, 0);
+    compare_model("mini", 2, 32, 0.0, TB_PREC_BF16, 0);
+}
+
+/* The P40's paths forced on this GPU: fp16 GEMMs with the loss scale, plain attention;
+ * and fp32 with plain attention. */
+static void test_p40_paths_fp16_loss_scale_and_plain_attention_match_cpu(void **s) {
+    (void)s;
+    compare_model("tiny", 2, 64, 0.1, TB_PREC_FP16, 1);
+    compare_model("mini", 2, 32, 0.0, TB_PREC_FP16, 1);
+    compare_model("tiny", 2, 64, 0.1, TB_PREC_FP32, 1);
 }
 
 int main(void) {
@@ -180,6 +207,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tiny_model_loss_and_every_gradient_match_cpu),
         cmocka_unit_test(test_mini_model_loss_and_every_gradient_match_cpu),
+        cmocka_unit_test(test_tiny_and_mini_in_bf16_match_cpu),
+        cmocka_unit_test(test_p40_paths_fp16_loss_scale_and_plain_attention_match_cpu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -151,10 +151,39 @@ static void test_model_gradcheck_plain_dyntanh_rope_dense_ffn_mask_odd(void **s)
     run(pat, 4, 2, 12, 3, 3, 23, 1, 7, TB_CFG_NORM_DYNAMIC_TANH, 0, 1, "rope", 0);
 }
 
+/* The MFU FLOP count on hand-computed cases: one retnet layer with a dense FFN, then an
+ * rk4 ODE layer twice through a loop with top-2 of 4 experts and a factorized embedding. */
+static void test_train_flops_per_token_hand_counts(void **s) {
+    (void)s;
+    tb_err err = {{0}};
+    tb_run_config rc;
+    assert_int_equal(tb_run_config_preset(&rc, "tiny", &err), 0);
+    tb_model_config c = rc.model;
+    c.hidden_size = 8, c.vocab_size = 10, c.num_heads = 2, c.retention_heads = 2;
+    c.num_layers = 1, c.num_loops = 1, c.ffn_hidden_size = 12, c.use_moe = 0;
+    c.use_factorized_embedding = 0;
+    c.layer_pattern.count = 1;
+    snprintf(c.layer_pattern.items[0], sizeof c.layer_pattern.items[0], "retnet");
+    assert_int_equal(tb_model_config_finish(&c, &err), 0);
+    /* 3 x (5 projections 2·64 + 4·T·C + FFN 4·8·12 + head 2·8·10), T = 5 */
+    assert_true(tb_model_train_flops_per_token(&c, 5) == 3.0 * (640 + 160 + 384 + 160));
+    snprintf(c.layer_pattern.items[0], sizeof c.layer_pattern.items[0], "ode");
+    c.num_loops = 2, c.ode_steps = 2, c.ode_solver = TB_CFG_ODE_RK4;
+    c.use_moe = 1, c.num_experts = 4, c.top_k_experts = 2;
+    c.use_factorized_embedding = 1, c.factorized_embedding_dim = 4, c.use_embedding_conv = 1;
+    c.embedding_conv_kernel = 3;
+    assert_int_equal(tb_model_config_finish(&c, &err), 0);
+    /* embedding 2·4·8 + 2·4·4·3; per loop 8 evaluations x (2·4·64 + 4·5·8), router 2·8·4,
+     * 2 experts x 4·8·12; head 160 */
+    double f = 64 + 96 + 2 * (8 * (512 + 160) + 64 + 768) + 160;
+    assert_true(tb_model_train_flops_per_token(&c, 5) == 3.0 * f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_model_gradcheck_factorized_derf_hope_moe_loops),
         cmocka_unit_test(test_model_gradcheck_plain_dyntanh_rope_dense_ffn_mask_odd),
+        cmocka_unit_test(test_train_flops_per_token_hand_counts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -194,6 +194,52 @@ static void test_nonfinite_skips_reduces_lr_and_gives_up(void **s) {
     tb_params_free(&p);
 }
 
+/* fp16's dynamic loss scale: an overflow skips and halves the scale without touching the
+ * learning rate; a finite step divides the scale out (same update as unscaled gradients);
+ * growth_interval finite steps double it; at scale 1 an overflow is a non-finite step. */
+static void test_loss_scale_overflow_halves_grows_and_divides_out(void **s) {
+    (void)s;
+    const tb_backend *be = tb_backend_cpu();
+    tb_run_config rc;
+    tb_params p, q;
+    small_params(&p, &rc);
+    small_params(&q, &rc);
+    rc.training.scheduler_warmup_ratio = 0;
+    rc.training.loss_scale_growth_interval = 2;
+    tb_optim o, u;
+    tb_optim_init(&o);
+    tb_optim_init(&u);
+    o.loss_scaling = 1;
+    o.loss_scale = 1024;
+    tb_optim_report rep;
+    double *saved = malloc(p.total * sizeof(double));
+    memcpy(saved, p.param, p.total * sizeof(double));
+    p.grad[3] = INFINITY;
+    assert_int_equal(tb_optim_step(&o, be, &p, &rc.training, 1, 1, &rep), TB_OPTIM_SKIPPED);
+    assert_true(rep.overflow == 1 && rep.loss_scale == 1024);
+    assert_true(o.loss_scale == 512 && o.lr_scale == 1.0 && o.nan_retries == 0 && o.step == 0);
+    assert_memory_equal(p.param, saved, p.total * sizeof(double));
+    /* Scaled gradients (x 512, exact in binary) give the unscaled run's update. */
+    for (int k = 0; k < 2; k++) {
+        gc_fill_uniform(q.grad, q.total, 0.01, 4, (uint64_t)k);
+        for (size_t i = 0; i < p.total; i++) p.grad[i] = q.grad[i] * o.loss_scale;
+        assert_int_equal(tb_optim_step(&o, be, &p, &rc.training, 1, 1, &rep), TB_OPTIM_APPLIED);
+        tb_optim_report ru;
+        assert_int_equal(tb_optim_step(&u, be, &q, &rc.training, 1, 1, &ru), TB_OPTIM_APPLIED);
+        assert_true(rep.overflow == 0 && fabs(rep.grad_norm - ru.grad_norm) <= 1e-15 * ru.grad_norm);
+        assert_memory_equal(p.param, q.param, p.total * sizeof(double));
+    }
+    assert_true(o.loss_scale == 1024); /* doubled after 2 finite steps */
+    /* At scale 1 an overflow is an ordinary non-finite step. */
+    o.loss_scale = 1;
+    p.grad[0] = NAN;
+    assert_int_equal(tb_optim_step(&o, be, &p, &rc.training, 1, 1, &rep), TB_OPTIM_SKIPPED);
+    assert_true(rep.overflow == 0 && o.nan_retries == 1 && o.lr_scale == 0.75);
+    free(saved);
+    tb_params_free(&p);
+    tb_params_free(&q);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gemm_equals_naive_loop_bitwise),
@@ -202,6 +248,7 @@ int main(void) {
         cmocka_unit_test(test_schedule_warmup_cosine_floor),
         cmocka_unit_test(test_clipping_accumulation_and_groups),
         cmocka_unit_test(test_nonfinite_skips_reduces_lr_and_gives_up),
+        cmocka_unit_test(test_loss_scale_overflow_halves_grows_and_divides_out),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

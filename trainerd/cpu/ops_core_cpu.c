@@ -13,6 +13,12 @@ static void cpu_mem_set(void *p, int value, size_t bytes) {
     if (bytes) memset(p, value, bytes);
 }
 
+/* The CPU is the reference: its GEMMs stay in the build's precision whatever is asked. */
+static int cpu_set_precision(int mode) {
+    (void)mode;
+    return TB_PREC_FP32;
+}
+
 static void cpu_fill(real *x, real value, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = value;
 }
@@ -75,6 +81,7 @@ void tb_cpu_ops_core_init(tb_ops_core *ops) {
     ops->to_host = cpu_mem_copy;
     ops->mem_set = cpu_mem_set;
     ops->gemm = tb_cpu_gemm;
+    ops->set_precision = cpu_set_precision;
     ops->fill = cpu_fill;
     ops->copy = cpu_copy;
     ops->axpy = cpu_axpy;

@@ -7,7 +7,6 @@
  * heads and the queries in order: no atomics. probs are stored as on the CPU.
  * This is the portable path (sigmoid attention, GPUs without cuDNN); cuDNN's fused
  * attention (no stored probs) is a later step. */
-#include <string.h>
 #include "cuda_internal.cuh"
 extern "C" {
 #include "layers/dropout.h"
@@ -256,15 +255,11 @@ static void cu_attn_bwd(real *dq, real *dk, real *dv, real *work, const real *do
     TBC_LAUNCHED();
 }
 
-/* TB_CUDA_ATTN=plain keeps P and uses the plain kernels everywhere (the path of GPUs
- * whose shared memory is too small for the fused kernels, forced for testing). */
+/* TB_CUDA_ATTN=plain (or tb_cuda_force_plain_attention) keeps P and uses the plain
+ * kernels everywhere: the path of GPUs whose shared memory is too small for the fused
+ * kernels, forced for testing. */
 static int cu_attn_recomputes(int hs) {
-    static int plain = -1;
-    if (plain < 0) {
-        const char *e = getenv("TB_CUDA_ATTN");
-        plain = e && !strcmp(e, "plain");
-    }
-    return !plain && tbc_flash_fits(hs);
+    return !tbc_g->attn_plain && tbc_flash_fits(hs);
 }
 
 void tbc_attn_init(tb_ops_dense *ops) {

@@ -49,6 +49,10 @@ static int ctx_create(tb_err *err) {
         return tb_err_set(err, "cuda backend: device 0 set-up: %s", cudaGetErrorString(e));
     }
     c->sm_count = prop.multiProcessorCount;
+    c->cc_major = prop.major;
+    c->prec = TB_PREC_FP32;
+    const char *attn = getenv("TB_CUDA_ATTN");
+    c->attn_plain = attn && strcmp(attn, "plain") == 0;
     /* Asynchronous by default: every host read goes through an op that waits (to_host,
      * scalar results). Managed memory keeps the synchronous mode its host accesses need. */
     const char *managed = getenv("TB_CUDA_MANAGED");
@@ -144,8 +148,9 @@ extern "C" void tb_cuda_gemm_cache_stats(int *entries, long *hits, long *misses)
 /* ---- GEMM through cuBLASLt ------------------------------------------------------ */
 
 /* Row-major c (M,N) = op(a)·op(b) is column-major cᵀ (N,M) = op(b)ᵀ·op(a)ᵀ: cuBLASLt's
- * A is b and its B is a, with the transpose flags carried over. fp32 in, fp32 compute
- * (CUBLAS_COMPUTE_32F: no TF32), fp32 out. */
+ * A is b and its B is a, with the transpose flags carried over. fp32 in and out; the
+ * products in fp32 (CUBLAS_COMPUTE_32F: no TF32), or on the tensor cores in bf16 / fp16
+ * with fp32 accumulation (CUBLAS_COMPUTE_32F_FAST_16BF / _16F) per tbc_g->prec. */
 static int ptr_align(const void *p) {
     uintptr_t u = (uintptr_t)p;
     int a = 4;
@@ -162,7 +167,10 @@ static unsigned gemm_hash(const int *k, int n) {
 static void gemm_entry_build(tbc_gemm_entry *e, int align) {
     cublasOperation_t opA = e->tb ? CUBLAS_OP_T : CUBLAS_OP_N; /* A = b */
     cublasOperation_t opB = e->ta ? CUBLAS_OP_T : CUBLAS_OP_N; /* B = a */
-    TBC_CHECK_LT(cublasLtMatmulDescCreate(&e->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasComputeType_t ct = e->prec == TB_PREC_BF16   ? CUBLAS_COMPUTE_32F_FAST_16BF
+                             : e->prec == TB_PREC_FP16 ? CUBLAS_COMPUTE_32F_FAST_16F
+                                                       : CUBLAS_COMPUTE_32F;
+    TBC_CHECK_LT(cublasLtMatmulDescCreate(&e->desc, ct, CUDA_R_32F));
     TBC_CHECK_LT(cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof opA));
     TBC_CHECK_LT(cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof opB));
     /* Stored (column-major) shapes: A is (N,K) or, transposed, (K,N); B is (K,M) or (M,K). */
@@ -196,6 +204,39 @@ static void gemm_entry_destroy(tbc_gemm_entry *e) {
     cublasLtMatmulDescDestroy(e->desc);
 }
 
+/* The int8 entry (prec TBC_PREC_S8 in the key): yᵀ (out, n) = wᵀᵀ · xᵀ column-major, i.e.
+ * cuBLASLt's A = w (in, out) transposed, B = x (in, n), "TN" as the int8 kernels want.
+ * Returns -1 (entry marked unsupported) when no algorithm comes back. */
+#define TBC_PREC_S8 (-8)
+static int gemm_entry_build_s8(tbc_gemm_entry *e) {
+    cublasOperation_t opA = CUBLAS_OP_T, opB = CUBLAS_OP_N;
+    if (cublasLtMatmulDescCreate(&e->desc, CUBLAS_COMPUTE_32I, CUDA_R_32I) != CUBLAS_STATUS_SUCCESS) return -1;
+    cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof opA);
+    cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof opB);
+    int ok = cublasLtMatrixLayoutCreate(&e->la, CUDA_R_8I, e->K, e->N, e->K) == CUBLAS_STATUS_SUCCESS &&
+             cublasLtMatrixLayoutCreate(&e->lb, CUDA_R_8I, e->K, e->M, e->K) == CUBLAS_STATUS_SUCCESS &&
+             cublasLtMatrixLayoutCreate(&e->lc, CUDA_R_32I, e->N, e->M, e->N) == CUBLAS_STATUS_SUCCESS;
+    cublasLtMatmulPreference_t pref = NULL;
+    int nres = 0;
+    cublasLtMatmulHeuristicResult_t res;
+    if (ok && cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS) {
+        size_t ws = tbc_g->workspace_bytes;
+        uint32_t al = (uint32_t)e->align;
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al, sizeof al);
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof al);
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al);
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al);
+        if (cublasLtMatmulAlgoGetHeuristic(tbc_g->lt, e->desc, e->la, e->lb, e->lc, e->lc, pref, 1, &res, &nres) !=
+            CUBLAS_STATUS_SUCCESS)
+            nres = 0;
+        cublasLtMatmulPreferenceDestroy(pref);
+    }
+    if (nres < 1) return -1;
+    e->algo = res.algo;
+    return 0;
+}
+
 /* c = beta·c (or 0 when beta = 0) for K = 0, where cuBLASLt has nothing to multiply. */
 __global__ void k_gemm_k0(float *c, int M, int N, int ldc, float beta) {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
@@ -219,8 +260,8 @@ void tbc_gemm(float *c, const float *a, const float *b, int M, int N, int K, int
     int ab = ptr_align(b), ac = ptr_align(c);
     if (ab < align) align = ab;
     if (ac < align) align = ac;
-    int key[10] = {M, N, K, ta, tb, lda, ldb, ldc, align, 0};
-    unsigned h = gemm_hash(key, 9) % TBC_GEMM_CACHE;
+    int key[10] = {M, N, K, ta, tb, lda, ldb, ldc, align, g->prec};
+    unsigned h = gemm_hash(key, 10) % TBC_GEMM_CACHE;
     tbc_gemm_entry *e = NULL, tmp;
     for (int p = 0; p < TBC_GEMM_CACHE; p++) {
         tbc_gemm_entry *x = &g->gemm[(h + p) % TBC_GEMM_CACHE];
@@ -229,7 +270,7 @@ void tbc_gemm(float *c, const float *a, const float *b, int M, int N, int K, int
             break;
         }
         if (x->M == M && x->N == N && x->K == K && x->ta == ta && x->tb == tb && x->lda == lda &&
-            x->ldb == ldb && x->ldc == ldc && x->align == align) {
+            x->ldb == ldb && x->ldc == ldc && x->align == align && x->prec == g->prec) {
             e = x;
             break;
         }
@@ -245,7 +286,7 @@ void tbc_gemm(float *c, const float *a, const float *b, int M, int N, int K, int
         }
         memset(e, 0, sizeof *e);
         e->M = M, e->N = N, e->K = K, e->ta = ta, e->tb = tb;
-        e->lda = lda, e->ldb = ldb, e->ldc = ldc, e->align = align;
+        e->lda = lda, e->ldb = ldb, e->ldc = ldc, e->align = align, e->prec = g->prec;
         gemm_entry_build(e, align);
         e->used = 1;
     }
@@ -256,6 +297,55 @@ void tbc_gemm(float *c, const float *a, const float *b, int M, int N, int K, int
         TBC_CHECK(cudaStreamSynchronize(g->stream));
         gemm_entry_destroy(e);
     }
+}
+
+int tbc_gemm_s8(int32_t *c, const int8_t *x, const int8_t *w, int n, int in, int out) {
+    tbc_ctx *g = tbc_g;
+    if (n <= 0 || out <= 0 || in <= 0 || (in & 3) || (out & 3)) return -1;
+    int align = ptr_align(x), aw = ptr_align(w), ac = ptr_align(c);
+    if (aw < align) align = aw;
+    if (ac < align) align = ac;
+    if (align < 4) return -1;
+    int key[10] = {n, out, in, 0, 1, in, in, out, align, TBC_PREC_S8};
+    unsigned h = gemm_hash(key, 10) % TBC_GEMM_CACHE;
+    tbc_gemm_entry *e = NULL;
+    for (int p = 0; p < TBC_GEMM_CACHE; p++) {
+        tbc_gemm_entry *q = &g->gemm[(h + p) % TBC_GEMM_CACHE];
+        if (!q->used || (q->M == n && q->N == out && q->K == in && q->ta == 0 && q->tb == 1 && q->lda == in &&
+                         q->ldb == in && q->ldc == out && q->align == align && q->prec == TBC_PREC_S8)) {
+            e = q;
+            break;
+        }
+    }
+    tbc_gemm_entry tmp;
+    int transient = 0;
+    if (e && e->used) {
+        g->gemm_hits++;
+    } else {
+        g->gemm_misses++;
+        if (!e) {
+            e = &tmp;
+            transient = 1;
+        }
+        memset(e, 0, sizeof *e);
+        e->M = n, e->N = out, e->K = in, e->ta = 0, e->tb = 1;
+        e->lda = in, e->ldb = in, e->ldc = out, e->align = align, e->prec = TBC_PREC_S8;
+        e->unsupported = gemm_entry_build_s8(e) != 0;
+        e->used = 1;
+    }
+    if (e->unsupported) {
+        if (transient) gemm_entry_destroy(e);
+        return -1;
+    }
+    int32_t one = 1, zero = 0;
+    TBC_CHECK_LT(cublasLtMatmul(g->lt, e->desc, &one, w, e->la, x, e->lb, &zero, c, e->lc, c, e->lc, &e->algo,
+                                g->workspace, g->workspace_bytes, g->stream));
+    tbc_op_sync();
+    if (transient) {
+        TBC_CHECK(cudaStreamSynchronize(g->stream));
+        gemm_entry_destroy(e);
+    }
+    return 0;
 }
 
 /* ---- deterministic reductions --------------------------------------------------- */
@@ -404,11 +494,27 @@ static void cu_mem_set(void *p, int value, size_t bytes) {
     tbc_op_sync();
 }
 
+extern "C" void tb_cuda_force_plain_attention(int on) {
+    if (tbc_g) tbc_g->attn_plain = on != 0;
+}
+
 extern "C" void tb_cuda_set_sync(int on) {
     if (tbc_g) {
         TBC_CHECK(cudaStreamSynchronize(tbc_g->stream));
         tbc_g->sync_ops = on != 0;
     }
+}
+
+/* bf16 needs sm_80+; fp16 tensor-core products need sm_70+ (older GPUs, such as the
+ * P40, still run the fp16 mode: cuBLAS then computes without tensor cores). AUTO: bf16
+ * where the GPU has it, else fp16. */
+static int cu_set_precision(int mode) {
+    if (mode == TB_PREC_AUTO) mode = tbc_g->cc_major >= 8 ? TB_PREC_BF16 : TB_PREC_FP16;
+    if (mode == TB_PREC_BF16 && tbc_g->cc_major < 8) mode = TB_PREC_FP32;
+    if (mode != TB_PREC_BF16 && mode != TB_PREC_FP16) mode = TB_PREC_FP32;
+    TBC_CHECK(cudaStreamSynchronize(tbc_g->stream));
+    tbc_g->prec = mode;
+    return mode;
 }
 
 void tbc_ops_core_init(tb_ops_core *ops) {
@@ -419,6 +525,7 @@ void tbc_ops_core_init(tb_ops_core *ops) {
     ops->to_host = cu_mem_copy;
     ops->mem_set = cu_mem_set;
     ops->gemm = tbc_gemm;
+    ops->set_precision = cu_set_precision;
     ops->fill = cu_fill;
     ops->copy = cu_copy;
     ops->axpy = cu_axpy;

@@ -37,6 +37,10 @@ int tb_cuda_d2h(void *dst, const void *src, size_t bytes, tb_err *err);
  * family's memory interface (mem_alloc etc.) hands out managed memory for that. Off:
  * ops only enqueue (op-level use where every host access goes through tb_cuda_d2h). */
 void tb_cuda_set_sync(int on);
+/* 1: softmax attention keeps P and runs the plain kernels (the path of GPUs whose
+ * shared memory is too small for the fused kernels; TB_CUDA_ATTN=plain at start-up).
+ * Models created afterwards follow it. */
+void tb_cuda_force_plain_attention(int on);
 /* Waits for the backend's stream; reports any pending CUDA error. */
 int tb_cuda_sync(tb_err *err);
 /* GEMM descriptor-cache statistics (entries, hits, misses) for tests. */

@@ -64,10 +64,11 @@ enum {
 
 typedef struct tbc_gemm_entry {
     int used;
-    int M, N, K, ta, tb, lda, ldb, ldc, align; /* the key */
+    int M, N, K, ta, tb, lda, ldb, ldc, align, prec; /* the key */
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, lc;
     cublasLtMatmulAlgo_t algo;
+    int unsupported; /* int8 entries: cuBLASLt offered no algorithm (callers fall back) */
 } tbc_gemm_entry;
 
 typedef struct tbc_ctx {
@@ -83,6 +84,9 @@ typedef struct tbc_ctx {
     long gemm_hits, gemm_misses;
     int sync_ops; /* 1: every op waits for the stream before returning (tb_cuda_set_sync) */
     int managed;  /* 1: mem_alloc gives managed memory (TB_CUDA_MANAGED=1) */
+    int prec;     /* GEMM precision (tb_precision: FP32, BF16 or FP16) */
+    int cc_major; /* compute capability */
+    int attn_plain; /* 1: softmax attention keeps P (the plain kernels; TB_CUDA_ATTN=plain) */
 } tbc_ctx;
 
 /* The one context (the dense family's ops take no backend argument). */
@@ -206,4 +210,8 @@ void tbc_ops_dense_init(tb_ops_dense *ops);
 void tbc_ops_seq_init(tb_ops_seq *ops);
 void tbc_gemm(float *c, const float *a, const float *b, int M, int N, int K, int ta, int tb,
               int lda, int ldb, int ldc, float alpha, float beta, const struct tb_backend *be);
+/* c (n, out) int32 = x (n, in) · w (out, in)ᵀ on int8 codes (cuBLASLt, int32 accumulation:
+ * exact). Returns 0, or -1 where cuBLASLt has no int8 algorithm for the shape (sizes not
+ * multiples of 4, say): nothing was launched and the caller uses its own kernel. */
+int tbc_gemm_s8(int32_t *c, const int8_t *x, const int8_t *w, int n, int in, int out);
 #endif

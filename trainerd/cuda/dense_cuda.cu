@@ -139,9 +139,24 @@ __global__ void k_bitlinear_fwd(float *y, const int8_t *xq, const float *stats, 
     }
 }
 
+/* y = acc / (s_x · s_w) in place over the int32 products cuBLASLt wrote into y. */
+__global__ void k_bitlinear_scale(float *y, const float *stats, const float *sw, size_t n, int out) {
+    float s_w = *sw;
+    GRID_STRIDE(i, n * (size_t)out) {
+        int acc = ((const int *)y)[i];
+        y[i] = (float)acc / (stats[3 * (i / out) + 2] * s_w);
+    }
+}
+
 static void cu_bitlinear_fwd(real *y, const int8_t *xq, const real *stats, const int8_t *wq,
                              const real *sw, size_t n, int in, int out) {
     if (!n || out <= 0) return;
+    /* int8 tensor cores through cuBLASLt where it takes the shape, else the tiled kernel. */
+    if (n <= (size_t)INT32_MAX && tbc_gemm_s8((int32_t *)y, xq, wq, (int)n, in, out) == 0) {
+        k_bitlinear_scale<<<tbc_blocks(n * (size_t)out, 256), 256, 0, S()>>>(y, stats, sw, n, out);
+        TBC_LAUNCHED();
+        return;
+    }
     dim3 grid((unsigned)((out + BL_O - 1) / BL_O), (unsigned)((n + BL_T - 1) / BL_T));
     k_bitlinear_fwd<<<grid, dim3(32, 8), 0, S()>>>(y, xq, stats, wq, sw, (int)n, in, out);
     TBC_LAUNCHED();

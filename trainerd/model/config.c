@@ -153,6 +153,13 @@ static const tb_cfg_field run_fields[] = {
     F_DBL("training.nan_lr_factor", training.nan_lr_factor, "0.75", 0, 1,
           "tb: learning-rate factor applied on each non-finite retry"),
     F_INT("training.seed", training.seed, "1234", 0, INT64_MAX, "tb: seed of init and dropout"),
+    F_ENUM("training.precision", training.precision, "auto", "auto|fp32|bf16|fp16",
+           "tb: GEMM precision on GPUs (auto: with use_amp bf16 where the GPU has it, else "
+           "fp16; without use_amp fp32); masters, optimizer and storage stay fp32"),
+    F_DBL("training.loss_scale_init", training.loss_scale_init, "1024", 1, 1e30,
+          "tb: fp16 only: first dynamic loss scale (halved on each overflowing step)"),
+    F_INT("training.loss_scale_growth_interval", training.loss_scale_growth_interval, "1000", 1,
+          INT64_MAX / 2, "tb: fp16 only: finite steps in a row before the loss scale doubles"),
 };
 
 static const tb_cfg_schema run_schema = {"tb-trainerd", run_fields,

@@ -123,7 +123,19 @@ typedef struct tb_train_config {
     double min_lr_ratio;   /* cosine floor as a share of the peak (0.1) */
     double nan_lr_factor;  /* lr x this on each non-finite retry (0.75) */
     int64_t seed;
+    int precision;         /* tb_cfg_prec: GEMM precision on GPUs */
+    double loss_scale_init;             /* fp16: first dynamic loss scale (1024) */
+    int64_t loss_scale_growth_interval; /* fp16: finite steps before the scale doubles */
 } tb_train_config;
+
+/* training.precision. auto: with use_amp, bf16 where the GPU has it, else fp16; without,
+ * fp32. The CPU always computes in fp32. */
+typedef enum tb_cfg_prec {
+    TB_CFG_PREC_AUTO = 0,
+    TB_CFG_PREC_FP32,
+    TB_CFG_PREC_BF16,
+    TB_CFG_PREC_FP16,
+} tb_cfg_prec;
 
 /* A whole trainer config file minus the daemon block. */
 typedef struct tb_run_config {

@@ -604,3 +604,40 @@ void tb_model_backward(tb_model *m, const tb_batch *bt, double grad_scale) {
     embedding_backward(be, m->scratch, m->dx, m->emb_act, bt->ids, &m->emb, &de, B, T);
     phase_end(m, 1, TB_PHASE_EMBED, &tp);
 }
+
+double tb_model_train_flops_per_token(const tb_model_config *c, int T) {
+    double C = (double)c->hidden_size, V = (double)c->vocab_size, H = (double)c->num_heads;
+    double hs = C / H, kv = (double)tb_mc_kv_heads(c) * hs, attn = 4.0 * T * C;
+    double F = c->ffn_hidden_size > 0 ? (double)c->ffn_hidden_size : 2 * C;
+    double f = 0;
+    if (c->use_factorized_embedding) {
+        double Cl = (double)c->factorized_embedding_dim;
+        f += 2 * Cl * C;
+        if (c->use_embedding_conv) f += 2 * Cl * Cl * (double)c->embedding_conv_kernel;
+    }
+    int64_t L = c->num_layers * c->num_loops;
+    for (int64_t l = 0; l < L; l++) {
+        int kind = c->pattern[(l % c->num_layers) % c->pattern_len];
+        switch (kind) {
+        case TB_MIXER_RETNET: f += 2 * 5 * C * C + attn; break;
+        case TB_MIXER_ODE: {
+            double evals = (double)c->ode_steps * (c->ode_solver == TB_CFG_ODE_RK4 ? 4 : 1);
+            f += evals * (2 * 4 * C * C + attn);
+            break;
+        }
+        case TB_MIXER_MAMBA: {
+            double Di = 2 * C, N = (double)c->mamba_d_state, R = ceil(C / 16);
+            f += 2 * C * 2 * Di + 2 * Di * (R + 2 * N) + 2 * R * Di + 2 * Di * C + 9 * Di * N;
+            if (c->titan_memory) f += 3 * 2 * C * C + 4 * C * hs;
+            break;
+        }
+        default: f += 2 * (2 * C * C + 2 * C * kv) + attn; break; /* attention kinds */
+        }
+        if (c->use_moe)
+            f += 2 * C * (double)c->num_experts + (double)c->top_k_experts * 4 * C * F;
+        else
+            f += 4 * C * F;
+    }
+    f += 2 * C * V;
+    return 3 * f;
+}

@@ -124,6 +124,14 @@ void tb_model_init(tb_model *m, uint64_t seed);
 /* Recompute derived buffers (BitLinear codes) after params changed (step, load). */
 void tb_model_refresh(tb_model *m);
 /* Reals of arena the model holds (for logs). */
+/* Model FLOPs of one training step per token (forward, then a backward counted as twice
+ * the forward) at sequence length T, from a finished config: every projection 2·in·out,
+ * attention and retention 4·T·C per evaluation (QKᵀ and P·V over all T keys), each ODE
+ * evaluation counted, top-K experts per token (capacity drops ignored), router, factorized
+ * embedding projection and Conv1d, head; the Mamba scan 9·Di·N and the Titan memory
+ * 4·C·hs (update and read). Element-wise work (norms, activations, softmax) and the
+ * optimizer are not counted, as in the usual MFU convention. */
+double tb_model_train_flops_per_token(const tb_model_config *c, int T);
 size_t tb_model_arena_bytes(const tb_model *m);
 
 /* Forward of one micro-batch; validates ids and labels (outside input). */

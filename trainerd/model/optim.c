@@ -5,6 +5,7 @@
 void tb_optim_init(tb_optim *o) {
     memset(o, 0, sizeof *o);
     o->lr_scale = 1.0;
+    o->loss_scale = 1.0;
 }
 
 double tb_sched_factor(const tb_train_config *t, int64_t step) {
@@ -24,7 +25,9 @@ tb_optim_status tb_optim_step(tb_optim *o, const tb_backend *be, tb_params *p,
                               tb_optim_report *rep) {
     tb_optim_report r;
     memset(&r, 0, sizeof r);
-    double inv = 1.0 / (micro > 0 ? micro : 1);
+    double ls = o->loss_scaling && o->loss_scale > 0 ? o->loss_scale : 1.0;
+    double inv = 1.0 / (micro > 0 ? micro : 1) / ls;
+    r.loss_scale = ls;
     /* Norms per group in registry order (a fixed summation order). */
     double total = 0;
     for (int i = 0; i < p->count; i++) {
@@ -39,7 +42,13 @@ tb_optim_status tb_optim_step(tb_optim *o, const tb_backend *be, tb_params *p,
     r.lr = t->group[TB_GROUP_OTHER].lr * r.sched * o->lr_scale;
     r.clip = 1.0;
     tb_optim_status st = TB_OPTIM_APPLIED;
-    if (!loss_finite || !isfinite(r.grad_norm)) {
+    if (loss_finite && !isfinite(r.grad_norm) && o->loss_scaling && ls > 1) {
+        /* fp16 overflow of the scaled gradients: skip, halve the scale. */
+        o->loss_scale = ls / 2 > 1 ? ls / 2 : 1;
+        o->scale_good_steps = 0;
+        r.overflow = 1;
+        st = TB_OPTIM_SKIPPED;
+    } else if (!loss_finite || !isfinite(r.grad_norm)) {
         /* DESIGN.md: skip the update, retry with lr x 0.75, give up after max retries. */
         o->nan_retries++;
         o->lr_scale *= t->nan_lr_factor;
@@ -65,6 +74,10 @@ tb_optim_status tb_optim_step(tb_optim *o, const tb_backend *be, tb_params *p,
                            inv * r.clip);
         }
         o->step++;
+        if (o->loss_scaling && ++o->scale_good_steps >= t->loss_scale_growth_interval) {
+            o->loss_scale = ls * 2;
+            o->scale_good_steps = 0;
+        }
     }
     be->core.fill(p->grad, R(0.0), p->total);
     if (rep) *rep = r;

@@ -13,6 +13,14 @@ typedef struct tb_optim {
     int64_t step;      /* optimizer updates applied so far (AdamW's t - 1) */
     double lr_scale;   /* product of non-finite retry factors and operator scaling (1) */
     int nan_retries;   /* consecutive non-finite steps */
+    /* Dynamic loss scale (fp16 GEMMs; 1 and off otherwise): the backward runs on the loss
+     * times loss_scale and the step divides it out. A step whose loss is finite but whose
+     * gradients are not is an overflow: no update, the scale halves (not below 1), and no
+     * non-finite retry is counted while the scale is above 1. After
+     * training.loss_scale_growth_interval applied steps in a row the scale doubles. */
+    int loss_scaling;
+    double loss_scale;
+    int64_t scale_good_steps;
 } tb_optim;
 
 typedef enum tb_optim_status {
@@ -28,6 +36,8 @@ typedef struct tb_optim_report {
     double clip;                      /* factor applied (1 = none) */
     double lr;                        /* learning rate of the `other` group this step */
     double sched;                     /* schedule factor in (0, 1] */
+    double loss_scale;                /* the scale this step's gradients carried (1: off) */
+    int overflow;                     /* 1: skipped for a gradient overflow (scale halved) */
 } tb_optim_report;
 
 void tb_optim_init(tb_optim *o);

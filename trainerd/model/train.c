@@ -17,7 +17,27 @@ int tb_trainer_create(tb_trainer *tr, const tb_run_config *rc, const tb_backend 
     if (tb_model_create(&tr->model, &rc->model, be, maxB, maxT, err)) return -1;
     tb_model_init(&tr->model, tr->seed);
     tb_optim_init(&tr->opt);
+    const tb_train_config *t = &rc->training;
+    int want = t->precision == TB_CFG_PREC_FP32   ? TB_PREC_FP32
+               : t->precision == TB_CFG_PREC_BF16 ? TB_PREC_BF16
+               : t->precision == TB_CFG_PREC_FP16 ? TB_PREC_FP16
+               : t->use_amp                       ? TB_PREC_AUTO
+                                                  : TB_PREC_FP32;
+    tr->precision = be->core.set_precision ? be->core.set_precision(want) : TB_PREC_FP32;
+    if (tr->precision == TB_PREC_FP16) {
+        tr->opt.loss_scaling = 1;
+        tr->opt.loss_scale = t->loss_scale_init;
+    }
     return 0;
+}
+
+const char *tb_precision_name(int mode) {
+    return mode == TB_PREC_BF16 ? "bf16" : mode == TB_PREC_FP16 ? "fp16" : "fp32";
+}
+
+/* The factor the backward seeds its gradients with (the dynamic loss scale, or 1). */
+static double grad_seed(const tb_trainer *tr) {
+    return tr->opt.loss_scaling ? tr->opt.loss_scale : 1.0;
 }
 
 static void free_replicas(tb_trainer *tr) {
@@ -60,13 +80,14 @@ typedef struct micro_job {
     const tb_batch *b;
     tb_dropout_ctx d;
     tb_fwd_result f;
+    double gseed;
     int failed;
     tb_err err;
 } micro_job;
 
 static void micro_run(micro_job *j) {
     j->failed = tb_model_forward(j->m, j->b, &j->d, &j->f, &j->err) != 0;
-    if (!j->failed && isfinite(j->f.loss)) tb_model_backward(j->m, j->b, 1.0);
+    if (!j->failed && isfinite(j->f.loss)) tb_model_backward(j->m, j->b, j->gseed);
 }
 
 static void *micro_thread(void *arg) {
@@ -120,6 +141,7 @@ int tb_trainer_step(tb_trainer *tr, const tb_batch *micro, int nmicro, tb_step_r
             jobs[i].b = &micro[i];
             jobs[i].d = (tb_dropout_ctx){tr->seed, (uint32_t)(tr->micro_seen + (uint64_t)i),
                                          tr->rc.model.dropout > 0};
+            jobs[i].gseed = grad_seed(tr);
         }
         run_parallel(tr, jobs, nmicro);
         for (int i = 0; i < nmicro; i++)
@@ -152,7 +174,7 @@ int tb_trainer_step(tb_trainer *tr, const tb_batch *micro, int nmicro, tb_step_r
         }
         tr->micro_seen++;
         if (!isfinite(f.loss)) finite = 0;
-        else tb_model_backward(&tr->model, &micro[i], 1.0);
+        else tb_model_backward(&tr->model, &micro[i], grad_seed(tr));
         r.loss += f.loss / nmicro;
         r.ce += f.ce / nmicro;
         r.l_bal += f.l_bal / nmicro;
@@ -234,6 +256,8 @@ int tb_trainer_save(const tb_trainer *tr, const char *dir, const tb_st_meta *ext
     meta_add(meta, &n, "step", "%" PRId64, tr->opt.step);
     meta_add(meta, &n, "lr_scale", "%.17g", tr->opt.lr_scale);
     meta_add(meta, &n, "nan_retries", "%d", tr->opt.nan_retries);
+    meta_add(meta, &n, "loss_scale", "%.17g", tr->opt.loss_scale);
+    meta_add(meta, &n, "loss_scale_good_steps", "%" PRId64, tr->opt.scale_good_steps);
     meta_add(meta, &n, "micro_seen", "%" PRIu64, tr->micro_seen);
     meta_add(meta, &n, "seed", "%" PRIu64, tr->seed);
     for (int i = 0; i < nextra && n < TB_TRAINER_META_MAX; i++) meta[n++] = extra[i];
@@ -288,6 +312,17 @@ int tb_trainer_load(tb_trainer *tr, const char *dir, tb_st_meta *meta, int cap, 
     tr->opt.nan_retries = (int)retries;
     tr->micro_seen = strtoull(tb_st_meta_get(mm, n, "micro_seen"), NULL, 10);
     tr->seed = strtoull(tb_st_meta_get(mm, n, "seed"), NULL, 10);
+    /* The loss scale (fp16): checkpoints older than it have none (scale as configured). */
+    if (tb_st_meta_get(mm, n, "loss_scale")) {
+        double ls, good;
+        if (meta_num(mm, n, "loss_scale", path, &ls, err) ||
+            meta_num(mm, n, "loss_scale_good_steps", path, &good, err))
+            return -1;
+        if (tr->opt.loss_scaling) {
+            tr->opt.loss_scale = ls;
+            tr->opt.scale_good_steps = (int64_t)good;
+        }
+    }
     (void)step;
     (void)micro;
     (void)seed;

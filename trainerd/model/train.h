@@ -23,7 +23,11 @@ typedef struct tb_trainer {
      * micro-batch after the first, with their own activations and gradients. */
     tb_model *rep;
     int nrep;
+    int precision; /* the GEMM precision in effect (tb_precision; training.precision) */
 } tb_trainer;
+
+/* "fp32", "bf16" or "fp16". */
+const char *tb_precision_name(int mode);
 
 typedef struct tb_step_result {
     double loss, ce, accuracy, l_bal, l_ode; /* means over the micro-batches */

@@ -13,6 +13,16 @@
 
 struct tb_backend;
 
+/* GEMM precision (MODEL.md section 10, training.precision): fp32 products; bf16 products
+ * with fp32 accumulation, inputs and outputs (sm_80+); fp16 likewise (GPUs without bf16,
+ * trained with a dynamic loss scale). AUTO asks the backend for its best mixed mode. */
+typedef enum tb_precision {
+    TB_PREC_FP32 = 0,
+    TB_PREC_BF16,
+    TB_PREC_FP16,
+    TB_PREC_AUTO,
+} tb_precision;
+
 typedef struct tb_ops_core {
     /* Memory of the backend's tensors (the model's flat buffers and arena). host_memory
      * is 1 when that memory is ordinary host memory the caller may read and write
@@ -41,6 +51,12 @@ typedef struct tb_ops_core {
      * On the CPU every term is a fused multiply-add (acc = fma(a, b, acc)). */
     void (*gemm)(real *c, const real *a, const real *b, int M, int N, int K, int ta, int tb,
                  int lda, int ldb, int ldc, real alpha, real beta, const struct tb_backend *be);
+    /* The GEMMs' precision from now on (tb_precision); returns the mode in effect (a
+     * backend without the asked one keeps fp32; the CPU always does). Storage, the other
+     * ops and the optimizer's master weights stay fp32. BitLinear's products on integer
+     * codes stay exact in bf16 and fp16 (integers up to 256 / 2048 are representable and
+     * the sums are fp32). */
+    int (*set_precision)(int mode);
 
     void (*fill)(real *x, real value, size_t n);
     void (*copy)(real *y, const real *x, size_t n);

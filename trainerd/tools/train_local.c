@@ -79,6 +79,9 @@ static void usage(FILE *f) {
             "  --eval-mask-prob P  masking share of the held-out batches (default: the training\n"
             "                      value, training.mlm_probability)\n"
             "  --eval-every N      (default 0: only at the end)\n"
+            "  --peak-tflops X     the GPU's peak (e.g. 798 for an H100's dense bf16): the end\n"
+            "                      line then adds MFU (model FLOPs x tok/s / peak; the FLOP\n"
+            "                      count is tb_model_train_flops_per_token, model/model.h)\n"
             "  --profile           time the phases of forward and backward (embedding, norms,\n"
             "                      each mixer kind, FFN, head + loss) and print a table at the\n"
             "                      end; the backend waits after each phase, so it runs slower\n"
@@ -97,6 +100,7 @@ typedef struct opts {
     const char *eval[256];
     int neval;
     long eval_batches, eval_every, interleave, stop_after;
+    double peak_tflops;
     int profile;
     double eval_mask_prob;
     const char *sets[64];
@@ -349,7 +353,7 @@ int main(int argc, char **argv) {
     o.seed = -1;
     o.backend = "auto";
     enum { O_PRESET = 1, O_CONFIG, O_SET, O_DATA, O_TOK, O_STEPS, O_T, O_B, O_ACC, O_LR, O_SEED,
-           O_MIN, O_SAVE, O_SAVE_EVERY, O_RESUME, O_CSV, O_SPLIT, O_BACKEND, O_PAR, O_EVAL, O_EVALN, O_EVALE, O_EVALP, O_INTER, O_STOPA, O_PROF, O_HELP };
+           O_MIN, O_SAVE, O_SAVE_EVERY, O_RESUME, O_CSV, O_SPLIT, O_BACKEND, O_PAR, O_EVAL, O_EVALN, O_EVALE, O_EVALP, O_INTER, O_STOPA, O_PROF, O_PEAK, O_HELP };
     static const struct option lo[] = {
         {"preset", 1, 0, O_PRESET}, {"config", 1, 0, O_CONFIG},   {"set", 1, 0, O_SET},
         {"data", 1, 0, O_DATA},     {"tokenizer", 1, 0, O_TOK},   {"steps", 1, 0, O_STEPS},
@@ -361,6 +365,7 @@ int main(int argc, char **argv) {
         {"eval-data", 1, 0, O_EVAL}, {"eval-batches", 1, 0, O_EVALN}, {"eval-every", 1, 0, O_EVALE},
         {"eval-mask-prob", 1, 0, O_EVALP}, {"interleave", 1, 0, O_INTER},
         {"stop-after", 1, 0, O_STOPA}, {"profile", 0, 0, O_PROF},
+        {"peak-tflops", 1, 0, O_PEAK},
         {0, 0, 0, 0}};
     int c;
     char *end;
@@ -407,6 +412,7 @@ int main(int argc, char **argv) {
         case O_INTER: { long long v; NUM(v, strtoll_10); o.interleave = (long)v; break; }
         case O_STOPA: { long long v; NUM(v, strtoll_10); o.stop_after = (long)v; break; }
         case O_PROF: o.profile = 1; break;
+        case O_PEAK: NUM(o.peak_tflops, strtod); break;
         case O_SPLIT: { long long v; NUM(v, strtoll_10); o.split_every = (long)v; break; }
         case O_HELP:
         case 'h': usage(stdout); return 0;
@@ -553,11 +559,11 @@ int main(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     printf("tb-train-local: %s, %" PRId64 " parameters, B %d x T %d x accum %d%s, %d steps, "
-           "arena %.1f MiB, seed %lld, backend %s\n",
+           "arena %.1f MiB, seed %lld, backend %s, precision %s\n",
            rc.model_class, (int64_t)tr.model.p.total, B, T, accum,
            tr.nrep ? " (parallel)" : "", (int)o.steps,
            (double)tb_model_arena_bytes(&tr.model) / 1048576.0, (long long)rc.training.seed,
-           be->name);
+           be->name, tb_precision_name(tr.precision));
     fflush(stdout);
     tb_stream_batch sb;
     memset(&sb, 0, sizeof sb);
@@ -606,9 +612,15 @@ int main(int argc, char **argv) {
         double avg = (now - t0) / (double)(tr.opt.step - first > 0 ? tr.opt.step - first : 1);
         char eta[32];
         fmt_eta(eta, sizeof eta, avg * (double)(o.steps - tr.opt.step));
+        char note[96] = "";
+        if (r.opt.overflow)
+            snprintf(note, sizeof note, " (fp16 overflow: skipped, loss scale now %g)",
+                     tr.opt.loss_scale);
+        else if (r.status != TB_OPTIM_APPLIED)
+            snprintf(note, sizeof note, " (non-finite: skipped)");
         printf("step %" PRId64 "/%ld loss %.4f acc %.4f lr %.3e gnorm %.3f tok/s %.0f eta %s%s\n",
                tr.opt.step, o.steps, r.loss, r.accuracy, r.opt.lr, r.opt.grad_norm, tps, eta,
-               r.status == TB_OPTIM_APPLIED ? "" : " (non-finite: skipped)");
+               note);
         fflush(stdout);
         if (csv) {
             fprintf(csv, "%" PRId64 ",%.6f,%.6f,%.6e,%.6f,%.1f,%.1f\n", tr.opt.step, r.loss,
@@ -665,9 +677,14 @@ int main(int argc, char **argv) {
         status = TB_EX_SOFTWARE;
     }
     if (o.profile) print_profile(&tr.model, tb_clock_mono_s() - t0);
+    double wall = tb_clock_mono_s() - t0, tps = (double)tokens / (wall + 1e-9);
+    double fpt = tb_model_train_flops_per_token(&tr.model.cfg, T);
     printf("tb-train-local: %" PRId64 " steps, %" PRId64 " tokens in %.1f s (%.0f tok/s)%s\n",
-           tr.opt.step - first, tokens, tb_clock_mono_s() - t0,
-           (double)tokens / (tb_clock_mono_s() - t0 + 1e-9), stop_flag ? ", interrupted" : "");
+           tr.opt.step - first, tokens, wall, tps, stop_flag ? ", interrupted" : "");
+    printf("tb-train-local: model FLOPs %.4g GFLOP per token (training, T %d), %.2f TFLOP/s",
+           fpt / 1e9, T, fpt * tps / 1e12);
+    if (o.peak_tflops > 0) printf(", MFU %.2f%% of %g TFLOP/s", 100 * fpt * tps / (o.peak_tflops * 1e12), o.peak_tflops);
+    printf("\n");
 done:
     eval_free(&ev);
     tb_stream_batch_free(&sb);
