@@ -53,6 +53,8 @@ static int ctx_create(tb_err *err) {
     c->prec = TB_PREC_FP32;
     const char *attn = getenv("TB_CUDA_ATTN");
     c->attn_plain = attn && strcmp(attn, "plain") == 0;
+    const char *g32 = getenv("TB_CUDA_FP32_GEMM");
+    c->fp32_cublas = g32 && strcmp(g32, "cublas") == 0;
     /* Asynchronous by default: every host read goes through an op that waits (to_host,
      * scalar results). Managed memory keeps the synchronous mode its host accesses need. */
     const char *managed = getenv("TB_CUDA_MANAGED");
@@ -251,6 +253,10 @@ void tbc_gemm(float *c, const float *a, const float *b, int M, int N, int K, int
     (void)be;
     tbc_ctx *g = tbc_g;
     if (M <= 0 || N <= 0) return;
+    if (g->prec == TB_PREC_FP32 && !g->fp32_cublas) {
+        tbc_gemm_ordered(c, a, b, M, N, K, ta, tb, lda, ldb, ldc, alpha, beta);
+        return;
+    }
     if (K <= 0) {
         k_gemm_k0<<<tbc_blocks((size_t)M * N, 256), 256, 0, g->stream>>>(c, M, N, ldc, beta);
         TBC_LAUNCHED();

@@ -87,6 +87,8 @@ typedef struct tbc_ctx {
     int prec;     /* GEMM precision (tb_precision: FP32, BF16 or FP16) */
     int cc_major; /* compute capability */
     int attn_plain; /* 1: softmax attention keeps P (the plain kernels; TB_CUDA_ATTN=plain) */
+    int fp32_cublas; /* 1: fp32 GEMMs through cuBLASLt (TB_CUDA_FP32_GEMM=cublas), not in the
+                      * CPU's order (gemm_ordered_cuda.cu) */
 } tbc_ctx;
 
 /* The one context (the dense family's ops take no backend argument). */
@@ -214,4 +216,7 @@ void tbc_gemm(float *c, const float *a, const float *b, int M, int N, int K, int
  * exact). Returns 0, or -1 where cuBLASLt has no int8 algorithm for the shape (sizes not
  * multiples of 4, say): nothing was launched and the caller uses its own kernel. */
 int tbc_gemm_s8(int32_t *c, const int8_t *x, const int8_t *w, int n, int in, int out);
+/* The core gemm's contract in the CPU's order (ascending k, one fused multiply-add each). */
+void tbc_gemm_ordered(float *c, const float *a, const float *b, int M, int N, int K, int ta, int tb, int lda,
+                      int ldb, int ldc, float alpha, float beta);
 #endif

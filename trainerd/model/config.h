@@ -70,6 +70,7 @@ typedef struct tb_model_config {
     double moe_capacity_factor;
     int64_t mamba_d_state, mamba_d_conv;
     int titan_memory, retention_bidirectional;
+    int activation_recompute; /* tb: recompute each layer's activations in the backward */
     double lambda_bal, lambda_ode;
     /* derived by tb_model_config_finish */
     int pattern_len;

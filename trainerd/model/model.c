@@ -306,10 +306,21 @@ int tb_model_create(tb_model *m, const tb_model_config *mc, const tb_backend *be
     size_t off = 0;
     size_t o_emb = off; off += embedding_act_count(&m->emb, B, T);
     size_t o_layers = off;
+    /* With activation_recompute each logical layer keeps its input x; the rest of a
+     * layer's activations share one region sized for the largest block, written by the
+     * forward and again, layer by layer, by the backward's replay. */
+    int rec = c->activation_recompute != 0;
+    size_t shared = 0;
+    for (int i = 0; i < c->num_layers; i++) {
+        const tb_block *b = &m->blocks[i];
+        shared = max_sz(shared, 3 * n * C + 2 * nact + mixer_act(b, B, T) + ffn_act(b, n));
+    }
     for (int l = 0; l < m->nlogical; l++) {
         const tb_block *b = &m->blocks[l % c->num_layers];
-        off += 4 * n * C + 2 * nact + mixer_act(b, B, T) + ffn_act(b, n);
+        off += rec ? n * C : 4 * n * C + 2 * nact + mixer_act(b, B, T) + ffn_act(b, n);
     }
+    size_t o_shared = off;
+    if (rec) off += shared;
     size_t o_xf = off; off += n * C;
     size_t o_fn = off; off += nact;
     size_t o_yf = off; off += n * C;
@@ -333,10 +344,13 @@ int tb_model_create(tb_model *m, const tb_model_config *mc, const tb_backend *be
     real *a = m->arena;
     m->emb_act = a + o_emb;
     off = o_layers;
+    m->recompute = rec;
     for (int l = 0; l < m->nlogical; l++) {
         const tb_block *b = &m->blocks[l % c->num_layers];
         tb_lstore *s = &m->ls[l];
         s->x = a + off, off += n * C;
+        size_t keep = off;
+        if (rec) off = o_shared;
         s->n1act = a + off, off += nact;
         s->u = a + off, off += n * C;
         s->mact = a + off, off += mixer_act(b, B, T);
@@ -344,6 +358,7 @@ int tb_model_create(tb_model *m, const tb_model_config *mc, const tb_backend *be
         s->n2act = a + off, off += nact;
         s->v = a + off, off += n * C;
         s->fact = a + off, off += ffn_act(b, n);
+        if (rec) off = keep;
     }
     m->x_final = a + o_xf;
     m->fn_act = a + o_fn;
@@ -448,6 +463,48 @@ static tb_dropout layer_drop(const tb_model *m, uint32_t layer) {
     return d;
 }
 
+/* Logical layer l from its input ls[l].x to out: norm, mixer, residual, norm, FFN,
+ * residual. replay = 1: the backward's recompute (activation_recompute), timed as
+ * backward and leaving the forward's L_ode record alone; every other result is the
+ * forward's bit for bit (the ops are deterministic and dropout is keyed by step and
+ * layer). */
+static void layer_forward(tb_model *m, const tb_batch *bt, int l, real *out, int replay, double *tp) {
+    const tb_backend *be = m->be;
+    const tb_model_config *c = &m->cfg;
+    int B = m->B, T = m->T;
+    size_t n = (size_t)B * T, C = (size_t)c->hidden_size;
+    const tb_block *b = &m->blocks[l % c->num_layers];
+    tb_lstore *s = &m->ls[l];
+    norm_forward(be, s->u, s->n1act, s->x, &b->n1, n);
+    phase_end(m, replay, TB_PHASE_NORMS, tp);
+    tb_dropout dl = layer_drop(m, (uint32_t)l);
+    /* mixer output goes to h, then h += x (residual) */
+    switch (b->mixer) {
+    case TB_MIXER_ODE: {
+        double os = ode_forward(be, s->h, s->mact, s->u, &b->ode, bt->key_mask, &dl, B, T);
+        if (!replay) m->ode_sums[l] = os;
+        break;
+    }
+    case TB_MIXER_RETNET:
+        retention_forward(be, s->h, s->mact, s->u, &b->ret, B, T);
+        break;
+    case TB_MIXER_MAMBA:
+        mamba_forward(be, s->h, s->mact, s->u, &b->mamba, B, T);
+        break;
+    default:
+        attention_forward(be, s->h, s->mact, s->u, &b->attn, bt->key_mask, &dl, l, B, T);
+        break;
+    }
+    be->core.axpy(s->h, R(1.0), s->x, n * C);
+    phase_end(m, replay, mixer_phase(b->mixer), tp);
+    norm_forward(be, s->v, s->n2act, s->h, &b->n2, n);
+    phase_end(m, replay, TB_PHASE_NORMS, tp);
+    if (b->use_moe) moe_forward(be, out, &m->lbal[l], s->fact, s->v, &b->moe, n);
+    else ffn_forward(be, out, s->fact, s->v, &b->ffn, n);
+    be->core.axpy(out, R(1.0), s->h, n * C);
+    phase_end(m, replay, TB_PHASE_FFN, tp);
+}
+
 int tb_model_forward(tb_model *m, const tb_batch *bt, const tb_dropout_ctx *d,
                      tb_fwd_result *res, tb_err *err) {
     const tb_backend *be = m->be;
@@ -456,7 +513,7 @@ int tb_model_forward(tb_model *m, const tb_batch *bt, const tb_dropout_ctx *d,
     if (B < 1 || T < 1 || B > m->maxB || T > m->maxT || (size_t)B * T > (size_t)m->maxB * m->maxT)
         return tb_err_set(err, "model: batch %d x %d exceeds the arena's %d x %d", B, T, m->maxB,
                           m->maxT);
-    size_t n = (size_t)B * T, C = (size_t)c->hidden_size;
+    size_t n = (size_t)B * T;
     int V = (int)c->vocab_size;
     if (embedding_check_ids(err, bt->ids, n, V)) return -1;
     if (loss_check_labels(err, bt->labels, n, V)) return -1;
@@ -481,43 +538,17 @@ int tb_model_forward(tb_model *m, const tb_batch *bt, const tb_dropout_ctx *d,
     m->n_ode_evals = 0;
     for (int l = 0; l < m->nlogical; l++) {
         const tb_block *b = &m->blocks[l % c->num_layers];
-        tb_lstore *s = &m->ls[l];
-        real *out = l + 1 < m->nlogical ? m->ls[l + 1].x : m->x_final;
-        norm_forward(be, s->u, s->n1act, s->x, &b->n1, n);
-        phase_end(m, 0, TB_PHASE_NORMS, &tp);
-        tb_dropout dl = layer_drop(m, (uint32_t)l);
-        /* mixer output goes to h, then h += x (residual) */
-        switch (b->mixer) {
-        case TB_MIXER_ODE:
-            m->ode_sums[l] = ode_forward(be, s->h, s->mact, s->u, &b->ode, bt->key_mask, &dl, B, T);
+        layer_forward(m, bt, l, l + 1 < m->nlogical ? m->ls[l + 1].x : m->x_final, 0, &tp);
+        if (b->mixer == TB_MIXER_ODE) {
             ode_total += m->ode_sums[l];
             m->n_ode_evals++;
-            break;
-        case TB_MIXER_RETNET:
-            retention_forward(be, s->h, s->mact, s->u, &b->ret, B, T);
-            break;
-        case TB_MIXER_MAMBA:
-            mamba_forward(be, s->h, s->mact, s->u, &b->mamba, B, T);
-            break;
-        default:
-            attention_forward(be, s->h, s->mact, s->u, &b->attn, bt->key_mask, &dl, l, B, T);
-            break;
         }
-        be->core.axpy(s->h, R(1.0), s->x, n * C);
-        phase_end(m, 0, mixer_phase(b->mixer), &tp);
-        norm_forward(be, s->v, s->n2act, s->h, &b->n2, n);
-        phase_end(m, 0, TB_PHASE_NORMS, &tp);
         if (b->use_moe) {
-            moe_forward(be, out, &m->lbal[l], s->fact, s->v, &b->moe, n);
             real lb;
             be->core.to_host(&lb, &m->lbal[l], sizeof lb);
             bal_total += (double)lb;
             n_moe++;
-        } else {
-            ffn_forward(be, out, s->fact, s->v, &b->ffn, n);
         }
-        be->core.axpy(out, R(1.0), s->h, n * C);
-        phase_end(m, 0, TB_PHASE_FFN, &tp);
     }
     norm_forward(be, m->y_final, m->fn_act, m->x_final, &m->final_norm, n);
     linear_forward(be, m->logits, m->head_act, m->y_final, &m->head, n);
@@ -566,6 +597,9 @@ void tb_model_backward(tb_model *m, const tb_batch *bt, double grad_scale) {
     for (int l = m->nlogical - 1; l >= 0; l--) {
         const tb_block *b = &m->blocks[l % c->num_layers];
         const tb_lstore *s = &m->ls[l];
+        /* Recompute: the layer's activations again from its input (its output lands in
+         * dv, which is cleared next); the last layer's are still there from the forward. */
+        if (m->recompute && l + 1 < m->nlogical) layer_forward(m, bt, l, m->dv, 1, &tp);
         /* out = h + FFN(N2(h)) */
         be->core.fill(m->dv, R(0.0), n * C);
         if (b->use_moe)

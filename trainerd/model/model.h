@@ -107,6 +107,7 @@ typedef struct tb_model {
     double *ode_sums;   /* per logical layer: Σ_steps mean(k1²) */
     real *lbal;         /* per logical layer: L_bal of its MoE evaluation */
     int n_ode_evals;
+    int recompute; /* activation_recompute: layers share one activation region */
     /* Phase timing (tb_model_profile): seconds per phase, forward [0] and backward [1]. */
     int profile;
     double prof[2][TB_PHASE_COUNT];
