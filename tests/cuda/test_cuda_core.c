@@ -1,5 +1,6 @@
-/* Core family on CUDA vs the CPU backend: GEMM (cuBLASLt, every transpose, padded
- * strides, beta 0 with NaN in c, K = 0, the descriptor cache) and the element-wise
+/* Core family on CUDA vs the CPU backend: GEMM (fp32 in the CPU's order: bit-identical;
+ * cuBLASLt fp32 within 1e-5 and bf16 within 2e-2; every transpose, padded strides, beta 0
+ * with NaN in c, alpha = beta = 1 accumulation, K = 0, the descriptor cache) and the element-wise
  * (axpby bit-identical, aliased too), reduction and AdamW ops. Skips (exit 77) without a
  * device. */
 #include <setjmp.h>
@@ -14,6 +15,9 @@ static void check(const char *name, const float *g, const float *c, size_t n, co
     if (!(e <= CT_TOL)) print_message("%s %s: rel err %.3e\n", name, shape, e);
     assert_true(e <= CT_TOL);
 }
+
+enum { G_ORDERED = 0, G_CUBLAS32, G_BF16 };
+static int gmode;
 
 static void gemm_case(int M, int N, int K, int ta, int tb, int pad, float alpha, float beta) {
     int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
@@ -35,8 +39,20 @@ static void gemm_case(int M, int N, int K, int ta, int tb, int pad, float alpha,
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) gc[(size_t)i * N + j] = g[(size_t)i * ldc + j], cc[(size_t)i * N + j] = c[(size_t)i * ldc + j];
     char shape[128];
-    snprintf(shape, sizeof shape, "M=%d N=%d K=%d ta=%d tb=%d pad=%d beta=%g", M, N, K, ta, tb, pad, beta);
-    check("core.gemm", gc, cc, (size_t)M * N, shape);
+    snprintf(shape, sizeof shape, "M=%d N=%d K=%d ta=%d tb=%d pad=%d alpha=%g beta=%g mode=%d", M, N, K, ta, tb,
+             pad, alpha, beta, gmode);
+    if (gmode == G_ORDERED) {
+        if (memcmp(gc, cc, (size_t)M * N * 4)) print_message("core.gemm (CPU order) %s: bits differ\n", shape);
+        assert_memory_equal(gc, cc, (size_t)M * N * 4);
+        ct_record("core.gemm fp32 CPU order (bitwise)", 0.0);
+    } else if (gmode == G_CUBLAS32) {
+        check("core.gemm fp32 cuBLASLt", gc, cc, (size_t)M * N, shape);
+    } else {
+        double e = ct_rel_err(gc, cc, (size_t)M * N);
+        ct_record("core.gemm bf16 cuBLASLt", e);
+        if (!(e <= 2e-2)) print_message("core.gemm bf16 %s: rel err %.3e\n", shape, e);
+        assert_true(e <= 2e-2);
+    }
     tb_cuda_free(da), tb_cuda_free(db), tb_cuda_free(dc);
     free(a), free(b), free(c), free(g), free(gc), free(cc);
 }
@@ -45,19 +61,30 @@ static void test_gemm_matches_cpu_every_transpose_and_stride(void **state) {
     (void)state;
     static const int shapes[][3] = {{1, 1, 1}, {3, 5, 7}, {17, 33, 65}, {64, 128, 96},
                                     {129, 257, 300}, {5, 3, 0}, {2, 1000, 513}};
-    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
-        for (int ta = 0; ta < 2; ta++)
-            for (int tb = 0; tb < 2; tb++)
-                for (int pad = 0; pad < 4; pad += 3) {
-                    gemm_case(shapes[s][0], shapes[s][1], shapes[s][2], ta, tb, pad, 1.0f, 0.0f);
-                    gemm_case(shapes[s][0], shapes[s][1], shapes[s][2], ta, tb, pad, 0.75f, 0.5f);
-                }
+    for (gmode = G_ORDERED; gmode <= G_BF16; gmode++) {
+        tb_cuda_fp32_gemm_cublas(gmode == G_CUBLAS32);
+        assert_int_equal(ct_gpu->core.set_precision(gmode == G_BF16 ? TB_PREC_BF16 : TB_PREC_FP32),
+                         gmode == G_BF16 ? TB_PREC_BF16 : TB_PREC_FP32);
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            for (int ta = 0; ta < 2; ta++)
+                for (int tb = 0; tb < 2; tb++)
+                    for (int pad = 0; pad < 4; pad += 3) {
+                        gemm_case(shapes[s][0], shapes[s][1], shapes[s][2], ta, tb, pad, 1.0f, 0.0f);
+                        gemm_case(shapes[s][0], shapes[s][1], shapes[s][2], ta, tb, pad, 0.75f, 0.5f);
+                        gemm_case(shapes[s][0], shapes[s][1], shapes[s][2], ta, tb, pad, 1.0f, 1.0f);
+                    }
+    }
+    tb_cuda_fp32_gemm_cublas(0);
+    ct_gpu->core.set_precision(TB_PREC_FP32);
 }
 
 static void test_gemm_descriptor_cache_hits_on_repeat(void **state) {
     (void)state;
     int e0, e1;
     long h0, m0, h1, m1;
+    /* the cache serves cuBLASLt's GEMMs (bf16 here) */
+    ct_gpu->core.set_precision(TB_PREC_BF16);
+    gmode = G_BF16;
     gemm_case(37, 41, 43, 0, 1, 0, 1.0f, 0.0f);
     tb_cuda_gemm_cache_stats(&e0, &h0, &m0);
     gemm_case(37, 41, 43, 0, 1, 0, 1.0f, 0.0f);
@@ -65,6 +92,8 @@ static void test_gemm_descriptor_cache_hits_on_repeat(void **state) {
     assert_int_equal(e1, e0);
     assert_int_equal(m1, m0);
     assert_true(h1 == h0 + 1);
+    ct_gpu->core.set_precision(TB_PREC_FP32);
+    gmode = G_ORDERED;
 }
 
 static void test_elementwise_sum_and_adamw_match_cpu(void **state) {

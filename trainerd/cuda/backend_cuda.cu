@@ -500,6 +500,10 @@ static void cu_mem_set(void *p, int value, size_t bytes) {
     tbc_op_sync();
 }
 
+extern "C" void tb_cuda_fp32_gemm_cublas(int on) {
+    if (tbc_g) tbc_g->fp32_cublas = on != 0;
+}
+
 extern "C" void tb_cuda_force_plain_attention(int on) {
     if (tbc_g) tbc_g->attn_plain = on != 0;
 }

@@ -41,6 +41,9 @@ void tb_cuda_set_sync(int on);
  * shared memory is too small for the fused kernels; TB_CUDA_ATTN=plain at start-up).
  * Models created afterwards follow it. */
 void tb_cuda_force_plain_attention(int on);
+/* 1: fp32 GEMMs through cuBLASLt (faster; its own summation order) instead of the kernel
+ * in the CPU's order (TB_CUDA_FP32_GEMM=cublas at start-up). */
+void tb_cuda_fp32_gemm_cublas(int on);
 /* Waits for the backend's stream; reports any pending CUDA error. */
 int tb_cuda_sync(tb_err *err);
 /* GEMM descriptor-cache statistics (entries, hits, misses) for tests. */
