@@ -42,11 +42,19 @@ device)
     for s in 0 1 2 3 4 5 6; do common+=(--data "$c/shard-0000$s.jsonl.gz"); done
     b4=(--batch 4 --accum 2 --eval-batches 48)
     b2=(--batch 2 --accum 2 --eval-batches 96)
+    b8=(--batch 8 --accum 2 --eval-batches 24)
     pids=()
+    # TB_SWEEP_SEQ=1: one run after the other (processes sharing one GPU slow each other
+    # down far more than they gain); lim then bounds each run.
+    seq=${TB_SWEEP_SEQ:-0}
     start() { # name, then arguments
         local name=$1; shift
         if [ -n "$only" ] && [[ " $only " != *" $name "* ]]; then return; fi
         echo "$name: $*" >> "$out/configs.txt"
+        if [ "$seq" = 1 ]; then
+            timeout "$lim" "$c/tb-train-local" "${common[@]}" "$@" > "$out/$name.log" 2>&1
+            return
+        fi
         timeout "$lim" "$c/tb-train-local" "${common[@]}" "$@" > "$out/$name.log" 2>&1 &
         pids+=($!)
     }
@@ -60,7 +68,9 @@ device)
     start b2lr3 "${b2[@]}" --steps 2600 --lr-scale 3.5 --eval-every 650
     start b2lr8 "${b2[@]}" --steps 2600 --lr-scale 8 --eval-every 650
     start wu3   "${b4[@]}" --steps 1300 --lr-scale 5 --eval-every 325 --set training.scheduler_warmup_ratio=0.03
-    for p in "${pids[@]}"; do wait "$p"; done
+    start b8    "${b8[@]}" --steps 650 --lr-scale 5 --eval-every 325
+    start b8lr8 "${b8[@]}" --steps 650 --lr-scale 8 --eval-every 325
+    for p in "${pids[@]+"${pids[@]}"}"; do wait "$p"; done
     for f in "$out"/*.log; do
         n=$(basename "$f" .log)
         printf '%-6s %s | %s\n' "$n" \

@@ -116,6 +116,12 @@ static pid_t start_td_config(const char *config, const char *const *extra) {
                            "training.scheduler_total_steps=100", "daemon.progress_every=10", NULL};
     for (int i = 0; fixed[i]; i++) { argv[n++] = "--set"; argv[n++] = (char *)fixed[i]; }
     for (int i = 0; MICRO[i]; i++) { argv[n++] = "--set"; argv[n++] = (char *)MICRO[i]; }
+    /* TD_TEST_BACKEND=cuda (or cpu) picks the daemon's backend (default: auto). */
+    const char *be = getenv("TD_TEST_BACKEND");
+    if (be && *be) {
+        snprintf(buf[k], 256, "daemon.backend=%s", be);
+        argv[n++] = "--set"; argv[n++] = buf[k++];
+    }
     for (int i = 0; extra && extra[i]; i++) { argv[n++] = "--set"; argv[n++] = (char *)extra[i]; }
     argv[n] = NULL;
     char log[256];
@@ -271,13 +277,17 @@ static void test_trains_50_steps_csv_every_column_one_row_per_step_pub_same_reco
         int commas = count_substr(line, ",");
         assert_int_equal(commas, 27);
         char *f = line;
-        double vals[6];
-        for (int i = 0; i < 6; i++) {
+        double vals[10];
+        for (int i = 0; i < 10; i++) {
             f = strchr(f, ',') + 1;
             vals[i] = strtod(f, NULL);
         }
         row++;
         assert_int_equal((int64_t)vals[2], row); /* global_step */
+        /* gpu_memory_gb / gpu_cached_gb: real figures on a GPU backend, 0 on the CPU */
+        const char *be = getenv("TD_TEST_BACKEND");
+        if (be && !strcmp(be, "cuda")) assert_true(vals[8] > 0 && vals[9] >= vals[8]);
+        else if (be && !strcmp(be, "cpu")) assert_true(vals[8] == 0 && vals[9] == 0);
         if (row <= 50 && gstep[row - 1] == row) /* the PUB record of this step */
             assert_true(fabs(loss[row - 1] - vals[3]) <= 1e-8 * fabs(vals[3]));
         line = end + 1;

@@ -28,9 +28,13 @@ void *tbc_scratch(int slot, size_t bytes) {
     if (bytes == 0) bytes = 1;
     if (c->scratch_cap[slot] < bytes) {
         TBC_CHECK(cudaStreamSynchronize(c->stream));
-        if (c->scratch[slot]) TBC_CHECK(cudaFree(c->scratch[slot]));
+        if (c->scratch[slot]) {
+            TBC_CHECK(cudaFree(c->scratch[slot]));
+            c->held_bytes -= (double)c->scratch_cap[slot];
+        }
         c->scratch[slot] = NULL;
         TBC_CHECK(cudaMalloc(&c->scratch[slot], bytes));
+        c->held_bytes += (double)bytes;
         c->scratch_cap[slot] = bytes;
     }
     return c->scratch[slot];
@@ -68,6 +72,7 @@ static int ctx_create(tb_err *err) {
     }
     const size_t ws_bytes = (size_t)32 << 20;
     c->workspace_bytes = ws_bytes;
+    c->held_bytes = (double)ws_bytes;
     if ((e = cudaMalloc(&c->workspace, ws_bytes)) != cudaSuccess) {
         cublasLtDestroy(c->lt);
         cudaStreamDestroy(c->stream);
@@ -468,6 +473,13 @@ static void cu_adamw(real *w, real *m, real *v, const real *g, size_t n, double 
  * and to_device / to_host. TB_CUDA_MANAGED=1 (read once, at context creation) makes them
  * managed memory and the stream synchronous instead, for callers that still read or
  * write model buffers on the host (trainerd/cuda/README.md says which). */
+/* Sizes of the live allocations (for mem_info): a handful of big buffers per model. */
+#define TBC_LIVE_MAX 4096
+static struct {
+    void *p;
+    size_t bytes;
+} tbc_live[TBC_LIVE_MAX];
+
 static void *cu_mem_alloc(size_t bytes) {
     void *p = NULL;
     if (!bytes) bytes = 1;
@@ -479,6 +491,12 @@ static void *cu_mem_alloc(size_t bytes) {
     }
     TBC_CHECK(cudaMemsetAsync(p, 0, bytes, tbc_g->stream));
     TBC_CHECK(cudaStreamSynchronize(tbc_g->stream));
+    for (int i = 0; i < TBC_LIVE_MAX; i++)
+        if (!tbc_live[i].p) {
+            tbc_live[i].p = p, tbc_live[i].bytes = bytes;
+            tbc_g->held_bytes += (double)bytes;
+            break;
+        }
     return p;
 }
 
@@ -486,6 +504,19 @@ static void cu_mem_free(void *p) {
     if (!p) return;
     TBC_CHECK(cudaStreamSynchronize(tbc_g->stream));
     TBC_CHECK(cudaFree(p));
+    for (int i = 0; i < TBC_LIVE_MAX; i++)
+        if (tbc_live[i].p == p) {
+            tbc_g->held_bytes -= (double)tbc_live[i].bytes;
+            tbc_live[i].p = NULL;
+            break;
+        }
+}
+
+static void cu_mem_info(double *held, double *used) {
+    size_t fr = 0, tot = 0;
+    TBC_CHECK(cudaMemGetInfo(&fr, &tot));
+    *held = tbc_g->held_bytes;
+    *used = (double)(tot - fr);
 }
 
 static void cu_mem_copy(void *dst, const void *src, size_t bytes) {
@@ -536,6 +567,7 @@ void tbc_ops_core_init(tb_ops_core *ops) {
     ops->mem_set = cu_mem_set;
     ops->gemm = tbc_gemm;
     ops->set_precision = cu_set_precision;
+    ops->mem_info = cu_mem_info;
     ops->fill = cu_fill;
     ops->copy = cu_copy;
     ops->axpy = cu_axpy;

@@ -87,6 +87,7 @@ typedef struct tbc_ctx {
     int prec;     /* GEMM precision (tb_precision: FP32, BF16 or FP16) */
     int cc_major; /* compute capability */
     int attn_plain; /* 1: softmax attention keeps P (the plain kernels; TB_CUDA_ATTN=plain) */
+    double held_bytes; /* mem_alloc + scratch + workspace, for mem_info */
     int fp32_cublas; /* 1: fp32 GEMMs through cuBLASLt (TB_CUDA_FP32_GEMM=cublas), not in the
                       * CPU's order (gemm_ordered_cuda.cu) */
 } tbc_ctx;

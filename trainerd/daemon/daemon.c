@@ -306,6 +306,7 @@ static int ckpt_writer(const char *dir, void *arg, tb_err *err) {
     snprintf(p, sizeof p, "%s/state.msgpack", dir);
     d->st.lr_scale = td_trainer_lr_scale(d->tr);
     d->st.nan_retries = td_trainer_nan_retries(d->tr);
+    d->st.loss_scale = td_trainer_loss_scale(d->tr);
     d->st.dropout_counter = d->st.step * d->accum;
     d->st.total_steps = d->total_steps;
     if (td_state_write(p, &d->st, err)) return -1;
@@ -358,6 +359,7 @@ static int load_checkpoint(td_daemon *d, const char *name, td_state *st, tb_err 
     td_trainer_set_step(d->tr, ns.step);
     td_trainer_set_lr_scale(d->tr, ns.lr_scale);
     td_trainer_set_nan_retries(d->tr, (int)ns.nan_retries);
+    td_trainer_set_loss_scale(d->tr, ns.loss_scale);
     td_state_free(st);
     *st = ns;
     return 0;
@@ -422,6 +424,7 @@ static void status_map(td_daemon *d, tb_kvmap *m) {
     tb_err err;
     tb_kvmap_add_str(m, "state", rs_names[d->rs], &err);
     tb_kvmap_add_str(m, "backend", td_trainer_backend(d->tr), &err);
+    tb_kvmap_add_str(m, "precision", td_trainer_precision(d->tr), &err);
     tb_kvmap_add_int(m, "global_step", d->st.step, &err);
     tb_kvmap_add_int(m, "total_steps", d->total_steps, &err);
     tb_kvmap_add_int(m, "epoch", d->st.epoch, &err);
@@ -788,8 +791,10 @@ static int run_micro(td_daemon *d) {
     rec.accuracy = r.accuracy;
     rec.learning_rate = r.lr;
     rec.grad_norm = r.grad_norm;
+    d->st.loss_scale = td_trainer_loss_scale(d->tr); /* after this step's update or halving */
     rec.scaler_scale = d->st.loss_scale;
     rec.loss_scale = d->st.loss_scale;
+    td_trainer_memory(d->tr, &rec.gpu_memory_gb, &rec.gpu_cached_gb);
     double secs = rec.step_ms / 1e3;
     rec.tokens_per_s = secs > 0 ? (double)r.tokens / secs : 0;
     rec.mfu = secs > 0 ? td_trainer_flops_per_token(d->tr, (int)d->q[0].T) * (double)r.tokens /
@@ -954,8 +959,8 @@ int td_daemon_run(td_config *cfg, const char *config_yaml, const td_config_sourc
         tb_error("model: %s", err.msg);
         return TB_EX_CONFIG;
     }
-    tb_info("model: %lld parameters, backend %s, micro-batch %lld x %lld, accumulation %lld",
-            (long long)td_trainer_params(d->tr), td_trainer_backend(d->tr),
+    tb_info("model: %lld parameters, backend %s (GEMMs %s), micro-batch %lld x %lld, accumulation %lld",
+            (long long)td_trainer_params(d->tr), td_trainer_backend(d->tr), td_trainer_precision(d->tr),
             (long long)cfg->run.training.batch_size, (long long)cfg->run.training.max_length,
             (long long)d->accum);
     if (td_mkdirs(cfg->checkpoint_dir, &err)) {

@@ -12,6 +12,8 @@
 typedef struct td_record {
     double timestamp; /* wall seconds; the CSV writes ISO 8601 UTC */
     int64_t epoch, step, global_step;
+    /* gpu_memory_gb: GiB the backend holds (parameters, moments, activations, scratch);
+     * gpu_cached_gb: GiB in use on the whole device (cudaMemGetInfo); 0 on the CPU. */
     double loss, accuracy, learning_rate, grad_norm, scaler_scale, gpu_memory_gb, gpu_cached_gb;
     double tokens_per_s, mfu, step_ms, data_wait_ms;
     double comp_norm[TD_COMP_COUNT];

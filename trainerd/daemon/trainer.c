@@ -9,6 +9,7 @@
 #include "model/optim.h"
 #include "model/safetensors.h"
 #include "model/train.h"
+#include "model/train.h"
 #include "tb_log.h"
 #include "tb_crc32c.h"
 
@@ -27,6 +28,7 @@ struct td_trainer {
     int64_t count, correct, tokens;
     int nonfinite;
     json_t *last_bad; /* per-tensor non-finite report of the last skipped step */
+    int precision;    /* tb_precision in effect */
 };
 
 static int comp_of(const tb_tensor *t) {
@@ -67,6 +69,7 @@ td_trainer *td_trainer_create(const td_config *cfg, tb_err *err) {
     }
     tb_model_init(&t->m, (uint64_t)tc->seed);
     tb_optim_init(&t->o);
+    t->precision = tb_precision_setup(t->be, tc, &t->o);
     t->comp = calloc((size_t)t->m.p.count, sizeof *t->comp);
     if (!t->comp) {
         tb_model_free(&t->m);
@@ -118,7 +121,7 @@ int td_trainer_micro(td_trainer *t, const int32_t *ids, const int32_t *labels,
     if (!isfinite(loss)) {
         t->nonfinite = 1;
     } else {
-        tb_model_backward(&t->m, &b, 1.0);
+        tb_model_backward(&t->m, &b, t->o.loss_scaling ? t->o.loss_scale : 1.0);
     }
     t->micro++;
     t->loss_sum += loss;
@@ -187,7 +190,9 @@ void td_trainer_apply(td_trainer *t, td_step_result *r) {
         if (!isfinite(s)) bad = 1;
         comp[t->comp[i]] += s;
     }
-    for (int c = 0; c < TD_COMP_COUNT; c++) r->comp_norm[c] = sqrt(comp[c]) / micro;
+    double ls = t->o.loss_scaling ? t->o.loss_scale : 1.0; /* the gradients carry it */
+    for (int c = 0; c < TD_COMP_COUNT; c++) r->comp_norm[c] = sqrt(comp[c]) / micro / ls;
+    if (bad && !r->nonfinite_loss && ls > 1) bad = 0; /* an fp16 overflow: no report */
     if (bad || r->nonfinite_loss) note_nonfinite(t);
     tb_optim_report rep;
     tb_optim_status st = tb_optim_step(&t->o, t->be, &t->m.p, &t->cfg.run.training, micro,
@@ -196,6 +201,7 @@ void td_trainer_apply(td_trainer *t, td_step_result *r) {
     r->clip = rep.clip;
     r->lr = rep.lr;
     r->sched = rep.sched;
+    r->overflow = rep.overflow;
     if (st == TB_OPTIM_APPLIED) {
         tb_model_refresh(&t->m);
         r->status = TD_STEP_APPLIED;
@@ -231,10 +237,20 @@ int64_t td_trainer_params(const td_trainer *t) { return (int64_t)t->m.p.total; }
 const char *td_trainer_backend(const td_trainer *t) { return t->be->name; }
 
 double td_trainer_flops_per_token(const td_trainer *t, int T) {
-    /* 6 N per token (forward 2N, backward 4N) plus attention-like mixers' 12 L C T. */
-    const tb_model_config *mc = &t->cfg.run.model;
-    double L = (double)(mc->num_layers * mc->num_loops);
-    return 6.0 * (double)t->m.p.total + 12.0 * L * (double)mc->hidden_size * (double)T;
+    return tb_model_train_flops_per_token(&t->m.cfg, T);
+}
+
+double td_trainer_loss_scale(const td_trainer *t) { return t->o.loss_scale; }
+void td_trainer_set_loss_scale(td_trainer *t, double s) {
+    if (t->o.loss_scaling && s >= 1) t->o.loss_scale = s;
+}
+const char *td_trainer_precision(const td_trainer *t) { return tb_precision_name(t->precision); }
+
+void td_trainer_memory(const td_trainer *t, double *held_gb, double *device_gb) {
+    double h = 0, d = 0;
+    if (t->be->core.mem_info) t->be->core.mem_info(&h, &d);
+    *held_gb = h / 1073741824.0;
+    *device_gb = d / 1073741824.0;
 }
 
 int td_trainer_write(const td_trainer *t, const char *dir, tb_err *err) {

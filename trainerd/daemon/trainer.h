@@ -39,6 +39,7 @@ typedef struct td_step_result {
     double grad_norm, clip, lr, sched;
     double comp_norm[TD_COMP_COUNT];
     int nonfinite_loss;
+    int overflow; /* skipped for an fp16 gradient overflow (the loss scale halved, lr kept) */
 } td_step_result;
 
 /* Builds the model for cfg (CPU backend; the CUDA backend when it lands is picked here),
@@ -75,9 +76,17 @@ void td_trainer_set_lr_scale(td_trainer *t, double s);
 int td_trainer_nan_retries(const td_trainer *t);
 void td_trainer_set_nan_retries(td_trainer *t, int n);
 void td_trainer_set_step(td_trainer *t, int64_t step);
-/* Parameters and FLOPs per token (6 N + attention) for MFU. */
+/* Parameters and model FLOPs per token of a training step (tb_model_train_flops_per_token)
+ * for MFU. */
 int64_t td_trainer_params(const td_trainer *t);
 double td_trainer_flops_per_token(const td_trainer *t, int T);
+/* fp16's dynamic loss scale (1 in other modes; set ignored there) and the GEMM precision
+ * in effect ("fp32", "bf16", "fp16"; training.precision). */
+double td_trainer_loss_scale(const td_trainer *t);
+void td_trainer_set_loss_scale(td_trainer *t, double s);
+const char *td_trainer_precision(const td_trainer *t);
+/* GiB this backend holds and GiB in use on its device (0 and 0 on the CPU). */
+void td_trainer_memory(const td_trainer *t, double *held_gb, double *device_gb);
 /* Name of the backend ("cpu"). */
 const char *td_trainer_backend(const td_trainer *t);
 

@@ -17,18 +17,21 @@ int tb_trainer_create(tb_trainer *tr, const tb_run_config *rc, const tb_backend 
     if (tb_model_create(&tr->model, &rc->model, be, maxB, maxT, err)) return -1;
     tb_model_init(&tr->model, tr->seed);
     tb_optim_init(&tr->opt);
-    const tb_train_config *t = &rc->training;
+    tr->precision = tb_precision_setup(be, &rc->training, &tr->opt);
+    return 0;
+}
+
+int tb_precision_setup(const tb_backend *be, const tb_train_config *t, tb_optim *o) {
     int want = t->precision == TB_CFG_PREC_FP32   ? TB_PREC_FP32
                : t->precision == TB_CFG_PREC_BF16 ? TB_PREC_BF16
                : t->precision == TB_CFG_PREC_FP16 ? TB_PREC_FP16
                : t->use_amp                       ? TB_PREC_AUTO
                                                   : TB_PREC_FP32;
-    tr->precision = be->core.set_precision ? be->core.set_precision(want) : TB_PREC_FP32;
-    if (tr->precision == TB_PREC_FP16) {
-        tr->opt.loss_scaling = 1;
-        tr->opt.loss_scale = t->loss_scale_init;
-    }
-    return 0;
+    int mode = be->core.set_precision ? be->core.set_precision(want) : TB_PREC_FP32;
+    o->loss_scaling = mode == TB_PREC_FP16;
+    o->loss_scale = o->loss_scaling ? t->loss_scale_init : 1.0;
+    o->scale_good_steps = 0;
+    return mode;
 }
 
 const char *tb_precision_name(int mode) {

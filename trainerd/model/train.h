@@ -28,6 +28,9 @@ typedef struct tb_trainer {
 
 /* "fp32", "bf16" or "fp16". */
 const char *tb_precision_name(int mode);
+/* training.precision (and use_amp) applied to the backend; fp16 turns on o's dynamic loss
+ * scale at loss_scale_init. Returns the mode in effect (tb_precision). */
+int tb_precision_setup(const tb_backend *be, const tb_train_config *t, tb_optim *o);
 
 typedef struct tb_step_result {
     double loss, ce, accuracy, l_bal, l_ode; /* means over the micro-batches */

@@ -57,6 +57,10 @@ typedef struct tb_ops_core {
      * codes stay exact in bf16 and fp16 (integers up to 256 / 2048 are representable and
      * the sums are fp32). */
     int (*set_precision)(int mode);
+    /* Device memory (NULL on host-memory backends): bytes this backend holds (its
+     * allocations, scratch and library workspace) and bytes in use on the whole device
+     * (total - free: every process and the CUDA context included). */
+    void (*mem_info)(double *held_bytes, double *device_used_bytes);
 
     void (*fill)(real *x, real value, size_t n);
     void (*copy)(real *y, const real *x, size_t n);
