@@ -2,7 +2,8 @@
 # Training-step benchmark on a GPU (issue 6): tokens/s, peak GPU memory and MFU of
 # tb-train-local on the CUDA backend for frankenstein B 8 x T 512, mini B 32 x T 128 and
 # ultra B 8 x T 512, in fp32 and bf16 GEMM precision (training.precision), with and without
-# activation recompute (model.activation_recompute; ultra only with it).
+# activation recompute (model.activation_recompute: true, or ode for the ODE layers only;
+# ultra only with it).
 #
 #   bench/train_step/run.sh prepare   # here: tb-train-local with the CUDA backend, the
 #                                     # libraries the GPU machine lacks, two demo shards and
@@ -65,6 +66,8 @@ device)
     run mini_bf16 20 --preset mini --seq-len 128 --batch 32 --set training.precision=bf16
     run frankenstein_bf16_rc 10 --preset frankenstein --seq-len 512 --batch 8 --set training.precision=bf16 \
         --set model.activation_recompute=true
+    run frankenstein_bf16_rcode 10 --preset frankenstein --seq-len 512 --batch 8 --set training.precision=bf16 \
+        --set model.activation_recompute=ode
     run ultra_bf16_rc 6 --preset ultra --seq-len 512 --batch 8 --set training.precision=bf16 \
         --set model.activation_recompute=true
     cat "$out/steps.txt"

@@ -81,10 +81,10 @@ static const tb_cfg_field run_fields[] = {
     F_INT("model.mamba_d_state", model.mamba_d_state, "16", 1, 4096, "tb: Mamba state size N"),
     F_INT("model.mamba_d_conv", model.mamba_d_conv, "4", 1, 1024, "tb: Mamba conv kernel"),
     F_BOOL("model.titan_memory", model.titan_memory, "true", "tb: Titan memory in Mamba"),
-    F_BOOL("model.activation_recompute", model.activation_recompute, "false",
-           "tb: keep only each layer's input and recompute its activations in the backward "
-           "(one layer's activations in memory instead of all; same results, about a third "
-           "more compute)"),
+    F_ENUM("model.activation_recompute", model.activation_recompute, "false", "false|true|ode",
+           "tb: layers that keep only their input and recompute their activations in the "
+           "backward (true: every layer, ode: the ODE layers, whose rk4 evaluations hold most "
+           "of the activations); same results, more compute"),
     F_BOOL("model.retention_bidirectional", model.retention_bidirectional, "false",
            "tb: bidirectional retention"),
     F_DBL("model.lambda_bal", model.lambda_bal, "0.01", 0, 1e6, "tb: weight of L_bal"),

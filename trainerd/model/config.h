@@ -70,7 +70,7 @@ typedef struct tb_model_config {
     double moe_capacity_factor;
     int64_t mamba_d_state, mamba_d_conv;
     int titan_memory, retention_bidirectional;
-    int activation_recompute; /* tb: recompute each layer's activations in the backward */
+    int activation_recompute; /* tb_cfg_recompute: layers replayed in the backward */
     double lambda_bal, lambda_ode;
     /* derived by tb_model_config_finish */
     int pattern_len;
@@ -128,6 +128,13 @@ typedef struct tb_train_config {
     double loss_scale_init;             /* fp16: first dynamic loss scale (1024) */
     int64_t loss_scale_growth_interval; /* fp16: finite steps before the scale doubles */
 } tb_train_config;
+
+/* model.activation_recompute. */
+typedef enum tb_cfg_recompute {
+    TB_CFG_RECOMPUTE_NONE = 0,
+    TB_CFG_RECOMPUTE_ALL,
+    TB_CFG_RECOMPUTE_ODE,
+} tb_cfg_recompute;
 
 /* training.precision. auto: with use_amp, bf16 where the GPU has it, else fp16; without,
  * fp32. The CPU always computes in fp32. */

@@ -309,18 +309,28 @@ int tb_model_create(tb_model *m, const tb_model_config *mc, const tb_backend *be
     /* With activation_recompute each logical layer keeps its input x; the rest of a
      * layer's activations share one region sized for the largest block, written by the
      * forward and again, layer by layer, by the backward's replay. */
-    int rec = c->activation_recompute != 0;
-    size_t shared = 0;
-    for (int i = 0; i < c->num_layers; i++) {
-        const tb_block *b = &m->blocks[i];
-        shared = max_sz(shared, 3 * n * C + 2 * nact + mixer_act(b, B, T) + ffn_act(b, n));
+    m->rec = calloc((size_t)(m->nlogical ? m->nlogical : 1), sizeof *m->rec);
+    if (!m->rec) {
+        tb_err_set(err, "model: out of memory");
+        goto fail;
     }
+    int any_rec = 0;
+    m->rec_last = -1;
+    size_t shared = 0;
     for (int l = 0; l < m->nlogical; l++) {
         const tb_block *b = &m->blocks[l % c->num_layers];
-        off += rec ? n * C : 4 * n * C + 2 * nact + mixer_act(b, B, T) + ffn_act(b, n);
+        m->rec[l] = c->activation_recompute == TB_CFG_RECOMPUTE_ALL ||
+                    (c->activation_recompute == TB_CFG_RECOMPUTE_ODE && b->mixer == TB_MIXER_ODE);
+        size_t inner = 3 * n * C + 2 * nact + mixer_act(b, B, T) + ffn_act(b, n);
+        if (m->rec[l]) {
+            any_rec = 1;
+            m->rec_last = l;
+            shared = max_sz(shared, inner);
+        }
+        off += m->rec[l] ? n * C : n * C + inner;
     }
     size_t o_shared = off;
-    if (rec) off += shared;
+    if (any_rec) off += shared;
     size_t o_xf = off; off += n * C;
     size_t o_fn = off; off += nact;
     size_t o_yf = off; off += n * C;
@@ -344,10 +354,10 @@ int tb_model_create(tb_model *m, const tb_model_config *mc, const tb_backend *be
     real *a = m->arena;
     m->emb_act = a + o_emb;
     off = o_layers;
-    m->recompute = rec;
     for (int l = 0; l < m->nlogical; l++) {
         const tb_block *b = &m->blocks[l % c->num_layers];
         tb_lstore *s = &m->ls[l];
+        int rec = m->rec[l];
         s->x = a + off, off += n * C;
         size_t keep = off;
         if (rec) off = o_shared;
@@ -388,6 +398,7 @@ void tb_model_free(tb_model *m) {
     free(m->linears);
     free(m->blocks);
     free(m->ls);
+    free(m->rec);
     free(m->ode_sums);
     free(m->expert_linears);
     memset(m, 0, sizeof *m);
@@ -598,8 +609,9 @@ void tb_model_backward(tb_model *m, const tb_batch *bt, double grad_scale) {
         const tb_block *b = &m->blocks[l % c->num_layers];
         const tb_lstore *s = &m->ls[l];
         /* Recompute: the layer's activations again from its input (its output lands in
-         * dv, which is cleared next); the last layer's are still there from the forward. */
-        if (m->recompute && l + 1 < m->nlogical) layer_forward(m, bt, l, m->dv, 1, &tp);
+         * dv, which is cleared next); the last recomputed layer's are still in the shared
+         * region from the forward. */
+        if (m->rec[l] && l != m->rec_last) layer_forward(m, bt, l, m->dv, 1, &tp);
         /* out = h + FFN(N2(h)) */
         be->core.fill(m->dv, R(0.0), n * C);
         if (b->use_moe)

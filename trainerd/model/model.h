@@ -107,7 +107,10 @@ typedef struct tb_model {
     double *ode_sums;   /* per logical layer: Σ_steps mean(k1²) */
     real *lbal;         /* per logical layer: L_bal of its MoE evaluation */
     int n_ode_evals;
-    int recompute; /* activation_recompute: layers share one activation region */
+    /* activation_recompute: per logical layer 1 when it keeps only its input and shares
+     * one activation region with the others so marked; rec_last: the highest such (-1). */
+    unsigned char *rec;
+    int rec_last;
     /* Phase timing (tb_model_profile): seconds per phase, forward [0] and backward [1]. */
     int profile;
     double prof[2][TB_PHASE_COUNT];
