@@ -20,8 +20,9 @@ static void check_dev(const char *name, const float *d, const float *c, size_t n
 
 static void test_retention_fwd_bwd_match_cpu_causal_and_bidirectional(void **state) {
     (void)state;
-    static const int shapes[][4] = {{1, 1, 1, 1}, {2, 5, 3, 7}, {1, 33, 2, 64}, {2, 130, 4, 32},
-                                    {1, 70, 1, 200}, {3, 17, 5, 33}};
+    /* T < 16 or hs > 128: the row kernel; the rest the tiled one (head sizes 32 / 64 / 128) */
+    static const int shapes[][4] = {{1, 1, 1, 1},   {2, 5, 3, 7},    {1, 33, 2, 64},  {2, 130, 4, 32},
+                                    {1, 70, 1, 200}, {3, 17, 5, 33}, {2, 200, 2, 128}, {1, 97, 3, 100}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (int bidir = 0; bidir < 2; bidir++) {
             int B = shapes[s][0], T = shapes[s][1], H = shapes[s][2], hs = shapes[s][3];

@@ -194,6 +194,19 @@ void tbc_segment_add(float *dst, const float *src, const int32_t *key, const int
  * fixed split of the rows, then the chunks summed in order: deterministic. */
 void tbc_colsum_add(float *dst, const float *src, size_t rows, int cols, size_t ld);
 
+/* rows x HS tile of a (tokens, ld) tensor starting at row r0 (of T), transposed into
+ * dst[c·ldd + r], zero outside (r0 + r >= T or c >= hs); NT threads share the work. */
+template <int HS, int NT>
+__device__ __forceinline__ void tbc_load_tile_t(float *dst, int ldd, const float *src, size_t ld, int r0, int rows,
+                                                int T, int hs) {
+    for (int e = threadIdx.x; e < rows * HS; e += NT) {
+        int r = e / HS, c = e % HS;
+        float x = 0;
+        if (r0 + r < T && c < hs) x = src[(size_t)(r0 + r) * ld + c];
+        dst[c * ldd + r] = x;
+    }
+}
+
 /* Family init (filled by dense_cuda.cu etc.). */
 void tbc_dense_more_init(tb_ops_dense *ops);
 void tbc_attn_init(tb_ops_dense *ops);

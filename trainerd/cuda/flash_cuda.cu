@@ -39,16 +39,11 @@ __device__ __forceinline__ float fa_rowsum8(float v) {
     return v + __shfl_xor_sync(0xffffffffu, v, 4);
 }
 
-/* rows x HS tile of a (tokens, ld) tensor, transposed into dst[c·ldd + r]; zero outside. */
+/* rows x HS tile, transposed (tbc_load_tile_t with this file's block size). */
 template <int HS>
 __device__ __forceinline__ void fa_load_t(float *dst, int ldd, const float *src, size_t ld, int r0, int rows,
                                           int T, int hs) {
-    for (int e = threadIdx.x; e < rows * HS; e += FA_THREADS) {
-        int r = e / HS, c = e % HS;
-        float x = 0;
-        if (r0 + r < T && c < hs) x = src[(size_t)(r0 + r) * ld + c];
-        dst[c * ldd + r] = x;
-    }
+    tbc_load_tile_t<HS, FA_THREADS>(dst, ldd, src, ld, r0, rows, T, hs);
 }
 
 template <int HS>

@@ -1,8 +1,10 @@
-/* The seq family on CUDA: so far only the retention core (MODEL.md 6 'retnet') in the
- * quadratic form, forward and backward. One warp per output row (b, t, h): lanes split
- * the head's channels, q·k dot products reduce by warp shuffles in a fixed pattern, and
- * the sum over the other index runs in ascending order, so results are deterministic
- * (no atomics). γ^|t-s| is powf (the CPU multiplies outward; they differ by rounding). */
+/* The seq family on CUDA: the retention core (MODEL.md 6 'retnet') in the quadratic
+ * form, forward and backward, as one op out_r = Σ_o c γ^|r-o| (a_r · b_o) cv_o over a
+ * range of o. Sequences of 16 tokens or more with heads up to 128 run in tiles
+ * (k_ret_tiled); the rest one warp per output row (k_ret_rows: lanes split the head's
+ * channels, q·k by warp shuffles in a fixed pattern, o ascending). Deterministic either
+ * way (no atomics). γ^|t-s| is powf (the CPU multiplies outward; they differ by
+ * rounding). */
 #include "cuda_internal.cuh"
 
 #define RET_WARPS 4
@@ -63,6 +65,121 @@ __global__ void k_ret_rows(float *out, const float *a, const float *b, const flo
     }
 }
 
+/* The same op in tiles (for T beyond a few rows): block per (64 rows r, head, batch) of
+ * 128 threads; over 32-row tiles of o inside the range: S = a bᵀ (each thread 4 rows x 4
+ * o), W = c γ^|r-o| S masked, out += W cv (each thread 4 rows x HS/8 channels). Tiles
+ * outside the range are skipped (half the work for the causal directions). Each out
+ * element has one writer and a fixed order: deterministic. */
+#define RT_BR 64
+#define RT_BC 32
+#define RT_LD (RT_BC + 1)
+template <int HS>
+__global__ void __launch_bounds__(128)
+    k_ret_tiled(float *out, const float *a, const float *b, const float *cv, int T, int H, int hs, int range,
+                int accumulate, float c) {
+    constexpr int NC = HS / 8;
+    extern __shared__ float sm[];
+    float *AT = sm;               /* [HS][RT_BR] */
+    float *BT = AT + HS * RT_BR;  /* [HS][RT_LD] */
+    float *Cs = BT + HS * RT_LD;  /* [RT_BC][HS] */
+    float *Ws = Cs + RT_BC * HS;  /* [RT_BR][RT_LD] */
+    int tid = threadIdx.x, ty = tid / 8, tx = tid % 8;
+    int r0 = blockIdx.x * RT_BR, h = blockIdx.y, bb = blockIdx.z;
+    size_t ld = (size_t)H * hs, base = (size_t)bb * T * ld + (size_t)h * hs;
+    float g = ret_gamma(h, H);
+    tbc_load_tile_t<HS, 128>(AT, RT_BR, a + base, ld, r0, RT_BR, T, hs);
+    float acc[4][NC];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int cc = 0; cc < NC; cc++) acc[i][cc] = 0;
+    int rlast = r0 + RT_BR - 1 < T - 1 ? r0 + RT_BR - 1 : T - 1;
+    int o_begin = range == 1 ? (r0 / RT_BC) * RT_BC : 0, o_end = range == 0 ? rlast + 1 : T;
+    for (int o0 = o_begin; o0 < o_end; o0 += RT_BC) {
+        __syncthreads();
+        tbc_load_tile_t<HS, 128>(BT, RT_LD, b + base, ld, o0, RT_BC, T, hs);
+        for (int e = tid; e < RT_BC * HS; e += 128) {
+            int o = e / HS, d = e % HS;
+            Cs[e] = (o0 + o < T && d < hs) ? cv[base + (size_t)(o0 + o) * ld + d] : 0.0f;
+        }
+        __syncthreads();
+        float s[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) s[i][j] = 0;
+#pragma unroll 8
+        for (int d = 0; d < HS; d++) {
+            float av[4], bv[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) av[i] = AT[d * RT_BR + ty + 16 * i];
+#pragma unroll
+            for (int j = 0; j < 4; j++) bv[j] = BT[d * RT_LD + tx + 8 * j];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) s[i][j] = fmaf(av[i], bv[j], s[i][j]);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int r = r0 + ty + 16 * i;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                int o = o0 + tx + 8 * j;
+                int in = r < T && o < T && (range == 2 || (range == 0 ? o <= r : o >= r));
+                Ws[(ty + 16 * i) * RT_LD + tx + 8 * j] =
+                    in ? c * powf(g, (float)(o > r ? o - r : r - o)) * s[i][j] : 0.0f;
+            }
+        }
+        __syncthreads();
+        int no = T - o0 < RT_BC ? T - o0 : RT_BC;
+        for (int o = 0; o < no; o++) {
+            float wv[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) wv[i] = Ws[(ty + 16 * i) * RT_LD + o];
+#pragma unroll
+            for (int cc = 0; cc < NC; cc++) {
+                float cval = Cs[o * HS + tx + 8 * cc];
+#pragma unroll
+                for (int i = 0; i < 4; i++) acc[i][cc] = fmaf(wv[i], cval, acc[i][cc]);
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        int r = r0 + ty + 16 * i;
+        if (r >= T) continue;
+        float *orow = out + base + (size_t)r * ld;
+#pragma unroll
+        for (int cc = 0; cc < NC; cc++) {
+            int d = tx + 8 * cc;
+            if (d < hs) orow[d] = accumulate ? orow[d] + acc[i][cc] : acc[i][cc];
+        }
+    }
+}
+
+static size_t rt_smem(int HS) { return (size_t)4 * (HS * RT_BR + HS * RT_LD + RT_BC * HS + RT_BR * RT_LD); }
+
+/* The tiled kernel for head size HS if the GPU's shared memory takes it. */
+template <int HS>
+static int rt_launch(float *out, const float *a, const float *b, const float *cv, int B, int T, int H, int hs,
+                     int range, int accumulate, float c) {
+    static int state; /* 0 unknown, 1 ready, -1 does not fit */
+    size_t smem = rt_smem(HS);
+    if (!state) {
+        int optin = 0;
+        TBC_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, tbc_g->device));
+        state = smem + 1024 <= (size_t)optin ? 1 : -1;
+        if (state == 1)
+            TBC_CHECK(cudaFuncSetAttribute(k_ret_tiled<HS>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    }
+    if (state < 0 || B > 65535 || H > 65535) return -1;
+    dim3 grid((unsigned)((T + RT_BR - 1) / RT_BR), (unsigned)H, (unsigned)B);
+    k_ret_tiled<HS><<<grid, 128, smem, tbc_g->stream>>>(out, a, b, cv, T, H, hs, range, accumulate, c);
+    TBC_LAUNCHED();
+    return 0;
+}
+
 static void ret_launch(float *out, const float *a, const float *b, const float *cv, int B, int T, int H,
                        int hs, int range, int accumulate) {
     if (hs > 32 * RET_MAX_PER_LANE)
@@ -70,6 +187,14 @@ static void ret_launch(float *out, const float *a, const float *b, const float *
     size_t rows = (size_t)B * T * H;
     if (!rows || hs <= 0) return;
     float c = (float)(1.0 / sqrt((double)hs));
+    /* tiles where the sequence fills them; the row kernel for short sequences and heads
+     * above 128 */
+    if (T >= 16 && hs <= 128) {
+        int done = hs <= 32   ? rt_launch<32>(out, a, b, cv, B, T, H, hs, range, accumulate, c)
+                   : hs <= 64 ? rt_launch<64>(out, a, b, cv, B, T, H, hs, range, accumulate, c)
+                              : rt_launch<128>(out, a, b, cv, B, T, H, hs, range, accumulate, c);
+        if (done == 0) return;
+    }
     k_ret_rows<<<(unsigned)((rows + RET_WARPS - 1) / RET_WARPS), 32 * RET_WARPS, 0, tbc_g->stream>>>(
         out, a, b, cv, B, T, H, hs, range, accumulate, c);
     TBC_LAUNCHED();
