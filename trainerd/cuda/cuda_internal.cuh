@@ -207,6 +207,14 @@ __device__ __forceinline__ void tbc_load_tile_t(float *dst, int ldd, const float
     }
 }
 
+/* out_r (+)= Σ_o c_h γ_h^|r-o| (a_r · b_o) cv_o over o ≤ r (range 0), o ≥ r (1) or all o
+ * (2), per head h of (B, T, H*hs) tensors, in tiles (seq_cuda.cu): γ_h, c_h from the
+ * device arrays gam, cc, or (NULL) retention's γ_h and 1/sqrt(hs). Returns 0 when
+ * launched, -1 when the shape is not for tiles (T < 16, hs > 128, shared memory too
+ * small): the caller uses its row kernel. */
+int tbc_decay_tiled(float *out, const float *a, const float *b, const float *cv, const float *gam, const float *cc,
+                    int B, int T, int H, int hs, int range, int accumulate);
+
 /* Family init (filled by dense_cuda.cu etc.). */
 void tbc_dense_more_init(tb_ops_dense *ops);
 void tbc_attn_init(tb_ops_dense *ops);

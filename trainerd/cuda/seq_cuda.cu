@@ -75,8 +75,8 @@ __global__ void k_ret_rows(float *out, const float *a, const float *b, const flo
 #define RT_LD (RT_BC + 1)
 template <int HS>
 __global__ void __launch_bounds__(128)
-    k_ret_tiled(float *out, const float *a, const float *b, const float *cv, int T, int H, int hs, int range,
-                int accumulate, float c) {
+    k_ret_tiled(float *out, const float *a, const float *b, const float *cv, const float *gam, const float *cc, int T,
+                int H, int hs, int range, int accumulate, float c) {
     constexpr int NC = HS / 8;
     extern __shared__ float sm[];
     float *AT = sm;               /* [HS][RT_BR] */
@@ -86,7 +86,8 @@ __global__ void __launch_bounds__(128)
     int tid = threadIdx.x, ty = tid / 8, tx = tid % 8;
     int r0 = blockIdx.x * RT_BR, h = blockIdx.y, bb = blockIdx.z;
     size_t ld = (size_t)H * hs, base = (size_t)bb * T * ld + (size_t)h * hs;
-    float g = ret_gamma(h, H);
+    float g = gam ? gam[h] : ret_gamma(h, H);
+    if (cc) c = cc[h];
     tbc_load_tile_t<HS, 128>(AT, RT_BR, a + base, ld, r0, RT_BR, T, hs);
     float acc[4][NC];
 #pragma unroll
@@ -162,8 +163,8 @@ static size_t rt_smem(int HS) { return (size_t)4 * (HS * RT_BR + HS * RT_LD + RT
 
 /* The tiled kernel for head size HS if the GPU's shared memory takes it. */
 template <int HS>
-static int rt_launch(float *out, const float *a, const float *b, const float *cv, int B, int T, int H, int hs,
-                     int range, int accumulate, float c) {
+static int rt_launch(float *out, const float *a, const float *b, const float *cv, const float *gam, const float *cc,
+                     int B, int T, int H, int hs, int range, int accumulate, float c) {
     static int state; /* 0 unknown, 1 ready, -1 does not fit */
     size_t smem = rt_smem(HS);
     if (!state) {
@@ -175,9 +176,18 @@ static int rt_launch(float *out, const float *a, const float *b, const float *cv
     }
     if (state < 0 || B > 65535 || H > 65535) return -1;
     dim3 grid((unsigned)((T + RT_BR - 1) / RT_BR), (unsigned)H, (unsigned)B);
-    k_ret_tiled<HS><<<grid, 128, smem, tbc_g->stream>>>(out, a, b, cv, T, H, hs, range, accumulate, c);
+    k_ret_tiled<HS><<<grid, 128, smem, tbc_g->stream>>>(out, a, b, cv, gam, cc, T, H, hs, range, accumulate, c);
     TBC_LAUNCHED();
     return 0;
+}
+
+int tbc_decay_tiled(float *out, const float *a, const float *b, const float *cv, const float *gam, const float *cc,
+                    int B, int T, int H, int hs, int range, int accumulate) {
+    if (T < 16 || hs <= 0 || hs > 128 || B <= 0 || H <= 0) return -1;
+    float c = (float)(1.0 / sqrt((double)hs));
+    return hs <= 32   ? rt_launch<32>(out, a, b, cv, gam, cc, B, T, H, hs, range, accumulate, c)
+           : hs <= 64 ? rt_launch<64>(out, a, b, cv, gam, cc, B, T, H, hs, range, accumulate, c)
+                      : rt_launch<128>(out, a, b, cv, gam, cc, B, T, H, hs, range, accumulate, c);
 }
 
 static void ret_launch(float *out, const float *a, const float *b, const float *cv, int B, int T, int H,
@@ -189,12 +199,7 @@ static void ret_launch(float *out, const float *a, const float *b, const float *
     float c = (float)(1.0 / sqrt((double)hs));
     /* tiles where the sequence fills them; the row kernel for short sequences and heads
      * above 128 */
-    if (T >= 16 && hs <= 128) {
-        int done = hs <= 32   ? rt_launch<32>(out, a, b, cv, B, T, H, hs, range, accumulate, c)
-                   : hs <= 64 ? rt_launch<64>(out, a, b, cv, B, T, H, hs, range, accumulate, c)
-                              : rt_launch<128>(out, a, b, cv, B, T, H, hs, range, accumulate, c);
-        if (done == 0) return;
-    }
+    if (tbc_decay_tiled(out, a, b, cv, NULL, NULL, B, T, H, hs, range, accumulate) == 0) return;
     k_ret_rows<<<(unsigned)((rows + RET_WARPS - 1) / RET_WARPS), 32 * RET_WARPS, 0, tbc_g->stream>>>(
         out, a, b, cv, B, T, H, hs, range, accumulate, c);
     TBC_LAUNCHED();

@@ -374,6 +374,7 @@ static void cu_titan_forward(real *r, real *qn, real *kn, const real *q, const r
     TBC_LAUNCHED();
     k_l2norm_heads<<<nb, 32 * TI_WARPS, 0, S()>>>(kn, k, rows, hs);
     TBC_LAUNCHED();
+    if (tbc_decay_tiled(r, qn, kn, v, gc, gc + H, B, T, H, hs, 0, 0) == 0) return;
     k_decay_rows<<<nb, 32 * TI_WARPS, 0, S()>>>(r, NULL, qn, kn, v, NULL, NULL, gc, gc + H, B, T, H, hs, 0, 0);
     TBC_LAUNCHED();
 }
@@ -396,9 +397,12 @@ static void cu_titan_backward(real *dq, real *dk, real *dv, real *ddecay, const 
     /* dk_s: a = v_s, b = dr_t, cv = qn_t, proj = kn_s (raw k), t ≥ s. */
     k_decay_rows<<<nb, 32 * TI_WARPS, 0, S()>>>(dk, NULL, v, dr, qn, kn, k, gc, gc + H, B, T, H, hs, 1, 1);
     TBC_LAUNCHED();
-    /* dv_s: a = kn_s, b = qn_t, cv = dr_t, t ≥ s. */
-    k_decay_rows<<<nb, 32 * TI_WARPS, 0, S()>>>(dv, NULL, kn, qn, dr, NULL, NULL, gc, gc + H, B, T, H, hs, 1, 1);
-    TBC_LAUNCHED();
+    /* dv_s: a = kn_s, b = qn_t, cv = dr_t, t ≥ s (in tiles where the shape allows). */
+    if (tbc_decay_tiled(dv, kn, qn, dr, gc, gc + H, B, T, H, hs, 1, 1)) {
+        k_decay_rows<<<nb, 32 * TI_WARPS, 0, S()>>>(dv, NULL, kn, qn, dr, NULL, NULL, gc, gc + H, B, T, H, hs, 1,
+                                                    1);
+        TBC_LAUNCHED();
+    }
     k_titan_ddecay<<<H, 256, 0, S()>>>(ddecay, part, gc, (size_t)B * T, H);
     TBC_LAUNCHED();
 }
