@@ -330,6 +330,181 @@ __global__ void k_decay_rows(float *out, double *part, const float *a, const flo
     }
 }
 
+/* k_decay_rows with proj (the dq and dk passes) in tiles: block per (64 rows r, head,
+ * batch) of 128 threads, 32-row tiles of o inside the range; per tile S = a bᵀ and
+ * SC = proj cvᵀ (each thread 4 rows x 4 o), w = c γ^n S, acc += w cv, beta += w SC and,
+ * with part, the dc / dγ partials in double; the row sums over the 8 lanes of a row by
+ * fixed xor shuffles. Same results as the row kernel up to summation order. */
+#define TT_BR 64
+#define TT_BC 32
+#define TT_LD (TT_BC + 1)
+template <int HS>
+__global__ void __launch_bounds__(128)
+    k_titan_proj_tiled(float *out, double *part, const float *a, const float *b, const float *cv, const float *proj,
+                       const float *raw, const float *gam, const float *cc, int T, int H, int hs, int range) {
+    constexpr int NC = HS / 8;
+    extern __shared__ float sm[];
+    float *AT = sm;               /* [HS][TT_BR] */
+    float *PT = AT + HS * TT_BR;  /* proj: [HS][TT_BR] */
+    float *BT = PT + HS * TT_BR;  /* [HS][TT_LD] */
+    float *CT = BT + HS * TT_LD;  /* cv transposed: [HS][TT_LD] */
+    float *Cs = CT + HS * TT_LD;  /* cv: [TT_BC][HS] */
+    float *Ws = Cs + TT_BC * HS;  /* [TT_BR][TT_LD] */
+    int tid = threadIdx.x, ty = tid / 8, tx = tid % 8;
+    int r0 = blockIdx.x * TT_BR, h = blockIdx.y, bb = blockIdx.z;
+    size_t ld = (size_t)H * hs, base = (size_t)bb * T * ld + (size_t)h * hs;
+    float g = gam[h], c = cc[h];
+    tbc_load_tile_t<HS, 128>(AT, TT_BR, a + base, ld, r0, TT_BR, T, hs);
+    tbc_load_tile_t<HS, 128>(PT, TT_BR, proj + base, ld, r0, TT_BR, T, hs);
+    float acc[4][NC], beta[4];
+    double pc[4], pg[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        beta[i] = 0, pc[i] = 0, pg[i] = 0;
+#pragma unroll
+        for (int k = 0; k < NC; k++) acc[i][k] = 0;
+    }
+    int rlast = r0 + TT_BR - 1 < T - 1 ? r0 + TT_BR - 1 : T - 1;
+    int o_begin = range == 1 ? r0 : 0, o_end = range == 0 ? rlast + 1 : T;
+    for (int o0 = o_begin; o0 < o_end; o0 += TT_BC) {
+        __syncthreads();
+        tbc_load_tile_t<HS, 128>(BT, TT_LD, b + base, ld, o0, TT_BC, T, hs);
+        tbc_load_tile_t<HS, 128>(CT, TT_LD, cv + base, ld, o0, TT_BC, T, hs);
+        for (int e = tid; e < TT_BC * HS; e += 128) {
+            int o = e / HS, d = e % HS;
+            Cs[e] = (o0 + o < T && d < hs) ? cv[base + (size_t)(o0 + o) * ld + d] : 0.0f;
+        }
+        __syncthreads();
+        float sv[4][4], sc[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) sv[i][j] = sc[i][j] = 0;
+#pragma unroll 4
+        for (int d = 0; d < HS; d++) {
+            float av[4], pv[4], bv[4], cvv[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                av[i] = AT[d * TT_BR + ty + 16 * i];
+                pv[i] = PT[d * TT_BR + ty + 16 * i];
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                bv[j] = BT[d * TT_LD + tx + 8 * j];
+                cvv[j] = CT[d * TT_LD + tx + 8 * j];
+            }
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    sv[i][j] = fmaf(av[i], bv[j], sv[i][j]);
+                    sc[i][j] = fmaf(pv[i], cvv[j], sc[i][j]);
+                }
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int r = r0 + ty + 16 * i;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                int o = o0 + tx + 8 * j;
+                float w = 0;
+                if (r < T && o < T && (range == 0 ? o <= r : o >= r)) {
+                    int n = o > r ? o - r : r - o;
+                    float pw = powf(g, (float)n);
+                    w = c * pw * sv[i][j];
+                    beta[i] += w * sc[i][j];
+                    if (part) {
+                        pc[i] += (double)(pw * sc[i][j] * sv[i][j]);
+                        if (n > 0) pg[i] += (double)(c * (float)n * powf(g, (float)(n - 1)) * sc[i][j] * sv[i][j]);
+                    }
+                }
+                Ws[(ty + 16 * i) * TT_LD + tx + 8 * j] = w;
+            }
+        }
+        __syncthreads();
+        int no = T - o0 < TT_BC ? T - o0 : TT_BC;
+        for (int o = 0; o < no; o++) {
+            float wv[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) wv[i] = Ws[(ty + 16 * i) * TT_LD + o];
+#pragma unroll
+            for (int k = 0; k < NC; k++) {
+                float cval = Cs[o * HS + tx + 8 * k];
+#pragma unroll
+                for (int i = 0; i < 4; i++) acc[i][k] = fmaf(wv[i], cval, acc[i][k]);
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        int rl = ty + 16 * i, r = r0 + rl;
+        float bsum = beta[i], nsq = 0;
+        double c1 = pc[i], c2 = pg[i];
+        size_t off = base + (size_t)(r < T ? r : 0) * ld;
+#pragma unroll
+        for (int k = 0; k < NC; k++) {
+            int d = tx + 8 * k;
+            float x = r < T && d < hs ? raw[off + d] : 0.0f;
+            nsq += x * x;
+        }
+#pragma unroll
+        for (int m = 1; m < 8; m <<= 1) {
+            bsum += __shfl_xor_sync(0xffffffffu, bsum, m);
+            nsq += __shfl_xor_sync(0xffffffffu, nsq, m);
+            c1 += __shfl_xor_sync(0xffffffffu, c1, m);
+            c2 += __shfl_xor_sync(0xffffffffu, c2, m);
+        }
+        if (r >= T) continue;
+        float nrm = sqrtf(nsq);
+        float inv = 1.0f / (nrm > TI_EPS ? nrm : TI_EPS);
+        if (!(nrm > TI_EPS)) bsum = 0;
+#pragma unroll
+        for (int k = 0; k < NC; k++) {
+            int d = tx + 8 * k;
+            if (d < hs) out[off + d] += inv * acc[i][k] - inv * bsum * PT[d * TT_BR + rl];
+        }
+        if (part && tx == 0) {
+            size_t row = ((size_t)bb * T + r) * H + h;
+            part[2 * row] = c1;
+            part[2 * row + 1] = c2;
+        }
+    }
+}
+
+static size_t tt_smem(int HS) {
+    return (size_t)4 * (2 * HS * TT_BR + 2 * HS * TT_LD + TT_BC * HS + TT_BR * TT_LD);
+}
+
+template <int HS>
+static int tt_launch(float *out, double *part, const float *a, const float *b, const float *cv, const float *proj,
+                     const float *raw, const float *gam, const float *cc, int B, int T, int H, int hs, int range) {
+    static int state; /* 0 unknown, 1 ready, -1 does not fit */
+    size_t smem = tt_smem(HS);
+    if (!state) {
+        int optin = 0;
+        TBC_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, tbc_g->device));
+        state = smem + 1024 <= (size_t)optin ? 1 : -1;
+        if (state == 1)
+            TBC_CHECK(cudaFuncSetAttribute(k_titan_proj_tiled<HS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)smem));
+    }
+    if (state < 0 || B > 65535 || H > 65535) return -1;
+    dim3 grid((unsigned)((T + TT_BR - 1) / TT_BR), (unsigned)H, (unsigned)B);
+    k_titan_proj_tiled<HS><<<grid, 128, smem, S()>>>(out, part, a, b, cv, proj, raw, gam, cc, T, H, hs, range);
+    TBC_LAUNCHED();
+    return 0;
+}
+
+/* The proj passes in tiles where the shape allows (T >= 16, hs <= 128); -1: use rows. */
+static int titan_proj_tiled(float *out, double *part, const float *a, const float *b, const float *cv,
+                            const float *proj, const float *raw, const float *gam, const float *cc, int B, int T,
+                            int H, int hs, int range) {
+    if (T < 16 || hs <= 0 || hs > 128) return -1;
+    return hs <= 32   ? tt_launch<32>(out, part, a, b, cv, proj, raw, gam, cc, B, T, H, hs, range)
+           : hs <= 64 ? tt_launch<64>(out, part, a, b, cv, proj, raw, gam, cc, B, T, H, hs, range)
+                      : tt_launch<128>(out, part, a, b, cv, proj, raw, gam, cc, B, T, H, hs, range);
+}
+
 __global__ void k_titan_params(float *gam, float *cc, const float *decay, int H) {
     int h = blockIdx.x * blockDim.x + threadIdx.x;
     if (h >= H) return;
@@ -392,11 +567,15 @@ static void cu_titan_backward(real *dq, real *dk, real *dv, real *ddecay, const 
     TBC_LAUNCHED();
     unsigned nb = (unsigned)((rows + TI_WARPS - 1) / TI_WARPS);
     /* dq_t: a = dr_t, b = v_s, cv = kn_s, proj = qn_t (raw q), s ≤ t, with partials. */
-    k_decay_rows<<<nb, 32 * TI_WARPS, 0, S()>>>(dq, part, dr, v, kn, qn, q, gc, gc + H, B, T, H, hs, 0, 1);
-    TBC_LAUNCHED();
+    if (titan_proj_tiled(dq, part, dr, v, kn, qn, q, gc, gc + H, B, T, H, hs, 0)) {
+        k_decay_rows<<<nb, 32 * TI_WARPS, 0, S()>>>(dq, part, dr, v, kn, qn, q, gc, gc + H, B, T, H, hs, 0, 1);
+        TBC_LAUNCHED();
+    }
     /* dk_s: a = v_s, b = dr_t, cv = qn_t, proj = kn_s (raw k), t ≥ s. */
-    k_decay_rows<<<nb, 32 * TI_WARPS, 0, S()>>>(dk, NULL, v, dr, qn, kn, k, gc, gc + H, B, T, H, hs, 1, 1);
-    TBC_LAUNCHED();
+    if (titan_proj_tiled(dk, NULL, v, dr, qn, kn, k, gc, gc + H, B, T, H, hs, 1)) {
+        k_decay_rows<<<nb, 32 * TI_WARPS, 0, S()>>>(dk, NULL, v, dr, qn, kn, k, gc, gc + H, B, T, H, hs, 1, 1);
+        TBC_LAUNCHED();
+    }
     /* dv_s: a = kn_s, b = qn_t, cv = dr_t, t ≥ s (in tiles where the shape allows). */
     if (tbc_decay_tiled(dv, kn, qn, dr, gc, gc + H, B, T, H, hs, 1, 1)) {
         k_decay_rows<<<nb, 32 * TI_WARPS, 0, S()>>>(dv, NULL, kn, qn, dr, NULL, NULL, gc, gc + H, B, T, H, hs, 1,
