@@ -207,6 +207,25 @@ __device__ __forceinline__ void tbc_load_tile_t(float *dst, int ldd, const float
     }
 }
 
+/* The weighted-sum step of the 64-row x 32 tiles (fused attention, retention, Titan
+ * memory): acc[i][k] += Σ_{o < no} W[(ty + 16 i)·ldw + o] · V[o·HS + tx + 8 k], o ascending,
+ * one fused multiply-add each (thread (ty, tx) owns rows ty + 16 i and channels tx + 8 k). */
+template <int HS>
+__device__ __forceinline__ void tbc_tile_wv(float (&acc)[4][HS / 8], const float *W, int ldw, const float *V,
+                                            int no, int ty, int tx) {
+    for (int o = 0; o < no; o++) {
+        float wv[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) wv[i] = W[(ty + 16 * i) * ldw + o];
+#pragma unroll
+        for (int k = 0; k < HS / 8; k++) {
+            float vv = V[o * HS + tx + 8 * k];
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[i][k] = fmaf(wv[i], vv, acc[i][k]);
+        }
+    }
+}
+
 /* out_r (+)= Σ_o c_h γ_h^|r-o| (a_r · b_o) cv_o over o ≤ r (range 0), o ≥ r (1) or all o
  * (2), per head h of (B, T, H*hs) tensors, in tiles (seq_cuda.cu): γ_h, c_h from the
  * device arrays gam, cc, or (NULL) retention's γ_h and 1/sqrt(hs). Returns 0 when

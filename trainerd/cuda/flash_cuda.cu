@@ -130,18 +130,7 @@ __global__ void __launch_bounds__(FA_THREADS)
             for (int cc = 0; cc < NC; cc++) acc[a][cc] *= alpha;
         }
         __syncthreads();
-        int nj = T - j0 < FA_BC ? T - j0 : FA_BC;
-        for (int j = 0; j < nj; j++) {
-            float pv[4];
-#pragma unroll
-            for (int a = 0; a < 4; a++) pv[a] = Ps[(ty + 16 * a) * FA_LD + j];
-#pragma unroll
-            for (int cc = 0; cc < NC; cc++) {
-                float vv = Vs[j * HS + tx + 8 * cc];
-#pragma unroll
-                for (int a = 0; a < 4; a++) acc[a][cc] = fmaf(pv[a], vv, acc[a][cc]);
-            }
-        }
+        tbc_tile_wv<HS>(acc, Ps, FA_LD, Vs, T - j0 < FA_BC ? T - j0 : FA_BC, ty, tx);
     }
     size_t ldo = (size_t)H * hs;
 #pragma unroll

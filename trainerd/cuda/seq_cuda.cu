@@ -133,18 +133,7 @@ __global__ void __launch_bounds__(128)
             }
         }
         __syncthreads();
-        int no = T - o0 < RT_BC ? T - o0 : RT_BC;
-        for (int o = 0; o < no; o++) {
-            float wv[4];
-#pragma unroll
-            for (int i = 0; i < 4; i++) wv[i] = Ws[(ty + 16 * i) * RT_LD + o];
-#pragma unroll
-            for (int cc = 0; cc < NC; cc++) {
-                float cval = Cs[o * HS + tx + 8 * cc];
-#pragma unroll
-                for (int i = 0; i < 4; i++) acc[i][cc] = fmaf(wv[i], cval, acc[i][cc]);
-            }
-        }
+        tbc_tile_wv<HS>(acc, Ws, RT_LD, Cs, T - o0 < RT_BC ? T - o0 : RT_BC, ty, tx);
     }
 #pragma unroll
     for (int i = 0; i < 4; i++) {

@@ -422,18 +422,7 @@ __global__ void __launch_bounds__(128)
             }
         }
         __syncthreads();
-        int no = T - o0 < TT_BC ? T - o0 : TT_BC;
-        for (int o = 0; o < no; o++) {
-            float wv[4];
-#pragma unroll
-            for (int i = 0; i < 4; i++) wv[i] = Ws[(ty + 16 * i) * TT_LD + o];
-#pragma unroll
-            for (int k = 0; k < NC; k++) {
-                float cval = Cs[o * HS + tx + 8 * k];
-#pragma unroll
-                for (int i = 0; i < 4; i++) acc[i][k] = fmaf(wv[i], cval, acc[i][k]);
-            }
-        }
+        tbc_tile_wv<HS>(acc, Ws, TT_LD, Cs, T - o0 < TT_BC ? T - o0 : TT_BC, ty, tx);
     }
 #pragma unroll
     for (int i = 0; i < 4; i++) {
