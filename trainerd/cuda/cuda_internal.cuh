@@ -207,6 +207,29 @@ __device__ __forceinline__ void tbc_load_tile_t(float *dst, int ldd, const float
     }
 }
 
+/* Dynamic shared memory for tiled kernels. tbc_smem_optin_limit: the most a block may
+ * opt into on this device (queried once). tbc_smem_allow: whether `bytes` (plus `slack`)
+ * fits; the first call that fits raises the kernel's limit. *state caches the answer per
+ * kernel instantiation (0 unknown, 1 fits and raised, -1 does not fit). */
+static inline size_t tbc_smem_optin_limit(void) {
+    static size_t lim = 0;
+    if (!lim) {
+        int v = 0;
+        TBC_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, tbc_g->device));
+        lim = v > 0 ? (size_t)v : 48 * 1024;
+    }
+    return lim;
+}
+template <typename K>
+static inline int tbc_smem_allow(K kernel, size_t bytes, size_t slack, int *state) {
+    if (!*state) {
+        *state = bytes + slack <= tbc_smem_optin_limit() ? 1 : -1;
+        if (*state == 1)
+            TBC_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    }
+    return *state == 1;
+}
+
 /* The weighted-sum step of the 64-row x 32 tiles (fused attention, retention, Titan
  * memory): acc[i][k] += Σ_{o < no} W[(ty + 16 i)·ldw + o] · V[o·HS + tx + 8 k], o ascending,
  * one fused multiply-add each (thread (ty, tx) owns rows ty + 16 i and channels tx + 8 k). */

@@ -409,32 +409,13 @@ static size_t fa_smem_kv(int HS) {
 }
 static int fa_hs(int hs) { return hs <= 32 ? 32 : hs <= 64 ? 64 : hs <= 128 ? 128 : 0; }
 
-/* The largest dynamic shared memory a block may opt into (queried once). */
-static size_t fa_smem_limit(void) {
-    static size_t lim = 0;
-    if (!lim) {
-        int v = 0;
-        TBC_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, tbc_g->device));
-        lim = v > 0 ? (size_t)v : 48 * 1024;
-    }
-    return lim;
-}
-
 int tbc_flash_fits(int hs) {
     int HS = fa_hs(hs);
     if (!HS) return 0;
     size_t need = fa_smem_fwd(HS);
     if (fa_smem_q(HS) > need) need = fa_smem_q(HS);
     if (fa_smem_kv(HS) > need) need = fa_smem_kv(HS);
-    return need + 2048 <= fa_smem_limit();
-}
-
-/* Raise a kernel's dynamic shared memory limit once (per instantiation). */
-template <typename K>
-static void fa_allow(K kernel, size_t bytes, int *done) {
-    if (*done) return;
-    TBC_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-    *done = 1;
+    return need + 2048 <= tbc_smem_optin_limit();
 }
 
 static void fa_check(int B, int T, int H, int Hkv, int hs) {
@@ -449,7 +430,7 @@ static void fa_fwd(float *out, float *lse, const float *q, const float *k, const
                    const uint8_t *mask, tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs) {
     static int allowed;
     size_t smem = fa_smem_fwd(HS);
-    fa_allow(k_fa_fwd<HS>, smem, &allowed);
+    tbc_smem_allow(k_fa_fwd<HS>, smem, 0, &allowed); /* fits: fa_check ran tbc_flash_fits */
     dim3 g((unsigned)((T + FA_BR - 1) / FA_BR), (unsigned)H, (unsigned)B);
     k_fa_fwd<HS><<<g, FA_THREADS, smem, S()>>>(out, lse, q, k, v, ldq, ldkv, mask, d, site, T, H, Hkv, hs,
                                                (float)(1.0 / sqrt((double)hs)));
@@ -464,8 +445,8 @@ static void fa_bwd(float *dq, float *dk, float *dv, const float *dout, const flo
     static int allowed_q, allowed_kv;
     float scale = (float)(1.0 / sqrt((double)hs));
     size_t sq = fa_smem_q(HS), skv = fa_smem_kv(HS);
-    fa_allow(k_fa_bwd_q<HS>, sq, &allowed_q);
-    fa_allow(k_fa_bwd_kv<HS, BK>, skv, &allowed_kv);
+    tbc_smem_allow(k_fa_bwd_q<HS>, sq, 0, &allowed_q);
+    tbc_smem_allow(k_fa_bwd_kv<HS, BK>, skv, 0, &allowed_kv);
     dim3 gq((unsigned)((T + FA_BR - 1) / FA_BR), (unsigned)H, (unsigned)B);
     k_fa_bwd_q<HS><<<gq, FA_THREADS, sq, S()>>>(dq, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, T, H, Hkv, hs,
                                                 scale);

@@ -154,16 +154,9 @@ static size_t rt_smem(int HS) { return (size_t)4 * (HS * RT_BR + HS * RT_LD + RT
 template <int HS>
 static int rt_launch(float *out, const float *a, const float *b, const float *cv, const float *gam, const float *cc,
                      int B, int T, int H, int hs, int range, int accumulate, float c) {
-    static int state; /* 0 unknown, 1 ready, -1 does not fit */
+    static int state;
     size_t smem = rt_smem(HS);
-    if (!state) {
-        int optin = 0;
-        TBC_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, tbc_g->device));
-        state = smem + 1024 <= (size_t)optin ? 1 : -1;
-        if (state == 1)
-            TBC_CHECK(cudaFuncSetAttribute(k_ret_tiled<HS>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    }
-    if (state < 0 || B > 65535 || H > 65535) return -1;
+    if (!tbc_smem_allow(k_ret_tiled<HS>, smem, 1024, &state) || B > 65535 || H > 65535) return -1;
     dim3 grid((unsigned)((T + RT_BR - 1) / RT_BR), (unsigned)H, (unsigned)B);
     k_ret_tiled<HS><<<grid, 128, smem, tbc_g->stream>>>(out, a, b, cv, gam, cc, T, H, hs, range, accumulate, c);
     TBC_LAUNCHED();

@@ -467,17 +467,9 @@ static size_t tt_smem(int HS) {
 template <int HS>
 static int tt_launch(float *out, double *part, const float *a, const float *b, const float *cv, const float *proj,
                      const float *raw, const float *gam, const float *cc, int B, int T, int H, int hs, int range) {
-    static int state; /* 0 unknown, 1 ready, -1 does not fit */
+    static int state;
     size_t smem = tt_smem(HS);
-    if (!state) {
-        int optin = 0;
-        TBC_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, tbc_g->device));
-        state = smem + 1024 <= (size_t)optin ? 1 : -1;
-        if (state == 1)
-            TBC_CHECK(cudaFuncSetAttribute(k_titan_proj_tiled<HS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)smem));
-    }
-    if (state < 0 || B > 65535 || H > 65535) return -1;
+    if (!tbc_smem_allow(k_titan_proj_tiled<HS>, smem, 1024, &state) || B > 65535 || H > 65535) return -1;
     dim3 grid((unsigned)((T + TT_BR - 1) / TT_BR), (unsigned)H, (unsigned)B);
     k_titan_proj_tiled<HS><<<grid, 128, smem, S()>>>(out, part, a, b, cv, proj, raw, gam, cc, T, H, hs, range);
     TBC_LAUNCHED();
