@@ -80,10 +80,30 @@ static void test_special_values(void **s) {
     assert_true(y[0] == 0 && y[1] == 1 && y[3] == 1 && y[4] == 0.5f && y[2] >= 0 && y[2] < 1e-30f);
 }
 
+/* The vector sigmoid is the scalar formula 8 at a time: e = exp(-|x|) from tb_vexp, then
+ * 1 / (1 + e) or e / (1 + e) by the sign, each a correctly rounded division: same bits. */
+static void test_sigmoid_is_the_scalar_formula_bitwise(void **s) {
+    (void)s;
+    static float x[N], e[N], y[N], ref[N];
+    tb_rng r;
+    tb_rng_init(&r, 12, TB_RNG_TEST, 5, 0, 0);
+    for (int i = 0; i < N; i++) x[i] = -100.0f + 200.0f * tb_rng_uniform_f(&r);
+    const float special[] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, FLT_MIN, -FLT_MIN,
+                             1e-40f, -1e-40f, 88.0f, -88.0f, 104.0f, -104.0f};
+    for (size_t i = 0; i < sizeof special / sizeof *special; i++) x[3 * i] = special[i];
+    for (int i = 0; i < 512; i++) x[N - 1 - i] = (i % 2 ? -1.0f : 1.0f) * (float)i * 1e-3f;
+    for (int i = 0; i < N; i++) e[i] = -fabsf(x[i]);
+    tb_vexp(e, e, N);
+    for (int i = 0; i < N; i++) ref[i] = x[i] >= 0 ? 1.0f / (1.0f + e[i]) : e[i] / (1.0f + e[i]);
+    tb_vsigmoid(y, x, N);
+    assert_memory_equal(y, ref, sizeof y);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_accuracy_and_position_independence),
         cmocka_unit_test(test_special_values),
+        cmocka_unit_test(test_sigmoid_is_the_scalar_formula_bitwise),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
