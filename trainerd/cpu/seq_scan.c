@@ -46,6 +46,64 @@ static void cpu_scan_forward(real *y, real *states, const real *xc, const real *
             }
 }
 
+#ifndef TB_REAL_DOUBLE
+#include <immintrin.h>
+/* The backward's reverse pass for 8 state components n0..n0+7 of one (b, i) at once, in
+ * the fp32 build on AVX2: lane j is the scalar recurrence of n0 + j, the same IEEE
+ * operations in the same order (no FMA: the library is -ffp-contract=off), and the lanes'
+ * terms of ddelta[e] and dxc[e] are added one lane after another, n ascending, as the
+ * scalar loop over n adds them: the same bits as the scalar pass, with contiguous loads
+ * of states, Bm, Cm instead of one strided load per (t, n). */
+__attribute__((target("avx2"))) static void scan_backward8(
+    real *dxc, real *ddelta, real *dA_log, real *dBm, real *dCm, const real *dy,
+    const real *states, const real *xc, const real *delta, const real *A_log, const real *Bm,
+    const real *Cm, size_t r0, int T, int i, int n0, size_t sDi, size_t sN, size_t sld) {
+    float A[8], av[TB_VCHUNK * 8], tdd[8], tdx[8];
+    for (int j = 0; j < 8; j++) A[j] = -r_exp(A_log[(size_t)i * sN + (size_t)(n0 + j)]);
+    const __m256 Av = _mm256_loadu_ps(A);
+    __m256 carry = _mm256_setzero_ps(), dAl = _mm256_setzero_ps();
+    for (int t = T - 1; t >= 0; t--) {
+        size_t row = r0 + (size_t)t, e = row * sDi + (size_t)i;
+        int c = (T - 1 - t) % TB_VCHUNK;
+        if (c == 0) {
+            int m = t + 1 < TB_VCHUNK ? t + 1 : TB_VCHUNK;
+            for (int q = 0; q < m; q++) {
+                __m256 d = _mm256_set1_ps(delta[(r0 + (size_t)(t - q)) * sDi + (size_t)i]);
+                _mm256_storeu_ps(av + 8 * q, _mm256_mul_ps(d, Av));
+            }
+            tb_vexp(av, av, (size_t)m * 8);
+        }
+        __m256 dt = _mm256_set1_ps(delta[e]), x = _mm256_set1_ps(xc[e]);
+        __m256 dye = _mm256_set1_ps(dy[e]);
+        size_t bc = row * sld + (size_t)n0;
+        __m256 bn = _mm256_loadu_ps(Bm + bc), cm = _mm256_loadu_ps(Cm + bc);
+        __m256 hcur = _mm256_loadu_ps(states + e * sN + (size_t)n0);
+        __m256 hprev = t > 0 ? _mm256_loadu_ps(states + (e - sDi) * sN + (size_t)n0)
+                             : _mm256_setzero_ps();
+        __m256 a = _mm256_loadu_ps(av + 8 * c);
+        __m256 dh = _mm256_add_ps(_mm256_mul_ps(dye, cm), carry);
+        _mm256_storeu_ps(dCm + bc, _mm256_add_ps(_mm256_loadu_ps(dCm + bc), _mm256_mul_ps(dye, hcur)));
+        __m256 da = _mm256_mul_ps(dh, hprev);
+        __m256 daa = _mm256_mul_ps(da, a);
+        _mm256_storeu_ps(tdd, _mm256_add_ps(_mm256_mul_ps(daa, Av),
+                                            _mm256_mul_ps(_mm256_mul_ps(dh, bn), x)));
+        dAl = _mm256_add_ps(dAl, _mm256_mul_ps(_mm256_mul_ps(daa, dt), Av));
+        __m256 dhdt = _mm256_mul_ps(dh, dt);
+        _mm256_storeu_ps(dBm + bc, _mm256_add_ps(_mm256_loadu_ps(dBm + bc), _mm256_mul_ps(dhdt, x)));
+        _mm256_storeu_ps(tdx, _mm256_mul_ps(dhdt, bn));
+        carry = _mm256_mul_ps(dh, a);
+        float sd = ddelta[e], sx = dxc[e];
+        for (int j = 0; j < 8; j++) sd += tdd[j];
+        for (int j = 0; j < 8; j++) sx += tdx[j];
+        ddelta[e] = sd;
+        dxc[e] = sx;
+    }
+    float dal[8];
+    _mm256_storeu_ps(dal, dAl);
+    for (int j = 0; j < 8; j++) dA_log[(size_t)i * sN + (size_t)(n0 + j)] += dal[j];
+}
+#endif
+
 static void cpu_scan_backward(real *dxc, real *ddelta, real *dA_log, real *dBm, real *dCm,
                               real *dD, const real *dy, const real *states, const real *xc,
                               const real *delta, const real *A_log, const real *Bm,
@@ -63,7 +121,14 @@ static void cpu_scan_backward(real *dxc, real *ddelta, real *dA_log, real *dBm, 
                 dxc[e] += dy[e] * D[i];
             }
             dD[i] += dDi;
-            for (int n = 0; n < N; n++) {
+            int n = 0;
+#ifndef TB_REAL_DOUBLE
+            if (__builtin_cpu_supports("avx2"))
+                for (; n + 8 <= N; n += 8)
+                    scan_backward8(dxc, ddelta, dA_log, dBm, dCm, dy, states, xc, delta, A_log,
+                                   Bm, Cm, r0, T, i, n, sDi, sN, sld);
+#endif
+            for (; n < N; n++) {
                 real A = -r_exp(A_log[(size_t)i * sN + (size_t)n]);
                 real carry = 0, dAl = 0, av[TB_VCHUNK];
                 for (int t = T - 1; t >= 0; t--) {
