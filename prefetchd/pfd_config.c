@@ -1,5 +1,7 @@
 #include "pfd_config.h"
 
+#include "mask.h"
+
 #include <stddef.h>
 #include <string.h>
 #include <unistd.h>
@@ -54,6 +56,9 @@ static const tb_cfg_field fields[] = {
     F("data.batch_size", TB_CFG_INT, batch_size, "32", 1, 65536, NULL, "Samples per batch (B)."),
     F("data.mask_prob", TB_CFG_DOUBLE, mask_prob, "0.15", 0.0, 1.0, NULL,
       "MLM: fraction of non-special positions chosen (exact count, at least 1)."),
+    F("data.mask_share", TB_CFG_DOUBLE, mask_share, "0.8", 0.2, 1.0, NULL,
+      "MLM: share of the chosen positions set to [MASK]: 0.2, 0.4, 0.6, 0.8 or 1; the\n"
+      "rest split evenly between a random id and the unchanged id (0.8: 80/10/10)."),
     F("data.packing", TB_CFG_BOOL, packing, "true", 1, 0, NULL,
       "true: [CLS] doc [SEP] doc [SEP] ... to exactly seq_len; false: truncate and pad\n"
       "with an attention mask (the reference's layout)."),
@@ -128,6 +133,9 @@ int pfd_config_load(pfd_config *cfg, const char *path, char *const *overrides, i
     if (cfg->batch_size * cfg->seq_len > (1 << 24))
         return tb_err_set(err, "%s: data.batch_size: %lld x data.seq_len %lld > 16777216 tokens",
                           where, (long long)cfg->batch_size, (long long)cfg->seq_len);
+    if (tb_mask_share_tenths(cfg->mask_share) < 0)
+        return tb_err_set(err, "%s: data.mask_share: %g is not one of 0.2, 0.4, 0.6, 0.8, 1",
+                          where, cfg->mask_share);
     if (cfg->http_backoff_max_ms < cfg->http_backoff_initial_ms)
         return tb_err_set(err, "%s: http.backoff_max_ms: %lld < http.backoff_initial_ms", where,
                           (long long)cfg->http_backoff_max_ms);

@@ -40,6 +40,7 @@ typedef struct pfd_config {
     int64_t seq_len;
     int64_t batch_size;
     double mask_prob;
+    double mask_share; /* [MASK] share of the chosen positions (0.8) */
     int packing;
     int64_t seed;
     int64_t shuffle_buffer;

@@ -34,6 +34,7 @@ uint64_t pfd_geometry(const pfd_config *c) {
     h = fnv(h, &c->seq_len, sizeof c->seq_len);
     h = fnv(h, &c->batch_size, sizeof c->batch_size);
     h = fnv(h, &c->mask_prob, sizeof c->mask_prob);
+    if (c->mask_share != 0.8) h = fnv(h, &c->mask_share, sizeof c->mask_share); /* 0.8: as before the key */
     h = fnv(h, &c->packing, sizeof c->packing);
     h = fnv(h, &c->seed, sizeof c->seed);
     h = fnv(h, &c->shuffle_buffer, sizeof c->shuffle_buffer);
@@ -48,6 +49,7 @@ void pfd_stream_config(tb_stream_config *sc, const pfd_config *cfg) {
     sc->seq_len = (uint32_t)cfg->seq_len;
     sc->batch_size = (uint32_t)cfg->batch_size;
     sc->mask_prob = cfg->mask_prob;
+    sc->mask_share = cfg->mask_share;
     sc->packing = cfg->packing != 0;
     sc->seed = (uint64_t)cfg->seed;
     sc->text_field = cfg->text_field[0] ? cfg->text_field : NULL;

@@ -16,6 +16,7 @@ int tb_mask_init(tb_mask *m, const tb_spm *spm, double p, tb_err *err) {
     int32_t V = tb_spm_vocab_size(spm);
     if (V <= 0) return tb_err_set(err, "mask: tokenizer has no pieces");
     m->p = p;
+    m->mask_tenths = 8;
     m->mask_id = sp.mask;
     m->pad_id = sp.pad;
     m->vocab = V;
@@ -44,6 +45,21 @@ void tb_mask_free(tb_mask *m) {
     free(m->special);
     free(m->normal);
     memset(m, 0, sizeof *m);
+}
+
+int tb_mask_share_tenths(double share) {
+    if (!(share >= 0.2 && share <= 1.0)) return -1;
+    double t = share * 10.0;
+    long k = lround(t);
+    return fabs(t - (double)k) > 1e-9 || k % 2 ? -1 : (int)k;
+}
+
+int tb_mask_set_share(tb_mask *m, double share, tb_err *err) {
+    int k = tb_mask_share_tenths(share);
+    if (k < 0)
+        return tb_err_set(err, "mask: [MASK] share %g is not one of 0.2, 0.4, 0.6, 0.8, 1", share);
+    m->mask_tenths = k;
+    return 0;
 }
 
 size_t tb_mask_count(double p, size_t n) {
@@ -78,9 +94,9 @@ size_t tb_mask_apply(int32_t *ids, int32_t *labels, uint32_t *scratch, size_t T,
         size_t t = scratch[i];
         labels[t] = ids[t];
         uint32_t u = tb_rng_below(&r, 10);
-        if (u < 8) {
+        if (u < (uint32_t)m->mask_tenths) {
             ids[t] = m->mask_id;
-        } else if (u == 8) {
+        } else if (u < (uint32_t)(m->mask_tenths + (10 - m->mask_tenths) / 2)) {
             ids[t] = m->normal[tb_rng_below(&r, (uint32_t)m->n_normal)];
         }
     }

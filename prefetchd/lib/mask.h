@@ -8,6 +8,10 @@
  * u = below(10) from the same RNG: u < 8 -> [MASK], u == 8 -> a non-special id drawn
  * uniformly from all non-special ids of the vocabulary, u == 9 -> unchanged. The split is
  * per-position draws (not exact counts), so it holds in expectation: 80/10/10.
+ * tb_mask_set_share changes the [MASK] share to M tenths (M even): u < M -> [MASK], the
+ * next (10 - M) / 2 values -> a random id, the rest unchanged (M = 8 is the above; the
+ * random and unchanged shares stay equal, so a visible token at a chosen position is the
+ * original one with the same odds as under 80/10/10).
  * labels = original id at the k chosen positions, -100 elsewhere.
  *
  * RNG: tb_rng keyed (seed, TB_RNG_MASK) with ids (epoch, sample lo32, sample hi32), where
@@ -27,6 +31,7 @@
 
 typedef struct tb_mask {
     double p;            /* masking probability, (0, 1) */
+    int mask_tenths;     /* [MASK] share of the chosen positions in tenths (8) */
     int32_t mask_id;     /* [MASK] */
     int32_t pad_id;      /* [PAD] */
     int32_t vocab;       /* V */
@@ -39,6 +44,12 @@ typedef struct tb_mask {
  * outside (0, 1). */
 int tb_mask_init(tb_mask *m, const tb_spm *spm, double p, tb_err *err);
 void tb_mask_free(tb_mask *m);
+
+/* Sets the [MASK] share of the chosen positions: one of 0.2, 0.4, 0.6, 0.8 (default), 1;
+ * anything else fails with a message naming the value. */
+int tb_mask_set_share(tb_mask *m, double share, tb_err *err);
+/* share in tenths when it is one of those values, else -1 (for config checks). */
+int tb_mask_share_tenths(double share);
 
 /* Number chosen for n candidates: max(1, floor(p*n)), 0 for n = 0. floor is taken on
  * p*n + 1e-9 so that e.g. 0.15*20 counts as 3 despite binary rounding. */

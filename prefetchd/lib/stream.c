@@ -774,6 +774,7 @@ tb_stream *tb_stream_open(const tb_stream_config *cfg, const tb_manifest *m, con
         goto fail;
     }
     if (tb_mask_init(&s->mask, spm, cfg->mask_prob, err)) goto fail;
+    if (cfg->mask_share > 0 && tb_mask_set_share(&s->mask, cfg->mask_share, err)) goto fail;
     if (tb_manifest_copy(&s->man, m, err)) goto fail;
     s->order = malloc(m->n * sizeof *s->order);
     s->scratch = malloc(cfg->seq_len * sizeof *s->scratch);
@@ -907,6 +908,10 @@ int tb_stream_rebuild_sample(int32_t *ids, int32_t *labels, uint8_t *attn_mask,
     }
     tb_mask mk;
     if (tb_mask_init(&mk, spm, cfg->mask_prob, err)) return -1;
+    if (cfg->mask_share > 0 && tb_mask_set_share(&mk, cfg->mask_share, err)) {
+        tb_mask_free(&mk);
+        return -1;
+    }
     uint32_t *scratch = malloc(T * sizeof *scratch);
     if (!scratch) {
         tb_mask_free(&mk);

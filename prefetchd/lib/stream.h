@@ -58,6 +58,8 @@ typedef struct tb_stream_config {
     uint32_t seq_len;        /* T (512) */
     uint32_t batch_size;     /* B (32) */
     double mask_prob;        /* 0.15 */
+    double mask_share;       /* [MASK] share of the chosen positions (mask.h
+                                tb_mask_set_share); 0 = 0.8, DESIGN.md's 80/10/10 */
     bool packing;            /* true */
     uint64_t seed;           /* 1234 */
     const char *text_field;  /* JSONL text field; NULL (default): "text", and where a line

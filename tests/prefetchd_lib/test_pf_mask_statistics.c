@@ -1,10 +1,12 @@
 /* MLM masking over > 10^6 positions: exactly max(1, floor(0.15 n)) chosen per sample,
  * 15% / 80 / 10 / 10 within 0.5 percentage points, special tokens and padding never
  * chosen and never used as replacements, and the mask is a pure function of
- * (seed, epoch, sample). */
+ * (seed, epoch, sample). tb_mask_set_share: the [MASK] share moves, the random and unchanged
+ * shares stay equal, the chosen positions do not move, 0.8 is the default bit for bit. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <string.h>
 #include <cmocka.h>
 
 #include "mask.h"
@@ -119,10 +121,81 @@ static void test_mask_is_pure_function_of_key(void **st) {
     tb_spm_free(spm);
 }
 
+static void test_mask_share_moves_the_split_not_the_choice(void **st) {
+    (void)st;
+    tb_spm *spm = pf_spm();
+    tb_mask d, m;
+    tb_err e;
+    assert_int_equal(tb_mask_init(&d, spm, 0.4, &e), 0);
+    assert_int_equal(tb_mask_init(&m, spm, 0.4, &e), 0);
+    assert_int_equal(d.mask_tenths, 8);
+    /* the accepted values, and a clear refusal of the others */
+    assert_int_equal(tb_mask_share_tenths(0.2), 2);
+    assert_int_equal(tb_mask_share_tenths(1.0), 10);
+    assert_int_equal(tb_mask_share_tenths(0.6), 6);
+    assert_int_equal(tb_mask_share_tenths(0.5), -1);
+    assert_int_equal(tb_mask_share_tenths(0.3), -1);
+    assert_int_equal(tb_mask_share_tenths(0.0), -1);
+    assert_int_equal(tb_mask_share_tenths(1.2), -1);
+    assert_int_equal(tb_mask_share_tenths(0.0 / 0.0), -1);
+    assert_int_not_equal(tb_mask_set_share(&m, 0.5, &e), 0);
+    assert_non_null(strstr(e.msg, "0.5"));
+    assert_int_equal(m.mask_tenths, 8);
+    tb_spm_specials sp = tb_spm_get_specials(spm);
+    int32_t V = tb_spm_vocab_size(spm);
+    const size_t T = 256, S = 4000;
+    int32_t a[256], b[256], la[256], lb[256];
+    uint32_t sc[256];
+    /* 0.8 set explicitly: the default's output, bit for bit */
+    assert_int_equal(tb_mask_set_share(&m, 0.8, &e), 0);
+    for (size_t s = 0; s < 50; s++) {
+        for (size_t t = 0; t < T; t++) a[t] = b[t] = 100 + (int32_t)((t * 7 + s) % 500);
+        tb_mask_apply(a, la, sc, T, &d, 11, 0, s);
+        tb_mask_apply(b, lb, sc, T, &m, 11, 0, s);
+        assert_memory_equal(a, b, sizeof a);
+        assert_memory_equal(la, lb, sizeof la);
+    }
+    /* 0.2: 20 / 40 / 40, on the positions the default chooses */
+    assert_int_equal(tb_mask_set_share(&m, 0.2, &e), 0);
+    uint64_t chosen = 0, to_mask = 0, to_random = 0, same = 0;
+    for (size_t s = 0; s < S; s++) {
+        for (size_t t = 0; t < T; t++) a[t] = b[t] = 100 + (int32_t)((t * 13 + s * 3) % (V - 200));
+        size_t k = tb_mask_apply(a, la, sc, T, &d, 11, 0, s);
+        assert_int_equal(tb_mask_apply(b, lb, sc, T, &m, 11, 0, s), k);
+        assert_memory_equal(la, lb, sizeof la);
+        for (size_t t = 0; t < T; t++) {
+            if (lb[t] == TB_MASK_IGNORE) continue;
+            chosen++;
+            if (b[t] == sp.mask) to_mask++;
+            else if (b[t] == lb[t]) same++;
+            else to_random++;
+        }
+    }
+    double pm = 100.0 * (double)to_mask / (double)chosen;
+    double pr = 100.0 * (double)to_random / (double)chosen;
+    double ps = 100.0 * (double)same / (double)chosen;
+    fprintf(stderr, "share 0.2: chosen %llu mask %.3f%% random %.3f%% same %.3f%%\n",
+            (unsigned long long)chosen, pm, pr, ps);
+    assert_true(chosen > 300000);
+    assert_true(pm > 19.5 && pm < 20.5);
+    assert_true(pr > 39.5 && pr < 40.5);
+    assert_true(ps > 39.5 && ps < 40.5);
+    /* 1: every chosen position is [MASK] */
+    assert_int_equal(tb_mask_set_share(&m, 1.0, &e), 0);
+    for (size_t t = 0; t < T; t++) b[t] = 100 + (int32_t)t;
+    tb_mask_apply(b, lb, sc, T, &m, 11, 0, 3);
+    for (size_t t = 0; t < T; t++)
+        if (lb[t] != TB_MASK_IGNORE) assert_int_equal(b[t], sp.mask);
+    tb_mask_free(&d);
+    tb_mask_free(&m);
+    tb_spm_free(spm);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mask_counts_statistics_and_specials),
         cmocka_unit_test(test_mask_is_pure_function_of_key),
+        cmocka_unit_test(test_mask_share_moves_the_split_not_the_choice),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -97,6 +97,11 @@ static const tb_cfg_field run_fields[] = {
     F_INT("training.max_length", training.max_length, "512", 2, 1 << 20, "sequence length T"),
     F_DBL("training.mlm_probability", training.mlm_probability, "0.15", 0, 1,
           "share of masked positions (DESIGN.md MLM masking)"),
+    F_DBL("training.mlm_mask_share", training.mlm_mask_share, "0.8", 0.2, 1,
+          "tb: [MASK] share of the chosen positions, 0.2 / 0.4 / 0.6 / 0.8 / 1, the rest\n"
+          "split evenly between a random id and the unchanged id (tb-train-local's training\n"
+          "batches; held-out ones keep 80/10/10; tb-trainerd's come from prefetchd's\n"
+          "data.mask_share)"),
     F_INT("training.max_samples", training.max_samples, "20000000", 0, INT64_MAX / 2,
           "reference key; unused by tb"),
     F_INT("training.dataset_batch_size", training.dataset_batch_size, "25000", 0, INT64_MAX / 2,
@@ -319,6 +324,12 @@ int tb_model_config_finish(tb_model_config *mc, tb_err *err) {
 int tb_run_config_finish(tb_run_config *rc, tb_err *err) {
     if (tb_model_config_finish(&rc->model, err)) return -1;
     tb_train_config *t = &rc->training;
+    {
+        double tenths = t->mlm_mask_share * 10.0, k = round(tenths);
+        if (fabs(tenths - k) > 1e-9 || fmod(k, 2.0) != 0.0)
+            return tb_err_set(err, "training.mlm_mask_share: %g is not one of 0.2, 0.4, 0.6, 0.8, 1",
+                              t->mlm_mask_share);
+    }
     for (int g = 0; g < TB_GROUP_COUNT; g++) {
         tb_group_hparams *h = &t->group[g];
         if (h->betas.count != 2)

@@ -101,6 +101,7 @@ typedef struct tb_group_hparams {
 typedef struct tb_train_config {
     int64_t batch_size, dataloader_workers, max_length;
     double mlm_probability;
+    double mlm_mask_share; /* tb: [MASK] share of the chosen positions (0.8) */
     int64_t max_samples, dataset_batch_size, num_workers;
     char cache_dir[TB_CFG_STR_MAX];
     int use_amp;

@@ -72,9 +72,12 @@ static void usage(FILE *f) {
             "                      a GPU is present, else cpu) | cpu | cuda\n"
             "  --eval-data PATH    held-out shard file or directory (repeatable; keep it out of\n"
             "                      --data): --eval-batches micro-batches are read from it once\n"
-            "                      (seed + 1) and their masked-LM loss (no dropout, summed over\n"
-            "                      every supervised position) is printed at the end and every\n"
-            "                      --eval-every steps\n"
+            "                      (seed + 1, or --eval-seed) and their masked-LM loss (no\n"
+            "                      dropout, summed over every supervised position) is printed\n"
+            "                      at the end and every --eval-every steps\n"
+            "  --eval-seed S       seed of the held-out batches' order and masks (default: the\n"
+            "                      training seed + 1), to compare runs of different seeds on\n"
+            "                      the same positions\n"
             "  --eval-batches N    (default 16)\n"
             "  --eval-mask-prob P  masking share of the held-out batches (default: the training\n"
             "                      value, training.mlm_probability)\n"
@@ -100,6 +103,7 @@ typedef struct opts {
     const char *eval[256];
     int neval;
     long eval_batches, eval_every, interleave, stop_after;
+    long long eval_seed; /* -1: the training seed + 1 */
     double peak_tflops;
     int profile;
     double eval_mask_prob;
@@ -242,8 +246,9 @@ static int eval_load(eval_set *ev, const opts *o, const tb_stream_config *train_
     tb_manifest man;
     if (build_manifest(&man, &eo, err)) return tb_err_wrap(err, "--eval-data");
     tb_stream_config sc = *train_sc;
-    sc.seed = train_sc->seed + 1;
+    sc.seed = o->eval_seed >= 0 ? (uint64_t)o->eval_seed : train_sc->seed + 1;
     if (o->eval_mask_prob > 0) sc.mask_prob = o->eval_mask_prob;
+    sc.mask_share = 0; /* DESIGN.md's 80/10/10, whatever training uses */
     tb_stream *st = tb_stream_open(&sc, &man, spm, NULL, err);
     if (!st) {
         tb_manifest_free(&man);
@@ -277,35 +282,60 @@ static int eval_load(eval_set *ev, const opts *o, const tb_stream_config *train_
     return rc;
 }
 
-/* Masked-LM loss over every supervised position of the held-out batches (no dropout). */
-static int eval_run(tb_trainer *tr, const eval_set *ev, tb_fwd_result *out, tb_err *err) {
+/* Masked-LM loss over every supervised position of the held-out batches (no dropout),
+ * and the same split by what the input holds there: [MASK] (split[0]) or a visible token,
+ * kept or random (split[1]). Two forwards per batch, one per kind; the whole is their
+ * count-weighted mean. */
+static int eval_run(tb_trainer *tr, const eval_set *ev, int32_t mask_id, tb_fwd_result *out,
+                    tb_fwd_result split[2], tb_err *err) {
     size_t n = (size_t)ev->B * ev->T;
-    double sum = 0;
-    int64_t count = 0, correct = 0;
+    double sum[2] = {0, 0};
+    int64_t count[2] = {0, 0}, correct[2] = {0, 0};
+    int32_t *lab = malloc(n * sizeof *lab);
+    if (!lab) return tb_err_set(err, "eval: out of memory");
     for (int b = 0; b < ev->n; b++) {
-        tb_batch mb = {ev->ids + (size_t)b * n, ev->labels + (size_t)b * n,
-                       key_mask_or_null(ev->mask + (size_t)b * n, n), ev->B, ev->T};
-        tb_dropout_ctx nod = {0};
-        tb_fwd_result f;
-        if (tb_model_forward(&tr->model, &mb, &nod, &f, err)) return -1;
-        sum += f.ce * (double)f.count;
-        count += f.count;
-        correct += f.correct;
+        const int32_t *ids = ev->ids + (size_t)b * n, *labels = ev->labels + (size_t)b * n;
+        for (int kind = 0; kind < 2; kind++) {
+            for (size_t i = 0; i < n; i++)
+                lab[i] = (ids[i] == mask_id) == (kind == 0) ? labels[i] : TB_LABEL_IGNORE;
+            tb_batch mb = {ids, lab, key_mask_or_null(ev->mask + (size_t)b * n, n), ev->B, ev->T};
+            tb_dropout_ctx nod = {0};
+            tb_fwd_result f;
+            if (tb_model_forward(&tr->model, &mb, &nod, &f, err)) {
+                free(lab);
+                return -1;
+            }
+            sum[kind] += f.ce * (double)f.count;
+            count[kind] += f.count;
+            correct[kind] += f.correct;
+        }
     }
+    free(lab);
     memset(out, 0, sizeof *out);
-    out->count = count;
-    out->correct = correct;
-    out->ce = count ? sum / (double)count : 0;
-    out->accuracy = count ? (double)correct / (double)count : 0;
+    for (int kind = 0; kind < 2; kind++) {
+        memset(&split[kind], 0, sizeof split[kind]);
+        split[kind].count = count[kind];
+        split[kind].correct = correct[kind];
+        split[kind].ce = count[kind] ? sum[kind] / (double)count[kind] : 0;
+        split[kind].accuracy = count[kind] ? (double)correct[kind] / (double)count[kind] : 0;
+    }
+    out->count = count[0] + count[1];
+    out->correct = correct[0] + correct[1];
+    out->ce = out->count ? (sum[0] + sum[1]) / (double)out->count : 0;
+    out->accuracy = out->count ? (double)out->correct / (double)out->count : 0;
     return 0;
 }
 
-static int report_eval(tb_trainer *tr, const eval_set *ev, tb_err *err) {
-    tb_fwd_result f;
-    if (eval_run(tr, ev, &f, err)) return -1;
+static int report_eval(tb_trainer *tr, const eval_set *ev, int32_t mask_id, tb_err *err) {
+    tb_fwd_result f, sp[2];
+    memset(&f, 0, sizeof f);
+    memset(sp, 0, sizeof sp);
+    if (eval_run(tr, ev, mask_id, &f, sp, err)) return -1;
     printf("eval step %" PRId64 ": masked-LM loss %.4f acc %.4f over %" PRId64
-           " positions (%d held-out batches of %d x %d)\n",
-           tr->opt.step, f.ce, f.accuracy, f.count, ev->n, ev->B, ev->T);
+           " positions (%d held-out batches of %d x %d); [MASK] inputs %.4f acc %.4f (%" PRId64
+           "), kept or random %.4f acc %.4f (%" PRId64 ")\n",
+           tr->opt.step, f.ce, f.accuracy, f.count, ev->n, ev->B, ev->T, sp[0].ce,
+           sp[0].accuracy, sp[0].count, sp[1].ce, sp[1].accuracy, sp[1].count);
     fflush(stdout);
     return 0;
 }
@@ -348,12 +378,13 @@ int main(int argc, char **argv) {
     o.steps = 100;
     o.seq_len = o.batch = o.accum = -1;
     o.eval_batches = 16;
+    o.eval_seed = -1;
     o.interleave = 1;
     o.lr_scale = 1;
     o.seed = -1;
     o.backend = "auto";
     enum { O_PRESET = 1, O_CONFIG, O_SET, O_DATA, O_TOK, O_STEPS, O_T, O_B, O_ACC, O_LR, O_SEED,
-           O_MIN, O_SAVE, O_SAVE_EVERY, O_RESUME, O_CSV, O_SPLIT, O_BACKEND, O_PAR, O_EVAL, O_EVALN, O_EVALE, O_EVALP, O_INTER, O_STOPA, O_PROF, O_PEAK, O_HELP };
+           O_MIN, O_SAVE, O_SAVE_EVERY, O_RESUME, O_CSV, O_SPLIT, O_BACKEND, O_PAR, O_EVAL, O_EVALN, O_EVALE, O_EVALP, O_INTER, O_EVALS, O_STOPA, O_PROF, O_PEAK, O_HELP };
     static const struct option lo[] = {
         {"preset", 1, 0, O_PRESET}, {"config", 1, 0, O_CONFIG},   {"set", 1, 0, O_SET},
         {"data", 1, 0, O_DATA},     {"tokenizer", 1, 0, O_TOK},   {"steps", 1, 0, O_STEPS},
@@ -364,6 +395,7 @@ int main(int argc, char **argv) {
         {"split-every", 1, 0, O_SPLIT}, {"backend", 1, 0, O_BACKEND}, {"parallel", 0, 0, O_PAR},
         {"eval-data", 1, 0, O_EVAL}, {"eval-batches", 1, 0, O_EVALN}, {"eval-every", 1, 0, O_EVALE},
         {"eval-mask-prob", 1, 0, O_EVALP}, {"interleave", 1, 0, O_INTER},
+        {"eval-seed", 1, 0, O_EVALS},
         {"stop-after", 1, 0, O_STOPA}, {"profile", 0, 0, O_PROF},
         {"peak-tflops", 1, 0, O_PEAK},
         {0, 0, 0, 0}};
@@ -410,6 +442,7 @@ int main(int argc, char **argv) {
         case O_EVALE: { long long v; NUM(v, strtoll_10); o.eval_every = (long)v; break; }
         case O_EVALP: NUM(o.eval_mask_prob, strtod); break;
         case O_INTER: { long long v; NUM(v, strtoll_10); o.interleave = (long)v; break; }
+        case O_EVALS: NUM(o.eval_seed, strtoll_10); break;
         case O_STOPA: { long long v; NUM(v, strtoll_10); o.stop_after = (long)v; break; }
         case O_PROF: o.profile = 1; break;
         case O_PEAK: NUM(o.peak_tflops, strtod); break;
@@ -521,6 +554,7 @@ int main(int argc, char **argv) {
     sc.seq_len = (uint32_t)T;
     sc.batch_size = (uint32_t)B;
     sc.mask_prob = rc.training.mlm_probability;
+    sc.mask_share = rc.training.mlm_mask_share;
     sc.seed = (uint64_t)rc.training.seed;
     sc.threads = 1;
     eval_set ev;
@@ -641,7 +675,7 @@ int main(int argc, char **argv) {
             fflush(stdout);
         }
         if (ev.n && o.eval_every > 0 && tr.opt.step % o.eval_every == 0 &&
-            report_eval(&tr, &ev, &err)) {
+            report_eval(&tr, &ev, specials.mask, &err)) {
             fprintf(stderr, "tb-train-local: eval: %s\n", err.msg);
             status = TB_EX_SOFTWARE;
             goto done;
@@ -672,7 +706,7 @@ int main(int argc, char **argv) {
         status = TB_EX_IOERR;
     }
     if (ev.n && !(o.eval_every > 0 && tr.opt.step % o.eval_every == 0) &&
-        report_eval(&tr, &ev, &err)) {
+        report_eval(&tr, &ev, specials.mask, &err)) {
         fprintf(stderr, "tb-train-local: eval: %s\n", err.msg);
         status = TB_EX_SOFTWARE;
     }
