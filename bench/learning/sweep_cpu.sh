@@ -77,6 +77,8 @@ gpuq g_ms4 "${run6[@]}" --set training.mlm_mask_share=0.4
 gpuq g_ms2 "${run6[@]}" --set training.mlm_mask_share=0.2
 gpuq g_ms6s2 "${run6[@]}" --set training.mlm_mask_share=0.6 --seed 2
 gpuq g_ms4s2 "${run6[@]}" --set training.mlm_mask_share=0.4 --seed 2
+gpuq g_ms2s2 "${run6[@]}" --set training.mlm_mask_share=0.2 --seed 2
+gpuq g_ms2s3 "${run6[@]}" --set training.mlm_mask_share=0.2 --seed 3
 if [ "${#gpu[@]}" -gt 0 ]; then
     (
         end=$((SECONDS + ${TB_SWEEP_GPU_S:-540}))
