@@ -96,6 +96,55 @@ static void test_gemm_descriptor_cache_hits_on_repeat(void **state) {
     gmode = G_ORDERED;
 }
 
+/* More distinct shapes than the cache has slots, enqueued back to back without waiting,
+ * so full-table evictions destroy descriptors of matmuls that may still be queued: every
+ * result still matches the CPU. */
+static void test_gemm_cache_evicts_when_full_and_results_hold(void **state) {
+    (void)state;
+    int cap, e0;
+    long ev0, ev1, h0, m0, bu0, bu1;
+    tb_cuda_gemm_cache_more(&cap, &ev0, &bu0);
+    ct_gpu->core.set_precision(TB_PREC_BF16);
+    const int n = cap + 100, K = 24;
+    float **ha = calloc((size_t)n, sizeof *ha), **hb = calloc((size_t)n, sizeof *hb);
+    float **da = calloc((size_t)n, sizeof *da), **db = calloc((size_t)n, sizeof *db),
+          **dc = calloc((size_t)n, sizeof *dc);
+    assert_non_null(ha), assert_non_null(hb), assert_non_null(da), assert_non_null(db), assert_non_null(dc);
+    for (int i = 0; i < n; i++) { /* (M, N) distinct for every i */
+        int M = 1 + i % 50, N = 1 + i / 50;
+        ha[i] = ct_hmalloc((size_t)M * K * 4), hb[i] = ct_hmalloc((size_t)K * N * 4);
+        ct_fill(ha[i], (size_t)M * K, -1, 1);
+        ct_fill(hb[i], (size_t)K * N, -1, 1);
+        da[i] = ct_up(ha[i], (size_t)M * K * 4), db[i] = ct_up(hb[i], (size_t)K * N * 4);
+        dc[i] = ct_poisoned((size_t)M * N * 4);
+    }
+    for (int i = 0; i < n; i++) {
+        int M = 1 + i % 50, N = 1 + i / 50;
+        ct_gpu->core.gemm(dc[i], da[i], db[i], M, N, K, 0, 0, K, N, N, 1.0f, 0.0f, ct_gpu);
+    }
+    tb_cuda_gemm_cache_stats(&e0, &h0, &m0);
+    tb_cuda_gemm_cache_more(&cap, &ev1, &bu1);
+    assert_int_equal(e0, cap);
+    assert_true(ev1 - ev0 >= 100);
+    assert_true(bu1 > bu0); /* shapes of one bucket shared its algorithm */
+    double worst = 0;
+    for (int i = 0; i < n; i++) {
+        int M = 1 + i % 50, N = 1 + i / 50;
+        float *g = ct_hmalloc((size_t)M * N * 4), *c = ct_hmalloc((size_t)M * N * 4);
+        ct_down(g, dc[i], (size_t)M * N * 4);
+        ct_cpu->core.gemm(c, ha[i], hb[i], M, N, K, 0, 0, K, N, N, 1.0f, 0.0f, ct_cpu);
+        double e = ct_rel_err(g, c, (size_t)M * N);
+        if (e > worst) worst = e;
+        if (!(e <= 2e-2)) print_message("gemm %d (M=%d N=%d): rel err %.3e\n", i, M, N, e);
+        assert_true(e <= 2e-2);
+        tb_cuda_free(da[i]), tb_cuda_free(db[i]), tb_cuda_free(dc[i]);
+        free(ha[i]), free(hb[i]), free(g), free(c);
+    }
+    ct_record("core.gemm bf16 past a full descriptor cache", worst);
+    free(ha), free(hb), free(da), free(db), free(dc);
+    ct_gpu->core.set_precision(TB_PREC_FP32);
+}
+
 static void test_elementwise_sum_and_adamw_match_cpu(void **state) {
     (void)state;
     static const size_t sizes[] = {1, 7, 255, 256, 257, 100003, 1 << 20};
@@ -174,6 +223,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gemm_matches_cpu_every_transpose_and_stride),
         cmocka_unit_test(test_gemm_descriptor_cache_hits_on_repeat),
+        cmocka_unit_test(test_gemm_cache_evicts_when_full_and_results_hold),
         cmocka_unit_test(test_elementwise_sum_and_adamw_match_cpu),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);

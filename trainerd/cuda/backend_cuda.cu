@@ -152,6 +152,12 @@ extern "C" void tb_cuda_gemm_cache_stats(int *entries, long *hits, long *misses)
     *misses = tbc_g ? tbc_g->gemm_misses : 0;
 }
 
+extern "C" void tb_cuda_gemm_cache_more(int *capacity, long *evictions, long *bucket_uses) {
+    *capacity = TBC_GEMM_CACHE;
+    *evictions = tbc_g ? tbc_g->gemm_evictions : 0;
+    *bucket_uses = tbc_g ? tbc_g->gemm_bucket_uses : 0;
+}
+
 /* ---- GEMM through cuBLASLt ------------------------------------------------------ */
 
 /* Row-major c (M,N) = op(a)·op(b) is column-major cᵀ (N,M) = op(b)ᵀ·op(a)ᵀ: cuBLASLt's
@@ -171,12 +177,14 @@ static unsigned gemm_hash(const int *k, int n) {
     return h;
 }
 
-static void gemm_entry_build(tbc_gemm_entry *e, int align) {
+/* The float entry's descriptor and layouts from its key fields. */
+static void gemm_entry_layouts(tbc_gemm_entry *e) {
     cublasOperation_t opA = e->tb ? CUBLAS_OP_T : CUBLAS_OP_N; /* A = b */
     cublasOperation_t opB = e->ta ? CUBLAS_OP_T : CUBLAS_OP_N; /* B = a */
-    cublasComputeType_t ct = e->prec == TB_PREC_BF16   ? CUBLAS_COMPUTE_32F_FAST_16BF
-                             : e->prec == TB_PREC_FP16 ? CUBLAS_COMPUTE_32F_FAST_16F
-                                                       : CUBLAS_COMPUTE_32F;
+    int prec = e->prec % TBC_BUCKET_MARK;
+    cublasComputeType_t ct = prec == TB_PREC_BF16   ? CUBLAS_COMPUTE_32F_FAST_16BF
+                             : prec == TB_PREC_FP16 ? CUBLAS_COMPUTE_32F_FAST_16F
+                                                    : CUBLAS_COMPUTE_32F;
     TBC_CHECK_LT(cublasLtMatmulDescCreate(&e->desc, ct, CUDA_R_32F));
     TBC_CHECK_LT(cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof opA));
     TBC_CHECK_LT(cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof opB));
@@ -186,22 +194,28 @@ static void gemm_entry_build(tbc_gemm_entry *e, int align) {
     TBC_CHECK_LT(cublasLtMatrixLayoutCreate(&e->lb, CUDA_R_32F, e->ta ? e->M : e->K,
                                             e->ta ? e->K : e->M, e->lda));
     TBC_CHECK_LT(cublasLtMatrixLayoutCreate(&e->lc, CUDA_R_32F, e->N, e->M, e->ldc));
-    cublasLtMatmulPreference_t pref;
-    TBC_CHECK_LT(cublasLtMatmulPreferenceCreate(&pref));
+}
+
+/* cuBLASLt's first choice for the entry's descriptor and layouts; -1 when it offers none. */
+static int gemm_heuristic(tbc_gemm_entry *e) {
+    cublasLtMatmulPreference_t pref = NULL;
+    if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return -1;
     size_t ws = tbc_g->workspace_bytes;
-    uint32_t al = (uint32_t)align;
-    TBC_CHECK_LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
-    TBC_CHECK_LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al, sizeof al));
-    TBC_CHECK_LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof al));
-    TBC_CHECK_LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al));
-    TBC_CHECK_LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al));
+    uint32_t al = (uint32_t)e->align;
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al, sizeof al);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof al);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al);
     cublasLtMatmulHeuristicResult_t res;
     int nres = 0;
-    TBC_CHECK_LT(cublasLtMatmulAlgoGetHeuristic(tbc_g->lt, e->desc, e->la, e->lb, e->lc, e->lc,
-                                                pref, 1, &res, &nres));
-    TBC_CHECK_LT(cublasLtMatmulPreferenceDestroy(pref));
-    if (nres < 1) tbc_fatal("cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__, "no algorithm");
+    if (cublasLtMatmulAlgoGetHeuristic(tbc_g->lt, e->desc, e->la, e->lb, e->lc, e->lc, pref, 1, &res, &nres) !=
+        CUBLAS_STATUS_SUCCESS)
+        nres = 0;
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (nres < 1) return -1;
     e->algo = res.algo;
+    return 0;
 }
 
 static void gemm_entry_destroy(tbc_gemm_entry *e) {
@@ -211,37 +225,91 @@ static void gemm_entry_destroy(tbc_gemm_entry *e) {
     cublasLtMatmulDescDestroy(e->desc);
 }
 
+/* The cache slot for key {M, N, K, ta, tb, lda, ldb, ldc, align, prec}: the entry holding
+ * it (*hit = 1), else a free slot, else (table full) the key's home slot, emptied. The
+ * evicted entry's descriptors are host objects whose contents cuBLASLt reads when a
+ * matmul is enqueued, so they are destroyed without waiting for the stream. */
+static tbc_gemm_entry *gemm_slot(tbc_gemm_entry *table, int size, const int key[10], int *hit) {
+    unsigned h = gemm_hash(key, 10) % (unsigned)size;
+    *hit = 0;
+    for (int p = 0; p < size; p++) {
+        tbc_gemm_entry *x = &table[(h + p) % (unsigned)size];
+        if (!x->used) return x;
+        if (x->M == key[0] && x->N == key[1] && x->K == key[2] && x->ta == key[3] && x->tb == key[4] &&
+            x->lda == key[5] && x->ldb == key[6] && x->ldc == key[7] && x->align == key[8] &&
+            x->prec == key[9]) {
+            *hit = 1;
+            return x;
+        }
+    }
+    tbc_gemm_entry *x = &table[h];
+    gemm_entry_destroy(x);
+    x->used = 0;
+    tbc_g->gemm_evictions++;
+    return x;
+}
+
+/* A missed slot's key fields. */
+static void gemm_slot_fill(tbc_gemm_entry *e, const int key[10]) {
+    memset(e, 0, sizeof *e);
+    e->M = key[0], e->N = key[1], e->K = key[2], e->ta = key[3], e->tb = key[4];
+    e->lda = key[5], e->ldb = key[6], e->ldc = key[7], e->align = key[8], e->prec = key[9];
+}
+
 /* The int8 entry (prec TBC_PREC_S8 in the key): yᵀ (out, n) = wᵀᵀ · xᵀ column-major, i.e.
  * cuBLASLt's A = w (in, out) transposed, B = x (in, n), "TN" as the int8 kernels want.
  * Returns -1 (entry marked unsupported) when no algorithm comes back. */
 #define TBC_PREC_S8 (-8)
-static int gemm_entry_build_s8(tbc_gemm_entry *e) {
+static int gemm_entry_layouts_s8(tbc_gemm_entry *e) {
     cublasOperation_t opA = CUBLAS_OP_T, opB = CUBLAS_OP_N;
     if (cublasLtMatmulDescCreate(&e->desc, CUBLAS_COMPUTE_32I, CUDA_R_32I) != CUBLAS_STATUS_SUCCESS) return -1;
     cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof opA);
     cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof opB);
-    int ok = cublasLtMatrixLayoutCreate(&e->la, CUDA_R_8I, e->K, e->N, e->K) == CUBLAS_STATUS_SUCCESS &&
-             cublasLtMatrixLayoutCreate(&e->lb, CUDA_R_8I, e->K, e->M, e->K) == CUBLAS_STATUS_SUCCESS &&
-             cublasLtMatrixLayoutCreate(&e->lc, CUDA_R_32I, e->N, e->M, e->N) == CUBLAS_STATUS_SUCCESS;
-    cublasLtMatmulPreference_t pref = NULL;
-    int nres = 0;
-    cublasLtMatmulHeuristicResult_t res;
-    if (ok && cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS) {
-        size_t ws = tbc_g->workspace_bytes;
-        uint32_t al = (uint32_t)e->align;
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al, sizeof al);
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof al);
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al);
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al);
-        if (cublasLtMatmulAlgoGetHeuristic(tbc_g->lt, e->desc, e->la, e->lb, e->lc, e->lc, pref, 1, &res, &nres) !=
-            CUBLAS_STATUS_SUCCESS)
-            nres = 0;
-        cublasLtMatmulPreferenceDestroy(pref);
+    int ok = cublasLtMatrixLayoutCreate(&e->la, CUDA_R_8I, e->K, e->N, e->lda) == CUBLAS_STATUS_SUCCESS &&
+             cublasLtMatrixLayoutCreate(&e->lb, CUDA_R_8I, e->K, e->M, e->ldb) == CUBLAS_STATUS_SUCCESS &&
+             cublasLtMatrixLayoutCreate(&e->lc, CUDA_R_32I, e->N, e->M, e->ldc) == CUBLAS_STATUS_SUCCESS;
+    return ok ? 0 : -1;
+}
+
+/* Descriptor, layouts and algorithm of a missed entry (key fields filled). The
+ * algorithm: the one cuBLASLt picks for the key's bucket (M and K rounded up to
+ * TBC_BUCKET rows, leading dimensions widened to fit), when cublasLtMatmulAlgoCheck
+ * accepts it for the exact shape, else the heuristic's choice for the exact shape. The
+ * MoE's expert GEMMs change M (or K) on every call; one heuristic per bucket instead of
+ * per call keeps the host ahead of the GPU. Both choices are functions of the key alone
+ * (the bucket's shape, not the first shape seen in it), so a resumed run picks the same
+ * algorithms as an uninterrupted one. Returns -1 when neither gives an algorithm. */
+static int gemm_entry_build(tbc_gemm_entry *e) {
+    int s8 = e->prec == TBC_PREC_S8;
+    if (s8 ? gemm_entry_layouts_s8(e) : (gemm_entry_layouts(e), 0)) return -1;
+    int bkey[10] = {(e->M + TBC_BUCKET - 1) / TBC_BUCKET * TBC_BUCKET, e->N,
+                    (e->K + TBC_BUCKET - 1) / TBC_BUCKET * TBC_BUCKET, e->ta, e->tb, e->lda, e->ldb,
+                    e->ldc, e->align, e->prec + TBC_BUCKET_MARK};
+    if (s8) { /* K is the weight's in: fixed */
+        bkey[2] = e->K;
+    } else { /* leading dimensions that hold the rounded rows (see gemm_entry_layouts) */
+        int rb = e->ta ? bkey[0] : bkey[2], ra = e->tb ? bkey[2] : e->N;
+        if (bkey[5] < rb) bkey[5] = rb;
+        if (bkey[6] < ra) bkey[6] = ra;
     }
-    if (nres < 1) return -1;
-    e->algo = res.algo;
-    return 0;
+    int hit;
+    tbc_gemm_entry *b = gemm_slot(tbc_g->bucket, TBC_BUCKETS, bkey, &hit);
+    if (!hit) {
+        gemm_slot_fill(b, bkey);
+        b->unsupported = (s8 ? gemm_entry_layouts_s8(b) : (gemm_entry_layouts(b), 0)) || gemm_heuristic(b);
+        b->used = 1;
+    }
+    if (!b->unsupported) {
+        cublasLtMatmulHeuristicResult_t r;
+        if (cublasLtMatmulAlgoCheck(tbc_g->lt, e->desc, e->la, e->lb, e->lc, e->lc, &b->algo, &r) ==
+                CUBLAS_STATUS_SUCCESS &&
+            r.workspaceSize <= tbc_g->workspace_bytes) {
+            e->algo = b->algo;
+            tbc_g->gemm_bucket_uses++;
+            return 0;
+        }
+    }
+    return gemm_heuristic(e);
 }
 
 /* c = beta·c (or 0 when beta = 0) for K = 0, where cuBLASLt has nothing to multiply. */
@@ -272,42 +340,20 @@ void tbc_gemm(float *c, const float *a, const float *b, int M, int N, int K, int
     if (ab < align) align = ab;
     if (ac < align) align = ac;
     int key[10] = {M, N, K, ta, tb, lda, ldb, ldc, align, g->prec};
-    unsigned h = gemm_hash(key, 10) % TBC_GEMM_CACHE;
-    tbc_gemm_entry *e = NULL, tmp;
-    for (int p = 0; p < TBC_GEMM_CACHE; p++) {
-        tbc_gemm_entry *x = &g->gemm[(h + p) % TBC_GEMM_CACHE];
-        if (!x->used) {
-            e = x;
-            break;
-        }
-        if (x->M == M && x->N == N && x->K == K && x->ta == ta && x->tb == tb && x->lda == lda &&
-            x->ldb == ldb && x->ldc == ldc && x->align == align && x->prec == g->prec) {
-            e = x;
-            break;
-        }
-    }
-    int transient = 0;
-    if (e && e->used) {
+    int hit;
+    tbc_gemm_entry *e = gemm_slot(g->gemm, TBC_GEMM_CACHE, key, &hit);
+    if (hit) {
         g->gemm_hits++;
     } else {
         g->gemm_misses++;
-        if (!e) { /* cache full: build, use, destroy */
-            e = &tmp;
-            transient = 1;
-        }
-        memset(e, 0, sizeof *e);
-        e->M = M, e->N = N, e->K = K, e->ta = ta, e->tb = tb;
-        e->lda = lda, e->ldb = ldb, e->ldc = ldc, e->align = align, e->prec = g->prec;
-        gemm_entry_build(e, align);
+        gemm_slot_fill(e, key);
+        e->unsupported = gemm_entry_build(e) != 0;
         e->used = 1;
+        if (e->unsupported) tbc_fatal("cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__, "no algorithm");
     }
     TBC_CHECK_LT(cublasLtMatmul(g->lt, e->desc, &alpha, b, e->la, a, e->lb, &beta, c, e->lc, c,
                                 e->lc, &e->algo, g->workspace, g->workspace_bytes, g->stream));
     tbc_op_sync();
-    if (transient) {
-        TBC_CHECK(cudaStreamSynchronize(g->stream));
-        gemm_entry_destroy(e);
-    }
 }
 
 int tbc_gemm_s8(int32_t *c, const int8_t *x, const int8_t *w, int n, int in, int out) {
@@ -318,44 +364,21 @@ int tbc_gemm_s8(int32_t *c, const int8_t *x, const int8_t *w, int n, int in, int
     if (ac < align) align = ac;
     if (align < 4) return -1;
     int key[10] = {n, out, in, 0, 1, in, in, out, align, TBC_PREC_S8};
-    unsigned h = gemm_hash(key, 10) % TBC_GEMM_CACHE;
-    tbc_gemm_entry *e = NULL;
-    for (int p = 0; p < TBC_GEMM_CACHE; p++) {
-        tbc_gemm_entry *q = &g->gemm[(h + p) % TBC_GEMM_CACHE];
-        if (!q->used || (q->M == n && q->N == out && q->K == in && q->ta == 0 && q->tb == 1 && q->lda == in &&
-                         q->ldb == in && q->ldc == out && q->align == align && q->prec == TBC_PREC_S8)) {
-            e = q;
-            break;
-        }
-    }
-    tbc_gemm_entry tmp;
-    int transient = 0;
-    if (e && e->used) {
+    int hit;
+    tbc_gemm_entry *e = gemm_slot(g->gemm, TBC_GEMM_CACHE, key, &hit);
+    if (hit) {
         g->gemm_hits++;
     } else {
         g->gemm_misses++;
-        if (!e) {
-            e = &tmp;
-            transient = 1;
-        }
-        memset(e, 0, sizeof *e);
-        e->M = n, e->N = out, e->K = in, e->ta = 0, e->tb = 1;
-        e->lda = in, e->ldb = in, e->ldc = out, e->align = align, e->prec = TBC_PREC_S8;
-        e->unsupported = gemm_entry_build_s8(e) != 0;
+        gemm_slot_fill(e, key);
+        e->unsupported = gemm_entry_build(e) != 0;
         e->used = 1;
     }
-    if (e->unsupported) {
-        if (transient) gemm_entry_destroy(e);
-        return -1;
-    }
+    if (e->unsupported) return -1;
     int32_t one = 1, zero = 0;
     TBC_CHECK_LT(cublasLtMatmul(g->lt, e->desc, &one, w, e->la, x, e->lb, &zero, c, e->lc, c, e->lc, &e->algo,
                                 g->workspace, g->workspace_bytes, g->stream));
     tbc_op_sync();
-    if (transient) {
-        TBC_CHECK(cudaStreamSynchronize(g->stream));
-        gemm_entry_destroy(e);
-    }
     return 0;
 }
 

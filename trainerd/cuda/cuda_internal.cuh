@@ -60,7 +60,14 @@ enum {
     TBC_SCR_COUNT
 };
 
-#define TBC_GEMM_CACHE 256
+/* Descriptor cache slots. The MoE's expert GEMMs have a row count that changes every
+ * call, so the table fills; a full table evicts the key's home slot. */
+#define TBC_GEMM_CACHE 2048
+/* Algorithm buckets (backend_cuda.cu gemm_entry_build): M and K rounded up to TBC_BUCKET;
+ * bucket keys carry prec + TBC_BUCKET_MARK. */
+#define TBC_BUCKET 256
+#define TBC_BUCKETS 512
+#define TBC_BUCKET_MARK 1000
 
 typedef struct tbc_gemm_entry {
     int used;
@@ -81,7 +88,8 @@ typedef struct tbc_ctx {
     void *scratch[TBC_SCR_COUNT];
     size_t scratch_cap[TBC_SCR_COUNT];
     tbc_gemm_entry gemm[TBC_GEMM_CACHE];
-    long gemm_hits, gemm_misses;
+    tbc_gemm_entry bucket[TBC_BUCKETS];
+    long gemm_hits, gemm_misses, gemm_evictions, gemm_bucket_uses;
     int sync_ops; /* 1: every op waits for the stream before returning (tb_cuda_set_sync) */
     int managed;  /* 1: mem_alloc gives managed memory (TB_CUDA_MANAGED=1) */
     int prec;     /* GEMM precision (tb_precision: FP32, BF16 or FP16) */

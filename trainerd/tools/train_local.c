@@ -719,6 +719,17 @@ int main(int argc, char **argv) {
            fpt / 1e9, T, fpt * tps / 1e12);
     if (o.peak_tflops > 0) printf(", MFU %.2f%% of %g TFLOP/s", 100 * fpt * tps / (o.peak_tflops * 1e12), o.peak_tflops);
     printf("\n");
+#ifdef TB_HAVE_CUDA_BACKEND
+    if (!strcmp(be->name, "cuda")) {
+        int ent, cap;
+        long hits, misses, evict, bucket;
+        tb_cuda_gemm_cache_stats(&ent, &hits, &misses);
+        tb_cuda_gemm_cache_more(&cap, &evict, &bucket);
+        printf("tb-train-local: cuBLASLt descriptor cache: %d of %d slots, %ld hits, %ld misses "
+               "(%ld took their bucket's algorithm), %ld evictions\n", ent, cap, hits, misses,
+               bucket, evict);
+    }
+#endif
 done:
     eval_free(&ev);
     tb_stream_batch_free(&sb);
