@@ -213,7 +213,7 @@ static void test_bitlinear_forward_and_ste_backward_equal_definition_exactly(voi
         int in = c.p.in, out = c.p.out;
         linear_forward(be, c.y, c.act, c.x, &c.p, n);
         const real *stats = c.act;
-        const int8_t *xq = (const int8_t *)(c.act + 3 * n);
+        const int8_t *xq = (const int8_t *)(c.act + linear_xq_offset(n));
         /* codes: independent half-to-even of x̂ s_x and W s_w */
         for (size_t t = 0; t < n; t++)
             for (int j = 0; j < in; j++) {

@@ -5,13 +5,24 @@ size_t linear_codes_bytes(int in, int out) {
     return (size_t)in * (size_t)out;
 }
 
-/* stats (ntok, 3) then x_q packed as int8 into whole reals. */
+/* Counts rounded up to 4 reals, so that a region that starts 16-byte aligned keeps its
+ * parts aligned (cuBLASLt's int8 and tensor-core kernels want 16-byte operands; the MoE
+ * lays the experts' regions one after the other). */
+static size_t r4(size_t n) {
+    return (n + 3) & ~(size_t)3;
+}
+
+/* stats (ntok, 3) then x_q packed as int8 into whole reals, each part rounded by r4. */
 static size_t xq_reals(size_t ntok, int in) {
     return (ntok * (size_t)in + sizeof(real) - 1) / sizeof(real);
 }
 
 size_t linear_act_count(const tb_linear *p, size_t ntok) {
-    return p->bitnet ? 3 * ntok + xq_reals(ntok, p->in) : 0;
+    return p->bitnet ? r4(3 * ntok) + r4(xq_reals(ntok, p->in)) : 0;
+}
+
+size_t linear_xq_offset(size_t ntok) {
+    return r4(3 * ntok);
 }
 
 size_t linear_scratch_count(const tb_linear *p, size_t ntok) {
@@ -30,7 +41,7 @@ void linear_forward(const tb_backend *be, real *y, real *act, const real *x, con
         return;
     }
     real *stats = act;
-    int8_t *xq = (int8_t *)(act + 3 * ntok);
+    int8_t *xq = (int8_t *)(act + linear_xq_offset(ntok));
     be->dense.bitlinear_quant_x(xq, stats, x, ntok, p->in);
     be->dense.bitlinear_fwd(y, xq, stats, p->wq, p->sw, ntok, p->in, p->out);
 }
@@ -42,7 +53,7 @@ void linear_backward(const tb_backend *be, real *dx, real *scratch, const real *
         return;
     }
     const real *stats = act;
-    const int8_t *xq = (const int8_t *)(act + 3 * ntok);
+    const int8_t *xq = (const int8_t *)(act + linear_xq_offset(ntok));
     be->dense.bitlinear_bwd(dx, p->dw, scratch, dy, x, xq, stats, p->wq, p->sw, ntok, p->in,
                             p->out);
 }

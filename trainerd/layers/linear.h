@@ -35,6 +35,8 @@ size_t linear_codes_bytes(int in, int out);
  * BitLinear: per token (mean, rstd, s_x) then x_q as int8 packed into reals
  * (3·ntok + ceil(ntok·in / sizeof(real))). Plain: 0 (backward reads the input x). */
 size_t linear_act_count(const tb_linear *p, size_t ntok);
+/* Where a BitLinear act's int8 codes start, in reals after its per-token stats. */
+size_t linear_xq_offset(size_t ntok);
 /* Reals of scratch backward needs (BitLinear: dx̂, ntok·in; plain: 0). */
 size_t linear_scratch_count(const tb_linear *p, size_t ntok);
 

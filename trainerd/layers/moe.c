@@ -2,9 +2,10 @@
 #include <stdlib.h>
 #include "../backend.h"
 
+/* Parts rounded up to 4 reals: 16-byte aligned when the base is (linear.c r4). */
 static real *take(real *base, size_t *off, size_t n) {
     real *p = base ? base + *off : NULL;
-    *off += n;
+    *off += (n + 3) & ~(size_t)3;
     return p;
 }
 
@@ -17,8 +18,8 @@ static size_t i32_reals(size_t n) {
  * (ntok·K int32); offsets (E+1 int32); per kept assignment j (grouped by expert as
  * `order`): xe (C), he (F, pre-activation), ae (F), ye (C); router act; then the experts'
  * linear acts, expert after expert, each sized for its own row count. Their sum is
- * bounded by the act count for all ntok·K rows plus E (linear_act_count is affine in the
- * row count up to one ceil per call). */
+ * bounded by the act count for all ntok·K rows plus 8 E (linear_act_count is affine in
+ * the row count up to one ceil and two roundings to 4 reals per call). */
 typedef struct moe_act {
     real *logits, *probs, *gate, *lbal, *xe, *he, *ae, *ye, *l_router, *l_up, *l_down;
     int32_t *sel, *order, *offsets;
@@ -40,8 +41,8 @@ static moe_act moe_layout(real *base, const tb_moe *p, size_t ntok) {
     a.ae = take(base, &off, nK * (size_t)p->F);
     a.ye = take(base, &off, nK * (size_t)p->C);
     a.l_router = take(base, &off, linear_act_count(&p->router, ntok));
-    a.up_cap = linear_act_count(&p->up[0], nK) + E;
-    a.down_cap = linear_act_count(&p->down[0], nK) + E;
+    a.up_cap = linear_act_count(&p->up[0], nK) + 8 * E;
+    a.down_cap = linear_act_count(&p->down[0], nK) + 8 * E;
     a.l_up = take(base, &off, a.up_cap);
     a.l_down = take(base, &off, a.down_cap);
     a.total = off;
