@@ -187,6 +187,12 @@ static void test_elementwise_sum_and_adamw_match_cpu(void **state) {
         ct_down(out, dy, B);
         check("core.scale", out, y, n, shape);
         double hs = ct_gpu->core.sumsq(dy, n), cs = ct_cpu->core.sumsq(y, n);
+        /* sumsq_many: the same kernels per range, so the same bits as sumsq */
+        size_t off[2] = {0, n / 2}, num[2] = {n / 2, n - n / 2};
+        double many[2];
+        ct_gpu->core.sumsq_many(many, dy, off, num, 2);
+        assert_true(many[0] == ct_gpu->core.sumsq(dy, n / 2));
+        assert_true(many[1] == ct_gpu->core.sumsq(dy + n / 2, n - n / 2));
         ct_record("core.sumsq", fabs(hs - cs) / cs);
         assert_true(fabs(hs - cs) <= 1e-12 * cs);
         assert_int_equal(ct_gpu->core.all_finite(dy, n), 1);

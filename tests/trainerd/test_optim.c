@@ -65,6 +65,13 @@ static void test_sumsq_and_all_finite(void **s) {
     const tb_backend *be = tb_backend_cpu();
     double x[7] = {1, -2, 3, 0.5, 0, -1, 2};
     assert_true(fabs(be->core.sumsq(x, 7) - 19.25) < 1e-12);
+    /* sumsq_many: each range as sumsq gives it, an empty range 0 */
+    const size_t off[3] = {0, 2, 5}, num[3] = {2, 0, 2};
+    double many[3] = {-1, -1, -1};
+    be->core.sumsq_many(many, x, off, num, 3);
+    assert_true(many[0] == be->core.sumsq(x, 2));
+    assert_true(many[1] == 0.0);
+    assert_true(many[2] == be->core.sumsq(x + 5, 2));
     assert_true(be->core.all_finite(x, 7));
     x[4] = INFINITY;
     assert_false(be->core.all_finite(x, 7));

@@ -55,6 +55,11 @@ static double cpu_sumsq(const real *x, size_t n) {
     return (s[0] + s[1]) + (s[2] + s[3]);
 }
 
+static void cpu_sumsq_many(double *out, const real *base, const size_t *offset, const size_t *n,
+                           int count) {
+    for (int i = 0; i < count; i++) out[i] = cpu_sumsq(base + offset[i], n[i]);
+}
+
 static int cpu_all_finite(const real *x, size_t n) {
     /* x * 0 is 0 for finite x and NaN for inf/NaN; summing keeps the loop branch-free. */
     real acc = 0;
@@ -94,6 +99,7 @@ void tb_cpu_ops_core_init(tb_ops_core *ops) {
     ops->scale = cpu_scale;
     ops->axpby = cpu_axpby;
     ops->sumsq = cpu_sumsq;
+    ops->sumsq_many = cpu_sumsq_many;
     ops->all_finite = cpu_all_finite;
     ops->adamw = cpu_adamw;
 }

@@ -479,6 +479,17 @@ static void cu_axpby(real *z, real a, const real *x, real b, const real *y, size
 
 static double cu_sumsq(const real *x, size_t n) { return reduce_to_host(x, n, TBC_RED_SQUARE); }
 
+/* The kernels of cu_sumsq per range (the same bits), one copy back and one wait. */
+static void cu_sumsq_many(double *out, const real *base, const size_t *offset, const size_t *n,
+                          int count) {
+    if (count <= 0) return;
+    double *d = (double *)tbc_scratch(TBC_SCR_RESULT, (size_t)count * sizeof(double));
+    for (int i = 0; i < count; i++) tbc_reduce_float(d + i, base + offset[i], n[i], TBC_RED_SQUARE);
+    TBC_CHECK(cudaMemcpyAsync(out, d, (size_t)count * sizeof(double), cudaMemcpyDeviceToHost,
+                              tbc_g->stream));
+    TBC_CHECK(cudaStreamSynchronize(tbc_g->stream));
+}
+
 static int cu_all_finite(const real *x, size_t n) { return reduce_to_host(x, n, TBC_RED_NONFINITE) == 0.0; }
 
 static void cu_adamw(real *w, real *m, real *v, const real *g, size_t n, double lr, double wd,
@@ -597,6 +608,7 @@ void tbc_ops_core_init(tb_ops_core *ops) {
     ops->scale = cu_scale;
     ops->axpby = cu_axpby;
     ops->sumsq = cu_sumsq;
+    ops->sumsq_many = cu_sumsq_many;
     ops->all_finite = cu_all_finite;
     ops->adamw = cu_adamw;
 }

@@ -185,11 +185,17 @@ void td_trainer_apply(td_trainer *t, td_step_result *r) {
     double comp[TD_COMP_COUNT] = {0};
     int bad = 0;
     const tb_params *p = &t->m.p;
+    double *ss = malloc((size_t)(p->count > 0 ? p->count : 1) * sizeof *ss);
+    if (ss && tb_optim_grad_sumsq(t->be, p, ss)) {
+        free(ss);
+        ss = NULL;
+    }
     for (int i = 0; i < p->count; i++) {
-        double s = t->be->core.sumsq(p->grad + p->t[i].offset, p->t[i].numel);
+        double s = ss ? ss[i] : t->be->core.sumsq(p->grad + p->t[i].offset, p->t[i].numel);
         if (!isfinite(s)) bad = 1;
         comp[t->comp[i]] += s;
     }
+    free(ss);
     double ls = t->o.loss_scaling ? t->o.loss_scale : 1.0; /* the gradients carry it */
     for (int c = 0; c < TD_COMP_COUNT; c++) r->comp_norm[c] = sqrt(comp[c]) / micro / ls;
     if (bad && !r->nonfinite_loss && ls > 1) bad = 0; /* an fp16 overflow: no report */

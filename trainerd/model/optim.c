@@ -1,4 +1,5 @@
 #include "optim.h"
+#include <stdlib.h>
 #include <math.h>
 #include <string.h>
 
@@ -20,6 +21,17 @@ double tb_sched_factor(const tb_train_config *t, int64_t step) {
     return mn + (1 - mn) * 0.5 * (1 + cos(M_PI * p));
 }
 
+int tb_optim_grad_sumsq(const tb_backend *be, const tb_params *p, double *out) {
+    if (p->count <= 0) return 0;
+    size_t *off = malloc((size_t)p->count * 2 * sizeof *off);
+    if (!off) return -1;
+    size_t *num = off + p->count;
+    for (int i = 0; i < p->count; i++) off[i] = p->t[i].offset, num[i] = p->t[i].numel;
+    be->core.sumsq_many(out, p->grad, off, num, p->count);
+    free(off);
+    return 0;
+}
+
 tb_optim_status tb_optim_step(tb_optim *o, const tb_backend *be, tb_params *p,
                               const tb_train_config *t, int micro, int loss_finite,
                               tb_optim_report *rep) {
@@ -30,12 +42,18 @@ tb_optim_status tb_optim_step(tb_optim *o, const tb_backend *be, tb_params *p,
     r.loss_scale = ls;
     /* Norms per group in registry order (a fixed summation order). */
     double total = 0;
+    double *ss = malloc((size_t)(p->count > 0 ? p->count : 1) * sizeof *ss);
+    if (!ss || tb_optim_grad_sumsq(be, p, ss)) { /* out of memory: one range at a time */
+        free(ss);
+        ss = NULL;
+    }
     for (int i = 0; i < p->count; i++) {
         const tb_tensor *tt = &p->t[i];
-        double s = be->core.sumsq(p->grad + tt->offset, tt->numel);
+        double s = ss ? ss[i] : be->core.sumsq(p->grad + tt->offset, tt->numel);
         r.group_norm[tt->group] += s;
         total += s;
     }
+    free(ss);
     for (int g = 0; g < TB_GROUP_COUNT; g++) r.group_norm[g] = sqrt(r.group_norm[g]) * inv;
     r.grad_norm = sqrt(total) * inv;
     r.sched = tb_sched_factor(t, o->step);

@@ -46,6 +46,10 @@ void tb_optim_init(tb_optim *o);
  * with p = (step - W)/(total - W) clamped to [0, 1] (cosine), or 1 (constant). */
 double tb_sched_factor(const tb_train_config *t, int64_t step);
 
+/* out[i] = Σ grad² of registry tensor i, in registry order (core.sumsq_many: one wait for
+ * all). Returns -1 when out of memory (out untouched). */
+int tb_optim_grad_sumsq(const tb_backend *be, const tb_params *p, double *out);
+
 /* One update from the gradients summed over `micro` micro-batches (p->grad). loss_finite:
  * 0 when the caller saw a non-finite loss (treated like non-finite gradients). Zeroes the
  * gradients in every case. The caller refreshes derived buffers (BitLinear codes) after

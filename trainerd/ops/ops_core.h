@@ -74,6 +74,10 @@ typedef struct tb_ops_core {
 
     /* Σ x² accumulated in double (global gradient norm, L_ode). */
     double (*sumsq)(const real *x, size_t n);
+    /* out[i] = sumsq(base + offset[i], n[i]) for i < count, the same value sumsq gives,
+     * with one wait for all of them (the per-tensor gradient norms of a step). */
+    void (*sumsq_many)(double *out, const real *base, const size_t *offset, const size_t *n,
+                       int count);
     /* 1 when every element is finite. */
     int (*all_finite)(const real *x, size_t n);
 
