@@ -113,7 +113,9 @@ static void test_attention_softmax_sigmoid_gqa_mask_dropout_match_cpu(void **sta
     /* B, T, H, Hkv, hs, extra stride */
     static const int sh[][6] = {{1, 1, 1, 1, 1, 0},     {2, 5, 2, 1, 7, 3},    {1, 33, 4, 2, 16, 0},
                                 {2, 130, 3, 3, 33, 1},  {1, 20, 2, 2, 200, 0}, {2, 97, 4, 2, 64, 0},
-                                {1, 70, 2, 1, 128, 5},  {2, 64, 2, 2, 32, 0},  {1, 161, 2, 2, 100, 2}};
+                                {1, 70, 2, 1, 128, 5},  {2, 64, 2, 2, 32, 0},  {1, 161, 2, 2, 100, 2},
+                                /* T % 4 == 0: the fused kernels' dropout by Philox block */
+                                {2, 132, 4, 2, 64, 0},  {1, 96, 2, 1, 128, 3}};
     for (size_t s = 0; s < sizeof sh / sizeof sh[0]; s++)
         for (int sig = 0; sig < 2; sig++)
             for (int masked = 0; masked < 2; masked++)

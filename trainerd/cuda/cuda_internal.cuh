@@ -166,9 +166,9 @@ typedef struct tbc_drop {
 struct tb_dropout;
 tbc_drop tbc_drop_make(const struct tb_dropout *d);
 
-/* The i-th uint32 of the Philox4x32-10 stream (common/tb_rng.c: tb_rng_at). */
-__device__ __forceinline__ uint32_t tbc_philox_at(uint32_t k0, uint32_t k1, uint32_t c0, uint32_t c1,
-                                                  uint32_t c2, uint64_t i) {
+/* Block i / 4 of the Philox4x32-10 stream (common/tb_rng.c: tb_rng_at): its four words. */
+__device__ __forceinline__ void tbc_philox_block(uint32_t k0, uint32_t k1, uint32_t c0, uint32_t c1,
+                                                 uint32_t c2, uint64_t i, uint32_t w[4]) {
     uint32_t c3 = (uint32_t)(i / 4);
 #pragma unroll
     for (int r = 0; r < 10; r++) {
@@ -181,8 +181,15 @@ __device__ __forceinline__ uint32_t tbc_philox_at(uint32_t k0, uint32_t k1, uint
         k0 += 0x9E3779B9u;
         k1 += 0xBB67AE85u;
     }
-    int w = (int)(i & 3);
-    return w == 0 ? c0 : w == 1 ? c1 : w == 2 ? c2 : c3;
+    w[0] = c0, w[1] = c1, w[2] = c2, w[3] = c3;
+}
+/* The i-th uint32 of the stream. */
+__device__ __forceinline__ uint32_t tbc_philox_at(uint32_t k0, uint32_t k1, uint32_t c0, uint32_t c1,
+                                                  uint32_t c2, uint64_t i) {
+    uint32_t w[4];
+    tbc_philox_block(k0, k1, c0, c1, c2, i, w);
+    int k = (int)(i & 3); /* a select, not a run-time index: w stays in registers */
+    return k == 0 ? w[0] : k == 1 ? w[1] : k == 2 ? w[2] : w[3];
 }
 __device__ __forceinline__ float tbc_drop_factor(const tbc_drop &d, uint32_t site, uint64_t i) {
     uint32_t u = tbc_philox_at(d.k0, d.k1, d.step, d.layer, site, i);

@@ -18,7 +18,9 @@
  * without FMA contraction). The head size is padded to HS in {32, 64, 128} with zeros;
  * larger heads, sigmoid attention and GPUs whose per-block shared memory is too small
  * for these tiles take the plain kernels of attn_cuda.cu (with stored P). Dropout factors
- * are the Philox draws of the plain path and the CPU, element ((b·H + h)·T + i)·T + j. */
+ * are the Philox draws of the plain path and the CPU, element ((b·H + h)·T + i)·T + j;
+ * with T % 4 == 0 each tile draws them one Philox block per 4 elements into shared
+ * keep flags (fa_keep_tile), else per element. */
 #include "cuda_internal.cuh"
 
 #define FA_THREADS 128
@@ -46,6 +48,24 @@ __device__ __forceinline__ void fa_load_t(float *dst, int ldd, const float *src,
     tbc_load_tile_t<HS, FA_THREADS>(dst, ldd, src, ld, r0, rows, T, hs);
 }
 
+/* Dropout keep flags of a tile, one Philox block per 4 consecutive elements (the draws
+ * of tbc_drop_factor, a quarter of the work): keep[r * COLS + c] for element
+ * (rowbase + i0 + r) * T + c0 + c, 0 outside [0, T). Only with T % 4 == 0 (and c0 % 4 ==
+ * 0), where a block never straddles two rows; fa_keep_ok says when. */
+__device__ __forceinline__ bool fa_keep_ok(const tbc_drop &d, int T) { return d.active && (T & 3) == 0; }
+template <int ROWS, int COLS>
+__device__ __forceinline__ void fa_keep_tile(uint8_t *keep, const tbc_drop &d, uint32_t site, size_t rowbase,
+                                             int i0, int c0, int T) {
+    for (int q = threadIdx.x; q < ROWS * COLS / 4; q += FA_THREADS) {
+        int r = q / (COLS / 4), c = (q % (COLS / 4)) * 4;
+        uint32_t w[4] = {0, 0, 0, 0};
+        bool in = i0 + r < T && c0 + c < T;
+        if (in) tbc_philox_block(d.k0, d.k1, d.step, d.layer, site, (rowbase + i0 + r) * T + c0 + c, w);
+#pragma unroll
+        for (int e = 0; e < 4; e++) keep[r * COLS + c + e] = in && (w[e] >> 8) >= d.thr;
+    }
+}
+
 template <int HS>
 __global__ void __launch_bounds__(FA_THREADS)
     k_fa_fwd(float *out, float *lse, const float *q, const float *k, const float *v, size_t ldq, size_t ldkv,
@@ -57,6 +77,7 @@ __global__ void __launch_bounds__(FA_THREADS)
     float *Vs = KT + HS * FA_LD;    /* [FA_BC][HS] */
     float *Ps = Vs + FA_BC * HS;    /* [FA_BR][FA_LD] */
     __shared__ int km[FA_BC];
+    __shared__ uint8_t keep[FA_BR * FA_BC];
     int tid = threadIdx.x, ty = tid / 8, tx = tid % 8;
     int i0 = blockIdx.x * FA_BR, h = blockIdx.y, b = blockIdx.z;
     int kh = h / (H / Hkv);
@@ -84,6 +105,7 @@ __global__ void __launch_bounds__(FA_THREADS)
             int j = j0 + tid;
             km[tid] = j < T && (!mask || mask[(size_t)b * T + j]);
         }
+        if (fa_keep_ok(d, T)) fa_keep_tile<FA_BR, FA_BC>(keep, d, site, rowbase, i0, j0, T);
         __syncthreads();
         float s[4][4];
 #pragma unroll
@@ -120,7 +142,9 @@ __global__ void __launch_bounds__(FA_THREADS)
                 int j = tx + 8 * bb;
                 float p = s[a][bb] == -INFINITY ? 0.0f : expf(s[a][bb] - mn);
                 rs += p;
-                if (d.active && p != 0 && i < T) p *= tbc_drop_factor(d, site, (rowbase + i) * T + j0 + j);
+                if (d.active && p != 0 && i < T)
+                    p *= fa_keep_ok(d, T) ? (keep[r * FA_BC + j] ? d.scale : 0.0f)
+                                          : tbc_drop_factor(d, site, (rowbase + i) * T + j0 + j);
                 Ps[r * FA_LD + j] = p;
             }
             rs = fa_rowsum8(rs);
@@ -177,6 +201,7 @@ __global__ void __launch_bounds__(FA_THREADS)
     float *SS = VT + HS * FA_LD;  /* dS: [FA_BR][FA_LD] */
     __shared__ float sl[FA_BR], sD[FA_BR];
     __shared__ int km[FA_BC];
+    __shared__ uint8_t keep[FA_BR * FA_BC];
     int tid = threadIdx.x, ty = tid / 8, tx = tid % 8;
     int i0 = blockIdx.x * FA_BR, h = blockIdx.y, b = blockIdx.z;
     int kh = h / (H / Hkv);
@@ -203,6 +228,7 @@ __global__ void __launch_bounds__(FA_THREADS)
             int j = j0 + tid;
             km[tid] = j < T && (!mask || mask[(size_t)b * T + j]);
         }
+        if (fa_keep_ok(d, T)) fa_keep_tile<FA_BR, FA_BC>(keep, d, site, rowbase, i0, j0, T);
         __syncthreads();
         float s[4][4], dp[4][4];
 #pragma unroll
@@ -239,7 +265,9 @@ __global__ void __launch_bounds__(FA_THREADS)
                 float p = km[j] && i < T ? expf(s[a][bb] * scale - sl[r]) : 0.0f;
                 float ds = 0;
                 if (p != 0) {
-                    float mf = d.active ? tbc_drop_factor(d, site, (rowbase + i) * T + j0 + j) : 1.0f;
+                    float mf = !d.active        ? 1.0f
+                               : fa_keep_ok(d, T) ? (keep[r * FA_BC + j] ? d.scale : 0.0f)
+                                                  : tbc_drop_factor(d, site, (rowbase + i) * T + j0 + j);
                     ds = p * (dp[a][bb] * mf - sD[r]) * scale;
                 }
                 SS[r * FA_LD + j] = ds;
@@ -288,6 +316,7 @@ __global__ void __launch_bounds__(FA_THREADS)
     float *ST = PT + BK * FA_LD;  /* dSᵀ: [BK][FA_LD] */
     __shared__ float sl[FA_BC], sD[FA_BC];
     __shared__ int km[BK];
+    __shared__ uint8_t keep[FA_BC * BK]; /* [query][key] */
     int tid = threadIdx.x, ty = tid / 8, tx = tid % 8;
     int j0 = blockIdx.x * BK, kh = blockIdx.y, b = blockIdx.z;
     int group = H / Hkv;
@@ -317,6 +346,7 @@ __global__ void __launch_bounds__(FA_THREADS)
                 sl[tid] = i < T ? lse[rowbase + i] : 0.0f;
                 sD[tid] = i < T ? Dg[rowbase + i] : 0.0f;
             }
+            if (fa_keep_ok(d, T)) fa_keep_tile<FA_BC, BK>(keep, d, site, rowbase, i0, j0, T);
             __syncthreads();
             float s[NA][4], dp[NA][4];
 #pragma unroll
@@ -353,7 +383,9 @@ __global__ void __launch_bounds__(FA_THREADS)
                     float p = km[jr] && i < T ? expf(s[a][bb] * scale - sl[ic]) : 0.0f;
                     float pt = 0, ds = 0;
                     if (p != 0) {
-                        float mf = d.active ? tbc_drop_factor(d, site, (rowbase + i) * T + j0 + jr) : 1.0f;
+                        float mf = !d.active        ? 1.0f
+                                   : fa_keep_ok(d, T) ? (keep[ic * BK + jr] ? d.scale : 0.0f)
+                                                      : tbc_drop_factor(d, site, (rowbase + i) * T + j0 + jr);
                         pt = p * mf;
                         ds = p * (dp[a][bb] * mf - sD[ic]) * scale;
                     }
@@ -415,7 +447,7 @@ int tbc_flash_fits(int hs) {
     size_t need = fa_smem_fwd(HS);
     if (fa_smem_q(HS) > need) need = fa_smem_q(HS);
     if (fa_smem_kv(HS) > need) need = fa_smem_kv(HS);
-    return need + 2048 <= tbc_smem_optin_limit();
+    return need + 4096 <= tbc_smem_optin_limit(); /* + the kernels' static arrays */
 }
 
 static void fa_check(int B, int T, int H, int Hkv, int hs) {
