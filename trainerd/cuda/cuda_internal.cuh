@@ -245,6 +245,31 @@ static inline int tbc_smem_allow(K kernel, size_t bytes, size_t slack, int *stat
     return *state == 1;
 }
 
+/* The NA x 4 register tile of a product of two transposed shared tiles: s[a][b] = Σ over
+ * c < HS (ascending, fmaf) of A[c·lda + ty + 16 a] · B[c·ldb + tx + 8 b]. Used by the
+ * fused attention, the retention and the Titan tiles; two products over the same c run
+ * as two calls (each sum keeps its order, so the bits are those of one fused loop). */
+template <int HS, int NA>
+__device__ __forceinline__ void tbc_tile_dot(float (&s)[NA][4], const float *A, int lda, const float *B, int ldb,
+                                             int ty, int tx) {
+#pragma unroll
+    for (int a = 0; a < NA; a++)
+#pragma unroll
+        for (int b = 0; b < 4; b++) s[a][b] = 0;
+#pragma unroll 8
+    for (int c = 0; c < HS; c++) {
+        float av[NA], bv[4];
+#pragma unroll
+        for (int a = 0; a < NA; a++) av[a] = A[c * lda + ty + 16 * a];
+#pragma unroll
+        for (int b = 0; b < 4; b++) bv[b] = B[c * ldb + tx + 8 * b];
+#pragma unroll
+        for (int a = 0; a < NA; a++)
+#pragma unroll
+            for (int b = 0; b < 4; b++) s[a][b] = fmaf(av[a], bv[b], s[a][b]);
+    }
+}
+
 /* The weighted-sum step of the 64-row x 32 tiles (fused attention, retention, Titan
  * memory): acc[i][k] += Σ_{o < no} W[(ty + 16 i)·ldw + o] · V[o·HS + tx + 8 k], o ascending,
  * one fused multiply-add each (thread (ty, tx) owns rows ty + 16 i and channels tx + 8 k). */

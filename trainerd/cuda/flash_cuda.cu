@@ -108,22 +108,7 @@ __global__ void __launch_bounds__(FA_THREADS)
         if (fa_keep_ok(d, T)) fa_keep_tile<FA_BR, FA_BC>(keep, d, site, rowbase, i0, j0, T);
         __syncthreads();
         float s[4][4];
-#pragma unroll
-        for (int a = 0; a < 4; a++)
-#pragma unroll
-            for (int bb = 0; bb < 4; bb++) s[a][bb] = 0;
-#pragma unroll 8
-        for (int c = 0; c < HS; c++) {
-            float qv[4], kv[4];
-#pragma unroll
-            for (int a = 0; a < 4; a++) qv[a] = QT[c * FA_BR + ty + 16 * a];
-#pragma unroll
-            for (int bb = 0; bb < 4; bb++) kv[bb] = KT[c * FA_LD + tx + 8 * bb];
-#pragma unroll
-            for (int a = 0; a < 4; a++)
-#pragma unroll
-                for (int bb = 0; bb < 4; bb++) s[a][bb] = fmaf(qv[a], kv[bb], s[a][bb]);
-        }
+        tbc_tile_dot<HS, 4>(s, QT, FA_BR, KT, FA_LD, ty, tx);
 #pragma unroll
         for (int a = 0; a < 4; a++) {
             int r = ty + 16 * a, i = i0 + r;
@@ -231,31 +216,8 @@ __global__ void __launch_bounds__(FA_THREADS)
         if (fa_keep_ok(d, T)) fa_keep_tile<FA_BR, FA_BC>(keep, d, site, rowbase, i0, j0, T);
         __syncthreads();
         float s[4][4], dp[4][4];
-#pragma unroll
-        for (int a = 0; a < 4; a++)
-#pragma unroll
-            for (int bb = 0; bb < 4; bb++) s[a][bb] = dp[a][bb] = 0;
-#pragma unroll 4
-        for (int c = 0; c < HS; c++) {
-            float qv[4], ov[4], kv[4], vv[4];
-#pragma unroll
-            for (int a = 0; a < 4; a++) {
-                qv[a] = QT[c * FA_BR + ty + 16 * a];
-                ov[a] = OT[c * FA_BR + ty + 16 * a];
-            }
-#pragma unroll
-            for (int bb = 0; bb < 4; bb++) {
-                kv[bb] = KT[c * FA_LD + tx + 8 * bb];
-                vv[bb] = VT[c * FA_LD + tx + 8 * bb];
-            }
-#pragma unroll
-            for (int a = 0; a < 4; a++)
-#pragma unroll
-                for (int bb = 0; bb < 4; bb++) {
-                    s[a][bb] = fmaf(qv[a], kv[bb], s[a][bb]);
-                    dp[a][bb] = fmaf(ov[a], vv[bb], dp[a][bb]);
-                }
-        }
+        tbc_tile_dot<HS, 4>(s, QT, FA_BR, KT, FA_LD, ty, tx);
+        tbc_tile_dot<HS, 4>(dp, OT, FA_BR, VT, FA_LD, ty, tx);
 #pragma unroll
         for (int a = 0; a < 4; a++) {
             int r = ty + 16 * a, i = i0 + r;
@@ -349,31 +311,8 @@ __global__ void __launch_bounds__(FA_THREADS)
             if (fa_keep_ok(d, T)) fa_keep_tile<FA_BC, BK>(keep, d, site, rowbase, i0, j0, T);
             __syncthreads();
             float s[NA][4], dp[NA][4];
-#pragma unroll
-            for (int a = 0; a < NA; a++)
-#pragma unroll
-                for (int bb = 0; bb < 4; bb++) s[a][bb] = dp[a][bb] = 0;
-#pragma unroll 4
-            for (int c = 0; c < HS; c++) {
-                float kv[NA], vv[NA], qv[4], ov[4];
-#pragma unroll
-                for (int a = 0; a < NA; a++) {
-                    kv[a] = KT[c * LK + ty + 16 * a];
-                    vv[a] = VT[c * LK + ty + 16 * a];
-                }
-#pragma unroll
-                for (int bb = 0; bb < 4; bb++) {
-                    qv[bb] = QT[c * FA_LD + tx + 8 * bb];
-                    ov[bb] = OT[c * FA_LD + tx + 8 * bb];
-                }
-#pragma unroll
-                for (int a = 0; a < NA; a++)
-#pragma unroll
-                    for (int bb = 0; bb < 4; bb++) {
-                        s[a][bb] = fmaf(kv[a], qv[bb], s[a][bb]);
-                        dp[a][bb] = fmaf(vv[a], ov[bb], dp[a][bb]);
-                    }
-            }
+            tbc_tile_dot<HS, NA>(s, KT, LK, QT, FA_LD, ty, tx);
+            tbc_tile_dot<HS, NA>(dp, VT, LK, OT, FA_LD, ty, tx);
 #pragma unroll
             for (int a = 0; a < NA; a++) {
                 int jr = ty + 16 * a;

@@ -105,22 +105,7 @@ __global__ void __launch_bounds__(128)
         }
         __syncthreads();
         float s[4][4];
-#pragma unroll
-        for (int i = 0; i < 4; i++)
-#pragma unroll
-            for (int j = 0; j < 4; j++) s[i][j] = 0;
-#pragma unroll 8
-        for (int d = 0; d < HS; d++) {
-            float av[4], bv[4];
-#pragma unroll
-            for (int i = 0; i < 4; i++) av[i] = AT[d * RT_BR + ty + 16 * i];
-#pragma unroll
-            for (int j = 0; j < 4; j++) bv[j] = BT[d * RT_LD + tx + 8 * j];
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-#pragma unroll
-                for (int j = 0; j < 4; j++) s[i][j] = fmaf(av[i], bv[j], s[i][j]);
-        }
+        tbc_tile_dot<HS, 4>(s, AT, RT_BR, BT, RT_LD, ty, tx);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             int r = r0 + ty + 16 * i;

@@ -376,31 +376,8 @@ __global__ void __launch_bounds__(128)
         }
         __syncthreads();
         float sv[4][4], sc[4][4];
-#pragma unroll
-        for (int i = 0; i < 4; i++)
-#pragma unroll
-            for (int j = 0; j < 4; j++) sv[i][j] = sc[i][j] = 0;
-#pragma unroll 4
-        for (int d = 0; d < HS; d++) {
-            float av[4], pv[4], bv[4], cvv[4];
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                av[i] = AT[d * TT_BR + ty + 16 * i];
-                pv[i] = PT[d * TT_BR + ty + 16 * i];
-            }
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                bv[j] = BT[d * TT_LD + tx + 8 * j];
-                cvv[j] = CT[d * TT_LD + tx + 8 * j];
-            }
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    sv[i][j] = fmaf(av[i], bv[j], sv[i][j]);
-                    sc[i][j] = fmaf(pv[i], cvv[j], sc[i][j]);
-                }
-        }
+        tbc_tile_dot<HS, 4>(sv, AT, TT_BR, BT, TT_LD, ty, tx);
+        tbc_tile_dot<HS, 4>(sc, PT, TT_BR, CT, TT_LD, ty, tx);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             int r = r0 + ty + 16 * i;
