@@ -28,6 +28,14 @@ prepare)
         while read -r name path; do cp -L "$path" ".carry/train/lib/$name" || exit 1; done || exit 1
     cp var/corpus/shard-00000.jsonl.gz var/corpus/shard-00001.jsonl.gz .carry/train/ || exit 1
     cp var/tokenizer/es8k.model .carry/train/ || exit 1
+    # the per-kernel time table of bench/gpu/kernels.sh (CUPTI; its library goes to tools/,
+    # used only where the device's CUDA has none)
+    cuda=${CUDA_HOME:-/usr/local/cuda}
+    mkdir -p .carry/train/tools || exit 1
+    gcc -std=c11 -Wall -Wextra -Werror -O2 -fPIC -shared -I"$cuda/include" bench/gpu/ktrace.c \
+        -o .carry/train/libtbktrace.so -L"$cuda/lib" -L"$cuda/lib64" -lcupti || exit 1
+    cp -L "$(ls "$cuda"/lib*/libcupti.so.* "$cuda"/extras/CUPTI/lib64/libcupti.so.* 2>/dev/null | head -1)" \
+        .carry/train/tools/ || exit 1
     du -sh .carry/train
     ;;
 device)

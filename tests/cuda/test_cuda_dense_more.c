@@ -19,6 +19,12 @@ static void chk(const char *name, ct_t t) {
     assert_true(e <= CT_TOL);
 }
 
+static void chk_tol(const char *name, ct_t t, double tol) {
+    double e = ct_cmp(name, t);
+    if (!(e <= tol)) print_message("%s %s: rel err %.3e (bound %.0e)\n", name, shape, e, tol);
+    assert_true(e <= tol);
+}
+
 static void test_dropout_mask_and_scale_match_cpu(void **state) {
     (void)state;
     static const size_t ns[] = {1, 7, 1000, 4099};
@@ -166,6 +172,101 @@ static void test_attention_softmax_sigmoid_gqa_mask_dropout_match_cpu(void **sta
                 }
 }
 
+/* The bf16 mode's fused attention on bf16 tensor cores (flash_tc_cuda.cu, turned on with
+ * tb_cuda_tensor_core_tiles): every output and gradient within the bf16 bound of the CPU's
+ * fp32, and the same bits when run twice (no atomics). */
+static void test_attention_bf16_tensor_cores_match_cpu(void **state) {
+    (void)state;
+    if (ct_gpu->core.set_precision(TB_PREC_BF16) != TB_PREC_BF16) {
+        print_message("SKIP part: bf16 mode not available on this GPU: tensor-core attention not checked\n");
+        return;
+    }
+    tb_cuda_tensor_core_tiles(1);
+    /* B, T, H, Hkv, hs, extra stride: odd T and hs, every head-size class, GQA, several
+     * tiles of keys and queries. Not T = 1 or 2: dq and dk are (or become, with a masked
+     * key) zero in exact arithmetic, where a relative bound on rounding noise means nothing. */
+    static const int sh[][6] = {{1, 9, 1, 1, 3, 0},   {2, 5, 2, 1, 7, 3},   {1, 33, 4, 2, 16, 0},
+                                {2, 130, 3, 3, 33, 1}, {2, 97, 4, 2, 64, 0}, {1, 70, 2, 1, 128, 5},
+                                {2, 132, 4, 2, 64, 0}, {1, 96, 2, 1, 128, 3}, {1, 300, 4, 1, 64, 0},
+                                {1, 200, 2, 2, 100, 2}};
+    for (size_t s = 0; s < sizeof sh / sizeof sh[0]; s++)
+        for (int masked = 0; masked < 2; masked++)
+            for (int drop = 0; drop < 2; drop++) {
+                int B = sh[s][0], T = sh[s][1], H = sh[s][2], Hkv = sh[s][3], hs = sh[s][4];
+                if (!ct_gpu->dense.attn_recomputes || !ct_gpu->dense.attn_recomputes(hs)) continue;
+                size_t ldq = (size_t)H * hs + sh[s][5], ldkv = (size_t)Hkv * hs + sh[s][5];
+                size_t ntok = (size_t)B * T;
+                snprintf(shape, sizeof shape, "bf16 B=%d T=%d H=%d Hkv=%d hs=%d mask=%d drop=%d", B, T, H, Hkv, hs,
+                         masked, drop);
+                tb_dropout d = {0.2f, 77, 3, 2, drop};
+                uint8_t *mask = NULL, *gmask = NULL;
+                if (masked) {
+                    mask = ct_hmalloc(ntok);
+                    for (size_t t = 0; t < ntok; t++) mask[t] = ct_u01() < 0.7;
+                    if (B > 1)
+                        for (int t = 0; t < T; t++) mask[(size_t)T + t] = 0;
+                    gmask = ct_up(mask, ntok);
+                }
+                ct_t q = ct_rand(ntok * ldq, -2, 2), k = ct_rand(ntok * ldkv, -2, 2), v = ct_rand(ntok * ldkv, -1, 1);
+                ct_t out = ct_out(ntok * H * hs), probs = ct_out((size_t)B * H * T * T), rs = ct_out((size_t)B * H * T);
+                ct_t dout = ct_rand(ntok * H * hs, -1, 1), dq = ct_rand(ntok * ldq, -1, 1),
+                     dk = ct_rand(ntok * ldkv, -1, 1), dv = ct_rand(ntok * ldkv, -1, 1);
+                float *init[3] = {ct_hmalloc(dq.n * 4), ct_hmalloc(dk.n * 4), ct_hmalloc(dv.n * 4)};
+                memcpy(init[0], dq.h, dq.n * 4), memcpy(init[1], dk.h, dk.n * 4), memcpy(init[2], dv.h, dv.n * 4);
+                float *first[5] = {NULL};
+                for (int rep = 0; rep < 2; rep++) {
+                    /* the same inputs twice: the second run must give the first run's bits */
+                    ct_reset(dq), ct_reset(dk), ct_reset(dv);
+                    ct_gpu->dense.attn_fwd(out.d, NULL, rs.d, q.d, k.d, v.d, ldq, ldkv, gmask, 0, &d, 1, B, T, H,
+                                           Hkv, hs);
+                    ct_gpu->dense.attn_bwd(dq.d, dk.d, dv.d, NULL, dout.d, out.d, NULL, rs.d, q.d, k.d, v.d, ldq,
+                                           ldkv, gmask, 0, &d, 1, B, T, H, Hkv, hs);
+                    ct_t res[5] = {out, rs, dq, dk, dv};
+                    for (int e = 0; e < 5; e++) {
+                        float *got = ct_fetch(res[e]);
+                        if (rep == 0) {
+                            first[e] = got;
+                            continue;
+                        }
+                        assert_memory_equal(first[e], got, res[e].n * sizeof(float));
+                        free(first[e]);
+                        free(got);
+                    }
+                }
+                ct_cpu->dense.attn_fwd(out.h, probs.h, rs.h, q.h, k.h, v.h, ldq, ldkv, mask, 0, &d, 1, B, T, H, Hkv,
+                                       hs);
+                float *work = ct_hmalloc((size_t)T * 4);
+                ct_cpu->dense.attn_bwd(dq.h, dk.h, dv.h, work, dout.h, out.h, probs.h, rs.h, q.h, k.h, v.h, ldq, ldkv,
+                                       mask, 0, &d, 1, B, T, H, Hkv, hs);
+                chk_tol("dense.attn_fwd bf16 out", out, CT_TOL_BF16);
+                chk_tol("dense.attn_fwd bf16 lse", rs, CT_TOL_BF16);
+                /* the gradients on what the backward added (it accumulates onto random values) */
+                ct_t grads[3] = {dq, dk, dv};
+                static const char *const gname[3] = {"dense.attn_bwd bf16 dq (added)", "dense.attn_bwd bf16 dk (added)",
+                                                     "dense.attn_bwd bf16 dv (added)"};
+                for (int e = 0; e < 3; e++) {
+                    float *got = ct_fetch(grads[e]);
+                    double dmax = 0, ymax = 0;
+                    for (size_t i = 0; i < grads[e].n; i++) {
+                        double x = (double)got[i] - init[e][i], y = (double)grads[e].h[i] - init[e][i];
+                        if (!(fabs(x - y) <= dmax)) dmax = fabs(x - y);
+                        if (fabs(y) > ymax) ymax = fabs(y);
+                    }
+                    double err = dmax / (ymax > 1e-30 ? ymax : 1e-30);
+                    ct_record(gname[e], err);
+                    if (!(err <= CT_TOL_BF16)) print_message("%s %s: rel err %.3e\n", gname[e], shape, err);
+                    assert_true(err <= CT_TOL_BF16);
+                    free(got), free(init[e]);
+                }
+                ct_tfree(q), ct_tfree(k), ct_tfree(v), ct_tfree(out), ct_tfree(probs), ct_tfree(rs);
+                ct_tfree(dout), ct_tfree(dq), ct_tfree(dk), ct_tfree(dv);
+                free(work), free(mask);
+                if (gmask) tb_cuda_free(gmask);
+            }
+    tb_cuda_tensor_core_tiles(0);
+    ct_gpu->core.set_precision(TB_PREC_FP32);
+}
+
 int main(void) {
     ct_init_or_skip();
     const struct CMUnitTest tests[] = {
@@ -174,6 +275,7 @@ int main(void) {
         cmocka_unit_test(test_conv1d_fwd_bwd_match_cpu),
         cmocka_unit_test(test_posenc_rotation_and_hyperbolic_match_cpu),
         cmocka_unit_test(test_attention_softmax_sigmoid_gqa_mask_dropout_match_cpu),
+        cmocka_unit_test(test_attention_bf16_tensor_cores_match_cpu),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     ct_summary();

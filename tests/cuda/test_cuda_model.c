@@ -193,6 +193,15 @@ static void test_tiny_and_mini_in_bf16_match_cpu(void **s) {
     compare_model("mini", 2, 32, 0.0, TB_PREC_BF16, 0);
 }
 
+/* The bf16 mode with the fused attention on bf16 tensor cores (tb_cuda_tensor_core_tiles). */
+static void test_tiny_and_mini_in_bf16_with_tensor_core_attention_match_cpu(void **s) {
+    (void)s;
+    tb_cuda_tensor_core_tiles(1);
+    compare_model("tiny", 2, 64, 0.1, TB_PREC_BF16, 0);
+    compare_model("mini", 2, 32, 0.0, TB_PREC_BF16, 0);
+    tb_cuda_tensor_core_tiles(0);
+}
+
 /* The P40's paths forced on this GPU: fp16 GEMMs with the loss scale, plain attention;
  * and fp32 with plain attention. */
 static void test_p40_paths_fp16_loss_scale_and_plain_attention_match_cpu(void **s) {
@@ -208,6 +217,7 @@ int main(void) {
         cmocka_unit_test(test_tiny_model_loss_and_every_gradient_match_cpu),
         cmocka_unit_test(test_mini_model_loss_and_every_gradient_match_cpu),
         cmocka_unit_test(test_tiny_and_mini_in_bf16_match_cpu),
+        cmocka_unit_test(test_tiny_and_mini_in_bf16_with_tensor_core_attention_match_cpu),
         cmocka_unit_test(test_p40_paths_fp16_loss_scale_and_plain_attention_match_cpu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -57,6 +57,8 @@ static int ctx_create(tb_err *err) {
     c->prec = TB_PREC_FP32;
     const char *attn = getenv("TB_CUDA_ATTN");
     c->attn_plain = attn && strcmp(attn, "plain") == 0;
+    const char *tc = getenv("TB_CUDA_TC");
+    c->tc_tiles = tc && strcmp(tc, "1") == 0;
     const char *g32 = getenv("TB_CUDA_FP32_GEMM");
     c->fp32_cublas = g32 && strcmp(g32, "cublas") == 0;
     /* Asynchronous by default: every host read goes through an op that waits (to_host,
@@ -571,6 +573,10 @@ extern "C" void tb_cuda_fp32_gemm_cublas(int on) {
 
 extern "C" void tb_cuda_force_plain_attention(int on) {
     if (tbc_g) tbc_g->attn_plain = on != 0;
+}
+
+extern "C" void tb_cuda_tensor_core_tiles(int on) {
+    if (tbc_g) tbc_g->tc_tiles = on != 0;
 }
 
 extern "C" void tb_cuda_set_sync(int on) {

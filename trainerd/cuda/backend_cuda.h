@@ -41,6 +41,10 @@ void tb_cuda_set_sync(int on);
  * shared memory is too small for the fused kernels; TB_CUDA_ATTN=plain at start-up).
  * Models created afterwards follow it. */
 void tb_cuda_force_plain_attention(int on);
+/* 1: in the bf16 mode the fused softmax attention and the retention / decay tiles run on
+ * bf16 tensor cores (sm_80+; TB_CUDA_TC=1 at start-up); 0 (the default): on fp32 CUDA
+ * cores in every mode. */
+void tb_cuda_tensor_core_tiles(int on);
 /* 1: fp32 GEMMs through cuBLASLt (faster; its own summation order) instead of the kernel
  * in the CPU's order (TB_CUDA_FP32_GEMM=cublas at start-up). */
 void tb_cuda_fp32_gemm_cublas(int on);

@@ -95,6 +95,9 @@ typedef struct tbc_ctx {
     int prec;     /* GEMM precision (tb_precision: FP32, BF16 or FP16) */
     int cc_major; /* compute capability */
     int attn_plain; /* 1: softmax attention keeps P (the plain kernels; TB_CUDA_ATTN=plain) */
+    int tc_tiles;   /* 1: in the bf16 mode the fused attention and the retention / decay
+                     * tiles run on bf16 tensor cores (flash_tc_cuda.cu, ret_tc; TB_CUDA_TC=1,
+                     * tb_cuda_tensor_core_tiles); 0: fp32 CUDA cores */
     double held_bytes; /* mem_alloc + scratch + workspace, for mem_info */
     int fp32_cublas; /* 1: fp32 GEMMs through cuBLASLt (TB_CUDA_FP32_GEMM=cublas), not in the
                       * CPU's order (gemm_ordered_cuda.cu) */
@@ -156,45 +159,7 @@ static inline unsigned tbc_blocks(size_t n, unsigned threads) {
     return (unsigned)(b > 65535u * 16u ? 65535u * 16u : (b ? b : 1));
 }
 
-/* Dropout on the device: the host derives the Philox key of (seed, TB_RNG_DROPOUT) once
- * per op; tbc_drop_factor reproduces dropout_factor (layers/dropout.h) bit for bit. */
-typedef struct tbc_drop {
-    uint32_t k0, k1, step, layer, thr;
-    float scale;
-    int active;
-} tbc_drop;
-struct tb_dropout;
-tbc_drop tbc_drop_make(const struct tb_dropout *d);
-
-/* Block i / 4 of the Philox4x32-10 stream (common/tb_rng.c: tb_rng_at): its four words. */
-__device__ __forceinline__ void tbc_philox_block(uint32_t k0, uint32_t k1, uint32_t c0, uint32_t c1,
-                                                 uint32_t c2, uint64_t i, uint32_t w[4]) {
-    uint32_t c3 = (uint32_t)(i / 4);
-#pragma unroll
-    for (int r = 0; r < 10; r++) {
-        uint32_t hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
-        uint32_t hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
-        c0 = hi1 ^ c1 ^ k0;
-        c1 = lo1;
-        c2 = hi0 ^ c3 ^ k1;
-        c3 = lo0;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-    w[0] = c0, w[1] = c1, w[2] = c2, w[3] = c3;
-}
-/* The i-th uint32 of the stream. */
-__device__ __forceinline__ uint32_t tbc_philox_at(uint32_t k0, uint32_t k1, uint32_t c0, uint32_t c1,
-                                                  uint32_t c2, uint64_t i) {
-    uint32_t w[4];
-    tbc_philox_block(k0, k1, c0, c1, c2, i, w);
-    int k = (int)(i & 3); /* a select, not a run-time index: w stays in registers */
-    return k == 0 ? w[0] : k == 1 ? w[1] : k == 2 ? w[2] : w[3];
-}
-__device__ __forceinline__ float tbc_drop_factor(const tbc_drop &d, uint32_t site, uint64_t i) {
-    uint32_t u = tbc_philox_at(d.k0, d.k1, d.step, d.layer, site, i);
-    return (u >> 8) >= d.thr ? d.scale : 0.0f;
-}
+#include "cuda_drop.cuh"
 
 /* Stable sort of (key, value) int32 pairs by the key's bits [0, end_bit) (keys >= 0),
  * CUB radix sort on the context's stream; temporary storage in TBC_SCR_SORT_TMP. */
@@ -308,6 +273,15 @@ void tbc_flash_fwd(float *out, float *lse, const float *q, const float *k, const
 void tbc_flash_bwd(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
                    const float *q, const float *k, const float *v, size_t ldq, size_t ldkv, const uint8_t *mask,
                    const struct tb_dropout *d, uint32_t site, int B, int T, int H, int Hkv, int hs);
+/* The tensor-core kernels behind tbc_flash_fwd / _bwd in the bf16 mode (flash_tc_cuda.cu);
+ * D = rowsum(dO ∘ O) per (b, h, i), computed by the caller. */
+int tbc_flash_tc_fits(int hs);
+void tbc_flash_tc_fwd(float *out, float *lse, const float *q, const float *k, const float *v, size_t ldq,
+                      size_t ldkv, const uint8_t *mask, tbc_drop d, uint32_t site, int B, int T, int H, int Hkv,
+                      int hs);
+void tbc_flash_tc_bwd(float *dq, float *dk, float *dv, const float *dout, const float *lse, const float *D,
+                      const float *q, const float *k, const float *v, size_t ldq, size_t ldkv, const uint8_t *mask,
+                      tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs);
 void tbc_seq_more_init(tb_ops_seq *ops);
 void tbc_scan_init(tb_ops_seq *ops);
 void tbc_moe_init(tb_ops_seq *ops);

@@ -20,7 +20,7 @@
  * for these tiles take the plain kernels of attn_cuda.cu (with stored P). Dropout factors
  * are the Philox draws of the plain path and the CPU, element ((b·H + h)·T + i)·T + j;
  * with T % 4 == 0 each tile draws them one Philox block per 4 elements into shared
- * keep flags (fa_keep_tile), else per element. */
+ * keep flags (tbc_keep_tile), else per element. */
 #include "cuda_internal.cuh"
 
 #define FA_THREADS 128
@@ -46,24 +46,6 @@ template <int HS>
 __device__ __forceinline__ void fa_load_t(float *dst, int ldd, const float *src, size_t ld, int r0, int rows,
                                           int T, int hs) {
     tbc_load_tile_t<HS, FA_THREADS>(dst, ldd, src, ld, r0, rows, T, hs);
-}
-
-/* Dropout keep flags of a tile, one Philox block per 4 consecutive elements (the draws
- * of tbc_drop_factor, a quarter of the work): keep[r * COLS + c] for element
- * (rowbase + i0 + r) * T + c0 + c, 0 outside [0, T). Only with T % 4 == 0 (and c0 % 4 ==
- * 0), where a block never straddles two rows; fa_keep_ok says when. */
-__device__ __forceinline__ bool fa_keep_ok(const tbc_drop &d, int T) { return d.active && (T & 3) == 0; }
-template <int ROWS, int COLS>
-__device__ __forceinline__ void fa_keep_tile(uint8_t *keep, const tbc_drop &d, uint32_t site, size_t rowbase,
-                                             int i0, int c0, int T) {
-    for (int q = threadIdx.x; q < ROWS * COLS / 4; q += FA_THREADS) {
-        int r = q / (COLS / 4), c = (q % (COLS / 4)) * 4;
-        uint32_t w[4] = {0, 0, 0, 0};
-        bool in = i0 + r < T && c0 + c < T;
-        if (in) tbc_philox_block(d.k0, d.k1, d.step, d.layer, site, (rowbase + i0 + r) * T + c0 + c, w);
-#pragma unroll
-        for (int e = 0; e < 4; e++) keep[r * COLS + c + e] = in && (w[e] >> 8) >= d.thr;
-    }
 }
 
 template <int HS>
@@ -105,7 +87,7 @@ __global__ void __launch_bounds__(FA_THREADS)
             int j = j0 + tid;
             km[tid] = j < T && (!mask || mask[(size_t)b * T + j]);
         }
-        if (fa_keep_ok(d, T)) fa_keep_tile<FA_BR, FA_BC>(keep, d, site, rowbase, i0, j0, T);
+        if (tbc_keep_ok(d, T)) tbc_keep_tile<FA_BR, FA_BC, FA_THREADS>(keep, d, site, rowbase, i0, j0, T);
         __syncthreads();
         float s[4][4];
         tbc_tile_dot<HS, 4>(s, QT, FA_BR, KT, FA_LD, ty, tx);
@@ -128,7 +110,7 @@ __global__ void __launch_bounds__(FA_THREADS)
                 float p = s[a][bb] == -INFINITY ? 0.0f : expf(s[a][bb] - mn);
                 rs += p;
                 if (d.active && p != 0 && i < T)
-                    p *= fa_keep_ok(d, T) ? (keep[r * FA_BC + j] ? d.scale : 0.0f)
+                    p *= tbc_keep_ok(d, T) ? (keep[r * FA_BC + j] ? d.scale : 0.0f)
                                           : tbc_drop_factor(d, site, (rowbase + i) * T + j0 + j);
                 Ps[r * FA_LD + j] = p;
             }
@@ -213,7 +195,7 @@ __global__ void __launch_bounds__(FA_THREADS)
             int j = j0 + tid;
             km[tid] = j < T && (!mask || mask[(size_t)b * T + j]);
         }
-        if (fa_keep_ok(d, T)) fa_keep_tile<FA_BR, FA_BC>(keep, d, site, rowbase, i0, j0, T);
+        if (tbc_keep_ok(d, T)) tbc_keep_tile<FA_BR, FA_BC, FA_THREADS>(keep, d, site, rowbase, i0, j0, T);
         __syncthreads();
         float s[4][4], dp[4][4];
         tbc_tile_dot<HS, 4>(s, QT, FA_BR, KT, FA_LD, ty, tx);
@@ -228,7 +210,7 @@ __global__ void __launch_bounds__(FA_THREADS)
                 float ds = 0;
                 if (p != 0) {
                     float mf = !d.active        ? 1.0f
-                               : fa_keep_ok(d, T) ? (keep[r * FA_BC + j] ? d.scale : 0.0f)
+                               : tbc_keep_ok(d, T) ? (keep[r * FA_BC + j] ? d.scale : 0.0f)
                                                   : tbc_drop_factor(d, site, (rowbase + i) * T + j0 + j);
                     ds = p * (dp[a][bb] * mf - sD[r]) * scale;
                 }
@@ -308,7 +290,7 @@ __global__ void __launch_bounds__(FA_THREADS)
                 sl[tid] = i < T ? lse[rowbase + i] : 0.0f;
                 sD[tid] = i < T ? Dg[rowbase + i] : 0.0f;
             }
-            if (fa_keep_ok(d, T)) fa_keep_tile<FA_BC, BK>(keep, d, site, rowbase, i0, j0, T);
+            if (tbc_keep_ok(d, T)) tbc_keep_tile<FA_BC, BK, FA_THREADS>(keep, d, site, rowbase, i0, j0, T);
             __syncthreads();
             float s[NA][4], dp[NA][4];
             tbc_tile_dot<HS, NA>(s, KT, LK, QT, FA_LD, ty, tx);
@@ -323,7 +305,7 @@ __global__ void __launch_bounds__(FA_THREADS)
                     float pt = 0, ds = 0;
                     if (p != 0) {
                         float mf = !d.active        ? 1.0f
-                                   : fa_keep_ok(d, T) ? (keep[ic * BK + jr] ? d.scale : 0.0f)
+                                   : tbc_keep_ok(d, T) ? (keep[ic * BK + jr] ? d.scale : 0.0f)
                                                       : tbc_drop_factor(d, site, (rowbase + i) * T + j0 + jr);
                         pt = p * mf;
                         ds = p * (dp[a][bb] * mf - sD[ic]) * scale;
@@ -434,6 +416,10 @@ void tbc_flash_fwd(float *out, float *lse, const float *q, const float *k, const
     if (B <= 0 || T <= 0 || H <= 0 || hs <= 0) return;
     fa_check(B, T, H, Hkv, hs);
     tbc_drop dd = tbc_drop_make(d);
+    if (tbc_flash_tc_fits(hs)) {
+        tbc_flash_tc_fwd(out, lse, q, k, v, ldq, ldkv, mask, dd, site, B, T, H, Hkv, hs);
+        return;
+    }
     switch (fa_hs(hs)) {
     case 32: fa_fwd<32>(out, lse, q, k, v, ldq, ldkv, mask, dd, site, B, T, H, Hkv, hs); break;
     case 64: fa_fwd<64>(out, lse, q, k, v, ldq, ldkv, mask, dd, site, B, T, H, Hkv, hs); break;
@@ -451,6 +437,10 @@ void tbc_flash_bwd(float *dq, float *dk, float *dv, const float *dout, const flo
     float *D = (float *)tbc_scratch(TBC_SCR_ATTN_D, rows * sizeof(float));
     k_fa_rowdot<<<tbc_blocks(rows, 8), 256, 0, S()>>>(D, dout, out, B, T, H, hs);
     TBC_LAUNCHED();
+    if (tbc_flash_tc_fits(hs)) {
+        tbc_flash_tc_bwd(dq, dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, dd, site, B, T, H, Hkv, hs);
+        return;
+    }
     switch (fa_hs(hs)) {
     case 32: fa_bwd<32>(dq, dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, dd, site, B, T, H, Hkv, hs); break;
     case 64: fa_bwd<64>(dq, dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, dd, site, B, T, H, Hkv, hs); break;

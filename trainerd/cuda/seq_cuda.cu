@@ -5,18 +5,14 @@
  * channels, q·k by warp shuffles in a fixed pattern, o ascending). Deterministic either
  * way (no atomics). γ^|t-s| is powf (the CPU multiplies outward; they differ by
  * rounding). */
+#include <cuda_bf16.h>
 #include "cuda_internal.cuh"
+#include "ret_tc_kernels.cuh"
 
 #define RET_WARPS 4
 #define RET_MAX_PER_LANE 8 /* hs <= 256 */
 
 /* MODEL.md 6: γ_h (in double, then cast, as the CPU). */
-__device__ float ret_gamma(int h, int H) {
-    if (H == 1) return (float)(1.0 - 1.0 / 32.0);
-    double l0 = log(1.0 / 32.0), l1 = log(1.0 / 512.0);
-    return (float)(1.0 - exp(l0 + (l1 - l0) * (double)h / (double)(H - 1)));
-}
-
 /* out_r (+)= Σ_o c γ^|r-o| (a_r · b_o) cv_o over o ≤ r (range 0), o ≥ r (range 1) or all
  * o (range 2); rows r and o within one (b, h); tensors (B, T, H*hs). */
 __global__ void k_ret_rows(float *out, const float *a, const float *b, const float *cv, int B, int T,
@@ -30,7 +26,7 @@ __global__ void k_ret_rows(float *out, const float *a, const float *b, const flo
     size_t b0 = bt - t; /* b·T */
     size_t ld = (size_t)H * hs;
     const float *ar = a + bt * ld + (size_t)h * hs;
-    float g = ret_gamma(h, H);
+    float g = tbc_ret_gamma(h, H);
     float acc[RET_MAX_PER_LANE];
     float av[RET_MAX_PER_LANE];
 #pragma unroll
@@ -86,7 +82,7 @@ __global__ void __launch_bounds__(128)
     int tid = threadIdx.x, ty = tid / 8, tx = tid % 8;
     int r0 = blockIdx.x * RT_BR, h = blockIdx.y, bb = blockIdx.z;
     size_t ld = (size_t)H * hs, base = (size_t)bb * T * ld + (size_t)h * hs;
-    float g = gam ? gam[h] : ret_gamma(h, H);
+    float g = gam ? gam[h] : tbc_ret_gamma(h, H);
     if (cc) c = cc[h];
     tbc_load_tile_t<HS, 128>(AT, RT_BR, a + base, ld, r0, RT_BR, T, hs);
     float acc[4][NC];
@@ -148,10 +144,30 @@ static int rt_launch(float *out, const float *a, const float *b, const float *cv
     return 0;
 }
 
+/* The tensor-core tiles (ret_tc_kernels.cuh) for head size HS, if shared memory takes them. */
+template <int HS>
+static int rtc_launch(float *out, const float *a, const float *b, const float *cv, const float *gam, const float *cc,
+                      int B, int T, int H, int hs, int range, int accumulate, float c) {
+    static int state;
+    size_t smem = tbc_ret_tc_smem(HS);
+    if (!tbc_smem_allow(k_ret_tc<HS>, smem, 1024, &state) || B > 65535 || H > 65535) return -1;
+    dim3 grid((unsigned)((T + RTC_BR - 1) / RTC_BR), (unsigned)H, (unsigned)B);
+    k_ret_tc<HS><<<grid, TC_THREADS, smem, tbc_g->stream>>>(out, a, b, cv, gam, cc, T, H, hs, range, accumulate, c);
+    TBC_LAUNCHED();
+    return 0;
+}
+
 int tbc_decay_tiled(float *out, const float *a, const float *b, const float *cv, const float *gam, const float *cc,
                     int B, int T, int H, int hs, int range, int accumulate) {
     if (T < 16 || hs <= 0 || hs > 128 || B <= 0 || H <= 0) return -1;
     float c = (float)(1.0 / sqrt((double)hs));
+    /* bf16 tensor cores when turned on (tb_cuda_tensor_core_tiles) in the bf16 mode */
+    if (tbc_g->tc_tiles && tbc_g->prec == TB_PREC_BF16 && tbc_g->cc_major >= 8) {
+        int rc = hs <= 32   ? rtc_launch<32>(out, a, b, cv, gam, cc, B, T, H, hs, range, accumulate, c)
+                 : hs <= 64 ? rtc_launch<64>(out, a, b, cv, gam, cc, B, T, H, hs, range, accumulate, c)
+                            : rtc_launch<128>(out, a, b, cv, gam, cc, B, T, H, hs, range, accumulate, c);
+        if (rc == 0) return 0;
+    }
     return hs <= 32   ? rt_launch<32>(out, a, b, cv, gam, cc, B, T, H, hs, range, accumulate, c)
            : hs <= 64 ? rt_launch<64>(out, a, b, cv, gam, cc, B, T, H, hs, range, accumulate, c)
                       : rt_launch<128>(out, a, b, cv, gam, cc, B, T, H, hs, range, accumulate, c);

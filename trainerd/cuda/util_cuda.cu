@@ -54,25 +54,3 @@ void tbc_colsum_add(float *dst, const float *src, size_t rows, int cols, size_t 
     TBC_LAUNCHED();
 }
 
-/* Key of (seed, TB_RNG_DROPOUT) as common/tb_rng.c derives it (splitmix64). */
-static uint64_t splitmix64(uint64_t x) {
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
-}
-
-tbc_drop tbc_drop_make(const struct tb_dropout *d) {
-    tbc_drop r;
-    memset(&r, 0, sizeof r);
-    r.active = dropout_active(d);
-    if (!r.active) return r;
-    uint64_t k = splitmix64(d->seed ^ splitmix64((uint64_t)TB_RNG_DROPOUT));
-    r.k0 = (uint32_t)k;
-    r.k1 = (uint32_t)(k >> 32);
-    r.step = d->step;
-    r.layer = d->layer;
-    r.thr = dropout_threshold(d->p);
-    r.scale = (float)(1.0 / (1.0 - (double)d->p));
-    return r;
-}

@@ -1,0 +1,190 @@
+/* The tensor-core kernels (trainerd/cuda/flash_tc_kernels.cuh: fused attention;
+ * ret_tc_kernels.cuh: retention / decay tiles) run on the CPU emulation of cuda_emu.hpp,
+ * with the launch geometry of flash_tc_cuda.cu and seq_cuda.cu: the emulation's runtime
+ * (thread blocks of POSIX threads, barriers, shuffles, the mma of PTX's fragment layouts)
+ * and C entry points for test_flash_tc_emu.c. */
+#include "cuda_emu.hpp"
+#include "cuda_drop.cuh"
+#include "flash_tc_kernels.cuh"
+#include "ret_tc_kernels.cuh"
+#include "flash_tc_emu.h"
+
+thread_local tbc_emu_dim3 threadIdx;
+tbc_emu_dim3 blockIdx;
+alignas(16) static unsigned char emu_smem[256 * 1024];
+unsigned char *tbc_emu_smem = emu_smem;
+
+/* Exchange buffers of a warp, two of each: a lane's k-th warp-wide call uses set k % 2,
+ * so one barrier per call suffices (a lane can run one call ahead, into the other set,
+ * but not two: call k + 1's barrier waits for every lane to finish reading call k). */
+struct emu_warp {
+    pthread_barrier_t bar;
+    float shfl[2][32];
+    float A[2][16][16], B[2][16][8];
+};
+static thread_local unsigned emu_calls; /* this lane's warp-wide calls so far */
+static pthread_barrier_t emu_block_bar;
+static emu_warp emu_warps[32];
+
+void __syncthreads(void) { pthread_barrier_wait(&emu_block_bar); }
+
+float __shfl_xor_sync(unsigned mask, float v, int lane_mask) {
+    (void)mask;
+    unsigned lane = threadIdx.x % 32, k = emu_calls++ & 1;
+    emu_warp &w = emu_warps[threadIdx.x / 32];
+    w.shfl[k][lane] = v;
+    pthread_barrier_wait(&w.bar);
+    return w.shfl[k][lane ^ (unsigned)lane_mask];
+}
+
+/* PTX mma.m16n8k16 (.row.col, bf16): lane = 4 g + t holds A (row g, cols 2t, 2t + 1),
+ * (row g + 8, cols 2t, 2t + 1), (row g, cols 2t + 8, 2t + 9), (row g + 8, cols 2t + 8,
+ * 2t + 9) in a0..a3, the lower column in the low half; B (rows 2t, 2t + 1; col g) in b0
+ * and (rows 2t + 8, 2t + 9; col g) in b1; C (row g, cols 2t, 2t + 1) in c0, c1 and (row
+ * g + 8, cols 2t, 2t + 1) in c2, c3. */
+void tbc_emu_mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+    unsigned lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, k = emu_calls++ & 1;
+    emu_warp &w = emu_warps[threadIdx.x / 32];
+    float(&A)[16][16] = w.A[k];
+    float(&Bm)[16][8] = w.B[k];
+    auto lo = [](uint32_t r) { return tbc_emu_bf16_float((uint16_t)(r & 0xffffu)); };
+    auto hi = [](uint32_t r) { return tbc_emu_bf16_float((uint16_t)(r >> 16)); };
+    A[g][2 * t] = lo(a0), A[g][2 * t + 1] = hi(a0);
+    A[g + 8][2 * t] = lo(a1), A[g + 8][2 * t + 1] = hi(a1);
+    A[g][2 * t + 8] = lo(a2), A[g][2 * t + 9] = hi(a2);
+    A[g + 8][2 * t + 8] = lo(a3), A[g + 8][2 * t + 9] = hi(a3);
+    Bm[2 * t][g] = lo(b0), Bm[2 * t + 1][g] = hi(b0);
+    Bm[2 * t + 8][g] = lo(b1), Bm[2 * t + 9][g] = hi(b1);
+    pthread_barrier_wait(&w.bar);
+    for (int e = 0; e < 4; e++) {
+        unsigned row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
+        float s = 0;
+        for (int j = 0; j < 16; j++) s += A[row][j] * Bm[j][col]; /* exact products of bf16 */
+        c[e] += s;
+    }
+}
+
+struct emu_thread {
+    unsigned tid;
+    void (*body)(void *);
+    void *arg;
+};
+static void *emu_thread_main(void *p) {
+    emu_thread *a = (emu_thread *)p;
+    threadIdx = {a->tid, 0, 0};
+    emu_calls = 0;
+    a->body(a->arg);
+    return nullptr;
+}
+
+void tbc_emu_run(unsigned gx, unsigned gy, unsigned gz, unsigned threads, size_t smem, void (*body)(void *),
+                 void *arg) {
+    if (smem > sizeof emu_smem || threads % 32 || threads > 1024) abort();
+    pthread_barrier_init(&emu_block_bar, nullptr, threads);
+    for (unsigned w = 0; w < threads / 32; w++) pthread_barrier_init(&emu_warps[w].bar, nullptr, 32);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, (size_t)1 << 20);
+    pthread_t th[1024];
+    emu_thread ta[1024];
+    for (unsigned z = 0; z < gz; z++)
+        for (unsigned y = 0; y < gy; y++)
+            for (unsigned x = 0; x < gx; x++) {
+                blockIdx = {x, y, z};
+                memset(emu_smem, 0xff, smem); /* unwritten shared memory reads as NaN */
+                for (unsigned i = 0; i < threads; i++) {
+                    ta[i] = {i, body, arg};
+                    if (pthread_create(&th[i], &attr, emu_thread_main, &ta[i])) abort();
+                }
+                for (unsigned i = 0; i < threads; i++) pthread_join(th[i], nullptr);
+            }
+    pthread_attr_destroy(&attr);
+    for (unsigned w = 0; w < threads / 32; w++) pthread_barrier_destroy(&emu_warps[w].bar);
+    pthread_barrier_destroy(&emu_block_bar);
+}
+
+/* The launch geometry of flash_tc_cuda.cu (tc_fwd, tc_bwd). */
+static int emu_hs(int hs) { return hs <= 32 ? 32 : hs <= 64 ? 64 : 128; }
+static size_t emu_smem_fwd(int HS) { return 2 * ((size_t)(TC_BR + TC_BC) * (HS + 8) + (size_t)HS * (TC_BC + 8)); }
+static size_t emu_smem_q(int HS) { return 2 * ((size_t)(2 * TC_BR + 2 * TC_BC) * (HS + 8) + (size_t)HS * (TC_BC + 8)); }
+static size_t emu_smem_kv(int HS, int BQ) {
+    return 2 * ((size_t)(2 * TC_BR + 2 * BQ) * (HS + 8) + 2 * (size_t)HS * (BQ + 8));
+}
+
+template <int HS>
+static void emu_fwd(float *out, float *lse, const float *q, const float *k, const float *v, size_t ldq, size_t ldkv,
+                    const uint8_t *mask, tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs) {
+    float sl2 = (float)(1.0 / sqrt((double)hs)) * TC_LOG2E;
+    tbc_emu_launch((unsigned)((T + TC_BR - 1) / TC_BR), (unsigned)H, (unsigned)B, TC_THREADS, emu_smem_fwd(HS),
+                   [&] { k_fat_fwd<HS>(out, lse, q, k, v, ldq, ldkv, mask, d, site, T, H, Hkv, hs, sl2); });
+}
+
+template <int HS>
+static void emu_bwd(float *dq, float *dk, float *dv, const float *dout, const float *lse, const float *D,
+                    const float *q, const float *k, const float *v, size_t ldq, size_t ldkv, const uint8_t *mask,
+                    tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs) {
+    constexpr int BQ = HS > 64 ? 32 : 64;
+    float scale = (float)(1.0 / sqrt((double)hs));
+    tbc_emu_launch((unsigned)((T + TC_BR - 1) / TC_BR), (unsigned)H, (unsigned)B, TC_THREADS, emu_smem_q(HS), [&] {
+        k_fat_bwd_q<HS>(dq, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, T, H, Hkv, hs, scale);
+    });
+    tbc_emu_launch((unsigned)((T + TC_BR - 1) / TC_BR), (unsigned)Hkv, (unsigned)B, TC_THREADS,
+                   emu_smem_kv(HS, BQ), [&] {
+                       k_fat_bwd_kv<HS, BQ>(dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, T, H, Hkv, hs,
+                                            scale);
+                   });
+}
+
+extern "C" void tbc_emu_flash_fwd(float *out, float *lse, const float *q, const float *k, const float *v,
+                                  size_t ldq, size_t ldkv, const uint8_t *mask, const struct tb_dropout *drop,
+                                  uint32_t site, int B, int T, int H, int Hkv, int hs) {
+    tbc_drop d = tbc_drop_make(drop);
+    switch (emu_hs(hs)) {
+    case 32: emu_fwd<32>(out, lse, q, k, v, ldq, ldkv, mask, d, site, B, T, H, Hkv, hs); break;
+    case 64: emu_fwd<64>(out, lse, q, k, v, ldq, ldkv, mask, d, site, B, T, H, Hkv, hs); break;
+    default: emu_fwd<128>(out, lse, q, k, v, ldq, ldkv, mask, d, site, B, T, H, Hkv, hs); break;
+    }
+}
+
+extern "C" void tbc_emu_flash_bwd(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                  const float *lse, const float *q, const float *k, const float *v, size_t ldq,
+                                  size_t ldkv, const uint8_t *mask, const struct tb_dropout *drop, uint32_t site,
+                                  int B, int T, int H, int Hkv, int hs) {
+    tbc_drop d = tbc_drop_make(drop);
+    /* D = rowsum(dO ∘ O) per (b, h, i), as k_fa_rowdot (flash_cuda.cu) */
+    size_t rows = (size_t)B * H * T, ldo = (size_t)H * hs;
+    float *D = (float *)calloc(rows ? rows : 1, sizeof(float));
+    if (!D) abort();
+    for (size_t r = 0; r < rows; r++) {
+        size_t i = r % T, h = r / T % H, b = r / ((size_t)T * H);
+        const float *o = out + (b * T + i) * ldo + h * hs, *g = dout + (b * T + i) * ldo + h * hs;
+        float s = 0;
+        for (int c = 0; c < hs; c++) s += g[c] * o[c];
+        D[r] = s;
+    }
+    switch (emu_hs(hs)) {
+    case 32: emu_bwd<32>(dq, dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, B, T, H, Hkv, hs); break;
+    case 64: emu_bwd<64>(dq, dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, B, T, H, Hkv, hs); break;
+    default: emu_bwd<128>(dq, dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, B, T, H, Hkv, hs); break;
+    }
+    free(D);
+}
+
+/* tbc_decay_tiled's tensor-core branch (seq_cuda.cu rtc_launch). */
+extern "C" void tbc_emu_decay_tiled(float *out, const float *a, const float *b, const float *cv, int B, int T, int H,
+                                    int hs, int range, int accumulate) {
+    float c = (float)(1.0 / sqrt((double)hs));
+    unsigned gx = (unsigned)((T + RTC_BR - 1) / RTC_BR);
+    if (hs <= 32)
+        tbc_emu_launch(gx, (unsigned)H, (unsigned)B, TC_THREADS, tbc_ret_tc_smem(32), [&] {
+            k_ret_tc<32>(out, a, b, cv, nullptr, nullptr, T, H, hs, range, accumulate, c);
+        });
+    else if (hs <= 64)
+        tbc_emu_launch(gx, (unsigned)H, (unsigned)B, TC_THREADS, tbc_ret_tc_smem(64), [&] {
+            k_ret_tc<64>(out, a, b, cv, nullptr, nullptr, T, H, hs, range, accumulate, c);
+        });
+    else
+        tbc_emu_launch(gx, (unsigned)H, (unsigned)B, TC_THREADS, tbc_ret_tc_smem(128), [&] {
+            k_ret_tc<128>(out, a, b, cv, nullptr, nullptr, T, H, hs, range, accumulate, c);
+        });
+}

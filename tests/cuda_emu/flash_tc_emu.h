@@ -1,0 +1,25 @@
+/* C entry points of the emulated tensor-core fused attention (flash_tc_emu.cpp): the op
+ * contract of dense.attn_fwd / attn_bwd with probs == NULL (rowstat = log-sum-exp, dq, dk,
+ * dv accumulated), host pointers. */
+#ifndef TB_FLASH_TC_EMU_H
+#define TB_FLASH_TC_EMU_H
+#include <stddef.h>
+#include <stdint.h>
+#ifdef __cplusplus
+extern "C" {
+#endif
+struct tb_dropout;
+void tbc_emu_flash_fwd(float *out, float *lse, const float *q, const float *k, const float *v, size_t ldq,
+                       size_t ldkv, const uint8_t *mask, const struct tb_dropout *drop, uint32_t site, int B, int T,
+                       int H, int Hkv, int hs);
+void tbc_emu_flash_bwd(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                       const float *q, const float *k, const float *v, size_t ldq, size_t ldkv, const uint8_t *mask,
+                       const struct tb_dropout *drop, uint32_t site, int B, int T, int H, int Hkv, int hs);
+/* out_r (+)= Σ_o c γ_h^|r-o| (a_r · b_o) cv_o (c = 1/sqrt(hs), γ_h of the retnet heads) over
+ * o <= r (range 0), o >= r (1) or all o (2): the decay tiles on tensor cores. */
+void tbc_emu_decay_tiled(float *out, const float *a, const float *b, const float *cv, int B, int T, int H, int hs,
+                         int range, int accumulate);
+#ifdef __cplusplus
+}
+#endif
+#endif

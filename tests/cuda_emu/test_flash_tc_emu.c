@@ -1,0 +1,178 @@
+/* The bf16 tensor-core fused attention kernels (trainerd/cuda/flash_tc_kernels.cuh) on the
+ * CPU emulation of tests/cuda_emu (a thread block as POSIX threads, the mma of PTX's
+ * m16n8k16 fragment layouts) against the CPU backend's attention: out, the log-sum-exp,
+ * and what the backward added to dq, dk, dv within the bf16 mode's bound (2e-2,
+ * max|emu - cpu| / max|cpu| per tensor; for the gradients over the added part) over
+ * odd T and head sizes, every head-size class (32, 64, 128), GQA, strided q/k/v, a key
+ * mask with a fully masked batch row, and dropout both ways (per element, and by Philox
+ * block when T % 4 == 0). What it shows: the kernels' fragment, tile and mask arithmetic
+ * is right by the PTX specification, in CI, without a GPU; tests/cuda runs the same
+ * kernels on one (cuda_test_dense_more_vs_cpu). */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+#include "backend.h"
+#include "flash_tc_emu.h"
+#include "layers/dropout.h"
+
+#define TOL 2e-2
+#define TOL_PRINT getenv("TB_EMU_PRINT") /* set: print every error, assert none */
+
+static uint64_t rng = 0x243F6A8885A308D3ull;
+static float urand(float lo, float hi) {
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return lo + (hi - lo) * (float)((double)(rng >> 11) / 9007199254740992.0);
+}
+static float *rand_buf(size_t n, float lo, float hi) {
+    float *x = malloc((n ? n : 1) * sizeof(float));
+    assert_non_null(x);
+    for (size_t i = 0; i < n; i++) x[i] = urand(lo, hi);
+    return x;
+}
+static float *copy_buf(const float *x, size_t n) {
+    float *y = malloc((n ? n : 1) * sizeof(float));
+    assert_non_null(y);
+    memcpy(y, x, n * sizeof(float));
+    return y;
+}
+static double rel_err(const float *a, const float *b, size_t n) {
+    double d = 0, m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - (double)b[i]);
+        if (!(e <= d)) d = e;
+        if (fabs((double)b[i]) > m) m = fabs((double)b[i]);
+    }
+    return d / (m > 1e-30 ? m : 1e-30);
+}
+
+/* The error of an accumulated gradient, on what the op added: max|(a - init) - (b - init)|
+ * / max|b - init| (an op that overwrote instead of adding shows up here too). */
+static double rel_err_added(const float *a, const float *b, const float *init, size_t n) {
+    double d = 0, m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double x = (double)a[i] - init[i], y = (double)b[i] - init[i], e = fabs(x - y);
+        if (!(e <= d)) d = e;
+        if (fabs(y) > m) m = fabs(y);
+    }
+    return d / (m > 1e-30 ? m : 1e-30);
+}
+
+static double worst[5];
+static const char *const names[5] = {"out", "lse", "dq", "dk", "dv"};
+
+static void test_emulated_tensor_core_attention_matches_cpu(void **state) {
+    (void)state;
+    rng = 0x243F6A8885A308D3ull; /* the same inputs whatever ran before */
+    const tb_backend *cpu = tb_backend_cpu();
+    /* B, T, H, Hkv, hs, extra stride. Not T = 1 or 2: there dq and dk are zero (or, with
+     * a masked key, become zero) in exact arithmetic, and a relative bound on rounding
+     * noise around zero means nothing. */
+    static const int sh[][6] = {{1, 9, 1, 1, 3, 0},   {2, 5, 2, 1, 7, 3},    {1, 33, 4, 2, 16, 0},
+                                {2, 70, 2, 2, 33, 1}, {1, 97, 2, 1, 64, 0},  {1, 70, 2, 1, 128, 5},
+                                {1, 132, 2, 2, 64, 0}, {1, 96, 2, 1, 100, 3}};
+    for (size_t s = 0; s < sizeof sh / sizeof sh[0]; s++)
+        for (int masked = 0; masked < 2; masked++)
+            for (int drop = 0; drop < 2; drop++) {
+                if (sh[s][1] >= 64 && masked != drop) continue; /* the long ones: both off, both on */
+                int B = sh[s][0], T = sh[s][1], H = sh[s][2], Hkv = sh[s][3], hs = sh[s][4];
+                size_t ldq = (size_t)H * hs + sh[s][5], ldkv = (size_t)Hkv * hs + sh[s][5];
+                size_t ntok = (size_t)B * T, nq = ntok * ldq, nkv = ntok * ldkv, no = ntok * H * hs;
+                size_t nr = (size_t)B * H * T;
+                tb_dropout d = {0.2f, 77, 3, 2, drop};
+                uint8_t *mask = NULL;
+                if (masked) {
+                    mask = malloc(ntok);
+                    assert_non_null(mask);
+                    for (size_t t = 0; t < ntok; t++) mask[t] = urand(0, 1) < 0.7f;
+                    if (B > 1)
+                        for (int t = 0; t < T; t++) mask[(size_t)T + t] = 0; /* batch row 1 fully masked */
+                }
+                float *q = rand_buf(nq, -2, 2), *k = rand_buf(nkv, -2, 2), *v = rand_buf(nkv, -1, 1);
+                float *dout = rand_buf(no, -1, 1);
+                float *dq = rand_buf(nq, -1, 1), *dk = rand_buf(nkv, -1, 1), *dv = rand_buf(nkv, -1, 1);
+                float *edq = copy_buf(dq, nq), *edk = copy_buf(dk, nkv), *edv = copy_buf(dv, nkv);
+                float *idq = copy_buf(dq, nq), *idk = copy_buf(dk, nkv), *idv = copy_buf(dv, nkv);
+                float *out = calloc(no ? no : 1, 4), *eout = calloc(no ? no : 1, 4);
+                float *rs = calloc(nr, 4), *ers = calloc(nr, 4), *probs = calloc(nr * T, 4);
+                float *work = calloc((size_t)T, 4);
+                assert_true(out && eout && rs && ers && probs && work);
+                cpu->dense.attn_fwd(out, probs, rs, q, k, v, ldq, ldkv, mask, 0, &d, 1, B, T, H, Hkv, hs);
+                cpu->dense.attn_bwd(dq, dk, dv, work, dout, out, probs, rs, q, k, v, ldq, ldkv, mask, 0, &d, 1, B, T,
+                                    H, Hkv, hs);
+                tbc_emu_flash_fwd(eout, ers, q, k, v, ldq, ldkv, mask, &d, 1, B, T, H, Hkv, hs);
+                tbc_emu_flash_bwd(edq, edk, edv, dout, eout, ers, q, k, v, ldq, ldkv, mask, &d, 1, B, T, H, Hkv, hs);
+                double e[5] = {rel_err(eout, out, no), rel_err(ers, rs, nr), rel_err_added(edq, dq, idq, nq),
+                               rel_err_added(edk, dk, idk, nkv), rel_err_added(edv, dv, idv, nkv)};
+                for (int i = 0; i < 5; i++) {
+                    if (!(e[i] <= worst[i])) worst[i] = e[i];
+                    if (!(e[i] <= TOL) || TOL_PRINT)
+                        print_message("%s B=%d T=%d H=%d Hkv=%d hs=%d mask=%d drop=%d: rel err %.3e\n", names[i], B,
+                                      T, H, Hkv, hs, masked, drop, e[i]);
+                    if (!TOL_PRINT) assert_true(e[i] <= TOL);
+                }
+                free(q), free(k), free(v), free(dout), free(dq), free(dk), free(dv), free(edq), free(edk), free(edv);
+                free(idq), free(idk), free(idv);
+                free(out), free(eout), free(rs), free(ers), free(probs), free(work), free(mask);
+            }
+    for (int i = 0; i < 5; i++) printf("emulated tensor-core attention %-3s worst rel err %.3e\n", names[i], worst[i]);
+}
+
+/* The retention core through the tensor-core decay tiles (forward: range 0 or 2; backward:
+ * dq += D(dy, v, k), dk += D(v, dy, q), dv += D(k, q, dy) with the reversed range, as
+ * seq_cuda.cu's cu_retention_backward) against the CPU backend's retention. */
+static void test_emulated_tensor_core_retention_matches_cpu(void **state) {
+    (void)state;
+    rng = 0x13198A2E03707344ull;
+    const tb_backend *cpu = tb_backend_cpu();
+    /* B, T, H, hs */
+    static const int sh[][4] = {{1, 16, 1, 5}, {2, 37, 3, 16}, {1, 70, 2, 64}, {1, 130, 2, 33}, {1, 65, 1, 128},
+                                {1, 100, 2, 100}};
+    double wf = 0, wq = 0, wk = 0, wv = 0;
+    for (size_t s = 0; s < sizeof sh / sizeof sh[0]; s++)
+        for (int bidir = 0; bidir < 2; bidir++) {
+            int B = sh[s][0], T = sh[s][1], H = sh[s][2], hs = sh[s][3];
+            size_t n = (size_t)B * T * H * hs;
+            float *q = rand_buf(n, -1, 1), *k = rand_buf(n, -1, 1), *v = rand_buf(n, -1, 1), *dy = rand_buf(n, -1, 1);
+            float *y = calloc(n, 4), *ey = calloc(n, 4);
+            float *dq = rand_buf(n, -1, 1), *dk = rand_buf(n, -1, 1), *dv = rand_buf(n, -1, 1);
+            float *edq = copy_buf(dq, n), *edk = copy_buf(dk, n), *edv = copy_buf(dv, n);
+            float *idq = copy_buf(dq, n), *idk = copy_buf(dk, n), *idv = copy_buf(dv, n);
+            assert_true(y && ey);
+            cpu->seq.retention_forward(y, q, k, v, B, T, H, hs, bidir, cpu);
+            cpu->seq.retention_backward(dq, dk, dv, dy, q, k, v, B, T, H, hs, bidir, cpu);
+            int fwd = bidir ? 2 : 0, rev = bidir ? 2 : 1;
+            tbc_emu_decay_tiled(ey, q, k, v, B, T, H, hs, fwd, 0);
+            tbc_emu_decay_tiled(edq, dy, v, k, B, T, H, hs, fwd, 1);
+            tbc_emu_decay_tiled(edk, v, dy, q, B, T, H, hs, rev, 1);
+            tbc_emu_decay_tiled(edv, k, q, dy, B, T, H, hs, rev, 1);
+            double e[4] = {rel_err(ey, y, n), rel_err_added(edq, dq, idq, n), rel_err_added(edk, dk, idk, n),
+                           rel_err_added(edv, dv, idv, n)};
+            static const char *const rn[4] = {"y", "dq", "dk", "dv"};
+            for (int i = 0; i < 4; i++) {
+                if (!(e[i] <= TOL) || TOL_PRINT)
+                    print_message("retention %s B=%d T=%d H=%d hs=%d bidirectional=%d: rel err %.3e\n", rn[i], B, T,
+                                  H, hs, bidir, e[i]);
+                if (!TOL_PRINT) assert_true(e[i] <= TOL);
+            }
+            if (!(e[0] <= wf)) wf = e[0];
+            if (!(e[1] <= wq)) wq = e[1];
+            if (!(e[2] <= wk)) wk = e[2];
+            if (!(e[3] <= wv)) wv = e[3];
+            free(q), free(k), free(v), free(dy), free(y), free(ey), free(dq), free(dk), free(dv);
+            free(edq), free(edk), free(edv), free(idq), free(idk), free(idv);
+        }
+    printf("emulated tensor-core retention worst rel err y %.3e dq %.3e dk %.3e dv %.3e\n", wf, wq, wk, wv);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_emulated_tensor_core_retention_matches_cpu),
+        cmocka_unit_test(test_emulated_tensor_core_attention_matches_cpu),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,95 @@
+/* Warp-level bf16 tensor-core tiles shared by the fused attention (flash_tc_kernels.cuh)
+ * and the retention / decay tiles (ret_tc_kernels.cuh): mma.sync m16n8k16 on bf16
+ * operands with fp32 accumulators, products from shared tiles or from accumulator
+ * registers, and the staging of fp32 tensors into bf16 shared tiles. Fragment layouts are
+ * PTX's for mma.m16n8k16 (lane = 4 g + t): A holds rows g, g + 8 and columns 2t, 2t + 1,
+ * 2t + 8, 2t + 9; B columns (n) g and rows (k) 2t, 2t + 1, 2t + 8, 2t + 9; C rows g, g + 8
+ * and columns 2t, 2t + 1. Device code only; builds under CUDA (the includer has included
+ * cuda_bf16.h) and under the CPU emulation of tests/cuda_emu (TBC_EMU). */
+#ifndef TB_TC_TILES_CUH
+#define TB_TC_TILES_CUH
+
+#define TC_THREADS 128
+
+typedef __nv_bfloat16 tc_bf16;
+
+/* The kernels' dynamic shared memory (a plain buffer in the CPU emulation). */
+#ifndef TC_DYN_SMEM
+#define TC_DYN_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
+__device__ __forceinline__ uint32_t tc_pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (low half) = lo */
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+__device__ __forceinline__ uint32_t tc_ld32(const tc_bf16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
+
+/* c += A B: one m16n8k16 product, bf16 operands, fp32 accumulators. */
+__device__ __forceinline__ void tc_mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                       uint32_t b0, uint32_t b1) {
+#if defined(TBC_EMU)
+    tbc_emu_mma_bf16(c, a0, a1, a2, a3, b0, b1); /* tests/cuda_emu: the PTX layouts on the CPU */
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    /* never launched below sm_80 (tbc_flash_tc_fits); keeps the P40 / sm_75 builds going */
+    (void)c, (void)a0, (void)a1, (void)a2, (void)a3, (void)b0, (void)b1;
+    __trap();
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+/* acc[n][·] (16 x 8·NN) += A (the warp's 16 rows at A + r0·lda, row-major) · Bn (n-major:
+ * element (k, n) at Bn[n·ldb + k]) over k < K (a multiple of 16). */
+template <int K, int NN>
+__device__ __forceinline__ void tc_gemm_ss(float (&acc)[NN][4], const tc_bf16 *A, int lda, const tc_bf16 *Bn,
+                                           int ldb, int g, int t) {
+#pragma unroll
+    for (int kc = 0; kc < K / 16; kc++) {
+        const tc_bf16 *a = A + kc * 16 + 2 * t;
+        uint32_t a0 = tc_ld32(a + g * lda), a1 = tc_ld32(a + (g + 8) * lda);
+        uint32_t a2 = tc_ld32(a + g * lda + 8), a3 = tc_ld32(a + (g + 8) * lda + 8);
+#pragma unroll
+        for (int n = 0; n < NN; n++) {
+            const tc_bf16 *b = Bn + (n * 8 + g) * ldb + kc * 16 + 2 * t;
+            tc_mma(acc[n], a0, a1, a2, a3, tc_ld32(b), tc_ld32(b + 8));
+        }
+    }
+}
+
+/* acc[n][·] += P Bn where P (16 x 16·KK) lives in accumulator registers p[2·KK][4] (the C
+ * layout of a 16 x 8 tile per entry): two C tiles side by side are one A fragment. */
+template <int KK, int NN>
+__device__ __forceinline__ void tc_gemm_rs(float (&acc)[NN][4], const float (&p)[2 * KK][4], const tc_bf16 *Bn,
+                                           int ldb, int g, int t) {
+#pragma unroll
+    for (int kc = 0; kc < KK; kc++) {
+        uint32_t a0 = tc_pack(p[2 * kc][0], p[2 * kc][1]), a1 = tc_pack(p[2 * kc][2], p[2 * kc][3]);
+        uint32_t a2 = tc_pack(p[2 * kc + 1][0], p[2 * kc + 1][1]), a3 = tc_pack(p[2 * kc + 1][2], p[2 * kc + 1][3]);
+#pragma unroll
+        for (int n = 0; n < NN; n++) {
+            const tc_bf16 *b = Bn + (n * 8 + g) * ldb + kc * 16 + 2 * t;
+            tc_mma(acc[n], a0, a1, a2, a3, tc_ld32(b), tc_ld32(b + 8));
+        }
+    }
+}
+
+/* ROWS x HS tile of a (tokens, ld) fp32 tensor from row r0 (of T) into bf16 shared tiles,
+ * zero outside (r0 + r >= T or c >= hs): rm[r·(HS + 8) + c] when rm is not NULL,
+ * tr[c·(ROWS + 8) + r] when tr is not NULL (one global read serves both). */
+template <int HS, int ROWS>
+__device__ __forceinline__ void tc_stage(tc_bf16 *rm, tc_bf16 *tr, const float *src, size_t ld, int r0, int T,
+                                         int hs) {
+    for (int e = threadIdx.x; e < ROWS * HS; e += TC_THREADS) {
+        int r = e / HS, c = e % HS;
+        float x = 0;
+        if (r0 + r < T && c < hs) x = src[(size_t)(r0 + r) * ld + c];
+        tc_bf16 h = __float2bfloat16_rn(x);
+        if (rm) rm[r * (HS + 8) + c] = h;
+        if (tr) tr[c * (ROWS + 8) + r] = h;
+    }
+}
+
+#endif
