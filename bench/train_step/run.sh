@@ -3,7 +3,7 @@
 # tb-train-local on the CUDA backend for frankenstein B 8 x T 512, mini B 32 x T 128 and
 # ultra B 8 x T 512, in fp32 and bf16 GEMM precision (training.precision), with and without
 # activation recompute (model.activation_recompute: true, or ode for the ODE layers only;
-# ultra only with it).
+# ultra only with it); the *_tc runs turn on the bf16 tensor-core tiles (TB_CUDA_TC=1).
 #
 #   bench/train_step/run.sh prepare   # here: tb-train-local with the CUDA backend, the
 #                                     # libraries the GPU machine lacks, two demo shards and
@@ -62,13 +62,19 @@ device)
     echo "# $gpu, $(date -u +%Y-%m-%dT%H:%M:%SZ)" >> "$out/steps.txt"
     run frankenstein_fp32 10 --preset frankenstein --seq-len 512 --batch 8 --set training.precision=fp32
     run frankenstein_bf16 10 --preset frankenstein --seq-len 512 --batch 8 --set training.precision=bf16
+    # the bf16 tensor-core tiles (attention, retention / decay; off by default)
+    TB_CUDA_TC=1 run frankenstein_bf16_tc 10 --preset frankenstein --seq-len 512 --batch 8 \
+        --set training.precision=bf16
     run mini_fp32 20 --preset mini --seq-len 128 --batch 32 --set training.precision=fp32
     run mini_bf16 20 --preset mini --seq-len 128 --batch 32 --set training.precision=bf16
+    TB_CUDA_TC=1 run mini_bf16_tc 20 --preset mini --seq-len 128 --batch 32 --set training.precision=bf16
     run frankenstein_bf16_rc 10 --preset frankenstein --seq-len 512 --batch 8 --set training.precision=bf16 \
         --set model.activation_recompute=true
     run frankenstein_bf16_rcode 10 --preset frankenstein --seq-len 512 --batch 8 --set training.precision=bf16 \
         --set model.activation_recompute=ode
     run ultra_bf16_rc 6 --preset ultra --seq-len 512 --batch 8 --set training.precision=bf16 \
+        --set model.activation_recompute=true
+    TB_CUDA_TC=1 run ultra_bf16_rc_tc 6 --preset ultra --seq-len 512 --batch 8 --set training.precision=bf16 \
         --set model.activation_recompute=true
     cat "$out/steps.txt"
     ;;

@@ -30,7 +30,7 @@ struct tbc_emu_dim3 {
     unsigned x, y, z;
 };
 extern thread_local tbc_emu_dim3 threadIdx;
-extern tbc_emu_dim3 blockIdx;
+extern tbc_emu_dim3 blockIdx, blockDim, gridDim;
 extern unsigned char *tbc_emu_smem;
 
 static inline uint32_t __umulhi(uint32_t a, uint32_t b) { return (uint32_t)(((uint64_t)a * b) >> 32); }

@@ -8,6 +8,7 @@
  * rows in `order` order: the CPU's order, no atomics. */
 #include <math.h>
 #include "cuda_internal.cuh"
+#include "moe_kernels.cuh"
 
 #define EW 256
 static inline cudaStream_t S(void) { return tbc_g->stream; }
@@ -232,35 +233,13 @@ static void cu_moe_scatter(real *out, const real *ye, const real *gate, const in
     moe_token_sum(out, ye, order, gate, n, K, C);
 }
 
-__global__ void k_moe_scatter_bwd_dye(float *dye, const float *dout, const float *gate, const int32_t *order, int n,
-                                      int K, int C) {
-    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < (size_t)n * C; e += (size_t)gridDim.x * blockDim.x) {
-        size_t j = e / C;
-        int a = order[j];
-        dye[e] += gate[a] * dout[(size_t)(a / K) * C + (e - j * C)];
-    }
-}
-/* dgate[a] += Σ_c dout[a/K, c] ye[j, c], c ascending (one thread per j; each a once). */
-__global__ void k_moe_scatter_bwd_dgate(float *dgate, const float *dout, const float *ye, const int32_t *order, int n,
-                                        int K, int C) {
-    int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= n) return;
-    int a = order[j];
-    const float *d = dout + (size_t)(a / K) * C, *y = ye + (size_t)j * C;
-    float acc = 0;
-    for (int c = 0; c < C; c++) acc += d[c] * y[c];
-    dgate[a] += acc;
-}
-
 static void cu_moe_scatter_backward(real *dye, real *dgate, const real *dout, const real *ye, const real *gate,
                                     const int32_t *order, int n, int K, int C, const struct tb_backend *be) {
     (void)be;
     if (n <= 0) return;
-    if (C > 0) {
-        k_moe_scatter_bwd_dye<<<tbc_blocks((size_t)n * C, EW), EW, 0, S()>>>(dye, dout, gate, order, n, K, C);
-        TBC_LAUNCHED();
-    }
-    k_moe_scatter_bwd_dgate<<<(n + 127) / 128, 128, 0, S()>>>(dgate, dout, ye, order, n, K, C);
+    /* 8 warps (rows) per block */
+    k_moe_scatter_bwd<<<(unsigned)((n + 7) / 8), 256, 0, S()>>>(C > 0 ? dye : NULL, dgate, dout, ye, gate, order, n,
+                                                                K, C);
     TBC_LAUNCHED();
 }
 

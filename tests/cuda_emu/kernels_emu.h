@@ -1,8 +1,8 @@
-/* C entry points of the emulated tensor-core fused attention (flash_tc_emu.cpp): the op
- * contract of dense.attn_fwd / attn_bwd with probs == NULL (rowstat = log-sum-exp, dq, dk,
- * dv accumulated), host pointers. */
-#ifndef TB_FLASH_TC_EMU_H
-#define TB_FLASH_TC_EMU_H
+/* C entry points of the emulated CUDA kernels (kernels_emu.cpp), host pointers. The fused
+ * attention: the op contract of dense.attn_fwd / attn_bwd with probs == NULL (rowstat =
+ * log-sum-exp, dq, dk, dv accumulated). */
+#ifndef TB_KERNELS_EMU_H
+#define TB_KERNELS_EMU_H
 #include <stddef.h>
 #include <stdint.h>
 #ifdef __cplusplus
@@ -19,6 +19,9 @@ void tbc_emu_flash_bwd(float *dq, float *dk, float *dv, const float *dout, const
  * o <= r (range 0), o >= r (1) or all o (2): the decay tiles on tensor cores. */
 void tbc_emu_decay_tiled(float *out, const float *a, const float *b, const float *cv, int B, int T, int H, int hs,
                          int range, int accumulate);
+/* seq.moe_scatter_backward (dye, dgate accumulated). */
+void tbc_emu_moe_scatter_bwd(float *dye, float *dgate, const float *dout, const float *ye, const float *gate,
+                             const int32_t *order, int n, int K, int C);
 #ifdef __cplusplus
 }
 #endif

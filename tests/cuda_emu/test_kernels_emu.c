@@ -1,4 +1,7 @@
-/* The bf16 tensor-core fused attention kernels (trainerd/cuda/flash_tc_kernels.cuh) on the
+/* CUDA kernels on the CPU emulation of tests/cuda_emu, against the CPU backend. The MoE
+ * scatter backward (moe_kernels.cuh: dye bit for bit, dgate within 1e-6); the retention
+ * core on the bf16 tensor-core decay tiles (ret_tc_kernels.cuh); and the bf16 tensor-core
+ * fused attention kernels (trainerd/cuda/flash_tc_kernels.cuh) on the
  * CPU emulation of tests/cuda_emu (a thread block as POSIX threads, the mma of PTX's
  * m16n8k16 fragment layouts) against the CPU backend's attention: out, the log-sum-exp,
  * and what the backward added to dq, dk, dv within the bf16 mode's bound (2e-2,
@@ -17,7 +20,7 @@
 #include <string.h>
 #include <cmocka.h>
 #include "backend.h"
-#include "flash_tc_emu.h"
+#include "kernels_emu.h"
 #include "layers/dropout.h"
 
 #define TOL 2e-2
@@ -169,8 +172,40 @@ static void test_emulated_tensor_core_retention_matches_cpu(void **state) {
     printf("emulated tensor-core retention worst rel err y %.3e dq %.3e dk %.3e dv %.3e\n", wf, wq, wk, wv);
 }
 
+/* The MoE scatter backward (a warp per expert row) against the CPU's: dye and dgate
+ * accumulate onto random values; order a permutation of the n = tokens · K slots. */
+static void test_emulated_moe_scatter_backward_matches_cpu(void **state) {
+    (void)state;
+    rng = 0xA4093822299F31D0ull;
+    const tb_backend *cpu = tb_backend_cpu();
+    static const int sh[][3] = {{1, 1, 1}, {5, 2, 0}, {7, 2, 33}, {40, 2, 257}, {33, 3, 64}}; /* tokens, K, C */
+    for (size_t s = 0; s < sizeof sh / sizeof sh[0]; s++) {
+        int ntok = sh[s][0], K = sh[s][1], C = sh[s][2], n = ntok * K;
+        size_t nc = (size_t)n * C;
+        int32_t *order = malloc((size_t)n * sizeof(int32_t));
+        assert_non_null(order);
+        for (int j = 0; j < n; j++) order[j] = j;
+        for (int j = n - 1; j > 0; j--) { /* shuffle: expert rows in any token order */
+            int i = (int)(urand(0, 1) * (float)(j + 1)) % (j + 1), t = order[i];
+            order[i] = order[j], order[j] = t;
+        }
+        float *dout = rand_buf((size_t)ntok * C, -1, 1), *ye = rand_buf(nc, -1, 1), *gate = rand_buf((size_t)n, 0, 1);
+        float *dye = rand_buf(nc, -1, 1), *dgate = rand_buf((size_t)n, -1, 1);
+        float *edye = copy_buf(dye, nc), *edgate = copy_buf(dgate, (size_t)n);
+        cpu->seq.moe_scatter_backward(dye, dgate, dout, ye, gate, order, n, K, C, cpu);
+        tbc_emu_moe_scatter_bwd(edye, edgate, dout, ye, gate, order, n, K, C);
+        /* dye: the same products and one addition each: the same bits */
+        assert_memory_equal(edye, dye, nc * sizeof(float));
+        double e = rel_err(edgate, dgate, (size_t)n);
+        if (!(e <= 1e-6)) print_message("dgate tokens=%d K=%d C=%d: rel err %.3e\n", ntok, K, C, e);
+        assert_true(e <= 1e-6);
+        free(order), free(dout), free(ye), free(gate), free(dye), free(dgate), free(edye), free(edgate);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_emulated_moe_scatter_backward_matches_cpu),
         cmocka_unit_test(test_emulated_tensor_core_retention_matches_cpu),
         cmocka_unit_test(test_emulated_tensor_core_attention_matches_cpu),
     };

@@ -1,16 +1,18 @@
-/* The tensor-core kernels (trainerd/cuda/flash_tc_kernels.cuh: fused attention;
- * ret_tc_kernels.cuh: retention / decay tiles) run on the CPU emulation of cuda_emu.hpp,
- * with the launch geometry of flash_tc_cuda.cu and seq_cuda.cu: the emulation's runtime
- * (thread blocks of POSIX threads, barriers, shuffles, the mma of PTX's fragment layouts)
- * and C entry points for test_flash_tc_emu.c. */
+/* CUDA kernels run on the CPU emulation of cuda_emu.hpp (trainerd/cuda/flash_tc_kernels.cuh:
+ * fused attention on tensor cores; ret_tc_kernels.cuh: retention / decay tiles on tensor
+ * cores; moe_kernels.cuh: the MoE scatter backward), with the launch geometry of
+ * flash_tc_cuda.cu, seq_cuda.cu and moe_cuda.cu: the emulation's runtime (thread blocks of
+ * POSIX threads, barriers, shuffles, the mma of PTX's fragment layouts) and C entry points
+ * for test_kernels_emu.c. */
 #include "cuda_emu.hpp"
 #include "cuda_drop.cuh"
 #include "flash_tc_kernels.cuh"
 #include "ret_tc_kernels.cuh"
-#include "flash_tc_emu.h"
+#include "moe_kernels.cuh"
+#include "kernels_emu.h"
 
 thread_local tbc_emu_dim3 threadIdx;
-tbc_emu_dim3 blockIdx;
+tbc_emu_dim3 blockIdx, blockDim, gridDim;
 alignas(16) static unsigned char emu_smem[256 * 1024];
 unsigned char *tbc_emu_smem = emu_smem;
 
@@ -80,6 +82,8 @@ static void *emu_thread_main(void *p) {
 void tbc_emu_run(unsigned gx, unsigned gy, unsigned gz, unsigned threads, size_t smem, void (*body)(void *),
                  void *arg) {
     if (smem > sizeof emu_smem || threads % 32 || threads > 1024) abort();
+    blockDim = {threads, 1, 1};
+    gridDim = {gx, gy, gz};
     pthread_barrier_init(&emu_block_bar, nullptr, threads);
     for (unsigned w = 0; w < threads / 32; w++) pthread_barrier_init(&emu_warps[w].bar, nullptr, 32);
     pthread_attr_t attr;
@@ -187,4 +191,12 @@ extern "C" void tbc_emu_decay_tiled(float *out, const float *a, const float *b, 
         tbc_emu_launch(gx, (unsigned)H, (unsigned)B, TC_THREADS, tbc_ret_tc_smem(128), [&] {
             k_ret_tc<128>(out, a, b, cv, nullptr, nullptr, T, H, hs, range, accumulate, c);
         });
+}
+
+/* moe_cuda.cu cu_moe_scatter_backward. */
+extern "C" void tbc_emu_moe_scatter_bwd(float *dye, float *dgate, const float *dout, const float *ye,
+                                        const float *gate, const int32_t *order, int n, int K, int C) {
+    if (n <= 0) return;
+    tbc_emu_launch((unsigned)((n + 7) / 8), 1, 1, 256, 0,
+                   [&] { k_moe_scatter_bwd(C > 0 ? dye : nullptr, dgate, dout, ye, gate, order, n, K, C); });
 }
