@@ -1,7 +1,7 @@
 /* CUDA kernels run on the CPU emulation of cuda_emu.hpp (trainerd/cuda/flash_tc_kernels.cuh:
  * fused attention on tensor cores; ret_tc_kernels.cuh: retention / decay tiles on tensor
- * cores; moe_kernels.cuh: the MoE scatter backward), with the launch geometry of
- * flash_tc_cuda.cu, seq_cuda.cu and moe_cuda.cu: the emulation's runtime (thread blocks of
+ * cores; moe_kernels.cuh: the MoE scatter backward; scan_kernels.cuh: the Mamba scan), with
+ * the launch geometry of flash_tc_cuda.cu, seq_cuda.cu, moe_cuda.cu and scan_cuda.cu: the emulation's runtime (thread blocks of
  * POSIX threads, barriers, shuffles, the mma of PTX's fragment layouts) and C entry points
  * for test_kernels_emu.c. */
 #include "cuda_emu.hpp"
@@ -9,6 +9,7 @@
 #include "flash_tc_kernels.cuh"
 #include "ret_tc_kernels.cuh"
 #include "moe_kernels.cuh"
+#include "scan_kernels.cuh"
 #include "kernels_emu.h"
 
 thread_local tbc_emu_dim3 threadIdx;
@@ -199,4 +200,54 @@ extern "C" void tbc_emu_moe_scatter_bwd(float *dye, float *dgate, const float *d
     if (n <= 0) return;
     tbc_emu_launch((unsigned)((n + 7) / 8), 1, 1, 256, 0,
                    [&] { k_moe_scatter_bwd(C > 0 ? dye : nullptr, dgate, dout, ye, gate, order, n, K, C); });
+}
+
+/* scan_cuda.cu cu_scan_forward / cu_scan_backward. */
+static int emu_sc_lanes(int N) { return N <= 8 ? 8 : N <= 16 ? 16 : 32; }
+
+template <int LN>
+static void emu_scan_fwd(float *y, float *states, const float *xc, const float *delta, const float *A_log,
+                         const float *Bm, const float *Cm, const float *D, int B, int T, int Di, int N, int ld) {
+    unsigned cpb = SC_WARPS * (32 / LN);
+    tbc_emu_launch((unsigned)((Di + cpb - 1) / cpb), (unsigned)B, 1, 32 * SC_WARPS, 0,
+                   [&] { k_scan_fwd<LN>(y, states, xc, delta, A_log, Bm, Cm, D, T, Di, N, ld); });
+}
+
+extern "C" void tbc_emu_scan_fwd(float *y, float *states, const float *xc, const float *delta, const float *A_log,
+                                 const float *Bm, const float *Cm, const float *D, int B, int T, int Di, int N,
+                                 int ld) {
+    int ln = emu_sc_lanes(N);
+    if (ln == 8) emu_scan_fwd<8>(y, states, xc, delta, A_log, Bm, Cm, D, B, T, Di, N, ld);
+    else if (ln == 16) emu_scan_fwd<16>(y, states, xc, delta, A_log, Bm, Cm, D, B, T, Di, N, ld);
+    else emu_scan_fwd<32>(y, states, xc, delta, A_log, Bm, Cm, D, B, T, Di, N, ld);
+}
+
+template <int LN>
+static void emu_scan_bwd(float *dxc, float *ddelta, float *dA_log, float *dBm, float *dCm, float *dD, const float *dy,
+                         const float *states, const float *xc, const float *delta, const float *A_log,
+                         const float *Bm, const float *Cm, const float *D, int B, int T, int Di, int N, int ld) {
+    int cpb = SC_WARPS * (32 / LN), tiles = (Di + cpb - 1) / cpb;
+    size_t rows = (size_t)B * T;
+    float *pB = (float *)calloc(rows * tiles * N + 1, 4), *pC = (float *)calloc(rows * tiles * N + 1, 4);
+    float *pA = (float *)calloc((size_t)B * Di * N + 1, 4), *pD = (float *)calloc((size_t)B * Di + 1, 4);
+    if (!pB || !pC || !pA || !pD) abort();
+    tbc_emu_launch((unsigned)tiles, (unsigned)B, 1, 32 * SC_WARPS, 0, [&] {
+        k_scan_bwd<LN>(dxc, ddelta, pB, pC, pA, pD, dy, states, xc, delta, A_log, Bm, Cm, D, T, Di, N, ld);
+    });
+    tbc_emu_launch(4, 1, 1, 256, 0, [&] { k_scan_bc_final(dBm, dCm, pB, pC, rows, tiles, N, ld); });
+    tbc_emu_launch(4, 1, 1, 256, 0, [&] { k_scan_param_final(dA_log, dD, pA, pD, B, Di, N); });
+    free(pB), free(pC), free(pA), free(pD);
+}
+
+extern "C" void tbc_emu_scan_bwd(float *dxc, float *ddelta, float *dA_log, float *dBm, float *dCm, float *dD,
+                                 const float *dy, const float *states, const float *xc, const float *delta,
+                                 const float *A_log, const float *Bm, const float *Cm, const float *D, int B, int T,
+                                 int Di, int N, int ld) {
+    int ln = emu_sc_lanes(N);
+    if (ln == 8)
+        emu_scan_bwd<8>(dxc, ddelta, dA_log, dBm, dCm, dD, dy, states, xc, delta, A_log, Bm, Cm, D, B, T, Di, N, ld);
+    else if (ln == 16)
+        emu_scan_bwd<16>(dxc, ddelta, dA_log, dBm, dCm, dD, dy, states, xc, delta, A_log, Bm, Cm, D, B, T, Di, N, ld);
+    else
+        emu_scan_bwd<32>(dxc, ddelta, dA_log, dBm, dCm, dD, dy, states, xc, delta, A_log, Bm, Cm, D, B, T, Di, N, ld);
 }

@@ -22,6 +22,13 @@ void tbc_emu_decay_tiled(float *out, const float *a, const float *b, const float
 /* seq.moe_scatter_backward (dye, dgate accumulated). */
 void tbc_emu_moe_scatter_bwd(float *dye, float *dgate, const float *dout, const float *ye, const float *gate,
                              const int32_t *order, int n, int K, int C);
+/* seq.scan_forward (states written at chunk ends only) and seq.scan_backward (every
+ * gradient accumulated; states from tbc_emu_scan_fwd). */
+void tbc_emu_scan_fwd(float *y, float *states, const float *xc, const float *delta, const float *A_log,
+                      const float *Bm, const float *Cm, const float *D, int B, int T, int Di, int N, int ld);
+void tbc_emu_scan_bwd(float *dxc, float *ddelta, float *dA_log, float *dBm, float *dCm, float *dD, const float *dy,
+                      const float *states, const float *xc, const float *delta, const float *A_log, const float *Bm,
+                      const float *Cm, const float *D, int B, int T, int Di, int N, int ld);
 #ifdef __cplusplus
 }
 #endif

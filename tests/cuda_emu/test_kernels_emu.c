@@ -1,5 +1,6 @@
 /* CUDA kernels on the CPU emulation of tests/cuda_emu, against the CPU backend. The MoE
- * scatter backward (moe_kernels.cuh: dye bit for bit, dgate within 1e-6); the retention
+ * scatter backward (moe_kernels.cuh: dye bit for bit, dgate within 1e-6); the Mamba scan
+ * (scan_kernels.cuh, within 1e-5); the retention
  * core on the bf16 tensor-core decay tiles (ret_tc_kernels.cuh); and the bf16 tensor-core
  * fused attention kernels (trainerd/cuda/flash_tc_kernels.cuh) on the
  * CPU emulation of tests/cuda_emu (a thread block as POSIX threads, the mma of PTX's
@@ -203,8 +204,56 @@ static void test_emulated_moe_scatter_backward_matches_cpu(void **state) {
     }
 }
 
+/* The Mamba scan, forward and backward (every gradient accumulated onto random values),
+ * against the CPU: state sizes 1, 5, 8, 16 (two channels per warp), 17 and 32, channel
+ * counts that leave part of a warp and of a block empty, T across chunk boundaries. The
+ * bound is the fp32 mode's (1e-5): the kernels sum in another order than the CPU. */
+static void test_emulated_scan_matches_cpu(void **state) {
+    (void)state;
+    rng = 0x082EFA98EC4E6C89ull;
+    const tb_backend *cpu = tb_backend_cpu();
+    static const int sh[][5] = {{1, 1, 1, 1, 1},  {2, 9, 3, 5, 7},   {1, 17, 33, 16, 16}, {2, 20, 40, 16, 20},
+                                {1, 8, 5, 8, 8},   {1, 12, 3, 17, 17}, {1, 10, 2, 32, 32}}; /* B, T, Di, N, ld */
+    double worst = 0;
+    for (size_t s = 0; s < sizeof sh / sizeof sh[0]; s++) {
+        int B = sh[s][0], T = sh[s][1], Di = sh[s][2], N = sh[s][3], ld = sh[s][4];
+        size_t nx = (size_t)B * T * Di, nbc = (size_t)B * T * ld, nst = nx * N;
+        float *xc = rand_buf(nx, -1, 1), *delta = rand_buf(nx, 0.01f, 0.5f), *A_log = rand_buf((size_t)Di * N, -1, 1);
+        float *Bm = rand_buf(nbc, -1, 1), *Cm = rand_buf(nbc, -1, 1), *D = rand_buf((size_t)Di, -1, 1);
+        float *dy = rand_buf(nx, -1, 1);
+        float *y = calloc(nx, 4), *ey = calloc(nx, 4), *st = calloc(nst, 4), *est = calloc(nst, 4);
+        assert_true(y && ey && st && est);
+        float *g[6] = {rand_buf(nx, -1, 1), rand_buf(nx, -1, 1), rand_buf((size_t)Di * N, -1, 1),
+                       rand_buf(nbc, -1, 1), rand_buf(nbc, -1, 1), rand_buf((size_t)Di, -1, 1)};
+        size_t gn[6] = {nx, nx, (size_t)Di * N, nbc, nbc, (size_t)Di};
+        float *eg[6], *ig[6];
+        for (int k = 0; k < 6; k++) eg[k] = copy_buf(g[k], gn[k]), ig[k] = copy_buf(g[k], gn[k]);
+        cpu->seq.scan_forward(y, st, xc, delta, A_log, Bm, Cm, D, B, T, Di, N, ld, cpu);
+        cpu->seq.scan_backward(g[0], g[1], g[2], g[3], g[4], g[5], dy, st, xc, delta, A_log, Bm, Cm, D, B, T, Di, N,
+                               ld, cpu);
+        tbc_emu_scan_fwd(ey, est, xc, delta, A_log, Bm, Cm, D, B, T, Di, N, ld);
+        tbc_emu_scan_bwd(eg[0], eg[1], eg[2], eg[3], eg[4], eg[5], dy, est, xc, delta, A_log, Bm, Cm, D, B, T, Di, N,
+                         ld);
+        static const char *const nm[7] = {"y", "dxc", "ddelta", "dA_log", "dBm", "dCm", "dD"};
+        double e[7];
+        e[0] = rel_err(ey, y, nx);
+        for (int k = 0; k < 6; k++) e[k + 1] = rel_err_added(eg[k], g[k], ig[k], gn[k]);
+        for (int k = 0; k < 7; k++) {
+            if (!(e[k] <= 1e-5) || TOL_PRINT)
+                print_message("scan %s B=%d T=%d Di=%d N=%d: rel err %.3e\n", nm[k], B, T, Di, N, e[k]);
+            if (!TOL_PRINT) assert_true(e[k] <= 1e-5);
+            if (e[k] > worst) worst = e[k];
+        }
+        free(xc), free(delta), free(A_log), free(Bm), free(Cm), free(D), free(dy), free(y), free(ey), free(st),
+            free(est);
+        for (int k = 0; k < 6; k++) free(g[k]), free(eg[k]), free(ig[k]);
+    }
+    printf("emulated scan worst rel err %.3e\n", worst);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_emulated_scan_matches_cpu),
         cmocka_unit_test(test_emulated_moe_scatter_backward_matches_cpu),
         cmocka_unit_test(test_emulated_tensor_core_retention_matches_cpu),
         cmocka_unit_test(test_emulated_tensor_core_attention_matches_cpu),
