@@ -1,6 +1,7 @@
 /* CUDA backend: the context (device, stream, cuBLASLt handle and workspace, scratch
  * slots), device memory helpers, the cuBLASLt GEMM with its shape-keyed cache, the
  * deterministic reductions, and the core family's element-wise ops. */
+#include <math.h>
 #include <pthread.h>
 #include <string.h>
 #include "cuda_internal.cuh"
@@ -451,6 +452,11 @@ __global__ void k_adamw(float *w, float *m, float *v, const float *g, size_t n, 
 
 static void cu_fill(real *x, real value, size_t n) {
     if (!n) return;
+    if (value == 0 && !signbit(value)) { /* +0.0 is all zero bits: the driver's memset (wide stores) */
+        TBC_CHECK(cudaMemsetAsync(x, 0, n * sizeof(real), tbc_g->stream));
+        tbc_op_sync();
+        return;
+    }
     k_fill<<<tbc_blocks(n, 256), 256, 0, tbc_g->stream>>>(x, value, n);
     TBC_LAUNCHED();
 }
