@@ -28,6 +28,10 @@ static inline void ct_init_or_skip(void) {
         exit(1);
     }
     ct_cpu = tb_backend_cpu();
+    /* CT_FILTER=pattern runs only the matching tests (cmocka's filter: * and ? wildcards),
+     * e.g. compute-sanitizer on the tensor-core tests alone */
+    const char *f = getenv("CT_FILTER");
+    if (f && *f) cmocka_set_test_filter(f);
 }
 
 static uint64_t ct_state = 0x9E3779B97F4A7C15ull;

@@ -37,6 +37,7 @@ static inline uint32_t __umulhi(uint32_t a, uint32_t b) { return (uint32_t)(((ui
 static inline void __trap(void) { abort(); }
 void __syncthreads(void);
 float __shfl_xor_sync(unsigned mask, float v, int lane_mask);
+double __shfl_xor_sync(unsigned mask, double v, int lane_mask);
 
 /* bf16 as its 16 bits; conversions round to nearest even as CUDA's _rn intrinsics do. */
 struct __nv_bfloat16 {

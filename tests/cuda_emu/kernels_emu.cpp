@@ -1,7 +1,10 @@
 /* CUDA kernels run on the CPU emulation of cuda_emu.hpp (trainerd/cuda/flash_tc_kernels.cuh:
  * fused attention on tensor cores; ret_tc_kernels.cuh: retention / decay tiles on tensor
- * cores; moe_kernels.cuh: the MoE scatter backward; scan_kernels.cuh: the Mamba scan), with
- * the launch geometry of flash_tc_cuda.cu, seq_cuda.cu, moe_cuda.cu and scan_cuda.cu: the emulation's runtime (thread blocks of
+ * cores; moe_kernels.cuh: the MoE scatter backward; scan_kernels.cuh: the Mamba scan;
+ * dense_kernels.cuh: the warp-per-row BitLinear quantiser, LN0 backward and dynamic_tanh
+ * norm), with the
+ * launch geometry of flash_tc_cuda.cu, seq_cuda.cu, moe_cuda.cu, scan_cuda.cu and
+ * dense_cuda.cu: the emulation's runtime (thread blocks of
  * POSIX threads, barriers, shuffles, the mma of PTX's fragment layouts) and C entry points
  * for test_kernels_emu.c. */
 #include "cuda_emu.hpp"
@@ -10,6 +13,7 @@
 #include "ret_tc_kernels.cuh"
 #include "moe_kernels.cuh"
 #include "scan_kernels.cuh"
+#include "dense_kernels.cuh"
 #include "kernels_emu.h"
 
 thread_local tbc_emu_dim3 threadIdx;
@@ -23,6 +27,7 @@ unsigned char *tbc_emu_smem = emu_smem;
 struct emu_warp {
     pthread_barrier_t bar;
     float shfl[2][32];
+    double shfl_d[2][32];
     float A[2][16][16], B[2][16][8];
 };
 static thread_local unsigned emu_calls; /* this lane's warp-wide calls so far */
@@ -30,6 +35,15 @@ static pthread_barrier_t emu_block_bar;
 static emu_warp emu_warps[32];
 
 void __syncthreads(void) { pthread_barrier_wait(&emu_block_bar); }
+
+double __shfl_xor_sync(unsigned mask, double v, int lane_mask) {
+    (void)mask;
+    unsigned lane = threadIdx.x % 32, k = emu_calls++ & 1;
+    emu_warp &w = emu_warps[threadIdx.x / 32];
+    w.shfl_d[k][lane] = v;
+    pthread_barrier_wait(&w.bar);
+    return w.shfl_d[k][lane ^ (unsigned)lane_mask];
+}
 
 float __shfl_xor_sync(unsigned mask, float v, int lane_mask) {
     (void)mask;
@@ -250,4 +264,52 @@ extern "C" void tbc_emu_scan_bwd(float *dxc, float *ddelta, float *dA_log, float
         emu_scan_bwd<16>(dxc, ddelta, dA_log, dBm, dCm, dD, dy, states, xc, delta, A_log, Bm, Cm, D, B, T, Di, N, ld);
     else
         emu_scan_bwd<32>(dxc, ddelta, dA_log, dBm, dCm, dD, dy, states, xc, delta, A_log, Bm, Cm, D, B, T, Di, N, ld);
+}
+
+/* dense_cuda.cu: the warp-per-row paths of cu_bitlinear_quant_x and of the LN0 backward
+ * (in <= 2048); returns -1 for wider rows (the block kernels there). */
+#define EMU_DK_ROWS 8
+extern "C" int tbc_emu_quant_x(int8_t *xq, float *stats, const float *x, size_t n, int in) {
+    if (in > 2048) return -1;
+    unsigned g = (unsigned)((n + EMU_DK_ROWS - 1) / EMU_DK_ROWS), th = 32 * EMU_DK_ROWS;
+    if (in <= 256) tbc_emu_launch(g, 1, 1, th, 0, [&] { k_quant_x_warp<8>(xq, stats, x, n, in); });
+    else if (in <= 512) tbc_emu_launch(g, 1, 1, th, 0, [&] { k_quant_x_warp<16>(xq, stats, x, n, in); });
+    else if (in <= 1024) tbc_emu_launch(g, 1, 1, th, 0, [&] { k_quant_x_warp<32>(xq, stats, x, n, in); });
+    else tbc_emu_launch(g, 1, 1, th, 0, [&] { k_quant_x_warp<64>(xq, stats, x, n, in); });
+    return 0;
+}
+
+extern "C" int tbc_emu_ln0_bwd(float *dx, const float *g, const float *x, const float *stats, size_t n, int in) {
+    if (in > 2048) return -1;
+    unsigned gr = (unsigned)((n + EMU_DK_ROWS - 1) / EMU_DK_ROWS), th = 32 * EMU_DK_ROWS;
+    if (in <= 256) tbc_emu_launch(gr, 1, 1, th, 0, [&] { k_ln0_bwd_warp<8>(dx, g, x, stats, n, in); });
+    else if (in <= 512) tbc_emu_launch(gr, 1, 1, th, 0, [&] { k_ln0_bwd_warp<16>(dx, g, x, stats, n, in); });
+    else if (in <= 1024) tbc_emu_launch(gr, 1, 1, th, 0, [&] { k_ln0_bwd_warp<32>(dx, g, x, stats, n, in); });
+    else tbc_emu_launch(gr, 1, 1, th, 0, [&] { k_ln0_bwd_warp<64>(dx, g, x, stats, n, in); });
+    return 0;
+}
+
+/* dense_cuda.cu cu_norm_fwd / the dx part of cu_norm_bwd for dynamic_tanh (C <= 2048). */
+extern "C" int tbc_emu_dyt_norm_fwd(float *y, float *stats, const float *x, const float *al, const float *be,
+                                    size_t n, int C) {
+    if (C > 2048) return -1;
+    unsigned g = (unsigned)((n + EMU_DK_ROWS - 1) / EMU_DK_ROWS), th = 32 * EMU_DK_ROWS;
+    if (C <= 256) tbc_emu_launch(g, 1, 1, th, 0, [&] { k_dyt_norm_fwd_warp<8>(y, stats, x, al, be, n, C); });
+    else if (C <= 512) tbc_emu_launch(g, 1, 1, th, 0, [&] { k_dyt_norm_fwd_warp<16>(y, stats, x, al, be, n, C); });
+    else if (C <= 1024) tbc_emu_launch(g, 1, 1, th, 0, [&] { k_dyt_norm_fwd_warp<32>(y, stats, x, al, be, n, C); });
+    else tbc_emu_launch(g, 1, 1, th, 0, [&] { k_dyt_norm_fwd_warp<64>(y, stats, x, al, be, n, C); });
+    return 0;
+}
+
+extern "C" int tbc_emu_dyt_norm_bwd(float *dx, const float *dy, const float *stats, const float *x, const float *al,
+                                    const float *be, size_t n, int C) {
+    if (C > 2048) return -1;
+    unsigned g = (unsigned)((n + EMU_DK_ROWS - 1) / EMU_DK_ROWS), th = 32 * EMU_DK_ROWS;
+    if (C <= 256) tbc_emu_launch(g, 1, 1, th, 0, [&] { k_dyt_norm_bwd_warp<8>(dx, dy, stats, x, al, be, n, C); });
+    else if (C <= 512)
+        tbc_emu_launch(g, 1, 1, th, 0, [&] { k_dyt_norm_bwd_warp<16>(dx, dy, stats, x, al, be, n, C); });
+    else if (C <= 1024)
+        tbc_emu_launch(g, 1, 1, th, 0, [&] { k_dyt_norm_bwd_warp<32>(dx, dy, stats, x, al, be, n, C); });
+    else tbc_emu_launch(g, 1, 1, th, 0, [&] { k_dyt_norm_bwd_warp<64>(dx, dy, stats, x, al, be, n, C); });
+    return 0;
 }

@@ -1,5 +1,7 @@
 /* CUDA kernels on the CPU emulation of tests/cuda_emu, against the CPU backend. The MoE
- * scatter backward (moe_kernels.cuh: dye bit for bit, dgate within 1e-6); the Mamba scan
+ * scatter backward (moe_kernels.cuh: dye bit for bit, dgate within 1e-6); the BitLinear
+ * quantiser (bit for bit), LN0 backward and dynamic_tanh norm with a warp per row
+ * (dense_kernels.cuh); the Mamba scan
  * (scan_kernels.cuh, within 1e-5); the retention
  * core on the bf16 tensor-core decay tiles (ret_tc_kernels.cuh); and the bf16 tensor-core
  * fused attention kernels (trainerd/cuda/flash_tc_kernels.cuh) on the
@@ -251,8 +253,90 @@ static void test_emulated_scan_matches_cpu(void **state) {
     printf("emulated scan worst rel err %.3e\n", worst);
 }
 
+/* The warp-per-row BitLinear quantiser against the CPU's, bit for bit (codes and the three
+ * statistics), and the warp-per-row LN0 backward against the CPU's formula
+ * (cpu/dense_linear.c) within 1e-6; row widths across every register class (8 .. 64
+ * values per lane) and their edges, an all-zero row and a constant row. */
+static void test_emulated_bitlinear_rows_match_cpu(void **state) {
+    (void)state;
+    rng = 0x452821E638D01377ull;
+    const tb_backend *cpu = tb_backend_cpu();
+    static const int ins[] = {1, 31, 33, 256, 257, 512, 700, 1024, 1025, 2048};
+    for (size_t s = 0; s < sizeof ins / sizeof ins[0]; s++) {
+        int in = ins[s];
+        size_t n = 11, nx = n * (size_t)in;
+        float *x = rand_buf(nx, -3, 3);
+        memset(x, 0, (size_t)in * 4); /* row 0 all zero */
+        for (int j = 0; j < in; j++) x[(size_t)in + j] = 0.25f; /* row 1 constant */
+        int8_t *q = malloc(nx), *eq = malloc(nx);
+        float *st = calloc(3 * n, 4), *est = calloc(3 * n, 4);
+        assert_true(q && eq && st && est);
+        cpu->dense.bitlinear_quant_x(q, st, x, n, in);
+        assert_int_equal(tbc_emu_quant_x(eq, est, x, n, in), 0);
+        assert_memory_equal(est, st, 3 * n * sizeof(float));
+        assert_memory_equal(eq, q, nx);
+        /* LN0 backward onto random dx, with the CPU's formula */
+        float *g = rand_buf(nx, -1, 1), *dx = rand_buf(nx, -1, 1), *edx = copy_buf(dx, nx), *idx = copy_buf(dx, nx);
+        for (size_t t = 0; t < n; t++) {
+            const float *gr = g + t * in, *xr = x + t * in;
+            float mean = st[3 * t], rstd = st[3 * t + 1];
+            double sg = 0, sgx = 0;
+            for (int j = 0; j < in; j++) {
+                float xh = (xr[j] - mean) * rstd;
+                sg += gr[j];
+                sgx += (double)(gr[j] * xh);
+            }
+            float mg = (float)(sg / in), mgx = (float)(sgx / in);
+            for (int j = 0; j < in; j++) {
+                float xh = (xr[j] - mean) * rstd;
+                dx[t * in + j] += rstd * (gr[j] - mg - xh * mgx);
+            }
+        }
+        assert_int_equal(tbc_emu_ln0_bwd(edx, g, x, st, n, in), 0);
+        double e = rel_err_added(edx, dx, idx, nx);
+        if (!(e <= 1e-6)) print_message("ln0 backward in=%d: rel err %.3e\n", in, e);
+        assert_true(e <= 1e-6);
+        free(x), free(q), free(eq), free(st), free(est), free(g), free(dx), free(edx), free(idx);
+    }
+}
+
+/* The warp-per-row dynamic_tanh norm (forward: y and the (mean, sd) statistics; backward:
+ * dx accumulated) against the CPU backend's within 1e-5 (its double sums run in another
+ * order), widths across the register classes. */
+static void test_emulated_dynamic_tanh_norm_rows_match_cpu(void **state) {
+    (void)state;
+    rng = 0xBE5466CF34E90C6Cull;
+    const tb_backend *cpu = tb_backend_cpu();
+    static const int cs[] = {2, 31, 100, 256, 300, 513, 1024, 1500, 2048};
+    for (size_t s = 0; s < sizeof cs / sizeof cs[0]; s++) {
+        int C = cs[s];
+        size_t n = 9, nx = n * (size_t)C;
+        float *x = rand_buf(nx, -2, 3), *al = rand_buf((size_t)C, 0.2f, 1.5f), *be = rand_buf((size_t)C, -0.5f, 0.5f);
+        for (int j = 0; j < C; j++) x[j] = 0.5f; /* a constant row: sd 0 */
+        const float *prm[2] = {al, be};
+        float *y = calloc(nx, 4), *ey = calloc(nx, 4), *st = calloc(2 * n, 4), *est = calloc(2 * n, 4);
+        assert_true(y && ey && st && est);
+        cpu->dense.norm_fwd(y, st, x, prm, 0, n, C);
+        assert_int_equal(tbc_emu_dyt_norm_fwd(ey, est, x, al, be, n, C), 0);
+        double ef = rel_err(ey, y, nx), es = rel_err(est, st, 2 * n);
+        float *dy = rand_buf(nx, -1, 1), *dx = rand_buf(nx, -1, 1), *edx = copy_buf(dx, nx), *idx = copy_buf(dx, nx);
+        float *da = rand_buf((size_t)C, -1, 1), *db = rand_buf((size_t)C, -1, 1);
+        float *dprm[2] = {da, db};
+        cpu->dense.norm_bwd(dx, dprm, dy, st, x, prm, 0, n, C);
+        assert_int_equal(tbc_emu_dyt_norm_bwd(edx, dy, st, x, al, be, n, C), 0);
+        double eb = rel_err_added(edx, dx, idx, nx);
+        if (!(ef <= 1e-5 && es <= 1e-5 && eb <= 1e-5))
+            print_message("dynamic_tanh C=%d: y %.3e stats %.3e dx %.3e\n", C, ef, es, eb);
+        assert_true(ef <= 1e-5 && es <= 1e-5 && eb <= 1e-5);
+        free(x), free(al), free(be), free(y), free(ey), free(st), free(est), free(dy), free(dx), free(edx), free(idx);
+        free(da), free(db);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_emulated_dynamic_tanh_norm_rows_match_cpu),
+        cmocka_unit_test(test_emulated_bitlinear_rows_match_cpu),
         cmocka_unit_test(test_emulated_scan_matches_cpu),
         cmocka_unit_test(test_emulated_moe_scatter_backward_matches_cpu),
         cmocka_unit_test(test_emulated_tensor_core_retention_matches_cpu),

@@ -6,6 +6,7 @@
  * (and hence the BitLinear codes) match the CPU unless a double sum lands within a
  * rounding of a float boundary (tests check codes for equality). */
 #include "cuda_internal.cuh"
+#include "dense_kernels.cuh"
 extern "C" {
 #include "layers/norm.h"
 }
@@ -94,9 +95,22 @@ __global__ void k_quant_x(int8_t *xq, float *stats, const float *x, int in) {
     }
 }
 
+/* Rows of up to 2048 values: a warp per row, the row in registers (dense_kernels.cuh); 8
+ * rows per block. Wider rows: a block per row. */
+#define DK_ROWS 8
+static unsigned dk_blocks(size_t n) { return (unsigned)((n + DK_ROWS - 1) / DK_ROWS); }
+
 static void cu_bitlinear_quant_x(int8_t *xq, real *stats, const real *x, size_t n, int in) {
     if (!n) return;
-    k_quant_x<<<(unsigned)n, ROW_THREADS, 0, S()>>>(xq, stats, x, in);
+    if (n / DK_ROWS < 65535u * 1024u && in <= 2048) {
+        unsigned g = dk_blocks(n), th = 32 * DK_ROWS;
+        if (in <= 256) k_quant_x_warp<8><<<g, th, 0, S()>>>(xq, stats, x, n, in);
+        else if (in <= 512) k_quant_x_warp<16><<<g, th, 0, S()>>>(xq, stats, x, n, in);
+        else if (in <= 1024) k_quant_x_warp<32><<<g, th, 0, S()>>>(xq, stats, x, n, in);
+        else k_quant_x_warp<64><<<g, th, 0, S()>>>(xq, stats, x, n, in);
+    } else {
+        k_quant_x<<<(unsigned)n, ROW_THREADS, 0, S()>>>(xq, stats, x, in);
+    }
     TBC_LAUNCHED();
 }
 
@@ -205,15 +219,21 @@ static void cu_bitlinear_bwd(real *dx, real *dw, real *dxhat, const real *dy, co
     k_wtilde<<<tbc_blocks(cnt, 256), 256, 0, S()>>>(wt, wq, sw, cnt);
     TBC_LAUNCHED();
     tbc_gemm(dxhat, dy, wt, (int)n, in, out, 0, 0, out, in, in, 1.0f, 0.0f, NULL);
-    k_ln0_bwd<<<(unsigned)n, ROW_THREADS, 0, S()>>>(dx, dxhat, x, stats, in);
+    if (n / DK_ROWS < 65535u * 1024u && in <= 2048) {
+        unsigned g = dk_blocks(n), th = 32 * DK_ROWS;
+        if (in <= 256) k_ln0_bwd_warp<8><<<g, th, 0, S()>>>(dx, dxhat, x, stats, n, in);
+        else if (in <= 512) k_ln0_bwd_warp<16><<<g, th, 0, S()>>>(dx, dxhat, x, stats, n, in);
+        else if (in <= 1024) k_ln0_bwd_warp<32><<<g, th, 0, S()>>>(dx, dxhat, x, stats, n, in);
+        else k_ln0_bwd_warp<64><<<g, th, 0, S()>>>(dx, dxhat, x, stats, n, in);
+    } else {
+        k_ln0_bwd<<<(unsigned)n, ROW_THREADS, 0, S()>>>(dx, dxhat, x, stats, in);
+    }
     TBC_LAUNCHED();
 }
 
 /* ---- norms ---------------------------------------------------------------------- */
 
-#define DT_EPS 1e-6
-#define LN_EPS 1e-5
-#define RMS_EPS 1e-6
+/* DT_EPS, LN_EPS, RMS_EPS: dense_kernels.cuh */
 
 typedef struct norm_prm {
     const float *p[TB_NORM_MAX_PARAMS];
@@ -284,6 +304,13 @@ static void cu_norm_fwd(real *y, real *stats, const real *x, const real *const *
     for (int i = 0; i < norm_nprm(type); i++) P.p[i] = prm[i];
     if (type == TB_NORM_DYT || type == TB_NORM_DERF) {
         k_norm_fwd_elem<<<tbc_blocks(n * (size_t)C, 256), 256, 0, S()>>>(y, x, P, type, n, C);
+    } else if (type == TB_NORM_DYNAMIC_TANH && C <= 2048 && n / DK_ROWS < 65535u * 1024u) {
+        /* a warp per row, the row in registers (dense_kernels.cuh) */
+        unsigned g = dk_blocks(n), th = 32 * DK_ROWS;
+        if (C <= 256) k_dyt_norm_fwd_warp<8><<<g, th, 0, S()>>>(y, stats, x, P.p[0], P.p[1], n, C);
+        else if (C <= 512) k_dyt_norm_fwd_warp<16><<<g, th, 0, S()>>>(y, stats, x, P.p[0], P.p[1], n, C);
+        else if (C <= 1024) k_dyt_norm_fwd_warp<32><<<g, th, 0, S()>>>(y, stats, x, P.p[0], P.p[1], n, C);
+        else k_dyt_norm_fwd_warp<64><<<g, th, 0, S()>>>(y, stats, x, P.p[0], P.p[1], n, C);
     } else {
         k_norm_fwd_rows<<<(unsigned)n, ROW_THREADS, 0, S()>>>(y, stats, x, P, type, C);
     }
@@ -442,7 +469,15 @@ static void cu_norm_bwd(real *dx, real *const *dprm, const real *dy, const real 
     for (int i = 0; i < norm_nprm(type); i++) P.p[i] = prm[i];
     int scal = type == TB_NORM_DYT || type == TB_NORM_DERF;
     double *rowpart = scal ? (double *)tbc_scratch(TBC_SCR_NORM_ROWS, 2 * n * sizeof(double)) : NULL;
-    k_norm_bwd_rows<<<(unsigned)n, ROW_THREADS, 0, S()>>>(dx, rowpart, dy, stats, x, P, type, C);
+    if (type == TB_NORM_DYNAMIC_TANH && C <= 2048 && n / DK_ROWS < 65535u * 1024u) {
+        unsigned g = dk_blocks(n), th = 32 * DK_ROWS;
+        if (C <= 256) k_dyt_norm_bwd_warp<8><<<g, th, 0, S()>>>(dx, dy, stats, x, P.p[0], P.p[1], n, C);
+        else if (C <= 512) k_dyt_norm_bwd_warp<16><<<g, th, 0, S()>>>(dx, dy, stats, x, P.p[0], P.p[1], n, C);
+        else if (C <= 1024) k_dyt_norm_bwd_warp<32><<<g, th, 0, S()>>>(dx, dy, stats, x, P.p[0], P.p[1], n, C);
+        else k_dyt_norm_bwd_warp<64><<<g, th, 0, S()>>>(dx, dy, stats, x, P.p[0], P.p[1], n, C);
+    } else {
+        k_norm_bwd_rows<<<(unsigned)n, ROW_THREADS, 0, S()>>>(dx, rowpart, dy, stats, x, P, type, C);
+    }
     TBC_LAUNCHED();
     size_t chunk = n / 256 + 1 < 32 ? 32 : n / 256 + 1;
     int nchunks = (int)((n + chunk - 1) / chunk);

@@ -1,0 +1,181 @@
+/* Device code of dense ops (dense_cuda.cu) that the CPU emulation of tests/cuda_emu also
+ * builds: the BitLinear activation quantiser and the LN0 backward with a warp per token
+ * row, the row held in registers (NV values per lane, in <= 32·NV). The block-per-row
+ * kernels of dense_cuda.cu take wider rows. */
+#ifndef TB_DENSE_KERNELS_CUH
+#define TB_DENSE_KERNELS_CUH
+
+#define DT_EPS 1e-6 /* dynamic_tanh: 1 / (sd + eps) */
+#define LN_EPS 1e-5
+#define RMS_EPS 1e-6
+
+__device__ __forceinline__ double dk_warp_sum_d(double v) {
+#pragma unroll
+    for (int s = 16; s > 0; s >>= 1) v += __shfl_xor_sync(0xffffffffu, v, s);
+    return v;
+}
+__device__ __forceinline__ float dk_warp_max_f(float v) {
+#pragma unroll
+    for (int s = 16; s > 0; s >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, s));
+    return v;
+}
+
+/* Per token t (a warp; rows t = blockIdx.x · warps + warp): mean and variance in double
+ * (lane partials over j = lane + 32 k, k ascending, then a fixed xor tree), then the
+ * CPU's float roundings element by element: x̂ = (x - mean) · rstd, s_x = 127 / max(max
+ * |x̂|, 1e-5), code = clamp(rint(x̂ · s_x), -128, 127); stats[3t..3t+2] = mean, rstd, s_x.
+ * The double sums round to the CPU's floats (they differ from a sequential sum by far
+ * less than a float's half-ulp), so codes and stats match the CPU bit for bit. */
+template <int NV>
+__global__ void k_quant_x_warp(int8_t *xq, float *stats, const float *x, size_t n, int in) {
+    int lane = threadIdx.x % 32;
+    size_t t = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (t >= n) return; /* the whole warp */
+    const float *xr = x + t * in;
+    float v[NV];
+    double s = 0;
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        int j = lane + 32 * k;
+        v[k] = j < in ? xr[j] : 0.0f;
+        if (j < in) s += v[k];
+    }
+    s = dk_warp_sum_d(s);
+    float mean = (float)(s / in);
+    double var = 0;
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        double d = (double)(v[k] - mean);
+        if (lane + 32 * k < in) var += d * d;
+    }
+    var = dk_warp_sum_d(var);
+    float rstd = (float)(1.0 / sqrt(var / in + 1e-5));
+    float amax = 0;
+#pragma unroll
+    for (int k = 0; k < NV; k++)
+        if (lane + 32 * k < in) amax = fmaxf(amax, fabsf((v[k] - mean) * rstd));
+    amax = dk_warp_max_f(amax);
+    float sx = 127.0f / (amax > 1e-5f ? amax : 1e-5f);
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        int j = lane + 32 * k;
+        if (j < in) {
+            float c = rintf(((v[k] - mean) * rstd) * sx);
+            xq[t * in + j] = (int8_t)(c > 127 ? 127 : c < -128 ? -128 : c);
+        }
+    }
+    if (lane == 0) {
+        stats[3 * t] = mean;
+        stats[3 * t + 1] = rstd;
+        stats[3 * t + 2] = sx;
+    }
+}
+
+/* LN0ᵀ per token row (a warp): dx += rstd (g - mean(g) - x̂ mean(g ⊙ x̂)), the sums in
+ * double as lane partials and a fixed xor tree. */
+template <int NV>
+__global__ void k_ln0_bwd_warp(float *dx, const float *g_all, const float *x, const float *stats, size_t n, int in) {
+    int lane = threadIdx.x % 32;
+    size_t t = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (t >= n) return;
+    const float *g = g_all + t * in, *xr = x + t * in;
+    float mean = stats[3 * t], rstd = stats[3 * t + 1];
+    float gv[NV], xh[NV];
+    double sg = 0, sgx = 0;
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        int j = lane + 32 * k;
+        gv[k] = j < in ? g[j] : 0.0f;
+        xh[k] = j < in ? (xr[j] - mean) * rstd : 0.0f;
+        if (j < in) {
+            sg += gv[k];
+            sgx += (double)(gv[k] * xh[k]);
+        }
+    }
+    sg = dk_warp_sum_d(sg);
+    sgx = dk_warp_sum_d(sgx);
+    float mg = (float)(sg / in), mgx = (float)(sgx / in);
+    float *dxr = dx + t * in;
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        int j = lane + 32 * k;
+        if (j < in) dxr[j] += rstd * (gv[k] - mg - xh[k] * mgx);
+    }
+}
+
+/* dynamic_tanh norm per token row (a warp; the row in registers): mean and the sum of
+ * squared deviations in double (lane partials, fixed xor tree), sd = sqrt(m2 / (C - 1)),
+ * y = tanh(α ⊙ (x - mean) / (sd + eps) + β); stats[2t], stats[2t+1] = mean, sd. The float
+ * expressions of k_norm_fwd_rows (dense_cuda.cu). */
+template <int NV>
+__global__ void k_dyt_norm_fwd_warp(float *y, float *stats, const float *x, const float *al, const float *be,
+                                    size_t n, int C) {
+    int lane = threadIdx.x % 32;
+    size_t t = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (t >= n) return;
+    const float *xr = x + t * C;
+    float v[NV];
+    double s = 0;
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        int j = lane + 32 * k;
+        v[k] = j < C ? xr[j] : 0.0f;
+        if (j < C) s += v[k];
+    }
+    s = dk_warp_sum_d(s);
+    float mean = (float)(s / C);
+    double m2 = 0;
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        double d = (double)(v[k] - mean);
+        if (lane + 32 * k < C) m2 += d * d;
+    }
+    m2 = dk_warp_sum_d(m2);
+    float sd = (float)sqrt(m2 / (C - 1));
+    float r = 1.0f / (sd + (float)DT_EPS);
+    float *yr = y + t * C;
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        int j = lane + 32 * k;
+        if (j < C) yr[j] = tanhf(al[j] * ((v[k] - mean) * r) + be[j]);
+    }
+    if (lane == 0) stats[2 * t] = mean, stats[2 * t + 1] = sd;
+}
+
+/* Its backward for dx (+=), a warp per row: the float expressions of k_norm_bwd_rows. */
+template <int NV>
+__global__ void k_dyt_norm_bwd_warp(float *dx, const float *dy, const float *stats, const float *x, const float *al,
+                                    const float *be, size_t n, int C) {
+    int lane = threadIdx.x % 32;
+    size_t t = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (t >= n) return;
+    const float *xr = x + t * C, *g = dy + t * C;
+    float mean = stats[2 * t], sd = stats[2 * t + 1];
+    float r = 1.0f / (sd + (float)DT_EPS);
+    float dxh[NV], xm[NV];
+    double sg = 0, sgd = 0;
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        int j = lane + 32 * k;
+        dxh[k] = xm[k] = 0;
+        if (j < C) {
+            xm[k] = xr[j] - mean;
+            float xh = xm[k] * r;
+            float yv = tanhf(al[j] * xh + be[j]);
+            dxh[k] = g[j] * (1.0f - yv * yv) * al[j];
+            sg += dxh[k];
+            sgd += (double)dxh[k] * (double)xm[k];
+        }
+    }
+    sg = dk_warp_sum_d(sg);
+    sgd = dk_warp_sum_d(sgd);
+    float mg = (float)(sg / C);
+    float coef = sd > 0 ? (float)((double)r * r * sgd / ((C - 1) * (double)sd)) : 0.0f;
+    float *dxr = dx + t * C;
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        int j = lane + 32 * k;
+        if (j < C) dxr[j] += r * (dxh[k] - mg) - coef * xm[k];
+    }
+}
+#endif
