@@ -74,9 +74,6 @@ double ode_forward(const tb_backend *be, real *out, real *act, const real *u, co
         uint32_t site = TB_DROPOUT_SITE_ATTN + (uint32_t)(s * ns);
         be->core.copy(ev[0] + l.zin, out, nc);
         f_forward(be, ev[0], &l, p, key_mask, d, site, B, T);
-        double ss;
-        be->dense.sum_squares(&ss, ev[0] + l.k, nc);
-        lode += ss / (double)nc;
         if (!p->rk4) {
             be->dense.axpy(out, out, dt, ev[0] + l.k, nc);
             continue;
@@ -90,6 +87,14 @@ double ode_forward(const tb_backend *be, real *out, real *act, const real *u, co
         /* z += dt/6 (k1 + 2 k2 + 2 k3 + k4) */
         real w[4] = {dt / 6, dt / 3, dt / 3, dt / 6};
         for (int st = 0; st < 4; st++) be->dense.axpy(out, out, w[st], ev[st] + l.k, nc);
+    }
+    /* L_ode's mean(k1²) per step, read after the whole block is queued (each step's k1
+     * stays in its own slice of act): a GPU backend waits once here, not once per step in
+     * the middle of the block. The same sums in the same order as per step. */
+    for (int s = 0; s < p->steps; s++) {
+        double ss;
+        be->dense.sum_squares(&ss, act + l.per_eval * ((size_t)s * ns) + l.k, nc);
+        lode += ss / (double)nc;
     }
     return lode;
 }

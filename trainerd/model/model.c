@@ -467,6 +467,9 @@ static void phase_end(tb_model *m, int dir, int phase, double *t) {
     *t = now;
 }
 
+/* Logical layers whose L_bal the forward reads in one copy (more: one copy each). */
+#define TB_MAX_LOGICAL_LAYERS 256
+
 /* ---- forward ---- */
 
 static tb_dropout layer_drop(const tb_model *m, uint32_t layer) {
@@ -554,17 +557,26 @@ int tb_model_forward(tb_model *m, const tb_batch *bt, const tb_dropout_ctx *d,
             ode_total += m->ode_sums[l];
             m->n_ode_evals++;
         }
-        if (b->use_moe) {
-            real lb;
-            be->core.to_host(&lb, &m->lbal[l], sizeof lb);
-            bal_total += (double)lb;
-            n_moe++;
-        }
     }
     norm_forward(be, m->y_final, m->fn_act, m->x_final, &m->final_norm, n);
     linear_forward(be, m->logits, m->head_act, m->y_final, &m->head, n);
     tb_ce_result ce;
     loss_forward(be, &ce, m->loss_act, m->logits, bt->labels, n, V);
+    /* L_bal of every MoE layer in one copy after the whole forward (the head's loss
+     * included) is queued: a GPU backend waits once, not once per layer; summed in layer
+     * order as before */
+    real lb_all[TB_MAX_LOGICAL_LAYERS];
+    if (m->nlogical > 0 && m->nlogical <= TB_MAX_LOGICAL_LAYERS)
+        be->core.to_host(lb_all, m->lbal, (size_t)m->nlogical * sizeof *m->lbal);
+    for (int l = 0; l < m->nlogical; l++) {
+        const tb_block *b = &m->blocks[l % c->num_layers];
+        if (!b->use_moe) continue;
+        real lb;
+        if (m->nlogical <= TB_MAX_LOGICAL_LAYERS) lb = lb_all[l];
+        else be->core.to_host(&lb, &m->lbal[l], sizeof lb);
+        bal_total += (double)lb;
+        n_moe++;
+    }
     phase_end(m, 0, TB_PHASE_HEAD, &tp);
     tb_fwd_result r;
     memset(&r, 0, sizeof r);
