@@ -39,6 +39,17 @@ void __syncthreads(void);
 float __shfl_xor_sync(unsigned mask, float v, int lane_mask);
 double __shfl_xor_sync(unsigned mask, double v, int lane_mask);
 
+/* CUDA's vector types used by the kernels. */
+struct alignas(16) int4 {
+    int x, y, z, w;
+};
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+struct alignas(4) char4 {
+    signed char x, y, z, w;
+};
+
 /* bf16 as its 16 bits; conversions round to nearest even as CUDA's _rn intrinsics do. */
 struct __nv_bfloat16 {
     uint16_t bits;

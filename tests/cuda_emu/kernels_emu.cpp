@@ -313,3 +313,11 @@ extern "C" int tbc_emu_dyt_norm_bwd(float *dx, const float *dy, const float *sta
     else tbc_emu_launch(g, 1, 1, th, 0, [&] { k_dyt_norm_bwd_warp<64>(dx, dy, stats, x, al, be, n, C); });
     return 0;
 }
+
+/* dense_cuda.cu: the 16-byte paths of the BitLinear output scale and x̃ (out, in % 4 == 0). */
+extern "C" void tbc_emu_bitlinear_scale4(float *y, const float *stats, const float *sw, size_t n, int out) {
+    tbc_emu_launch(3, 1, 1, 64, 0, [&] { k_bitlinear_scale4(y, stats, sw, n, out); });
+}
+extern "C" void tbc_emu_xtilde4(float *xt, const int8_t *xq, const float *stats, size_t n, int in) {
+    tbc_emu_launch(3, 1, 1, 64, 0, [&] { k_xtilde4(xt, xq, stats, n, in); });
+}

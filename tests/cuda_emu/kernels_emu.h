@@ -38,6 +38,10 @@ int tbc_emu_ln0_bwd(float *dx, const float *g, const float *x, const float *stat
 int tbc_emu_dyt_norm_fwd(float *y, float *stats, const float *x, const float *al, const float *be, size_t n, int C);
 int tbc_emu_dyt_norm_bwd(float *dx, const float *dy, const float *stats, const float *x, const float *al,
                          const float *be, size_t n, int C);
+/* The vectorised BitLinear output scale (y: int32 products in, floats out, in place) and
+ * x̃ = x_q / s_x (out, in multiples of 4; y, xt 16-byte aligned). */
+void tbc_emu_bitlinear_scale4(float *y, const float *stats, const float *sw, size_t n, int out);
+void tbc_emu_xtilde4(float *xt, const int8_t *xq, const float *stats, size_t n, int in);
 #ifdef __cplusplus
 }
 #endif

@@ -333,8 +333,38 @@ static void test_emulated_dynamic_tanh_norm_rows_match_cpu(void **state) {
     }
 }
 
+/* The 16-byte BitLinear output scale and x̃ kernels: bit for bit the per-element
+ * expressions of the scalar kernels (and of the CPU: y = acc / (s_x · s_w), x̃ = x_q / s_x),
+ * over a grid smaller than the work (grid-stride loops). */
+static void test_emulated_bitlinear_scale_and_xtilde_vectorised_bitwise(void **state) {
+    (void)state;
+    rng = 0xC0AC29B7C97C50DDull;
+    static const int sh[][2] = {{1, 4}, {7, 12}, {33, 1024}, {5, 3072}}; /* n, width */
+    for (size_t s = 0; s < sizeof sh / sizeof sh[0]; s++) {
+        size_t n = (size_t)sh[s][0], w = (size_t)sh[s][1], nw = n * w;
+        float *st = rand_buf(3 * n, 0.5f, 40.0f), sw = 17.25f;
+        float *y = aligned_alloc(16, ((nw * 4 + 15) / 16) * 16);
+        int8_t *xq = aligned_alloc(16, ((nw + 15) / 16) * 16);
+        float *xt = aligned_alloc(16, ((nw * 4 + 15) / 16) * 16), *want = malloc(nw * 4);
+        assert_true(y && xq && xt && want);
+        for (size_t i = 0; i < nw; i++) {
+            int32_t acc = (int32_t)(urand(-1, 1) * 500000.0f);
+            memcpy(&y[i], &acc, 4);
+            want[i] = (float)acc / (st[3 * (i / w) + 2] * sw);
+            xq[i] = (int8_t)(int)(urand(-128, 127.99f));
+        }
+        tbc_emu_bitlinear_scale4(y, st, &sw, n, (int)w);
+        assert_memory_equal(y, want, nw * 4);
+        for (size_t i = 0; i < nw; i++) want[i] = (float)xq[i] / st[3 * (i / w) + 2];
+        tbc_emu_xtilde4(xt, xq, st, n, (int)w);
+        assert_memory_equal(xt, want, nw * 4);
+        free(st), free(y), free(xq), free(xt), free(want);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_emulated_bitlinear_scale_and_xtilde_vectorised_bitwise),
         cmocka_unit_test(test_emulated_dynamic_tanh_norm_rows_match_cpu),
         cmocka_unit_test(test_emulated_bitlinear_rows_match_cpu),
         cmocka_unit_test(test_emulated_scan_matches_cpu),

@@ -167,7 +167,10 @@ static void cu_bitlinear_fwd(real *y, const int8_t *xq, const real *stats, const
     if (!n || out <= 0) return;
     /* int8 tensor cores through cuBLASLt where it takes the shape, else the tiled kernel. */
     if (n <= (size_t)INT32_MAX && tbc_gemm_s8((int32_t *)y, xq, wq, (int)n, in, out) == 0) {
-        k_bitlinear_scale<<<tbc_blocks(n * (size_t)out, 256), 256, 0, S()>>>(y, stats, sw, n, out);
+        if (out % 4 == 0 && ((uintptr_t)y & 15) == 0) /* 16-byte accesses (dense_kernels.cuh) */
+            k_bitlinear_scale4<<<tbc_blocks(n * (size_t)out / 4, 256), 256, 0, S()>>>(y, stats, sw, n, out);
+        else
+            k_bitlinear_scale<<<tbc_blocks(n * (size_t)out, 256), 256, 0, S()>>>(y, stats, sw, n, out);
         TBC_LAUNCHED();
         return;
     }
@@ -211,7 +214,10 @@ static void cu_bitlinear_bwd(real *dx, real *dw, real *dxhat, const real *dy, co
                              const real *sw, size_t n, int in, int out) {
     if (!n) return;
     size_t nin = n * (size_t)in, cnt = (size_t)out * in;
-    k_xtilde<<<tbc_blocks(nin, 256), 256, 0, S()>>>(dxhat, xq, stats, n, in);
+    if (in % 4 == 0 && ((uintptr_t)dxhat & 15) == 0 && ((uintptr_t)xq & 3) == 0)
+        k_xtilde4<<<tbc_blocks(nin / 4, 256), 256, 0, S()>>>(dxhat, xq, stats, n, in);
+    else
+        k_xtilde<<<tbc_blocks(nin, 256), 256, 0, S()>>>(dxhat, xq, stats, n, in);
     TBC_LAUNCHED();
     tbc_gemm(dw, dy, dxhat, out, in, (int)n, 1, 0, out, in, in, 1.0f, 1.0f, NULL);
     if (!dx) return;

@@ -178,4 +178,31 @@ __global__ void k_dyt_norm_bwd_warp(float *dx, const float *dy, const float *sta
         if (j < C) dxr[j] += r * (dxh[k] - mg) - coef * xm[k];
     }
 }
+/* y = acc / (s_x[t] · s_w) in place over the int32 products of a BitLinear forward, four
+ * values per thread (16-byte loads and stores) when out % 4 == 0 and y is 16-byte aligned,
+ * so the four share a row: the per-element expression of k_bitlinear_scale. */
+__global__ void k_bitlinear_scale4(float *y, const float *stats, const float *sw, size_t n, int out) {
+    float s_w = *sw;
+    size_t n4 = n * (size_t)out / 4;
+    for (size_t q = (size_t)blockIdx.x * blockDim.x + threadIdx.x; q < n4; q += (size_t)gridDim.x * blockDim.x) {
+        int4 a = reinterpret_cast<const int4 *>(y)[q];
+        float d = stats[3 * (q * 4 / out) + 2] * s_w;
+        float4 r;
+        r.x = (float)a.x / d, r.y = (float)a.y / d, r.z = (float)a.z / d, r.w = (float)a.w / d;
+        reinterpret_cast<float4 *>(y)[q] = r;
+    }
+}
+
+/* x̃ = x_q / s_x[t] (the STE's dequantised input), four codes per thread when in % 4 == 0
+ * and both buffers are aligned (4 and 16 bytes): the per-element expression of k_xtilde. */
+__global__ void k_xtilde4(float *xt, const int8_t *xq, const float *stats, size_t n, int in) {
+    size_t n4 = n * (size_t)in / 4;
+    for (size_t q = (size_t)blockIdx.x * blockDim.x + threadIdx.x; q < n4; q += (size_t)gridDim.x * blockDim.x) {
+        char4 c = reinterpret_cast<const char4 *>(xq)[q];
+        float sx = stats[3 * (q * 4 / in) + 2];
+        float4 r;
+        r.x = (float)c.x / sx, r.y = (float)c.y / sx, r.z = (float)c.z / sx, r.w = (float)c.w / sx;
+        reinterpret_cast<float4 *>(xt)[q] = r;
+    }
+}
 #endif
