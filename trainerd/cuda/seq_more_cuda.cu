@@ -216,8 +216,12 @@ static void cu_conv_causal_backward(real *dx, real *dw, real *dbias, const real 
     if (!n) return;
     k_cconv_dx<<<tbc_blocks(n, EW), EW, 0, S()>>>(dx, dy, w, B, T, Di, k);
     TBC_LAUNCHED();
-    size_t chunks = (rows + 255) / 256;
-    if (chunks > 128) chunks = 128;
+    /* chunks of 32 rows (at most 256 chunks): a thread walks its chunk with a dependent
+     * load per row, so short chunks and many threads hide the latency (with 256-row
+     * chunks the frankenstein Mamba layers' dw took 639 µs a call, seventh session's
+     * kernel table) */
+    size_t chunks = (rows + 31) / 32;
+    if (chunks > 256) chunks = 256;
     size_t per = (rows + chunks - 1) / chunks;
     chunks = (rows + per - 1) / per;
     double *part = (double *)tbc_scratch(TBC_SCR_SEQ_A, chunks * Di * (size_t)(k + 1) * sizeof(double));
