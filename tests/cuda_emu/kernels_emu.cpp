@@ -36,22 +36,21 @@ static emu_warp emu_warps[32];
 
 void __syncthreads(void) { pthread_barrier_wait(&emu_block_bar); }
 
+/* One exchange through the warp's buffer set of this call (see emu_warp). */
+template <typename V>
+static V emu_shfl_xor(V (&buf)[2][32], V v, int lane_mask) {
+    unsigned lane = threadIdx.x % 32, k = emu_calls++ & 1;
+    buf[k][lane] = v;
+    pthread_barrier_wait(&emu_warps[threadIdx.x / 32].bar);
+    return buf[k][lane ^ (unsigned)lane_mask];
+}
 double __shfl_xor_sync(unsigned mask, double v, int lane_mask) {
     (void)mask;
-    unsigned lane = threadIdx.x % 32, k = emu_calls++ & 1;
-    emu_warp &w = emu_warps[threadIdx.x / 32];
-    w.shfl_d[k][lane] = v;
-    pthread_barrier_wait(&w.bar);
-    return w.shfl_d[k][lane ^ (unsigned)lane_mask];
+    return emu_shfl_xor(emu_warps[threadIdx.x / 32].shfl_d, v, lane_mask);
 }
-
 float __shfl_xor_sync(unsigned mask, float v, int lane_mask) {
     (void)mask;
-    unsigned lane = threadIdx.x % 32, k = emu_calls++ & 1;
-    emu_warp &w = emu_warps[threadIdx.x / 32];
-    w.shfl[k][lane] = v;
-    pthread_barrier_wait(&w.bar);
-    return w.shfl[k][lane ^ (unsigned)lane_mask];
+    return emu_shfl_xor(emu_warps[threadIdx.x / 32].shfl, v, lane_mask);
 }
 
 /* PTX mma.m16n8k16 (.row.col, bf16): lane = 4 g + t holds A (row g, cols 2t, 2t + 1),

@@ -20,6 +20,31 @@ __device__ __forceinline__ float dk_warp_max_f(float v) {
     return v;
 }
 
+/* Load a row of `in` values into v (lane + 32 k, zero past the end) and take its mean
+ * (float, from the double sum) and its double sum of squared deviations from that mean:
+ * lane partials in k order, fixed xor trees. */
+template <int NV>
+__device__ __forceinline__ void dk_row_load_mean_m2(float (&v)[NV], const float *xr, int in, int lane, float *mean,
+                                                    double *m2) {
+    double s = 0;
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        int j = lane + 32 * k;
+        v[k] = j < in ? xr[j] : 0.0f;
+        if (j < in) s += v[k];
+    }
+    s = dk_warp_sum_d(s);
+    float mu = (float)(s / in);
+    double q = 0;
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        double d = (double)(v[k] - mu);
+        if (lane + 32 * k < in) q += d * d;
+    }
+    *mean = mu;
+    *m2 = dk_warp_sum_d(q);
+}
+
 /* Per token t (a warp; rows t = blockIdx.x · warps + warp): mean and variance in double
  * (lane partials over j = lane + 32 k, k ascending, then a fixed xor tree), then the
  * CPU's float roundings element by element: x̂ = (x - mean) · rstd, s_x = 127 / max(max
@@ -31,24 +56,9 @@ __global__ void k_quant_x_warp(int8_t *xq, float *stats, const float *x, size_t 
     int lane = threadIdx.x % 32;
     size_t t = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (t >= n) return; /* the whole warp */
-    const float *xr = x + t * in;
-    float v[NV];
-    double s = 0;
-#pragma unroll
-    for (int k = 0; k < NV; k++) {
-        int j = lane + 32 * k;
-        v[k] = j < in ? xr[j] : 0.0f;
-        if (j < in) s += v[k];
-    }
-    s = dk_warp_sum_d(s);
-    float mean = (float)(s / in);
-    double var = 0;
-#pragma unroll
-    for (int k = 0; k < NV; k++) {
-        double d = (double)(v[k] - mean);
-        if (lane + 32 * k < in) var += d * d;
-    }
-    var = dk_warp_sum_d(var);
+    float v[NV], mean;
+    double var;
+    dk_row_load_mean_m2<NV>(v, x + t * in, in, lane, &mean, &var);
     float rstd = (float)(1.0 / sqrt(var / in + 1e-5));
     float amax = 0;
 #pragma unroll
@@ -113,24 +123,9 @@ __global__ void k_dyt_norm_fwd_warp(float *y, float *stats, const float *x, cons
     int lane = threadIdx.x % 32;
     size_t t = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (t >= n) return;
-    const float *xr = x + t * C;
-    float v[NV];
-    double s = 0;
-#pragma unroll
-    for (int k = 0; k < NV; k++) {
-        int j = lane + 32 * k;
-        v[k] = j < C ? xr[j] : 0.0f;
-        if (j < C) s += v[k];
-    }
-    s = dk_warp_sum_d(s);
-    float mean = (float)(s / C);
-    double m2 = 0;
-#pragma unroll
-    for (int k = 0; k < NV; k++) {
-        double d = (double)(v[k] - mean);
-        if (lane + 32 * k < C) m2 += d * d;
-    }
-    m2 = dk_warp_sum_d(m2);
+    float v[NV], mean;
+    double m2;
+    dk_row_load_mean_m2<NV>(v, x + t * C, C, lane, &mean, &m2);
     float sd = (float)sqrt(m2 / (C - 1));
     float r = 1.0f / (sd + (float)DT_EPS);
     float *yr = y + t * C;

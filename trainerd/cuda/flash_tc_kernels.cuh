@@ -38,8 +38,7 @@ __global__ void __launch_bounds__(TC_THREADS)
     size_t rowbase = ((size_t)b * H + h) * T;
     tc_stage<HS, TC_BR>(Qs, NULL, q + (size_t)b * T * ldq + (size_t)h * hs, ldq, i0, T, hs);
     float o[NO][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};
-#pragma unroll
-    for (int n = 0; n < NO; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0;
+    tc_zero(o);
     int r[2] = {w * 16 + g, w * 16 + g + 8}; /* the thread's two rows in the tile */
     for (int j0 = 0; j0 < T; j0 += TC_BC) {
         __syncthreads();
@@ -52,8 +51,7 @@ __global__ void __launch_bounds__(TC_THREADS)
         if (tbc_keep_ok(d, T)) tbc_keep_tile<TC_BR, TC_BC, TC_THREADS>(keep, d, site, rowbase, i0, j0, T);
         __syncthreads();
         float s[NT][4];
-#pragma unroll
-        for (int n = 0; n < NT; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0;
+        tc_zero(s);
         tc_gemm_ss<HS, NT>(s, Qs + w * 16 * LH, LH, Ks, LH, g, t);
         float mt[2] = {-INFINITY, -INFINITY};
 #pragma unroll
@@ -144,8 +142,7 @@ __global__ void __launch_bounds__(TC_THREADS)
         sD[a] = i < T ? Dg[rowbase + i] : 0.0f;
     }
     float acc[NO][4];
-#pragma unroll
-    for (int n = 0; n < NO; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0;
+    tc_zero(acc);
     float sl2 = scale * TC_LOG2E;
     for (int j0 = 0; j0 < T; j0 += TC_BC) {
         __syncthreads();
@@ -158,10 +155,7 @@ __global__ void __launch_bounds__(TC_THREADS)
         if (tbc_keep_ok(d, T)) tbc_keep_tile<TC_BR, TC_BC, TC_THREADS>(keep, d, site, rowbase, i0, j0, T);
         __syncthreads();
         float s[NT][4], dp[NT][4];
-#pragma unroll
-        for (int n = 0; n < NT; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) s[n][e] = dp[n][e] = 0;
+        tc_zero(s), tc_zero(dp);
         tc_gemm_ss<HS, NT>(s, Qs + w * 16 * LH, LH, Ks, LH, g, t);
         tc_gemm_ss<HS, NT>(dp, Os + w * 16 * LH, LH, Vs, LH, g, t);
 #pragma unroll
@@ -225,10 +219,7 @@ __global__ void __launch_bounds__(TC_THREADS)
         kin[a] = j < T && (!mask || mask[(size_t)b * T + j]);
     }
     float ak[NO][4], av[NO][4];
-#pragma unroll
-    for (int n = 0; n < NO; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) ak[n][e] = av[n][e] = 0;
+    tc_zero(ak), tc_zero(av);
     float sl2 = scale * TC_LOG2E;
     for (int gi = 0; gi < group; gi++) {
         int h = kh * group + gi;
@@ -247,10 +238,7 @@ __global__ void __launch_bounds__(TC_THREADS)
             if (tbc_keep_ok(d, T)) tbc_keep_tile<BQ, TC_BR, TC_THREADS>(keep, d, site, rowbase, i0, j0, T);
             __syncthreads();
             float s[NT][4], dp[NT][4];
-#pragma unroll
-            for (int n = 0; n < NT; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) s[n][e] = dp[n][e] = 0;
+            tc_zero(s), tc_zero(dp);
             tc_gemm_ss<HS, NT>(s, Ks + w * 16 * LH, LH, Qs, LH, g, t);
             tc_gemm_ss<HS, NT>(dp, Vs + w * 16 * LH, LH, Os, LH, g, t);
 #pragma unroll

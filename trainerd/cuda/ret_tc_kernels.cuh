@@ -38,8 +38,7 @@ __global__ void __launch_bounds__(TC_THREADS)
     if (cc) c = cc[h];
     tc_stage<HS, RTC_BR>(As, NULL, a + base, ld, r0, T, hs);
     float acc[NO][4];
-#pragma unroll
-    for (int n = 0; n < NO; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0;
+    tc_zero(acc);
     int r[2] = {r0 + w * 16 + g, r0 + w * 16 + g + 8}; /* the thread's two rows */
     int rlast = r0 + RTC_BR - 1 < T - 1 ? r0 + RTC_BR - 1 : T - 1;
     int o_begin = range == 1 ? r0 : 0, o_end = range == 0 ? rlast + 1 : T; /* r0 % RTC_BC == 0 */
@@ -49,8 +48,7 @@ __global__ void __launch_bounds__(TC_THREADS)
         tc_stage<HS, RTC_BC>(NULL, Ct, cv + base, ld, o0, T, hs);
         __syncthreads();
         float s[NT][4];
-#pragma unroll
-        for (int n = 0; n < NT; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0;
+        tc_zero(s);
         tc_gemm_ss<HS, NT>(s, As + w * 16 * LH, LH, Bs, LH, g, t);
 #pragma unroll
         for (int n = 0; n < NT; n++)

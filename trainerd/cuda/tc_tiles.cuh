@@ -41,6 +41,13 @@ __device__ __forceinline__ void tc_mma(float (&c)[4], uint32_t a0, uint32_t a1, 
 #endif
 }
 
+/* Zero N accumulator tiles. */
+template <int N>
+__device__ __forceinline__ void tc_zero(float (&a)[N][4]) {
+#pragma unroll
+    for (int n = 0; n < N; n++) a[n][0] = a[n][1] = a[n][2] = a[n][3] = 0;
+}
+
 /* acc[n][·] (16 x 8·NN) += A (the warp's 16 rows at A + r0·lda, row-major) · Bn (n-major:
  * element (k, n) at Bn[n·ldb + k]) over k < K (a multiple of 16). */
 template <int K, int NN>
