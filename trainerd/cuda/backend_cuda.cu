@@ -59,7 +59,12 @@ static int ctx_create(tb_err *err) {
     const char *attn = getenv("TB_CUDA_ATTN");
     c->attn_plain = attn && strcmp(attn, "plain") == 0;
     const char *tc = getenv("TB_CUDA_TC");
-    c->tc_tiles = tc && strcmp(tc, "1") == 0;
+    /* "1": every tensor-core tile kernel; "attn" or "ret": one kind */
+    c->tc_tiles = !tc ? 0
+                  : !strcmp(tc, "1")    ? TB_CUDA_TC_ATTN | TB_CUDA_TC_RET
+                  : !strcmp(tc, "attn") ? TB_CUDA_TC_ATTN
+                  : !strcmp(tc, "ret")  ? TB_CUDA_TC_RET
+                                        : 0;
     const char *g32 = getenv("TB_CUDA_FP32_GEMM");
     c->fp32_cublas = g32 && strcmp(g32, "cublas") == 0;
     /* Asynchronous by default: every host read goes through an op that waits (to_host,
@@ -582,7 +587,7 @@ extern "C" void tb_cuda_force_plain_attention(int on) {
 }
 
 extern "C" void tb_cuda_tensor_core_tiles(int on) {
-    if (tbc_g) tbc_g->tc_tiles = on != 0;
+    if (tbc_g) tbc_g->tc_tiles = on == 1 ? TB_CUDA_TC_ATTN | TB_CUDA_TC_RET : on & (TB_CUDA_TC_ATTN | TB_CUDA_TC_RET);
 }
 
 extern "C" void tb_cuda_set_sync(int on) {

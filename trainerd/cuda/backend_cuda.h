@@ -41,9 +41,11 @@ void tb_cuda_set_sync(int on);
  * shared memory is too small for the fused kernels; TB_CUDA_ATTN=plain at start-up).
  * Models created afterwards follow it. */
 void tb_cuda_force_plain_attention(int on);
-/* 1: in the bf16 mode the fused softmax attention and the retention / decay tiles run on
- * bf16 tensor cores (sm_80+; TB_CUDA_TC=1 at start-up); 0 (the default): on fp32 CUDA
- * cores in every mode. */
+/* In the bf16 mode (sm_80+) run on bf16 tensor cores: the fused softmax attention
+ * (TB_CUDA_TC_ATTN), the retention / decay tiles (TB_CUDA_TC_RET); 1 means both, 0 (the
+ * default) neither: fp32 CUDA cores in every mode. At start-up: TB_CUDA_TC=1, attn or ret. */
+#define TB_CUDA_TC_ATTN 2
+#define TB_CUDA_TC_RET 4
 void tb_cuda_tensor_core_tiles(int on);
 /* 1: fp32 GEMMs through cuBLASLt (faster; its own summation order) instead of the kernel
  * in the CPU's order (TB_CUDA_FP32_GEMM=cublas at start-up). */

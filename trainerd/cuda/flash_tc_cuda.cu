@@ -40,7 +40,7 @@ static size_t tc_smem_kv(int HS) {
  * tb_cuda_tensor_core_tiles), the bf16 mode (sm_80+), and the tiles fit the block's
  * shared memory (+ the kernels' static arrays). */
 int tbc_flash_tc_fits(int hs) {
-    if (!tbc_g->tc_tiles || tbc_g->prec != TB_PREC_BF16 || tbc_g->cc_major < 8) return 0;
+    if (!(tbc_g->tc_tiles & TB_CUDA_TC_ATTN) || tbc_g->prec != TB_PREC_BF16 || tbc_g->cc_major < 8) return 0;
     int HS = hs <= 32 ? 32 : hs <= 64 ? 64 : hs <= 128 ? 128 : 0;
     if (!HS) return 0;
     size_t need = tc_smem_fwd(HS);

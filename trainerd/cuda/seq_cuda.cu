@@ -162,7 +162,7 @@ int tbc_decay_tiled(float *out, const float *a, const float *b, const float *cv,
     if (T < 16 || hs <= 0 || hs > 128 || B <= 0 || H <= 0) return -1;
     float c = (float)(1.0 / sqrt((double)hs));
     /* bf16 tensor cores when turned on (tb_cuda_tensor_core_tiles) in the bf16 mode */
-    if (tbc_g->tc_tiles && tbc_g->prec == TB_PREC_BF16 && tbc_g->cc_major >= 8) {
+    if ((tbc_g->tc_tiles & TB_CUDA_TC_RET) && tbc_g->prec == TB_PREC_BF16 && tbc_g->cc_major >= 8) {
         int rc = hs <= 32   ? rtc_launch<32>(out, a, b, cv, gam, cc, B, T, H, hs, range, accumulate, c)
                  : hs <= 64 ? rtc_launch<64>(out, a, b, cv, gam, cc, B, T, H, hs, range, accumulate, c)
                             : rtc_launch<128>(out, a, b, cv, gam, cc, B, T, H, hs, range, accumulate, c);
