@@ -320,3 +320,6 @@ extern "C" void tbc_emu_bitlinear_scale4(float *y, const float *stats, const flo
 extern "C" void tbc_emu_xtilde4(float *xt, const int8_t *xq, const float *stats, size_t n, int in) {
     tbc_emu_launch(3, 1, 1, 64, 0, [&] { k_xtilde4(xt, xq, stats, n, in); });
 }
+extern "C" void tbc_emu_wtilde4(float *wt, const int8_t *wq, const float *sw, size_t count) {
+    tbc_emu_launch(3, 1, 1, 64, 0, [&] { k_wtilde4(wt, wq, sw, count); });
+}

@@ -42,6 +42,8 @@ int tbc_emu_dyt_norm_bwd(float *dx, const float *dy, const float *stats, const f
  * x̃ = x_q / s_x (out, in multiples of 4; y, xt 16-byte aligned). */
 void tbc_emu_bitlinear_scale4(float *y, const float *stats, const float *sw, size_t n, int out);
 void tbc_emu_xtilde4(float *xt, const int8_t *xq, const float *stats, size_t n, int in);
+/* Ŵ = w_q / s_w, four codes per thread (count a multiple of 4). */
+void tbc_emu_wtilde4(float *wt, const int8_t *wq, const float *sw, size_t count);
 #ifdef __cplusplus
 }
 #endif

@@ -333,7 +333,7 @@ static void test_emulated_dynamic_tanh_norm_rows_match_cpu(void **state) {
     }
 }
 
-/* The 16-byte BitLinear output scale and x̃ kernels: bit for bit the per-element
+/* The 16-byte BitLinear output scale, x̃ and Ŵ kernels: bit for bit the per-element
  * expressions of the scalar kernels (and of the CPU: y = acc / (s_x · s_w), x̃ = x_q / s_x),
  * over a grid smaller than the work (grid-stride loops). */
 static void test_emulated_bitlinear_scale_and_xtilde_vectorised_bitwise(void **state) {
@@ -357,6 +357,10 @@ static void test_emulated_bitlinear_scale_and_xtilde_vectorised_bitwise(void **s
         assert_memory_equal(y, want, nw * 4);
         for (size_t i = 0; i < nw; i++) want[i] = (float)xq[i] / st[3 * (i / w) + 2];
         tbc_emu_xtilde4(xt, xq, st, n, (int)w);
+        assert_memory_equal(xt, want, nw * 4);
+        float c = 1.0f / sw; /* Ŵ from the same codes read as ternary */
+        for (size_t i = 0; i < nw; i++) xq[i] = (int8_t)(xq[i] % 2), want[i] = xq[i] > 0 ? c : xq[i] < 0 ? -c : 0.0f;
+        tbc_emu_wtilde4(xt, xq, &sw, nw);
         assert_memory_equal(xt, want, nw * 4);
         free(st), free(y), free(xq), free(xt), free(want);
     }

@@ -222,7 +222,10 @@ static void cu_bitlinear_bwd(real *dx, real *dw, real *dxhat, const real *dy, co
     tbc_gemm(dw, dy, dxhat, out, in, (int)n, 1, 0, out, in, in, 1.0f, 1.0f, NULL);
     if (!dx) return;
     float *wt = (float *)tbc_scratch(TBC_SCR_WTILDE, cnt * sizeof(float));
-    k_wtilde<<<tbc_blocks(cnt, 256), 256, 0, S()>>>(wt, wq, sw, cnt);
+    if (cnt % 4 == 0 && ((uintptr_t)wt & 15) == 0 && ((uintptr_t)wq & 3) == 0)
+        k_wtilde4<<<tbc_blocks(cnt / 4, 256), 256, 0, S()>>>(wt, wq, sw, cnt);
+    else
+        k_wtilde<<<tbc_blocks(cnt, 256), 256, 0, S()>>>(wt, wq, sw, cnt);
     TBC_LAUNCHED();
     tbc_gemm(dxhat, dy, wt, (int)n, in, out, 0, 0, out, in, in, 1.0f, 0.0f, NULL);
     if (n / DK_ROWS < 65535u * 1024u && in <= 2048) {

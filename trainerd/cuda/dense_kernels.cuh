@@ -200,4 +200,19 @@ __global__ void k_xtilde4(float *xt, const int8_t *xq, const float *stats, size_
         reinterpret_cast<float4 *>(xt)[q] = r;
     }
 }
+/* Ŵ = w_q / s_w ∈ {c, -c, 0} (c = 1 / s_w), four codes per thread when count % 4 == 0 and
+ * the buffers are aligned (4 and 16 bytes): the expression of k_wtilde. */
+__global__ void k_wtilde4(float *wt, const int8_t *wq, const float *sw, size_t count) {
+    float c = 1.0f / *sw;
+    size_t n4 = count / 4;
+    for (size_t q = (size_t)blockIdx.x * blockDim.x + threadIdx.x; q < n4; q += (size_t)gridDim.x * blockDim.x) {
+        char4 w = reinterpret_cast<const char4 *>(wq)[q];
+        float4 r;
+        r.x = w.x > 0 ? c : w.x < 0 ? -c : 0.0f;
+        r.y = w.y > 0 ? c : w.y < 0 ? -c : 0.0f;
+        r.z = w.z > 0 ? c : w.z < 0 ? -c : 0.0f;
+        r.w = w.w > 0 ? c : w.w < 0 ? -c : 0.0f;
+        reinterpret_cast<float4 *>(wt)[q] = r;
+    }
+}
 #endif
