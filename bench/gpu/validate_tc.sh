@@ -45,14 +45,14 @@ done
 lim=$(left)
 if [ "$lim" -gt 60 ]; then
     OUT="$out" TB_GPU_DEADLINE=$((lim - 50)) \
-        TB_RUNS="frankenstein_bf16 frankenstein_bf16_tc mini_bf16_tc" bash bench/train_step/run.sh device \
+        TB_RUNS="${TB_VALIDATE_RUNS:-frankenstein_bf16 frankenstein_bf16_cc mini_bf16 mini_bf16_cc}" bash bench/train_step/run.sh device \
         > "$out/train_step.txt" 2>&1
     cat "$out/steps.txt"
 fi
 
 # 4. the kernel table with the tiles
 if [ "$(left)" -gt 25 ]; then
-    OUT="$out" TB_CUDA_TC=1 TB_KERNEL_STEPS=4 timeout "$(left)" bash bench/gpu/kernels.sh > "$out/kernels_run.txt" 2>&1
+    OUT="$out" TB_KERNEL_STEPS=4 timeout "$(left)" bash bench/gpu/kernels.sh > "$out/kernels_run.txt" 2>&1
     head -n 25 "$out/kernels.txt"
 fi
 cat "$out/summary.txt"

@@ -3,7 +3,8 @@
 # tb-train-local on the CUDA backend for frankenstein B 8 x T 512, mini B 32 x T 128 and
 # ultra B 8 x T 512, in fp32 and bf16 GEMM precision (training.precision), with and without
 # activation recompute (model.activation_recompute: true, or ode for the ODE layers only;
-# ultra only with it); the *_tc runs turn on the bf16 tensor-core tiles (TB_CUDA_TC=1).
+# ultra only with it). The bf16 runs use the tensor-core tiles (the default); the *_cc runs
+# turn them off (TB_CUDA_TC=0: attention and retention on fp32 CUDA cores).
 #
 #   bench/train_step/run.sh prepare   # here: tb-train-local with the CUDA backend, the
 #                                     # libraries the GPU machine lacks, two demo shards and
@@ -62,19 +63,27 @@ device)
     echo "# $gpu, $(date -u +%Y-%m-%dT%H:%M:%SZ)" >> "$out/steps.txt"
     run frankenstein_fp32 10 --preset frankenstein --seq-len 512 --batch 8 --set training.precision=fp32
     run frankenstein_bf16 10 --preset frankenstein --seq-len 512 --batch 8 --set training.precision=bf16
-    # the bf16 tensor-core tiles (attention, retention / decay; off by default)
-    TB_CUDA_TC=1 run frankenstein_bf16_tc 10 --preset frankenstein --seq-len 512 --batch 8 \
+    # without the bf16 tensor-core tiles (attention, retention / decay on CUDA cores)
+    TB_CUDA_TC=0 run frankenstein_bf16_cc 10 --preset frankenstein --seq-len 512 --batch 8 \
         --set training.precision=bf16
+    # which products of the tensor-core attention are split (TB_CUDA_TC_SPLIT, a bench
+    # switch: 3 the default, 1 the scores only, 0 none), and the attention dropout's share
+    TB_CUDA_TC_SPLIT=1 run frankenstein_bf16_s1 10 --preset frankenstein --seq-len 512 --batch 8 \
+        --set training.precision=bf16
+    TB_CUDA_TC_SPLIT=0 run frankenstein_bf16_s0 10 --preset frankenstein --seq-len 512 --batch 8 \
+        --set training.precision=bf16
+    run frankenstein_bf16_nodrop 10 --preset frankenstein --seq-len 512 --batch 8 --set training.precision=bf16 \
+        --set model.dropout=0
     run mini_fp32 20 --preset mini --seq-len 128 --batch 32 --set training.precision=fp32
     run mini_bf16 20 --preset mini --seq-len 128 --batch 32 --set training.precision=bf16
-    TB_CUDA_TC=1 run mini_bf16_tc 20 --preset mini --seq-len 128 --batch 32 --set training.precision=bf16
+    TB_CUDA_TC=0 run mini_bf16_cc 20 --preset mini --seq-len 128 --batch 32 --set training.precision=bf16
     run frankenstein_bf16_rc 10 --preset frankenstein --seq-len 512 --batch 8 --set training.precision=bf16 \
         --set model.activation_recompute=true
     run frankenstein_bf16_rcode 10 --preset frankenstein --seq-len 512 --batch 8 --set training.precision=bf16 \
         --set model.activation_recompute=ode
     run ultra_bf16_rc 6 --preset ultra --seq-len 512 --batch 8 --set training.precision=bf16 \
         --set model.activation_recompute=true
-    TB_CUDA_TC=1 run ultra_bf16_rc_tc 6 --preset ultra --seq-len 512 --batch 8 --set training.precision=bf16 \
+    TB_CUDA_TC=0 run ultra_bf16_rc_cc 6 --preset ultra --seq-len 512 --batch 8 --set training.precision=bf16 \
         --set model.activation_recompute=true
     cat "$out/steps.txt"
     ;;

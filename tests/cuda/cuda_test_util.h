@@ -28,6 +28,10 @@ static inline void ct_init_or_skip(void) {
         exit(1);
     }
     ct_cpu = tb_backend_cpu();
+    /* The bf16 cases check the CUDA-core kernels (what runs where the tiles do not: below
+     * sm_80, head sizes over 128); the tensor-core tiles, on by default in the bf16 mode,
+     * have tests of their own that turn them on. */
+    tb_cuda_tensor_core_tiles(0);
     /* CT_FILTER=pattern runs only the matching tests (cmocka's filter: * and ? wildcards),
      * e.g. compute-sanitizer on the tensor-core tests alone */
     const char *f = getenv("CT_FILTER");

@@ -75,6 +75,7 @@ static inline float tbc_emu_bf16_float(uint16_t bits) {
     memcpy(&f, &u, 4);
     return f;
 }
+static inline float __bfloat162float(__nv_bfloat16 h) { return tbc_emu_bf16_float(h.bits); }
 
 /* c += A B for the calling lane's part of a warp-wide m16n8k16 product. */
 void tbc_emu_mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1);

@@ -123,18 +123,13 @@ void tbc_emu_run(unsigned gx, unsigned gy, unsigned gz, unsigned threads, size_t
 
 /* The launch geometry of flash_tc_cuda.cu (tc_fwd, tc_bwd). */
 static int emu_hs(int hs) { return hs <= 32 ? 32 : hs <= 64 ? 64 : 128; }
-static size_t emu_smem_fwd(int HS) { return 2 * ((size_t)(TC_BR + TC_BC) * (HS + 8) + (size_t)HS * (TC_BC + 8)); }
-static size_t emu_smem_q(int HS) { return 2 * ((size_t)(2 * TC_BR + 2 * TC_BC) * (HS + 8) + (size_t)HS * (TC_BC + 8)); }
-static size_t emu_smem_kv(int HS, int BQ) {
-    return 2 * ((size_t)(2 * TC_BR + 2 * BQ) * (HS + 8) + 2 * (size_t)HS * (BQ + 8));
-}
 
 template <int HS>
 static void emu_fwd(float *out, float *lse, const float *q, const float *k, const float *v, size_t ldq, size_t ldkv,
                     const uint8_t *mask, tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs) {
     float sl2 = (float)(1.0 / sqrt((double)hs)) * TC_LOG2E;
-    tbc_emu_launch((unsigned)((T + TC_BR - 1) / TC_BR), (unsigned)H, (unsigned)B, TC_THREADS, emu_smem_fwd(HS),
-                   [&] { k_fat_fwd<HS>(out, lse, q, k, v, ldq, ldkv, mask, d, site, T, H, Hkv, hs, sl2); });
+    tbc_emu_launch((unsigned)((T + TC_BR - 1) / TC_BR), (unsigned)H, (unsigned)B, TC_THREADS, tc_fat_smem_fwd(HS),
+                   [&] { k_fat_fwd<HS, TC_SPLIT_DEFAULT>(out, lse, q, k, v, ldq, ldkv, mask, d, site, T, H, Hkv, hs, sl2); });
 }
 
 template <int HS>
@@ -143,12 +138,12 @@ static void emu_bwd(float *dq, float *dk, float *dv, const float *dout, const fl
                     tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs) {
     constexpr int BQ = HS > 64 ? 32 : 64;
     float scale = (float)(1.0 / sqrt((double)hs));
-    tbc_emu_launch((unsigned)((T + TC_BR - 1) / TC_BR), (unsigned)H, (unsigned)B, TC_THREADS, emu_smem_q(HS), [&] {
-        k_fat_bwd_q<HS>(dq, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, T, H, Hkv, hs, scale);
+    tbc_emu_launch((unsigned)((T + TC_BR - 1) / TC_BR), (unsigned)H, (unsigned)B, TC_THREADS, tc_fat_smem_q(HS), [&] {
+        k_fat_bwd_q<HS, TC_SPLIT_DEFAULT>(dq, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, T, H, Hkv, hs, scale);
     });
     tbc_emu_launch((unsigned)((T + TC_BR - 1) / TC_BR), (unsigned)Hkv, (unsigned)B, TC_THREADS,
-                   emu_smem_kv(HS, BQ), [&] {
-                       k_fat_bwd_kv<HS, BQ>(dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, T, H, Hkv, hs,
+                   tc_fat_smem_kv(HS), [&] {
+                       k_fat_bwd_kv<HS, BQ, TC_SPLIT_DEFAULT>(dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, T, H, Hkv, hs,
                                             scale);
                    });
 }

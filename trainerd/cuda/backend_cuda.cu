@@ -59,12 +59,16 @@ static int ctx_create(tb_err *err) {
     const char *attn = getenv("TB_CUDA_ATTN");
     c->attn_plain = attn && strcmp(attn, "plain") == 0;
     const char *tc = getenv("TB_CUDA_TC");
-    /* "1": every tensor-core tile kernel; "attn" or "ret": one kind */
-    c->tc_tiles = !tc ? 0
-                  : !strcmp(tc, "1")    ? TB_CUDA_TC_ATTN | TB_CUDA_TC_RET
-                  : !strcmp(tc, "attn") ? TB_CUDA_TC_ATTN
-                  : !strcmp(tc, "ret")  ? TB_CUDA_TC_RET
-                                        : 0;
+    /* unset or "1": every tensor-core tile kernel (the bf16 mode's default); "attn" or
+     * "ret": one kind; "0": none (fp32 CUDA cores, as in the fp32 and fp16 modes) */
+    c->tc_tiles = !tc || !strcmp(tc, "1") ? TB_CUDA_TC_ATTN | TB_CUDA_TC_RET
+                  : !strcmp(tc, "attn")   ? TB_CUDA_TC_ATTN
+                  : !strcmp(tc, "ret")    ? TB_CUDA_TC_RET
+                                          : 0;
+    /* Bench switch: 0, 1 or 3 picks the split products of the tensor-core attention
+     * (flash_tc_kernels.cuh); anything else, the default 3. */
+    const char *split = getenv("TB_CUDA_TC_SPLIT");
+    c->tc_split = split && (!strcmp(split, "0") || !strcmp(split, "1")) ? split[0] - '0' : 3;
     const char *g32 = getenv("TB_CUDA_FP32_GEMM");
     c->fp32_cublas = g32 && strcmp(g32, "cublas") == 0;
     /* Asynchronous by default: every host read goes through an op that waits (to_host,

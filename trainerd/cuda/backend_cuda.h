@@ -42,8 +42,9 @@ void tb_cuda_set_sync(int on);
  * Models created afterwards follow it. */
 void tb_cuda_force_plain_attention(int on);
 /* In the bf16 mode (sm_80+) run on bf16 tensor cores: the fused softmax attention
- * (TB_CUDA_TC_ATTN), the retention / decay tiles (TB_CUDA_TC_RET); 1 means both, 0 (the
- * default) neither: fp32 CUDA cores in every mode. At start-up: TB_CUDA_TC=1, attn or ret. */
+ * (TB_CUDA_TC_ATTN), the retention / decay tiles (TB_CUDA_TC_RET); 1 (the default) means
+ * both, 0 neither: fp32 CUDA cores, as in the fp32 and fp16 modes. At start-up:
+ * TB_CUDA_TC unset or 1, attn, ret, or 0. */
 #define TB_CUDA_TC_ATTN 2
 #define TB_CUDA_TC_RET 4
 void tb_cuda_tensor_core_tiles(int on);

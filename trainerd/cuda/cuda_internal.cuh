@@ -95,9 +95,11 @@ typedef struct tbc_ctx {
     int prec;     /* GEMM precision (tb_precision: FP32, BF16 or FP16) */
     int cc_major; /* compute capability */
     int attn_plain; /* 1: softmax attention keeps P (the plain kernels; TB_CUDA_ATTN=plain) */
+    int tc_split;   /* TB_CUDA_TC_SPLIT (bench only): which products of the tensor-core
+                     * attention are split (flash_tc_kernels.cuh, TC_SPLIT_DEFAULT) */
     int tc_tiles;   /* TB_CUDA_TC_ATTN | TB_CUDA_TC_RET: in the bf16 mode those kernels run on
                      * bf16 tensor cores (flash_tc_cuda.cu, ret_tc_kernels.cuh; TB_CUDA_TC,
-                     * tb_cuda_tensor_core_tiles); 0: fp32 CUDA cores */
+                     * tb_cuda_tensor_core_tiles; both by default); 0: fp32 CUDA cores */
     double held_bytes; /* mem_alloc + scratch + workspace, for mem_info */
     int fp32_cublas; /* 1: fp32 GEMMs through cuBLASLt (TB_CUDA_FP32_GEMM=cublas), not in the
                       * CPU's order (gemm_ordered_cuda.cu) */

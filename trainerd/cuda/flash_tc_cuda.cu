@@ -4,6 +4,16 @@
  * fp32 in memory; each tile is rounded to bf16 (round to nearest even) as it is staged in
  * shared memory, and P and dS are rounded to bf16 where they enter a product (the rounding
  * of the bf16 mode's GEMMs; softmax statistics, dS's factors and every sum stay fp32).
+ * The forward's two products are the exception: q, k, v and P enter them as bf16 pairs
+ * hi + lo, and S = Ql Khᵀ + Qh Klᵀ + Qh Khᵀ (tc_gemm_ss3), O = Pl Vh + Ph Vl + Ph Vh
+ * (tc_gemm_rs3), ~2^-16 relative instead of 2^-8. For S because an error e in a score
+ * multiplies its probability by exp(e) (scores of a few tens put plain bf16's output
+ * 3.7e-2 off; split, 3e-3). For O because the forward's output feeds discrete decisions
+ * downstream: the MoE router's top-K. With bf16 P (output ~2.5e-3 off) one token of the
+ * tiny model's layer 4 changed experts on the H100 (2026-11-23: L_bal 2e-5 off instead of
+ * 3e-7, that layer's output 5.6% off, two gradient tensors past 2e-2); split, the forward
+ * is as close to the CPU as the fp32 kernel's. Four more mma per tile in the forward; the
+ * backward's products (gradients only) stay plain bf16, with the split scores.
  *
  * Kernels (128 threads = 4 warps; warp w owns 16 rows of the block's 64):
  *   k_fat_fwd     block per (64 queries, head, batch): over 64-key tiles S = Q Kᵀ (16 x 64
@@ -28,13 +38,6 @@
 
 static inline cudaStream_t S(void) { return tbc_g->stream; }
 
-static int tc_bq(int HS) { return HS > 64 ? 32 : 64; }
-static size_t tc_smem_fwd(int HS) { return 2 * ((size_t)(TC_BR + TC_BC) * (HS + 8) + (size_t)HS * (TC_BC + 8)); }
-static size_t tc_smem_q(int HS) { return 2 * ((size_t)(2 * TC_BR + 2 * TC_BC) * (HS + 8) + (size_t)HS * (TC_BC + 8)); }
-static size_t tc_smem_kv(int HS) {
-    size_t bq = (size_t)tc_bq(HS);
-    return 2 * ((2 * TC_BR + 2 * bq) * (HS + 8) + 2 * (size_t)HS * (bq + 8));
-}
 
 /* Whether the tensor-core kernels serve head size hs here: turned on (TB_CUDA_TC=1 or
  * tb_cuda_tensor_core_tiles), the bf16 mode (sm_80+), and the tiles fit the block's
@@ -43,56 +46,63 @@ int tbc_flash_tc_fits(int hs) {
     if (!(tbc_g->tc_tiles & TB_CUDA_TC_ATTN) || tbc_g->prec != TB_PREC_BF16 || tbc_g->cc_major < 8) return 0;
     int HS = hs <= 32 ? 32 : hs <= 64 ? 64 : hs <= 128 ? 128 : 0;
     if (!HS) return 0;
-    size_t need = tc_smem_fwd(HS);
-    if (tc_smem_q(HS) > need) need = tc_smem_q(HS);
-    if (tc_smem_kv(HS) > need) need = tc_smem_kv(HS);
+    size_t need = tc_fat_smem_fwd(HS);
+    if (tc_fat_smem_q(HS) > need) need = tc_fat_smem_q(HS);
+    if (tc_fat_smem_kv(HS) > need) need = tc_fat_smem_kv(HS);
     return need + 5120 <= tbc_smem_optin_limit();
 }
 
-template <int HS>
+template <int HS, int SPLIT>
 static void tc_fwd(float *out, float *lse, const float *q, const float *k, const float *v, size_t ldq, size_t ldkv,
                    const uint8_t *mask, tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs) {
     static int allowed;
-    size_t smem = tc_smem_fwd(HS);
-    tbc_smem_allow(k_fat_fwd<HS>, smem, 0, &allowed);
+    size_t smem = tc_fat_smem_fwd(HS);
+    tbc_smem_allow(k_fat_fwd<HS, SPLIT>, smem, 0, &allowed);
     dim3 grid((unsigned)((T + TC_BR - 1) / TC_BR), (unsigned)H, (unsigned)B);
     float sl2 = (float)(1.0 / sqrt((double)hs)) * TC_LOG2E;
-    k_fat_fwd<HS><<<grid, TC_THREADS, smem, S()>>>(out, lse, q, k, v, ldq, ldkv, mask, d, site, T, H, Hkv, hs, sl2);
+    k_fat_fwd<HS, SPLIT>
+        <<<grid, TC_THREADS, smem, S()>>>(out, lse, q, k, v, ldq, ldkv, mask, d, site, T, H, Hkv, hs, sl2);
     TBC_LAUNCHED();
 }
 
-template <int HS>
+template <int HS, int SPLIT>
 static void tc_bwd(float *dq, float *dk, float *dv, const float *dout, const float *lse, const float *D,
                    const float *q, const float *k, const float *v, size_t ldq, size_t ldkv, const uint8_t *mask,
                    tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs) {
     constexpr int BQ = HS > 64 ? 32 : 64;
     static int allowed_q, allowed_kv;
     float scale = (float)(1.0 / sqrt((double)hs));
-    size_t sq = tc_smem_q(HS), skv = tc_smem_kv(HS);
-    tbc_smem_allow(k_fat_bwd_q<HS>, sq, 0, &allowed_q);
-    tbc_smem_allow(k_fat_bwd_kv<HS, BQ>, skv, 0, &allowed_kv);
+    size_t sq = tc_fat_smem_q(HS), skv = tc_fat_smem_kv(HS);
+    tbc_smem_allow(k_fat_bwd_q<HS, SPLIT>, sq, 0, &allowed_q);
+    tbc_smem_allow(k_fat_bwd_kv<HS, BQ, SPLIT>, skv, 0, &allowed_kv);
     dim3 gq((unsigned)((T + TC_BR - 1) / TC_BR), (unsigned)H, (unsigned)B);
-    k_fat_bwd_q<HS><<<gq, TC_THREADS, sq, S()>>>(dq, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, T, H, Hkv, hs,
-                                                 scale);
+    k_fat_bwd_q<HS, SPLIT><<<gq, TC_THREADS, sq, S()>>>(dq, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, T, H,
+                                                        Hkv, hs, scale);
     TBC_LAUNCHED();
     dim3 gkv((unsigned)((T + TC_BR - 1) / TC_BR), (unsigned)Hkv, (unsigned)B);
-    k_fat_bwd_kv<HS, BQ><<<gkv, TC_THREADS, skv, S()>>>(dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, T,
-                                                        H, Hkv, hs, scale);
+    k_fat_bwd_kv<HS, BQ, SPLIT><<<gkv, TC_THREADS, skv, S()>>>(dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, d,
+                                                               site, T, H, Hkv, hs, scale);
     TBC_LAUNCHED();
 }
+
+/* The head-size class and the split products (tbc_g->tc_split) as template arguments. */
+#define TC_DISPATCH(fn, ...)                                                                             \
+    do {                                                                                                 \
+        int sp_ = tbc_g->tc_split;                                                                       \
+        if (hs <= 32) sp_ == 0 ? fn<32, 0>(__VA_ARGS__) : sp_ == 1 ? fn<32, 1>(__VA_ARGS__) : fn<32, 3>(__VA_ARGS__); \
+        else if (hs <= 64)                                                                               \
+            sp_ == 0 ? fn<64, 0>(__VA_ARGS__) : sp_ == 1 ? fn<64, 1>(__VA_ARGS__) : fn<64, 3>(__VA_ARGS__); \
+        else sp_ == 0 ? fn<128, 0>(__VA_ARGS__) : sp_ == 1 ? fn<128, 1>(__VA_ARGS__) : fn<128, 3>(__VA_ARGS__); \
+    } while (0)
 
 void tbc_flash_tc_fwd(float *out, float *lse, const float *q, const float *k, const float *v, size_t ldq,
                       size_t ldkv, const uint8_t *mask, tbc_drop d, uint32_t site, int B, int T, int H, int Hkv,
                       int hs) {
-    if (hs <= 32) tc_fwd<32>(out, lse, q, k, v, ldq, ldkv, mask, d, site, B, T, H, Hkv, hs);
-    else if (hs <= 64) tc_fwd<64>(out, lse, q, k, v, ldq, ldkv, mask, d, site, B, T, H, Hkv, hs);
-    else tc_fwd<128>(out, lse, q, k, v, ldq, ldkv, mask, d, site, B, T, H, Hkv, hs);
+    TC_DISPATCH(tc_fwd, out, lse, q, k, v, ldq, ldkv, mask, d, site, B, T, H, Hkv, hs);
 }
 
 void tbc_flash_tc_bwd(float *dq, float *dk, float *dv, const float *dout, const float *lse, const float *D,
                       const float *q, const float *k, const float *v, size_t ldq, size_t ldkv, const uint8_t *mask,
                       tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs) {
-    if (hs <= 32) tc_bwd<32>(dq, dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, B, T, H, Hkv, hs);
-    else if (hs <= 64) tc_bwd<64>(dq, dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, B, T, H, Hkv, hs);
-    else tc_bwd<128>(dq, dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, B, T, H, Hkv, hs);
+    TC_DISPATCH(tc_bwd, dq, dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, B, T, H, Hkv, hs);
 }

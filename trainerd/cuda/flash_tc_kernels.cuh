@@ -16,18 +16,39 @@ __device__ __forceinline__ float tc_drop(const tbc_drop &d, const uint8_t *keep,
     return tbc_keep_ok(d, T) ? (keep[kidx] ? d.scale : 0.0f) : tbc_drop_factor(d, site, elem);
 }
 
+/* Queries per tile of k_fat_bwd_kv (fewer registers for HS 128), and each kernel's dynamic
+ * shared memory in bytes (the tiles listed at the kernel). */
+static inline int tc_fat_bq(int HS) { return HS > 64 ? 32 : 64; }
+static inline size_t tc_fat_smem_fwd(int HS) {
+    return 2 * ((size_t)(2 * TC_BR + 2 * TC_BC) * (HS + 8) + 2 * (size_t)HS * (TC_BC + 8));
+}
+static inline size_t tc_fat_smem_q(int HS) {
+    return 2 * ((size_t)(3 * TC_BR + 3 * TC_BC) * (HS + 8) + (size_t)HS * (TC_BC + 8));
+}
+static inline size_t tc_fat_smem_kv(int HS) {
+    size_t bq = (size_t)tc_fat_bq(HS);
+    return 2 * ((3 * TC_BR + 3 * bq) * (HS + 8) + 2 * (size_t)HS * (bq + 8));
+}
+
 #define TC_LOG2E 1.4426950408889634f
 #define TC_LN2 0.6931471805599453f
 
-template <int HS>
+/* SPLIT (a bench switch; the build's default is TC_SPLIT_DEFAULT): bit 0, the scores as a
+ * split product (tc_gemm_ss3); bit 1, the forward's output too (tc_gemm_rs3). */
+#define TC_SPLIT_DEFAULT 3
+
+template <int HS, int SPLIT>
 __global__ void __launch_bounds__(TC_THREADS)
     k_fat_fwd(float *out, float *lse, const float *q, const float *k, const float *v, size_t ldq, size_t ldkv,
               const uint8_t *mask, tbc_drop d, uint32_t site, int T, int H, int Hkv, int hs, float sl2) {
     constexpr int LH = HS + 8, LC = TC_BC + 8, NT = TC_BC / 8, NO = HS / 8;
     TC_DYN_SMEM(tc_sm);
     tc_bf16 *Qs = (tc_bf16 *)tc_sm;  /* [TC_BR][LH] */
-    tc_bf16 *Ks = Qs + TC_BR * LH;   /* [TC_BC][LH] */
-    tc_bf16 *Vt = Ks + TC_BC * LH;   /* [HS][LC] */
+    tc_bf16 *Ql = Qs + TC_BR * LH;   /* Q - Qs: [TC_BR][LH] */
+    tc_bf16 *Ks = Ql + TC_BR * LH;   /* [TC_BC][LH] */
+    tc_bf16 *Kl = Ks + TC_BC * LH;   /* K - Ks: [TC_BC][LH] */
+    tc_bf16 *Vt = Kl + TC_BC * LH;   /* [HS][LC] */
+    tc_bf16 *Vl = Vt + HS * LC;      /* V - Vt: [HS][LC] */
     __shared__ int km[TC_BC];
     __shared__ uint8_t keep[TC_BR * TC_BC];
     int tid = threadIdx.x, w = tid / 32, g = (tid % 32) / 4, t = tid % 4;
@@ -36,14 +57,14 @@ __global__ void __launch_bounds__(TC_THREADS)
     const float *kb = k + (size_t)b * T * ldkv + (size_t)kh * hs;
     const float *vb = v + (size_t)b * T * ldkv + (size_t)kh * hs;
     size_t rowbase = ((size_t)b * H + h) * T;
-    tc_stage<HS, TC_BR>(Qs, NULL, q + (size_t)b * T * ldq + (size_t)h * hs, ldq, i0, T, hs);
+    tc_stage<HS, TC_BR, SPLIT & 1>(Qs, NULL, q + (size_t)b * T * ldq + (size_t)h * hs, ldq, i0, T, hs, Ql);
     float o[NO][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};
     tc_zero(o);
     int r[2] = {w * 16 + g, w * 16 + g + 8}; /* the thread's two rows in the tile */
     for (int j0 = 0; j0 < T; j0 += TC_BC) {
         __syncthreads();
-        tc_stage<HS, TC_BC>(Ks, NULL, kb, ldkv, j0, T, hs);
-        tc_stage<HS, TC_BC>(NULL, Vt, vb, ldkv, j0, T, hs);
+        tc_stage<HS, TC_BC, SPLIT & 1>(Ks, NULL, kb, ldkv, j0, T, hs, Kl);
+        tc_stage<HS, TC_BC, false, (SPLIT & 2) != 0>(NULL, Vt, vb, ldkv, j0, T, hs, NULL, Vl);
         if (tid < TC_BC) {
             int j = j0 + tid;
             km[tid] = j < T && (!mask || mask[(size_t)b * T + j]);
@@ -52,7 +73,8 @@ __global__ void __launch_bounds__(TC_THREADS)
         __syncthreads();
         float s[NT][4];
         tc_zero(s);
-        tc_gemm_ss<HS, NT>(s, Qs + w * 16 * LH, LH, Ks, LH, g, t);
+        if (SPLIT & 1) tc_gemm_ss3<HS, NT>(s, Qs + w * 16 * LH, Ql + w * 16 * LH, LH, Ks, Kl, LH, g, t);
+        else tc_gemm_ss<HS, NT>(s, Qs + w * 16 * LH, LH, Ks, LH, g, t);
         float mt[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int n = 0; n < NT; n++)
@@ -88,7 +110,8 @@ __global__ void __launch_bounds__(TC_THREADS)
             o[n][0] *= alpha[0], o[n][1] *= alpha[0];
             o[n][2] *= alpha[1], o[n][3] *= alpha[1];
         }
-        tc_gemm_rs<TC_BC / 16, NO>(o, s, Vt, LC, g, t);
+        if (SPLIT & 2) tc_gemm_rs3<TC_BC / 16, NO>(o, s, Vt, Vl, LC, g, t);
+        else tc_gemm_rs<TC_BC / 16, NO>(o, s, Vt, LC, g, t);
     }
     size_t ldo = (size_t)H * hs;
 #pragma unroll
@@ -111,7 +134,7 @@ __global__ void __launch_bounds__(TC_THREADS)
     }
 }
 
-template <int HS>
+template <int HS, int SPLIT>
 __global__ void __launch_bounds__(TC_THREADS)
     k_fat_bwd_q(float *dq, const float *dout, const float *lse, const float *Dg, const float *q, const float *k,
                 const float *v, size_t ldq, size_t ldkv, const uint8_t *mask, tbc_drop d, uint32_t site, int T,
@@ -119,9 +142,11 @@ __global__ void __launch_bounds__(TC_THREADS)
     constexpr int LH = HS + 8, LC = TC_BC + 8, NT = TC_BC / 8, NO = HS / 8;
     TC_DYN_SMEM(tc_sm);
     tc_bf16 *Qs = (tc_bf16 *)tc_sm;  /* [TC_BR][LH] */
-    tc_bf16 *Os = Qs + TC_BR * LH;   /* dO: [TC_BR][LH] */
+    tc_bf16 *Ql = Qs + TC_BR * LH;   /* Q - Qs: [TC_BR][LH] */
+    tc_bf16 *Os = Ql + TC_BR * LH;   /* dO: [TC_BR][LH] */
     tc_bf16 *Ks = Os + TC_BR * LH;   /* [TC_BC][LH] */
-    tc_bf16 *Vs = Ks + TC_BC * LH;   /* [TC_BC][LH] */
+    tc_bf16 *Kl = Ks + TC_BC * LH;   /* K - Ks: [TC_BC][LH] */
+    tc_bf16 *Vs = Kl + TC_BC * LH;   /* [TC_BC][LH] */
     tc_bf16 *Kt = Vs + TC_BC * LH;   /* [HS][LC] */
     __shared__ int km[TC_BC];
     __shared__ uint8_t keep[TC_BR * TC_BC];
@@ -131,7 +156,7 @@ __global__ void __launch_bounds__(TC_THREADS)
     size_t ldo = (size_t)H * hs, rowbase = ((size_t)b * H + h) * T;
     const float *kb = k + (size_t)b * T * ldkv + (size_t)kh * hs;
     const float *vb = v + (size_t)b * T * ldkv + (size_t)kh * hs;
-    tc_stage<HS, TC_BR>(Qs, NULL, q + (size_t)b * T * ldq + (size_t)h * hs, ldq, i0, T, hs);
+    tc_stage<HS, TC_BR, SPLIT & 1>(Qs, NULL, q + (size_t)b * T * ldq + (size_t)h * hs, ldq, i0, T, hs, Ql);
     tc_stage<HS, TC_BR>(Os, NULL, dout + (size_t)b * T * ldo + (size_t)h * hs, ldo, i0, T, hs);
     int r[2] = {w * 16 + g, w * 16 + g + 8};
     float sl[2], sD[2];
@@ -146,7 +171,7 @@ __global__ void __launch_bounds__(TC_THREADS)
     float sl2 = scale * TC_LOG2E;
     for (int j0 = 0; j0 < T; j0 += TC_BC) {
         __syncthreads();
-        tc_stage<HS, TC_BC>(Ks, Kt, kb, ldkv, j0, T, hs);
+        tc_stage<HS, TC_BC, SPLIT & 1>(Ks, Kt, kb, ldkv, j0, T, hs, Kl);
         tc_stage<HS, TC_BC>(Vs, NULL, vb, ldkv, j0, T, hs);
         if (tid < TC_BC) {
             int j = j0 + tid;
@@ -156,7 +181,8 @@ __global__ void __launch_bounds__(TC_THREADS)
         __syncthreads();
         float s[NT][4], dp[NT][4];
         tc_zero(s), tc_zero(dp);
-        tc_gemm_ss<HS, NT>(s, Qs + w * 16 * LH, LH, Ks, LH, g, t);
+        if (SPLIT & 1) tc_gemm_ss3<HS, NT>(s, Qs + w * 16 * LH, Ql + w * 16 * LH, LH, Ks, Kl, LH, g, t);
+        else tc_gemm_ss<HS, NT>(s, Qs + w * 16 * LH, LH, Ks, LH, g, t);
         tc_gemm_ss<HS, NT>(dp, Os + w * 16 * LH, LH, Vs, LH, g, t);
 #pragma unroll
         for (int n = 0; n < NT; n++)
@@ -190,7 +216,7 @@ __global__ void __launch_bounds__(TC_THREADS)
 }
 
 /* BQ queries per tile (fewer registers for HS 128). */
-template <int HS, int BQ>
+template <int HS, int BQ, int SPLIT>
 __global__ void __launch_bounds__(TC_THREADS)
     k_fat_bwd_kv(float *dk, float *dv, const float *dout, const float *lse, const float *Dg, const float *q,
                  const float *k, const float *v, size_t ldq, size_t ldkv, const uint8_t *mask, tbc_drop d,
@@ -198,9 +224,11 @@ __global__ void __launch_bounds__(TC_THREADS)
     constexpr int LH = HS + 8, LQ = BQ + 8, NT = BQ / 8, NO = HS / 8;
     TC_DYN_SMEM(tc_sm);
     tc_bf16 *Ks = (tc_bf16 *)tc_sm;  /* [TC_BR][LH] */
-    tc_bf16 *Vs = Ks + TC_BR * LH;   /* [TC_BR][LH] */
+    tc_bf16 *Kl = Ks + TC_BR * LH;   /* K - Ks: [TC_BR][LH] */
+    tc_bf16 *Vs = Kl + TC_BR * LH;   /* [TC_BR][LH] */
     tc_bf16 *Qs = Vs + TC_BR * LH;   /* [BQ][LH] */
-    tc_bf16 *Os = Qs + BQ * LH;      /* dO: [BQ][LH] */
+    tc_bf16 *Ql = Qs + BQ * LH;      /* Q - Qs: [BQ][LH] */
+    tc_bf16 *Os = Ql + BQ * LH;      /* dO: [BQ][LH] */
     tc_bf16 *Qt = Os + BQ * LH;      /* [HS][LQ] */
     tc_bf16 *Ot = Qt + HS * LQ;      /* dO: [HS][LQ] */
     __shared__ float sl[BQ], sD[BQ];
@@ -209,7 +237,7 @@ __global__ void __launch_bounds__(TC_THREADS)
     int j0 = blockIdx.x * TC_BR, kh = blockIdx.y, b = blockIdx.z;
     int group = H / Hkv;
     size_t ldo = (size_t)H * hs;
-    tc_stage<HS, TC_BR>(Ks, NULL, k + (size_t)b * T * ldkv + (size_t)kh * hs, ldkv, j0, T, hs);
+    tc_stage<HS, TC_BR, SPLIT & 1>(Ks, NULL, k + (size_t)b * T * ldkv + (size_t)kh * hs, ldkv, j0, T, hs, Kl);
     tc_stage<HS, TC_BR>(Vs, NULL, v + (size_t)b * T * ldkv + (size_t)kh * hs, ldkv, j0, T, hs);
     int jr[2] = {w * 16 + g, w * 16 + g + 8}; /* the thread's two key rows in the block */
     bool kin[2];
@@ -228,7 +256,7 @@ __global__ void __launch_bounds__(TC_THREADS)
         const float *ob = dout + (size_t)b * T * ldo + (size_t)h * hs;
         for (int i0 = 0; i0 < T; i0 += BQ) {
             __syncthreads();
-            tc_stage<HS, BQ>(Qs, Qt, qb, ldq, i0, T, hs);
+            tc_stage<HS, BQ, SPLIT & 1>(Qs, Qt, qb, ldq, i0, T, hs, Ql);
             tc_stage<HS, BQ>(Os, Ot, ob, ldo, i0, T, hs);
             if (tid < BQ) {
                 int i = i0 + tid;
@@ -239,7 +267,8 @@ __global__ void __launch_bounds__(TC_THREADS)
             __syncthreads();
             float s[NT][4], dp[NT][4];
             tc_zero(s), tc_zero(dp);
-            tc_gemm_ss<HS, NT>(s, Ks + w * 16 * LH, LH, Qs, LH, g, t);
+            if (SPLIT & 1) tc_gemm_ss3<HS, NT>(s, Ks + w * 16 * LH, Kl + w * 16 * LH, LH, Qs, Ql, LH, g, t);
+            else tc_gemm_ss<HS, NT>(s, Ks + w * 16 * LH, LH, Qs, LH, g, t);
             tc_gemm_ss<HS, NT>(dp, Vs + w * 16 * LH, LH, Os, LH, g, t);
 #pragma unroll
             for (int n = 0; n < NT; n++)

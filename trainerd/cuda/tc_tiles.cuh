@@ -66,6 +66,37 @@ __device__ __forceinline__ void tc_gemm_ss(float (&acc)[NN][4], const tc_bf16 *A
     }
 }
 
+/* The split product ("bf16x3"): acc += A Bn with A = Ah + Al and Bn = Bh + Bl, each half
+ * a bf16 tile in the layout of tc_gemm_ss (tc_stage's lo tiles), as Al Bh + Ah Bl + Ah Bh
+ * (the small terms first; Al Bl, ~2^-16 relative, is left out). The product then carries
+ * the fp32 inputs to ~2^-16 instead of bf16's 2^-8: what attention scores need, since an
+ * error e in a score scales its probability by exp(e). */
+template <int K, int NN>
+__device__ __forceinline__ void tc_gemm_ss3(float (&acc)[NN][4], const tc_bf16 *A, const tc_bf16 *Al, int lda,
+                                            const tc_bf16 *Bn, const tc_bf16 *Bl, int ldb, int g, int t) {
+#pragma unroll
+    for (int kc = 0; kc < K / 16; kc++) {
+        int o0 = g * lda + kc * 16 + 2 * t, o1 = (g + 8) * lda + kc * 16 + 2 * t;
+        uint32_t a0 = tc_ld32(A + o0), a1 = tc_ld32(A + o1), a2 = tc_ld32(A + o0 + 8), a3 = tc_ld32(A + o1 + 8);
+        uint32_t l0 = tc_ld32(Al + o0), l1 = tc_ld32(Al + o1), l2 = tc_ld32(Al + o0 + 8), l3 = tc_ld32(Al + o1 + 8);
+#pragma unroll
+        for (int n = 0; n < NN; n++) {
+            int ob = (n * 8 + g) * ldb + kc * 16 + 2 * t;
+            uint32_t b0 = tc_ld32(Bn + ob), b1 = tc_ld32(Bn + ob + 8);
+            tc_mma(acc[n], l0, l1, l2, l3, b0, b1);
+            tc_mma(acc[n], a0, a1, a2, a3, tc_ld32(Bl + ob), tc_ld32(Bl + ob + 8));
+            tc_mma(acc[n], a0, a1, a2, a3, b0, b1);
+        }
+    }
+}
+
+/* hi = the bf16 pair of (x0, x1), lo = the bf16 pair of the remainders. */
+__device__ __forceinline__ void tc_split(float x0, float x1, uint32_t &hi, uint32_t &lo) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+    hi = *reinterpret_cast<uint32_t *>(&h);
+    lo = tc_pack(x0 - __bfloat162float(h.x), x1 - __bfloat162float(h.y));
+}
+
 /* acc[n][·] += P Bn where P (16 x 16·KK) lives in accumulator registers p[2·KK][4] (the C
  * layout of a 16 x 8 tile per entry): two C tiles side by side are one A fragment. */
 template <int KK, int NN>
@@ -83,19 +114,65 @@ __device__ __forceinline__ void tc_gemm_rs(float (&acc)[NN][4], const float (&p)
     }
 }
 
+/* tc_gemm_rs as a split product (see tc_gemm_ss3): P from registers as hi + lo, Bn + Bl
+ * from shared tiles. */
+template <int KK, int NN>
+__device__ __forceinline__ void tc_gemm_rs3(float (&acc)[NN][4], const float (&p)[2 * KK][4], const tc_bf16 *Bn,
+                                            const tc_bf16 *Bl, int ldb, int g, int t) {
+#pragma unroll
+    for (int kc = 0; kc < KK; kc++) {
+        uint32_t a0, a1, a2, a3, l0, l1, l2, l3;
+        tc_split(p[2 * kc][0], p[2 * kc][1], a0, l0);
+        tc_split(p[2 * kc][2], p[2 * kc][3], a1, l1);
+        tc_split(p[2 * kc + 1][0], p[2 * kc + 1][1], a2, l2);
+        tc_split(p[2 * kc + 1][2], p[2 * kc + 1][3], a3, l3);
+#pragma unroll
+        for (int n = 0; n < NN; n++) {
+            int ob = (n * 8 + g) * ldb + kc * 16 + 2 * t;
+            uint32_t b0 = tc_ld32(Bn + ob), b1 = tc_ld32(Bn + ob + 8);
+            tc_mma(acc[n], l0, l1, l2, l3, b0, b1);
+            tc_mma(acc[n], a0, a1, a2, a3, tc_ld32(Bl + ob), tc_ld32(Bl + ob + 8));
+            tc_mma(acc[n], a0, a1, a2, a3, b0, b1);
+        }
+    }
+}
+
 /* ROWS x HS tile of a (tokens, ld) fp32 tensor from row r0 (of T) into bf16 shared tiles,
  * zero outside (r0 + r >= T or c >= hs): rm[r·(HS + 8) + c] when rm is not NULL,
- * tr[c·(ROWS + 8) + r] when tr is not NULL (one global read serves both). */
-template <int HS, int ROWS>
+ * tr[c·(ROWS + 8) + r] when tr is not NULL (one global read serves both), and the
+ * remainder x - bf16(x), rounded, in the same layouts at lo (row-major) and trlo
+ * (transposed) where those are not NULL (for the split products). */
+template <int HS, int ROWS, bool LO = false, bool TRLO = false>
 __device__ __forceinline__ void tc_stage(tc_bf16 *rm, tc_bf16 *tr, const float *src, size_t ld, int r0, int T,
-                                         int hs) {
-    for (int e = threadIdx.x; e < ROWS * HS; e += TC_THREADS) {
-        int r = e / HS, c = e % HS;
-        float x = 0;
-        if (r0 + r < T && c < hs) x = src[(size_t)(r0 + r) * ld + c];
-        tc_bf16 h = __float2bfloat16_rn(x);
-        if (rm) rm[r * (HS + 8) + c] = h;
-        if (tr) tr[c * (ROWS + 8) + r] = h;
+                                         int hs, tc_bf16 *lo = NULL, tc_bf16 *trlo = NULL) {
+    /* Thread tid takes column c = tid % HS of rows tid / HS + i·RS (HS divides the block):
+     * CH loads issued before the first is used, since a load that waits for the previous
+     * element's conversion and store pays the L2 latency once per element. */
+    constexpr int RS = TC_THREADS / HS, N = ROWS / RS, CH = N < 8 ? N : 8;
+    static_assert(RS * HS == TC_THREADS && N * RS == ROWS && N % CH == 0, "tile not a multiple of the block");
+    int c = threadIdx.x % HS, rt = threadIdx.x / HS;
+    bool cin = c < hs;
+    const float *p = src + (size_t)(r0 + rt) * ld + c;
+#pragma unroll 1
+    for (int c0 = 0; c0 < N; c0 += CH) {
+        float x[CH];
+#pragma unroll
+        for (int i = 0; i < CH; i++) {
+            int r = rt + (c0 + i) * RS;
+            x[i] = cin && r0 + r < T ? p[(size_t)(c0 + i) * RS * ld] : 0.0f;
+        }
+#pragma unroll
+        for (int i = 0; i < CH; i++) {
+            int r = rt + (c0 + i) * RS;
+            tc_bf16 h = __float2bfloat16_rn(x[i]);
+            if (rm) rm[r * (HS + 8) + c] = h;
+            if (tr) tr[c * (ROWS + 8) + r] = h;
+            if (LO || TRLO) {
+                tc_bf16 l = __float2bfloat16_rn(x[i] - __bfloat162float(h));
+                if (LO) lo[r * (HS + 8) + c] = l;
+                if (TRLO) trlo[c * (ROWS + 8) + r] = l;
+            }
+        }
     }
 }
 
