@@ -66,27 +66,35 @@ __device__ __forceinline__ void tc_gemm_ss(float (&acc)[NN][4], const tc_bf16 *A
     }
 }
 
+/* acc[n][·] += (Ah + Al)(Bh + Bl) over k-chunk kc as Al Bh + Ah Bl + Ah Bh (the small
+ * terms first; Al Bl, ~2^-16 relative, is left out): the A fragments a (hi) and l (lo),
+ * Bh and Bl n-major shared tiles as in tc_gemm_ss. */
+template <int NN>
+__device__ __forceinline__ void tc_mma3(float (&acc)[NN][4], const uint32_t (&a)[4], const uint32_t (&l)[4],
+                                        const tc_bf16 *Bn, const tc_bf16 *Bl, int ldb, int kc, int g, int t) {
+#pragma unroll
+    for (int n = 0; n < NN; n++) {
+        int ob = (n * 8 + g) * ldb + kc * 16 + 2 * t;
+        uint32_t b0 = tc_ld32(Bn + ob), b1 = tc_ld32(Bn + ob + 8);
+        tc_mma(acc[n], l[0], l[1], l[2], l[3], b0, b1);
+        tc_mma(acc[n], a[0], a[1], a[2], a[3], tc_ld32(Bl + ob), tc_ld32(Bl + ob + 8));
+        tc_mma(acc[n], a[0], a[1], a[2], a[3], b0, b1);
+    }
+}
+
 /* The split product ("bf16x3"): acc += A Bn with A = Ah + Al and Bn = Bh + Bl, each half
- * a bf16 tile in the layout of tc_gemm_ss (tc_stage's lo tiles), as Al Bh + Ah Bl + Ah Bh
- * (the small terms first; Al Bl, ~2^-16 relative, is left out). The product then carries
- * the fp32 inputs to ~2^-16 instead of bf16's 2^-8: what attention scores need, since an
- * error e in a score scales its probability by exp(e). */
+ * a bf16 tile in the layout of tc_gemm_ss (tc_stage's lo tiles), by tc_mma3. The product
+ * then carries the fp32 inputs to ~2^-16 instead of bf16's 2^-8: what attention scores
+ * need, since an error e in a score scales its probability by exp(e). */
 template <int K, int NN>
 __device__ __forceinline__ void tc_gemm_ss3(float (&acc)[NN][4], const tc_bf16 *A, const tc_bf16 *Al, int lda,
                                             const tc_bf16 *Bn, const tc_bf16 *Bl, int ldb, int g, int t) {
 #pragma unroll
     for (int kc = 0; kc < K / 16; kc++) {
         int o0 = g * lda + kc * 16 + 2 * t, o1 = (g + 8) * lda + kc * 16 + 2 * t;
-        uint32_t a0 = tc_ld32(A + o0), a1 = tc_ld32(A + o1), a2 = tc_ld32(A + o0 + 8), a3 = tc_ld32(A + o1 + 8);
-        uint32_t l0 = tc_ld32(Al + o0), l1 = tc_ld32(Al + o1), l2 = tc_ld32(Al + o0 + 8), l3 = tc_ld32(Al + o1 + 8);
-#pragma unroll
-        for (int n = 0; n < NN; n++) {
-            int ob = (n * 8 + g) * ldb + kc * 16 + 2 * t;
-            uint32_t b0 = tc_ld32(Bn + ob), b1 = tc_ld32(Bn + ob + 8);
-            tc_mma(acc[n], l0, l1, l2, l3, b0, b1);
-            tc_mma(acc[n], a0, a1, a2, a3, tc_ld32(Bl + ob), tc_ld32(Bl + ob + 8));
-            tc_mma(acc[n], a0, a1, a2, a3, b0, b1);
-        }
+        uint32_t a[4] = {tc_ld32(A + o0), tc_ld32(A + o1), tc_ld32(A + o0 + 8), tc_ld32(A + o1 + 8)};
+        uint32_t l[4] = {tc_ld32(Al + o0), tc_ld32(Al + o1), tc_ld32(Al + o0 + 8), tc_ld32(Al + o1 + 8)};
+        tc_mma3(acc, a, l, Bn, Bl, ldb, kc, g, t);
     }
 }
 
@@ -121,19 +129,12 @@ __device__ __forceinline__ void tc_gemm_rs3(float (&acc)[NN][4], const float (&p
                                             const tc_bf16 *Bl, int ldb, int g, int t) {
 #pragma unroll
     for (int kc = 0; kc < KK; kc++) {
-        uint32_t a0, a1, a2, a3, l0, l1, l2, l3;
-        tc_split(p[2 * kc][0], p[2 * kc][1], a0, l0);
-        tc_split(p[2 * kc][2], p[2 * kc][3], a1, l1);
-        tc_split(p[2 * kc + 1][0], p[2 * kc + 1][1], a2, l2);
-        tc_split(p[2 * kc + 1][2], p[2 * kc + 1][3], a3, l3);
-#pragma unroll
-        for (int n = 0; n < NN; n++) {
-            int ob = (n * 8 + g) * ldb + kc * 16 + 2 * t;
-            uint32_t b0 = tc_ld32(Bn + ob), b1 = tc_ld32(Bn + ob + 8);
-            tc_mma(acc[n], l0, l1, l2, l3, b0, b1);
-            tc_mma(acc[n], a0, a1, a2, a3, tc_ld32(Bl + ob), tc_ld32(Bl + ob + 8));
-            tc_mma(acc[n], a0, a1, a2, a3, b0, b1);
-        }
+        uint32_t a[4], l[4];
+        tc_split(p[2 * kc][0], p[2 * kc][1], a[0], l[0]);
+        tc_split(p[2 * kc][2], p[2 * kc][3], a[1], l[1]);
+        tc_split(p[2 * kc + 1][0], p[2 * kc + 1][1], a[2], l[2]);
+        tc_split(p[2 * kc + 1][2], p[2 * kc + 1][3], a[3], l[3]);
+        tc_mma3(acc, a, l, Bn, Bl, ldb, kc, g, t);
     }
 }
 
