@@ -167,7 +167,7 @@ extern "C" void tb_cuda_gemm_cache_stats(int *entries, long *hits, long *misses)
 extern "C" void tb_cuda_gemm_cache_more(int *capacity, long *evictions, long *bucket_uses) {
     *capacity = TBC_GEMM_CACHE;
     *evictions = tbc_g ? tbc_g->gemm_evictions : 0;
-    *bucket_uses = tbc_g ? tbc_g->gemm_bucket_uses : 0;
+    *bucket_uses = tbc_g ? tbc_g->gemm_exact_uses : 0;
 }
 
 /* ---- GEMM through cuBLASLt ------------------------------------------------------ */
@@ -189,7 +189,7 @@ static unsigned gemm_hash(const int *k, int n) {
     return h;
 }
 
-/* The float entry's descriptor and layouts from its key fields. */
+/* The float entry's descriptor and layouts from its key fields, at M = cm and K = ck. */
 static void gemm_entry_layouts(tbc_gemm_entry *e) {
     cublasOperation_t opA = e->tb ? CUBLAS_OP_T : CUBLAS_OP_N; /* A = b */
     cublasOperation_t opB = e->ta ? CUBLAS_OP_T : CUBLAS_OP_N; /* B = a */
@@ -201,11 +201,11 @@ static void gemm_entry_layouts(tbc_gemm_entry *e) {
     TBC_CHECK_LT(cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof opA));
     TBC_CHECK_LT(cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof opB));
     /* Stored (column-major) shapes: A is (N,K) or, transposed, (K,N); B is (K,M) or (M,K). */
-    TBC_CHECK_LT(cublasLtMatrixLayoutCreate(&e->la, CUDA_R_32F, e->tb ? e->K : e->N,
-                                            e->tb ? e->N : e->K, e->ldb));
-    TBC_CHECK_LT(cublasLtMatrixLayoutCreate(&e->lb, CUDA_R_32F, e->ta ? e->M : e->K,
-                                            e->ta ? e->K : e->M, e->lda));
-    TBC_CHECK_LT(cublasLtMatrixLayoutCreate(&e->lc, CUDA_R_32F, e->N, e->M, e->ldc));
+    TBC_CHECK_LT(cublasLtMatrixLayoutCreate(&e->la, CUDA_R_32F, e->tb ? e->ck : e->N,
+                                            e->tb ? e->N : e->ck, e->ldb));
+    TBC_CHECK_LT(cublasLtMatrixLayoutCreate(&e->lb, CUDA_R_32F, e->ta ? e->cm : e->ck,
+                                            e->ta ? e->ck : e->cm, e->lda));
+    TBC_CHECK_LT(cublasLtMatrixLayoutCreate(&e->lc, CUDA_R_32F, e->N, e->cm, e->ldc));
 }
 
 /* cuBLASLt's first choice for the entry's descriptor and layouts; -1 when it offers none. */
@@ -266,6 +266,30 @@ static void gemm_slot_fill(tbc_gemm_entry *e, const int key[10]) {
     memset(e, 0, sizeof *e);
     e->M = key[0], e->N = key[1], e->K = key[2], e->ta = key[3], e->tb = key[4];
     e->lda = key[5], e->ldb = key[6], e->ldc = key[7], e->align = key[8], e->prec = key[9];
+    e->cm = e->M, e->ck = e->K;
+}
+
+static void layout_dims(cublasLtMatrixLayout_t l, int rows, int cols) {
+    uint64_t r = (uint64_t)rows, c = (uint64_t)cols;
+    TBC_CHECK_LT(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_ROWS, &r, sizeof r));
+    TBC_CHECK_LT(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_COLS, &c, sizeof c));
+}
+
+/* An entry's layouts resized to this call's M and K (same bucket, same leading
+ * dimensions): two attribute writes per layout instead of a new descriptor, layouts and
+ * algorithm check per row count. cuBLASLt reads the layouts when a matmul is enqueued, so
+ * they may change after each call. */
+static void gemm_entry_resize(tbc_gemm_entry *e, int M, int K, int s8) {
+    if (M == e->cm && K == e->ck) return;
+    if (s8) { /* A = w (K, N), B = x (K, M), C (N, M); K is the weight's in: fixed */
+        layout_dims(e->lb, e->K, M);
+        layout_dims(e->lc, e->N, M);
+    } else {
+        if (K != e->ck) layout_dims(e->la, e->tb ? K : e->N, e->tb ? e->N : K);
+        layout_dims(e->lb, e->ta ? M : K, e->ta ? K : M);
+        if (M != e->cm) layout_dims(e->lc, e->N, M);
+    }
+    e->cm = M, e->ck = K;
 }
 
 /* The int8 entry (prec TBC_PREC_S8 in the key): yᵀ (out, n) = wᵀᵀ · xᵀ column-major, i.e.
@@ -278,19 +302,18 @@ static int gemm_entry_layouts_s8(tbc_gemm_entry *e) {
     cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof opA);
     cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof opB);
     int ok = cublasLtMatrixLayoutCreate(&e->la, CUDA_R_8I, e->K, e->N, e->lda) == CUBLAS_STATUS_SUCCESS &&
-             cublasLtMatrixLayoutCreate(&e->lb, CUDA_R_8I, e->K, e->M, e->ldb) == CUBLAS_STATUS_SUCCESS &&
-             cublasLtMatrixLayoutCreate(&e->lc, CUDA_R_32I, e->N, e->M, e->ldc) == CUBLAS_STATUS_SUCCESS;
+             cublasLtMatrixLayoutCreate(&e->lb, CUDA_R_8I, e->K, e->cm, e->ldb) == CUBLAS_STATUS_SUCCESS &&
+             cublasLtMatrixLayoutCreate(&e->lc, CUDA_R_32I, e->N, e->cm, e->ldc) == CUBLAS_STATUS_SUCCESS;
     return ok ? 0 : -1;
 }
 
-/* Descriptor, layouts and algorithm of a missed entry (key fields filled). The
- * algorithm: the one cuBLASLt picks for the key's bucket (M and K rounded up to
- * TBC_BUCKET rows, leading dimensions widened to fit), when cublasLtMatmulAlgoCheck
- * accepts it for the exact shape, else the heuristic's choice for the exact shape. The
- * MoE's expert GEMMs change M (or K) on every call; one heuristic per bucket instead of
- * per call keeps the host ahead of the GPU. Both choices are functions of the key alone
- * (the bucket's shape, not the first shape seen in it), so a resumed run picks the same
- * algorithms as an uninterrupted one. Returns -1 when neither gives an algorithm. */
+/* Descriptor, layouts and algorithm of a missed entry (key fields filled, layouts at the
+ * call's M and K). The algorithm is the one cuBLASLt picks for the key's bucket (M and K
+ * rounded up to TBC_BUCKET rows, leading dimensions widened to fit): a function of the key
+ * alone, not of the first shape seen in it, so a resumed run picks the same algorithms as
+ * an uninterrupted one. Where the bucket gets none (e->unsupported), or cuBLASLt refuses
+ * it for a call's exact shape, gemm_enqueue asks for that shape's own. Returns -1 when the
+ * layouts cannot be made (int8). */
 static int gemm_entry_build(tbc_gemm_entry *e) {
     int s8 = e->prec == TBC_PREC_S8;
     if (s8 ? gemm_entry_layouts_s8(e) : (gemm_entry_layouts(e), 0)) return -1;
@@ -311,17 +334,53 @@ static int gemm_entry_build(tbc_gemm_entry *e) {
         b->unsupported = (s8 ? gemm_entry_layouts_s8(b) : (gemm_entry_layouts(b), 0)) || gemm_heuristic(b);
         b->used = 1;
     }
-    if (!b->unsupported) {
-        cublasLtMatmulHeuristicResult_t r;
-        if (cublasLtMatmulAlgoCheck(tbc_g->lt, e->desc, e->la, e->lb, e->lc, e->lc, &b->algo, &r) ==
-                CUBLAS_STATUS_SUCCESS &&
-            r.workspaceSize <= tbc_g->workspace_bytes) {
-            e->algo = b->algo;
-            tbc_g->gemm_bucket_uses++;
-            return 0;
-        }
+    e->unsupported = b->unsupported;
+    if (!b->unsupported) e->algo = b->algo;
+    return 0;
+}
+
+/* The entry's matmul at its current shape (D = C): the bucket's algorithm, or where there
+ * is none or cuBLASLt refuses it for this shape (its checks run when the matmul is
+ * enqueued, before anything is launched), the heuristic's choice for the exact shape,
+ * asked again on each such call (not kept: an entry serves many shapes). */
+static cublasStatus_t gemm_enqueue(tbc_gemm_entry *e, const void *alpha, const void *A, const void *B,
+                                   const void *beta, void *C) {
+    tbc_ctx *g = tbc_g;
+    cublasStatus_t st = CUBLAS_STATUS_NOT_SUPPORTED;
+    if (e->unsupported == 2) return st;
+    if (!e->unsupported)
+        st = cublasLtMatmul(g->lt, e->desc, alpha, A, e->la, B, e->lb, beta, C, e->lc, C, e->lc, &e->algo,
+                            g->workspace, g->workspace_bytes, g->stream);
+    if (st == CUBLAS_STATUS_SUCCESS) return st;
+    cublasLtMatmulAlgo_t bucket = e->algo;
+    if (gemm_heuristic(e) == 0) {
+        g->gemm_exact_uses++;
+        st = cublasLtMatmul(g->lt, e->desc, alpha, A, e->la, B, e->lb, beta, C, e->lc, C, e->lc, &e->algo,
+                            g->workspace, g->workspace_bytes, g->stream);
     }
-    return gemm_heuristic(e);
+    e->algo = bucket;
+    return st;
+}
+
+/* The cache entry for this call's key (M and K rounded up to TBC_BUCKET), its layouts at
+ * the call's M and K. */
+static tbc_gemm_entry *gemm_entry_for(int key[10], int M, int K, int s8) {
+    tbc_ctx *g = tbc_g;
+    key[0] = (key[0] + TBC_BUCKET - 1) / TBC_BUCKET * TBC_BUCKET;
+    if (!s8) key[2] = (key[2] + TBC_BUCKET - 1) / TBC_BUCKET * TBC_BUCKET;
+    int hit;
+    tbc_gemm_entry *e = gemm_slot(g->gemm, TBC_GEMM_CACHE, key, &hit);
+    if (hit) {
+        g->gemm_hits++;
+        gemm_entry_resize(e, M, K, s8);
+        return e;
+    }
+    g->gemm_misses++;
+    gemm_slot_fill(e, key);
+    e->cm = M, e->ck = K;
+    e->used = 1;
+    if (gemm_entry_build(e)) e->unsupported = 2; /* int8 layouts refused: the callers fall back */
+    return e;
 }
 
 /* c = beta·c (or 0 when beta = 0) for K = 0, where cuBLASLt has nothing to multiply. */
@@ -352,44 +411,22 @@ void tbc_gemm(float *c, const float *a, const float *b, int M, int N, int K, int
     if (ab < align) align = ab;
     if (ac < align) align = ac;
     int key[10] = {M, N, K, ta, tb, lda, ldb, ldc, align, g->prec};
-    int hit;
-    tbc_gemm_entry *e = gemm_slot(g->gemm, TBC_GEMM_CACHE, key, &hit);
-    if (hit) {
-        g->gemm_hits++;
-    } else {
-        g->gemm_misses++;
-        gemm_slot_fill(e, key);
-        e->unsupported = gemm_entry_build(e) != 0;
-        e->used = 1;
-        if (e->unsupported) tbc_fatal("cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__, "no algorithm");
-    }
-    TBC_CHECK_LT(cublasLtMatmul(g->lt, e->desc, &alpha, b, e->la, a, e->lb, &beta, c, e->lc, c,
-                                e->lc, &e->algo, g->workspace, g->workspace_bytes, g->stream));
+    tbc_gemm_entry *e = gemm_entry_for(key, M, K, 0);
+    if (gemm_enqueue(e, &alpha, b, a, &beta, c) != CUBLAS_STATUS_SUCCESS)
+        tbc_fatal("cublasLtMatmul", __FILE__, __LINE__, "no algorithm for this GEMM");
     tbc_op_sync();
 }
 
 int tbc_gemm_s8(int32_t *c, const int8_t *x, const int8_t *w, int n, int in, int out) {
-    tbc_ctx *g = tbc_g;
     if (n <= 0 || out <= 0 || in <= 0 || (in & 3) || (out & 3)) return -1;
     int align = ptr_align(x), aw = ptr_align(w), ac = ptr_align(c);
     if (aw < align) align = aw;
     if (ac < align) align = ac;
     if (align < 4) return -1;
     int key[10] = {n, out, in, 0, 1, in, in, out, align, TBC_PREC_S8};
-    int hit;
-    tbc_gemm_entry *e = gemm_slot(g->gemm, TBC_GEMM_CACHE, key, &hit);
-    if (hit) {
-        g->gemm_hits++;
-    } else {
-        g->gemm_misses++;
-        gemm_slot_fill(e, key);
-        e->unsupported = gemm_entry_build(e) != 0;
-        e->used = 1;
-    }
-    if (e->unsupported) return -1;
+    tbc_gemm_entry *e = gemm_entry_for(key, n, in, 1);
     int32_t one = 1, zero = 0;
-    TBC_CHECK_LT(cublasLtMatmul(g->lt, e->desc, &one, w, e->la, x, e->lb, &zero, c, e->lc, c, e->lc, &e->algo,
-                                g->workspace, g->workspace_bytes, g->stream));
+    if (gemm_enqueue(e, &one, w, x, &zero, c) != CUBLAS_STATUS_SUCCESS) return -1;
     tbc_op_sync();
     return 0;
 }

@@ -56,7 +56,7 @@ int tb_cuda_sync(tb_err *err);
 /* GEMM descriptor-cache statistics (entries, hits, misses) for tests. */
 void tb_cuda_gemm_cache_stats(int *entries, long *hits, long *misses);
 /* The cache's slot count, how many entries a full table evicted so far, and how many
- * missed shapes took their bucket's algorithm instead of a heuristic of their own. */
+ * calls cuBLASLt refused the bucket's algorithm and ran their exact shape's own. */
 void tb_cuda_gemm_cache_more(int *capacity, long *evictions, long *bucket_uses);
 
 #ifdef __cplusplus

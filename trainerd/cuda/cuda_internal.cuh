@@ -60,8 +60,9 @@ enum {
     TBC_SCR_COUNT
 };
 
-/* Descriptor cache slots. The MoE's expert GEMMs have a row count that changes every
- * call, so the table fills; a full table evicts the key's home slot. */
+/* Descriptor cache slots, keyed with M and K rounded up to TBC_BUCKET (backend_cuda.cu
+ * tbc_gemm): the MoE's expert GEMMs, whose row count changes on every call, reuse an
+ * entry by resizing its layouts. A full table evicts the key's home slot. */
 #define TBC_GEMM_CACHE 2048
 /* Algorithm buckets (backend_cuda.cu gemm_entry_build): M and K rounded up to TBC_BUCKET;
  * bucket keys carry prec + TBC_BUCKET_MARK. */
@@ -72,10 +73,12 @@ enum {
 typedef struct tbc_gemm_entry {
     int used;
     int M, N, K, ta, tb, lda, ldb, ldc, align, prec; /* the key */
+    int cm, ck; /* the M and K the layouts hold now */
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, lc;
     cublasLtMatmulAlgo_t algo;
-    int unsupported; /* int8 entries: cuBLASLt offered no algorithm (callers fall back) */
+    int unsupported; /* 1: the bucket got no algorithm (each call asks for its exact shape's);
+                      * 2: int8 layouts refused (the callers fall back) */
 } tbc_gemm_entry;
 
 typedef struct tbc_ctx {
@@ -89,7 +92,7 @@ typedef struct tbc_ctx {
     size_t scratch_cap[TBC_SCR_COUNT];
     tbc_gemm_entry gemm[TBC_GEMM_CACHE];
     tbc_gemm_entry bucket[TBC_BUCKETS];
-    long gemm_hits, gemm_misses, gemm_evictions, gemm_bucket_uses;
+    long gemm_hits, gemm_misses, gemm_evictions, gemm_exact_uses;
     int sync_ops; /* 1: every op waits for the stream before returning (tb_cuda_set_sync) */
     int managed;  /* 1: mem_alloc gives managed memory (TB_CUDA_MANAGED=1) */
     int prec;     /* GEMM precision (tb_precision: FP32, BF16 or FP16) */

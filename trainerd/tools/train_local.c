@@ -726,7 +726,7 @@ int main(int argc, char **argv) {
         tb_cuda_gemm_cache_stats(&ent, &hits, &misses);
         tb_cuda_gemm_cache_more(&cap, &evict, &bucket);
         printf("tb-train-local: cuBLASLt descriptor cache: %d of %d slots, %ld hits, %ld misses "
-               "(%ld took their bucket's algorithm), %ld evictions\n", ent, cap, hits, misses,
+               "(%ld calls ran their exact shape's algorithm), %ld evictions\n", ent, cap, hits, misses,
                bucket, evict);
     }
 #endif
