@@ -45,6 +45,7 @@ device)
         if [ "$lim" -le 5 ]; then echo "$name skipped (deadline)" | tee -a "$out/steps.txt"; return; fi
         nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$out/$name.mem" 2>/dev/null &
         local smi=$!
+        rm -f "$out/$name.csv" # tb-train-local appends to an existing CSV
         timeout "$lim" "$c/tb-train-local" --data "$c/shard-00000.jsonl.gz" --data "$c/shard-00001.jsonl.gz" \
             --tokenizer "$c/es8k.model" --seed 1234 --backend cuda --steps "$steps" --peak-tflops 798 \
             --set model.vocab_size=8000 --csv "$out/$name.csv" "$@" > "$out/$name.log" 2>&1
