@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# One device call that checks and measures what the seventh session wrote without a GPU
-# (issue 6): the bf16 tensor-core tiles (TB_CUDA_TC=1: fused attention, retention /
-# decay), the packed Mamba scan, the warp-per-row MoE scatter backward, BitLinear
-# quantiser and LN0 backward, and zero fills by memset.
+# One device call that checks and measures the CUDA backend's bf16 path (issue 6): the
+# bf16 tensor-core tiles (on by default; TB_CUDA_TC=0 turns them off: fused attention,
+# retention / decay), the packed Mamba scan, the warp-per-row MoE scatter backward,
+# BitLinear quantiser and LN0 backward, and zero fills by memset.
 #
 #   bash bench/gpu/run.sh prepare && bash bench/train_step/run.sh prepare   # here
 #   bash bench/gpu/validate_tc.sh        # on the GPU machine, .carry/cuda and .carry/train carried
@@ -11,9 +11,9 @@
 #   1. the six CUDA test suites (every op vs the CPU; the new bf16 tensor-core cases in
 #      dense_more, seq and model);
 #   2. compute-sanitizer memcheck on the tensor-core tests alone (CT_FILTER);
-#   3. tb-train-local steps: frankenstein bf16 without and with the tensor-core tiles,
-#      mini bf16 with them (bench/train_step/run.sh);
-#   4. the per-kernel table of frankenstein bf16 with the tiles (bench/gpu/kernels.sh).
+#   3. tb-train-local steps (TB_VALIDATE_RUNS, bench/train_step/run.sh names): by default
+#      frankenstein and mini bf16 with and without (_cc) the tensor-core tiles;
+#   4. the per-kernel table of frankenstein bf16 (bench/gpu/kernels.sh).
 # Writes everything under $OUT (or ./gpu-out); summary.txt, steps.txt and kernels.txt
 # hold the figures.
 set -u -o pipefail

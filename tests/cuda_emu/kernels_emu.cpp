@@ -136,7 +136,7 @@ template <int HS>
 static void emu_bwd(float *dq, float *dk, float *dv, const float *dout, const float *lse, const float *D,
                     const float *q, const float *k, const float *v, size_t ldq, size_t ldkv, const uint8_t *mask,
                     tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs) {
-    constexpr int BQ = HS > 64 ? 32 : 64;
+    constexpr int BQ = tc_fat_bq(HS);
     float scale = (float)(1.0 / sqrt((double)hs));
     tbc_emu_launch((unsigned)((T + TC_BR - 1) / TC_BR), (unsigned)H, (unsigned)B, TC_THREADS, tc_fat_smem_q(HS), [&] {
         k_fat_bwd_q<HS, TC_SPLIT_DEFAULT>(dq, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, T, H, Hkv, hs, scale);

@@ -317,12 +317,9 @@ static int gemm_entry_layouts_s8(tbc_gemm_entry *e) {
 static int gemm_entry_build(tbc_gemm_entry *e) {
     int s8 = e->prec == TBC_PREC_S8;
     if (s8 ? gemm_entry_layouts_s8(e) : (gemm_entry_layouts(e), 0)) return -1;
-    int bkey[10] = {(e->M + TBC_BUCKET - 1) / TBC_BUCKET * TBC_BUCKET, e->N,
-                    (e->K + TBC_BUCKET - 1) / TBC_BUCKET * TBC_BUCKET, e->ta, e->tb, e->lda, e->ldb,
-                    e->ldc, e->align, e->prec + TBC_BUCKET_MARK};
-    if (s8) { /* K is the weight's in: fixed */
-        bkey[2] = e->K;
-    } else { /* leading dimensions that hold the rounded rows (see gemm_entry_layouts) */
+    /* the key's M and K are rounded already (gemm_entry_for) */
+    int bkey[10] = {e->M, e->N, e->K, e->ta, e->tb, e->lda, e->ldb, e->ldc, e->align, e->prec + TBC_BUCKET_MARK};
+    if (!s8) { /* leading dimensions that hold the rounded rows (see gemm_entry_layouts) */
         int rb = e->ta ? bkey[0] : bkey[2], ra = e->tb ? bkey[2] : e->N;
         if (bkey[5] < rb) bkey[5] = rb;
         if (bkey[6] < ra) bkey[6] = ra;
@@ -367,7 +364,7 @@ static cublasStatus_t gemm_enqueue(tbc_gemm_entry *e, const void *alpha, const v
 static tbc_gemm_entry *gemm_entry_for(int key[10], int M, int K, int s8) {
     tbc_ctx *g = tbc_g;
     key[0] = (key[0] + TBC_BUCKET - 1) / TBC_BUCKET * TBC_BUCKET;
-    if (!s8) key[2] = (key[2] + TBC_BUCKET - 1) / TBC_BUCKET * TBC_BUCKET;
+    if (!s8) key[2] = (key[2] + TBC_BUCKET - 1) / TBC_BUCKET * TBC_BUCKET; /* int8: K is the weight's in */
     int hit;
     tbc_gemm_entry *e = gemm_slot(g->gemm, TBC_GEMM_CACHE, key, &hit);
     if (hit) {

@@ -69,7 +69,7 @@ template <int HS, int SPLIT>
 static void tc_bwd(float *dq, float *dk, float *dv, const float *dout, const float *lse, const float *D,
                    const float *q, const float *k, const float *v, size_t ldq, size_t ldkv, const uint8_t *mask,
                    tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs) {
-    constexpr int BQ = HS > 64 ? 32 : 64;
+    constexpr int BQ = tc_fat_bq(HS);
     static int allowed_q, allowed_kv;
     float scale = (float)(1.0 / sqrt((double)hs));
     size_t sq = tc_fat_smem_q(HS), skv = tc_fat_smem_kv(HS);

@@ -18,7 +18,7 @@ __device__ __forceinline__ float tc_drop(const tbc_drop &d, const uint8_t *keep,
 
 /* Queries per tile of k_fat_bwd_kv (fewer registers for HS 128), and each kernel's dynamic
  * shared memory in bytes (the tiles listed at the kernel). */
-static inline int tc_fat_bq(int HS) { return HS > 64 ? 32 : 64; }
+static constexpr int tc_fat_bq(int HS) { return HS > 64 ? 32 : 64; }
 static inline size_t tc_fat_smem_fwd(int HS) {
     return 2 * ((size_t)(2 * TC_BR + 2 * TC_BC) * (HS + 8) + 2 * (size_t)HS * (TC_BC + 8));
 }
