@@ -2,7 +2,7 @@
  * kernels (trainerd/cuda/flash_tc_kernels.cuh, built unchanged) run in CI where there is
  * no GPU: every thread of a block is a POSIX thread; blocks run one after another;
  * __syncthreads is a barrier of the block, __shfl_xor_sync and the warp-wide mma a
- * barrier of the warp's 32 threads; static __shared__ arrays are function statics (one
+ * barrier of the warp's 32 threads (ldmatrix likewise; cp.async is a plain copy); static __shared__ arrays are function statics (one
  * block at a time), the dynamic shared memory one global buffer. The mma follows the
  * fragment layouts of PTX's mma.m16n8k16 (.row.col, bf16 inputs, fp32 accumulators), so
  * the emulation checks the kernels' index arithmetic and data flow against that
@@ -79,6 +79,10 @@ static inline float __bfloat162float(__nv_bfloat16 h) { return tbc_emu_bf16_floa
 
 /* c += A B for the calling lane's part of a warp-wide m16n8k16 product. */
 void tbc_emu_mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1);
+
+/* The calling lane's registers of a warp-wide ldmatrix .x4 (.trans when trans): p is the
+ * lane's row address (lanes 8i .. 8i + 7 the rows of matrix i). */
+void tbc_emu_ldsm_x4(uint32_t (&r)[4], const void *p, bool trans);
 
 /* Runs kernel(args...) over grid (gx, gy, gz) with `threads` threads per block (a multiple
  * of 32) and `smem` bytes of dynamic shared memory. */

@@ -29,6 +29,7 @@ struct emu_warp {
     float shfl[2][32];
     double shfl_d[2][32];
     float A[2][16][16], B[2][16][8];
+    const uint16_t *rows[2][32];
 };
 static thread_local unsigned emu_calls; /* this lane's warp-wide calls so far */
 static pthread_barrier_t emu_block_bar;
@@ -80,6 +81,20 @@ void tbc_emu_mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint
     }
 }
 
+/* PTX ldmatrix.m8n8.x4.b16: lane l addresses row l % 8 of matrix l / 8; register i of lane
+ * 4 g + t holds matrix i's (row g, cols 2t, 2t + 1), transposed (rows 2t, 2t + 1, col g). */
+void tbc_emu_ldsm_x4(uint32_t (&r)[4], const void *p, bool trans) {
+    unsigned lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, k = emu_calls++ & 1;
+    emu_warp &w = emu_warps[threadIdx.x / 32];
+    w.rows[k][lane] = (const uint16_t *)p;
+    pthread_barrier_wait(&w.bar);
+    for (int i = 0; i < 4; i++) {
+        const uint16_t *const *m = &w.rows[k][8 * i];
+        uint16_t lo = trans ? m[2 * t][g] : m[g][2 * t], hi = trans ? m[2 * t + 1][g] : m[g][2 * t + 1];
+        r[i] = (uint32_t)lo | (uint32_t)hi << 16;
+    }
+}
+
 struct emu_thread {
     unsigned tid;
     void (*body)(void *);
@@ -124,28 +139,65 @@ void tbc_emu_run(unsigned gx, unsigned gy, unsigned gz, unsigned threads, size_t
 /* The launch geometry of flash_tc_cuda.cu (tc_fwd, tc_bwd). */
 static int emu_hs(int hs) { return hs <= 32 ? 32 : hs <= 64 ? 64 : 128; }
 
+/* The staged operands (flash_tc_cuda.cu tc_ws, tc_prep): a buffer of the call's size and
+ * k_fat_prep over the jobs. */
+struct emu_ws {
+    tc_bf16 *base;
+    tc_fat_ws ws;
+    emu_ws(int B, int T, int H, int Hkv, int HS) {
+        base = (tc_bf16 *)malloc(tc_fat_ws_elems(B, T, H, Hkv, HS) * sizeof(tc_bf16));
+        if (!base) abort();
+        ws = tc_fat_ws_carve(base, B, T, H, Hkv, HS);
+    }
+    ~emu_ws() { free(base); }
+};
+static void emu_prep_add(tc_prep_jobs &J, const float *x, tc_bf16 *hi, tc_bf16 *lo, size_t ld, int heads) {
+    J.j[J.n++] = {x, hi, lo, ld, heads};
+}
+static void emu_prep(const tc_prep_jobs &J, int B, int T, int H, int hs, int HS) {
+    size_t blocks = ((size_t)B * H * tc_fat_tp(T) * HS / 4 + 255) / 256;
+    unsigned gx = (unsigned)(blocks < 3 ? blocks : 3); /* a short grid: the grid-stride loop runs */
+    tbc_emu_launch(gx, (unsigned)J.n, 1, 256, 0, [&] { k_fat_prep(J, T, tc_fat_tp(T), hs, HS, B); });
+}
+
 template <int HS>
 static void emu_fwd(float *out, float *lse, const float *q, const float *k, const float *v, size_t ldq, size_t ldkv,
                     const uint8_t *mask, tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs) {
+    constexpr int SP = TC_SPLIT_DEFAULT;
     float sl2 = (float)(1.0 / sqrt((double)hs)) * TC_LOG2E;
-    tbc_emu_launch((unsigned)((T + TC_BR - 1) / TC_BR), (unsigned)H, (unsigned)B, TC_THREADS, tc_fat_smem_fwd(HS),
-                   [&] { k_fat_fwd<HS, TC_SPLIT_DEFAULT>(out, lse, q, k, v, ldq, ldkv, mask, d, site, T, H, Hkv, hs, sl2); });
+    emu_ws w(B, T, H, Hkv, HS);
+    tc_prep_jobs J;
+    J.n = 0;
+    emu_prep_add(J, q, w.ws.qh, SP & 1 ? w.ws.ql : nullptr, ldq, H);
+    emu_prep_add(J, k, w.ws.kh, SP & 1 ? w.ws.kl : nullptr, ldkv, Hkv);
+    emu_prep_add(J, v, w.ws.vh, SP & 2 ? w.ws.vl : nullptr, ldkv, Hkv);
+    emu_prep(J, B, T, H, hs, HS);
+    int Tp = tc_fat_tp(T);
+    tbc_emu_launch((unsigned)(Tp / TC_BR), (unsigned)H, (unsigned)B, TC_THREADS, tc_fat_smem_fwd(HS),
+                   [&] { k_fat_fwd<HS, SP>(out, lse, w.ws, mask, d, site, T, Tp, H, Hkv, hs, sl2); });
 }
 
 template <int HS>
 static void emu_bwd(float *dq, float *dk, float *dv, const float *dout, const float *lse, const float *D,
                     const float *q, const float *k, const float *v, size_t ldq, size_t ldkv, const uint8_t *mask,
                     tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs) {
-    constexpr int BQ = tc_fat_bq(HS);
+    constexpr int BQ = tc_fat_bq(HS), SP = TC_SPLIT_DEFAULT;
     float scale = (float)(1.0 / sqrt((double)hs));
-    tbc_emu_launch((unsigned)((T + TC_BR - 1) / TC_BR), (unsigned)H, (unsigned)B, TC_THREADS, tc_fat_smem_q(HS), [&] {
-        k_fat_bwd_q<HS, TC_SPLIT_DEFAULT>(dq, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, T, H, Hkv, hs, scale);
+    emu_ws w(B, T, H, Hkv, HS);
+    tc_prep_jobs J;
+    J.n = 0;
+    emu_prep_add(J, q, w.ws.qh, SP & 1 ? w.ws.ql : nullptr, ldq, H);
+    emu_prep_add(J, dout, w.ws.oh, nullptr, (size_t)H * hs, H);
+    emu_prep_add(J, k, w.ws.kh, SP & 1 ? w.ws.kl : nullptr, ldkv, Hkv);
+    emu_prep_add(J, v, w.ws.vh, nullptr, ldkv, Hkv);
+    emu_prep(J, B, T, H, hs, HS);
+    int Tp = tc_fat_tp(T);
+    tbc_emu_launch((unsigned)(Tp / TC_BR), (unsigned)H, (unsigned)B, TC_THREADS, tc_fat_smem_q(HS), [&] {
+        k_fat_bwd_q<HS, SP>(dq, lse, D, w.ws, ldq, mask, d, site, T, Tp, H, Hkv, hs, scale);
     });
-    tbc_emu_launch((unsigned)((T + TC_BR - 1) / TC_BR), (unsigned)Hkv, (unsigned)B, TC_THREADS,
-                   tc_fat_smem_kv(HS), [&] {
-                       k_fat_bwd_kv<HS, BQ, TC_SPLIT_DEFAULT>(dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, T, H, Hkv, hs,
-                                            scale);
-                   });
+    tbc_emu_launch((unsigned)(Tp / TC_BR), (unsigned)Hkv, (unsigned)B, TC_THREADS, tc_fat_smem_kv(HS), [&] {
+        k_fat_bwd_kv<HS, BQ, SP>(dk, dv, lse, D, w.ws, ldkv, mask, d, site, T, Tp, H, Hkv, hs, scale);
+    });
 }
 
 extern "C" void tbc_emu_flash_fwd(float *out, float *lse, const float *q, const float *k, const float *v,

@@ -52,16 +52,41 @@ int tbc_flash_tc_fits(int hs) {
     return need + 5120 <= tbc_smem_optin_limit();
 }
 
+/* The staged operands of one call (tc_fat_ws) in their scratch region, and the k_fat_prep
+ * launch that fills them. */
+static tc_fat_ws tc_ws(int B, int T, int H, int Hkv, int HS) {
+    size_t n = tc_fat_ws_elems(B, T, H, Hkv, HS);
+    return tc_fat_ws_carve((tc_bf16 *)tbc_scratch(TBC_SCR_ATTN_TC, n * sizeof(tc_bf16)), B, T, H, Hkv, HS);
+}
+static void tc_prep_add(tc_prep_jobs &J, const float *x, tc_bf16 *hi, tc_bf16 *lo, size_t ld, int heads) {
+    tc_prep_job &j = J.j[J.n++];
+    j.x = x, j.hi = hi, j.lo = lo, j.ld = ld, j.heads = heads;
+}
+static void tc_prep(const tc_prep_jobs &J, int B, int T, int H, int hs, int HS) {
+    size_t quads = (size_t)B * H * tc_fat_tp(T) * HS / 4; /* the largest job (H >= Hkv) */
+    size_t blocks = (quads + 255) / 256;
+    unsigned gx = (unsigned)(blocks < (size_t)tbc_g->sm_count * 16 ? blocks : (size_t)tbc_g->sm_count * 16);
+    k_fat_prep<<<dim3(gx, (unsigned)J.n), 256, 0, S()>>>(J, T, tc_fat_tp(T), hs, HS, B);
+    TBC_LAUNCHED();
+}
+
 template <int HS, int SPLIT>
 static void tc_fwd(float *out, float *lse, const float *q, const float *k, const float *v, size_t ldq, size_t ldkv,
                    const uint8_t *mask, tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs) {
     static int allowed;
+    tc_fat_ws ws = tc_ws(B, T, H, Hkv, HS);
+    tc_prep_jobs J;
+    J.n = 0;
+    tc_prep_add(J, q, ws.qh, SPLIT & 1 ? ws.ql : NULL, ldq, H);
+    tc_prep_add(J, k, ws.kh, SPLIT & 1 ? ws.kl : NULL, ldkv, Hkv);
+    tc_prep_add(J, v, ws.vh, SPLIT & 2 ? ws.vl : NULL, ldkv, Hkv);
+    tc_prep(J, B, T, H, hs, HS);
     size_t smem = tc_fat_smem_fwd(HS);
     tbc_smem_allow(k_fat_fwd<HS, SPLIT>, smem, 0, &allowed);
-    dim3 grid((unsigned)((T + TC_BR - 1) / TC_BR), (unsigned)H, (unsigned)B);
+    dim3 grid((unsigned)(tc_fat_tp(T) / TC_BR), (unsigned)H, (unsigned)B);
     float sl2 = (float)(1.0 / sqrt((double)hs)) * TC_LOG2E;
-    k_fat_fwd<HS, SPLIT>
-        <<<grid, TC_THREADS, smem, S()>>>(out, lse, q, k, v, ldq, ldkv, mask, d, site, T, H, Hkv, hs, sl2);
+    k_fat_fwd<HS, SPLIT><<<grid, TC_THREADS, smem, S()>>>(out, lse, ws, mask, d, site, T, tc_fat_tp(T), H, Hkv, hs,
+                                                          sl2);
     TBC_LAUNCHED();
 }
 
@@ -72,16 +97,24 @@ static void tc_bwd(float *dq, float *dk, float *dv, const float *dout, const flo
     constexpr int BQ = tc_fat_bq(HS);
     static int allowed_q, allowed_kv;
     float scale = (float)(1.0 / sqrt((double)hs));
+    int Tp = tc_fat_tp(T);
+    tc_fat_ws ws = tc_ws(B, T, H, Hkv, HS);
+    tc_prep_jobs J;
+    J.n = 0;
+    tc_prep_add(J, q, ws.qh, SPLIT & 1 ? ws.ql : NULL, ldq, H);
+    tc_prep_add(J, dout, ws.oh, NULL, (size_t)H * hs, H);
+    tc_prep_add(J, k, ws.kh, SPLIT & 1 ? ws.kl : NULL, ldkv, Hkv);
+    tc_prep_add(J, v, ws.vh, NULL, ldkv, Hkv);
+    tc_prep(J, B, T, H, hs, HS);
     size_t sq = tc_fat_smem_q(HS), skv = tc_fat_smem_kv(HS);
     tbc_smem_allow(k_fat_bwd_q<HS, SPLIT>, sq, 0, &allowed_q);
     tbc_smem_allow(k_fat_bwd_kv<HS, BQ, SPLIT>, skv, 0, &allowed_kv);
-    dim3 gq((unsigned)((T + TC_BR - 1) / TC_BR), (unsigned)H, (unsigned)B);
-    k_fat_bwd_q<HS, SPLIT><<<gq, TC_THREADS, sq, S()>>>(dq, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, T, H,
-                                                        Hkv, hs, scale);
+    dim3 gq((unsigned)(Tp / TC_BR), (unsigned)H, (unsigned)B);
+    k_fat_bwd_q<HS, SPLIT><<<gq, TC_THREADS, sq, S()>>>(dq, lse, D, ws, ldq, mask, d, site, T, Tp, H, Hkv, hs, scale);
     TBC_LAUNCHED();
-    dim3 gkv((unsigned)((T + TC_BR - 1) / TC_BR), (unsigned)Hkv, (unsigned)B);
-    k_fat_bwd_kv<HS, BQ, SPLIT><<<gkv, TC_THREADS, skv, S()>>>(dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, d,
-                                                               site, T, H, Hkv, hs, scale);
+    dim3 gkv((unsigned)(Tp / TC_BR), (unsigned)Hkv, (unsigned)B);
+    k_fat_bwd_kv<HS, BQ, SPLIT><<<gkv, TC_THREADS, skv, S()>>>(dk, dv, lse, D, ws, ldkv, mask, d, site, T, Tp, H,
+                                                               Hkv, hs, scale);
     TBC_LAUNCHED();
 }
 

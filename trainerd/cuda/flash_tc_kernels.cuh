@@ -16,18 +16,77 @@ __device__ __forceinline__ float tc_drop(const tbc_drop &d, const uint8_t *keep,
     return tbc_keep_ok(d, T) ? (keep[kidx] ? d.scale : 0.0f) : tbc_drop_factor(d, site, elem);
 }
 
-/* Queries per tile of k_fat_bwd_kv (fewer registers for HS 128), and each kernel's dynamic
- * shared memory in bytes (the tiles listed at the kernel). */
+/* Queries per tile of k_fat_bwd_kv (fewer registers and less shared memory for HS 128). */
 static constexpr int tc_fat_bq(int HS) { return HS > 64 ? 32 : 64; }
-static inline size_t tc_fat_smem_fwd(int HS) {
-    return 2 * ((size_t)(2 * TC_BR + 2 * TC_BC) * (HS + 8) + 2 * (size_t)HS * (TC_BC + 8));
+/* Rows of the staged tensors: T padded to whole tiles. */
+static inline int tc_fat_tp(int T) { return (T + TC_BC - 1) / TC_BC * TC_BC; }
+
+/* The staged operands (k_fat_prep): bf16 copies of q, k, v and dO in per-head row-major
+ * blocks [b][head][Tp][HS], zero outside (t < T, c < hs), hi = bf16(x) and lo = bf16(x -
+ * hi) for the split products. One scratch region holds them: qh, ql, oh (B·H·Tp·HS each),
+ * then kh, kl, vh, vl (B·Hkv·Tp·HS each). The forward fills qh, ql, kh, kl, vh, vl; the
+ * backward qh, ql, oh, kh, kl, vh. */
+struct tc_fat_ws {
+    tc_bf16 *qh, *ql, *oh, *kh, *kl, *vh, *vl;
+};
+static inline size_t tc_fat_ws_elems(int B, int T, int H, int Hkv, int HS) {
+    size_t tp = (size_t)tc_fat_tp(T);
+    return 3 * (size_t)B * H * tp * HS + 4 * (size_t)B * Hkv * tp * HS;
 }
-static inline size_t tc_fat_smem_q(int HS) {
-    return 2 * ((size_t)(3 * TC_BR + 3 * TC_BC) * (HS + 8) + (size_t)HS * (TC_BC + 8));
+static inline tc_fat_ws tc_fat_ws_carve(tc_bf16 *base, int B, int T, int H, int Hkv, int HS) {
+    size_t nq = (size_t)B * H * tc_fat_tp(T) * HS, nk = (size_t)B * Hkv * tc_fat_tp(T) * HS;
+    tc_fat_ws w;
+    w.qh = base, w.ql = base + nq, w.oh = base + 2 * nq;
+    w.kh = base + 3 * nq, w.kl = w.kh + nk, w.vh = w.kh + 2 * nk, w.vl = w.kh + 3 * nk;
+    return w;
 }
+
+/* Each kernel's dynamic shared memory in bytes: tiles of rows x (HS + 8) bf16, the
+ * streamed ones twice (double buffered). */
+static inline size_t tc_fat_tile(int HS, int rows) { return (size_t)rows * (HS + 8) * 2; }
+static inline size_t tc_fat_smem_fwd(int HS) { return 2 * tc_fat_tile(HS, TC_BR) + 8 * tc_fat_tile(HS, TC_BC); }
+static inline size_t tc_fat_smem_q(int HS) { return 3 * tc_fat_tile(HS, TC_BR) + 6 * tc_fat_tile(HS, TC_BC); }
 static inline size_t tc_fat_smem_kv(int HS) {
-    size_t bq = (size_t)tc_fat_bq(HS);
-    return 2 * ((3 * TC_BR + 3 * bq) * (HS + 8) + 2 * (size_t)HS * (bq + 8));
+    return 3 * tc_fat_tile(HS, TC_BR) + 6 * tc_fat_tile(HS, tc_fat_bq(HS));
+}
+
+/* Up to four staging jobs of one k_fat_prep launch (blockIdx.y picks one). */
+struct tc_prep_job {
+    const float *x;     /* (B, T, heads · hs) with row stride ld, head h at column h · hs */
+    tc_bf16 *hi, *lo;   /* [B][heads][Tp][HS]; lo may be NULL */
+    size_t ld;
+    int heads;
+};
+struct tc_prep_jobs {
+    tc_prep_job j[4];
+    int n;
+};
+
+/* hi / lo of a job, four values a thread per grid-stride step (HS is a multiple of 8). */
+__global__ void k_fat_prep(tc_prep_jobs jobs, int T, int Tp, int hs, int HS, int B) {
+    const tc_prep_job &J = jobs.j[blockIdx.y];
+    size_t n = (size_t)B * J.heads * Tp * HS / 4;
+    for (size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x; p < n; p += (size_t)gridDim.x * blockDim.x) {
+        size_t e = 4 * p, rr = e / HS;
+        int c = (int)(e % HS), r = (int)(rr % Tp);
+        size_t bh = rr / Tp, b = bh / J.heads, h = bh % J.heads;
+        float x[4] = {0, 0, 0, 0};
+        if (r < T) {
+            const float *px = J.x + (b * T + r) * J.ld + h * hs + c;
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                if (c + i < hs) x[i] = px[i];
+        }
+        uint32_t hv[2], lv[2];
+        tc_split(x[0], x[1], hv[0], lv[0]);
+        tc_split(x[2], x[3], hv[1], lv[1]);
+        uint32_t *ph = reinterpret_cast<uint32_t *>(J.hi + e);
+        ph[0] = hv[0], ph[1] = hv[1];
+        if (J.lo) {
+            uint32_t *pl = reinterpret_cast<uint32_t *>(J.lo + e);
+            pl[0] = lv[0], pl[1] = lv[1];
+        }
+    }
 }
 
 #define TC_LOG2E 1.4426950408889634f
@@ -37,44 +96,58 @@ static inline size_t tc_fat_smem_kv(int HS) {
  * split product (tc_gemm_ss3); bit 1, the forward's output too (tc_gemm_rs3). */
 #define TC_SPLIT_DEFAULT 3
 
+/* The streamed tiles of the kernels below: cp.async copies of the staged operands into one
+ * of two shared-memory stages, issued a tile ahead of the one the warps compute on. */
+
 template <int HS, int SPLIT>
 __global__ void __launch_bounds__(TC_THREADS)
-    k_fat_fwd(float *out, float *lse, const float *q, const float *k, const float *v, size_t ldq, size_t ldkv,
-              const uint8_t *mask, tbc_drop d, uint32_t site, int T, int H, int Hkv, int hs, float sl2) {
-    constexpr int LH = HS + 8, LC = TC_BC + 8, NT = TC_BC / 8, NO = HS / 8;
+    k_fat_fwd(float *out, float *lse, tc_fat_ws ws, const uint8_t *mask, tbc_drop d, uint32_t site, int T, int Tp,
+              int H, int Hkv, int hs, float sl2) {
+    constexpr int LH = HS + 8, NT = TC_BC / 8, NO = HS / 8, TQ = TC_BR * LH, TK = TC_BC * LH;
     TC_DYN_SMEM(tc_sm);
-    tc_bf16 *Qs = (tc_bf16 *)tc_sm;  /* [TC_BR][LH] */
-    tc_bf16 *Ql = Qs + TC_BR * LH;   /* Q - Qs: [TC_BR][LH] */
-    tc_bf16 *Ks = Ql + TC_BR * LH;   /* [TC_BC][LH] */
-    tc_bf16 *Kl = Ks + TC_BC * LH;   /* K - Ks: [TC_BC][LH] */
-    tc_bf16 *Vt = Kl + TC_BC * LH;   /* [HS][LC] */
-    tc_bf16 *Vl = Vt + HS * LC;      /* V - Vt: [HS][LC] */
+    tc_bf16 *Qs = (tc_bf16 *)tc_sm; /* [TC_BR][LH] */
+    tc_bf16 *Ql = Qs + TQ;          /* Q - Qs */
+    tc_bf16 *st = Ql + TQ;          /* stage s at st + 4 s TK: K, K - K, V, V - V ([TC_BC][LH] each) */
     __shared__ int km[TC_BC];
     __shared__ uint8_t keep[TC_BR * TC_BC];
-    int tid = threadIdx.x, w = tid / 32, g = (tid % 32) / 4, t = tid % 4;
+    int tid = threadIdx.x, lane = tid % 32, w = tid / 32, g = lane / 4, t = lane % 4;
     int i0 = blockIdx.x * TC_BR, h = blockIdx.y, b = blockIdx.z;
-    int kh = h / (H / Hkv);
-    const float *kb = k + (size_t)b * T * ldkv + (size_t)kh * hs;
-    const float *vb = v + (size_t)b * T * ldkv + (size_t)kh * hs;
+    int kh = h / (H / Hkv), nt = Tp / TC_BC;
+    size_t qo = (((size_t)b * H + h) * Tp + i0) * HS, ko = ((size_t)b * Hkv + kh) * Tp * HS;
     size_t rowbase = ((size_t)b * H + h) * T;
-    tc_stage<HS, TC_BR, SPLIT & 1>(Qs, NULL, q + (size_t)b * T * ldq + (size_t)h * hs, ldq, i0, T, hs, Ql);
+    tc_copy_tile<HS, TC_BR>(Qs, ws.qh + qo);
+    if (SPLIT & 1) tc_copy_tile<HS, TC_BR>(Ql, ws.ql + qo);
+    tc_copy_tile<HS, TC_BC>(st, ws.kh + ko); /* tile 0 into stage 0 */
+    if (SPLIT & 1) tc_copy_tile<HS, TC_BC>(st + TK, ws.kl + ko);
+    tc_copy_tile<HS, TC_BC>(st + 2 * TK, ws.vh + ko);
+    if (SPLIT & 2) tc_copy_tile<HS, TC_BC>(st + 3 * TK, ws.vl + ko);
+    tc_cp_commit();
     float o[NO][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};
     tc_zero(o);
     int r[2] = {w * 16 + g, w * 16 + g + 8}; /* the thread's two rows in the tile */
-    for (int j0 = 0; j0 < T; j0 += TC_BC) {
-        __syncthreads();
-        tc_stage<HS, TC_BC, SPLIT & 1>(Ks, NULL, kb, ldkv, j0, T, hs, Kl);
-        tc_stage<HS, TC_BC, false, (SPLIT & 2) != 0>(NULL, Vt, vb, ldkv, j0, T, hs, NULL, Vl);
+    for (int jt = 0; jt < nt; jt++) {
+        int j0 = jt * TC_BC;
+        if (jt + 1 < nt) {
+            tc_bf16 *sn = st + ((jt + 1) & 1) * 4 * TK;
+            size_t off = ko + (size_t)(j0 + TC_BC) * HS;
+            tc_copy_tile<HS, TC_BC>(sn, ws.kh + off);
+            if (SPLIT & 1) tc_copy_tile<HS, TC_BC>(sn + TK, ws.kl + off);
+            tc_copy_tile<HS, TC_BC>(sn + 2 * TK, ws.vh + off);
+            if (SPLIT & 2) tc_copy_tile<HS, TC_BC>(sn + 3 * TK, ws.vl + off);
+        }
+        tc_cp_commit();
         if (tid < TC_BC) {
             int j = j0 + tid;
             km[tid] = j < T && (!mask || mask[(size_t)b * T + j]);
         }
         if (tbc_keep_ok(d, T)) tbc_keep_tile<TC_BR, TC_BC, TC_THREADS>(keep, d, site, rowbase, i0, j0, T);
+        tc_cp_wait<1>(); /* this tile's copies (and Q's) have landed */
         __syncthreads();
+        const tc_bf16 *Ks = st + (jt & 1) * 4 * TK, *Kl = Ks + TK, *Vs = Ks + 2 * TK, *Vl = Ks + 3 * TK;
         float s[NT][4];
         tc_zero(s);
-        if (SPLIT & 1) tc_gemm_ss3<HS, NT>(s, Qs + w * 16 * LH, Ql + w * 16 * LH, LH, Ks, Kl, LH, g, t);
-        else tc_gemm_ss<HS, NT>(s, Qs + w * 16 * LH, LH, Ks, LH, g, t);
+        if (SPLIT & 1) tc_mm_ss3<HS, NT>(s, Qs + w * 16 * LH, Ql + w * 16 * LH, LH, Ks, Kl, LH, lane);
+        else tc_mm_ss<HS, NT>(s, Qs + w * 16 * LH, LH, Ks, LH, lane);
         float mt[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int n = 0; n < NT; n++)
@@ -110,8 +183,9 @@ __global__ void __launch_bounds__(TC_THREADS)
             o[n][0] *= alpha[0], o[n][1] *= alpha[0];
             o[n][2] *= alpha[1], o[n][3] *= alpha[1];
         }
-        if (SPLIT & 2) tc_gemm_rs3<TC_BC / 16, NO>(o, s, Vt, Vl, LC, g, t);
-        else tc_gemm_rs<TC_BC / 16, NO>(o, s, Vt, LC, g, t);
+        if (SPLIT & 2) tc_mm_rs3<TC_BC / 16, NO>(o, s, Vs, Vl, LH, lane);
+        else tc_mm_rs<TC_BC / 16, NO>(o, s, Vs, LH, lane);
+        __syncthreads(); /* the next iteration's copies overwrite the other stage, km and keep */
     }
     size_t ldo = (size_t)H * hs;
 #pragma unroll
@@ -136,28 +210,28 @@ __global__ void __launch_bounds__(TC_THREADS)
 
 template <int HS, int SPLIT>
 __global__ void __launch_bounds__(TC_THREADS)
-    k_fat_bwd_q(float *dq, const float *dout, const float *lse, const float *Dg, const float *q, const float *k,
-                const float *v, size_t ldq, size_t ldkv, const uint8_t *mask, tbc_drop d, uint32_t site, int T,
-                int H, int Hkv, int hs, float scale) {
-    constexpr int LH = HS + 8, LC = TC_BC + 8, NT = TC_BC / 8, NO = HS / 8;
+    k_fat_bwd_q(float *dq, const float *lse, const float *Dg, tc_fat_ws ws, size_t ldq, const uint8_t *mask,
+                tbc_drop d, uint32_t site, int T, int Tp, int H, int Hkv, int hs, float scale) {
+    constexpr int LH = HS + 8, NT = TC_BC / 8, NO = HS / 8, TQ = TC_BR * LH, TK = TC_BC * LH;
     TC_DYN_SMEM(tc_sm);
-    tc_bf16 *Qs = (tc_bf16 *)tc_sm;  /* [TC_BR][LH] */
-    tc_bf16 *Ql = Qs + TC_BR * LH;   /* Q - Qs: [TC_BR][LH] */
-    tc_bf16 *Os = Ql + TC_BR * LH;   /* dO: [TC_BR][LH] */
-    tc_bf16 *Ks = Os + TC_BR * LH;   /* [TC_BC][LH] */
-    tc_bf16 *Kl = Ks + TC_BC * LH;   /* K - Ks: [TC_BC][LH] */
-    tc_bf16 *Vs = Kl + TC_BC * LH;   /* [TC_BC][LH] */
-    tc_bf16 *Kt = Vs + TC_BC * LH;   /* [HS][LC] */
+    tc_bf16 *Qs = (tc_bf16 *)tc_sm; /* [TC_BR][LH] */
+    tc_bf16 *Ql = Qs + TQ;          /* Q - Qs */
+    tc_bf16 *Os = Ql + TQ;          /* dO */
+    tc_bf16 *st = Os + TQ;          /* stage s at st + 3 s TK: K, K - K, V ([TC_BC][LH] each) */
     __shared__ int km[TC_BC];
     __shared__ uint8_t keep[TC_BR * TC_BC];
-    int tid = threadIdx.x, w = tid / 32, g = (tid % 32) / 4, t = tid % 4;
+    int tid = threadIdx.x, lane = tid % 32, w = tid / 32, g = lane / 4, t = lane % 4;
     int i0 = blockIdx.x * TC_BR, h = blockIdx.y, b = blockIdx.z;
-    int kh = h / (H / Hkv);
-    size_t ldo = (size_t)H * hs, rowbase = ((size_t)b * H + h) * T;
-    const float *kb = k + (size_t)b * T * ldkv + (size_t)kh * hs;
-    const float *vb = v + (size_t)b * T * ldkv + (size_t)kh * hs;
-    tc_stage<HS, TC_BR, SPLIT & 1>(Qs, NULL, q + (size_t)b * T * ldq + (size_t)h * hs, ldq, i0, T, hs, Ql);
-    tc_stage<HS, TC_BR>(Os, NULL, dout + (size_t)b * T * ldo + (size_t)h * hs, ldo, i0, T, hs);
+    int kh = h / (H / Hkv), nt = Tp / TC_BC;
+    size_t rowbase = ((size_t)b * H + h) * T;
+    size_t qo = (((size_t)b * H + h) * Tp + i0) * HS, ko = ((size_t)b * Hkv + kh) * Tp * HS;
+    tc_copy_tile<HS, TC_BR>(Qs, ws.qh + qo);
+    if (SPLIT & 1) tc_copy_tile<HS, TC_BR>(Ql, ws.ql + qo);
+    tc_copy_tile<HS, TC_BR>(Os, ws.oh + qo);
+    tc_copy_tile<HS, TC_BC>(st, ws.kh + ko);
+    if (SPLIT & 1) tc_copy_tile<HS, TC_BC>(st + TK, ws.kl + ko);
+    tc_copy_tile<HS, TC_BC>(st + 2 * TK, ws.vh + ko);
+    tc_cp_commit();
     int r[2] = {w * 16 + g, w * 16 + g + 8};
     float sl[2], sD[2];
 #pragma unroll
@@ -169,21 +243,29 @@ __global__ void __launch_bounds__(TC_THREADS)
     float acc[NO][4];
     tc_zero(acc);
     float sl2 = scale * TC_LOG2E;
-    for (int j0 = 0; j0 < T; j0 += TC_BC) {
-        __syncthreads();
-        tc_stage<HS, TC_BC, SPLIT & 1>(Ks, Kt, kb, ldkv, j0, T, hs, Kl);
-        tc_stage<HS, TC_BC>(Vs, NULL, vb, ldkv, j0, T, hs);
+    for (int jt = 0; jt < nt; jt++) {
+        int j0 = jt * TC_BC;
+        if (jt + 1 < nt) {
+            tc_bf16 *sn = st + ((jt + 1) & 1) * 3 * TK;
+            size_t off = ko + (size_t)(j0 + TC_BC) * HS;
+            tc_copy_tile<HS, TC_BC>(sn, ws.kh + off);
+            if (SPLIT & 1) tc_copy_tile<HS, TC_BC>(sn + TK, ws.kl + off);
+            tc_copy_tile<HS, TC_BC>(sn + 2 * TK, ws.vh + off);
+        }
+        tc_cp_commit();
         if (tid < TC_BC) {
             int j = j0 + tid;
             km[tid] = j < T && (!mask || mask[(size_t)b * T + j]);
         }
         if (tbc_keep_ok(d, T)) tbc_keep_tile<TC_BR, TC_BC, TC_THREADS>(keep, d, site, rowbase, i0, j0, T);
+        tc_cp_wait<1>();
         __syncthreads();
+        const tc_bf16 *Ks = st + (jt & 1) * 3 * TK, *Kl = Ks + TK, *Vs = Ks + 2 * TK;
         float s[NT][4], dp[NT][4];
         tc_zero(s), tc_zero(dp);
-        if (SPLIT & 1) tc_gemm_ss3<HS, NT>(s, Qs + w * 16 * LH, Ql + w * 16 * LH, LH, Ks, Kl, LH, g, t);
-        else tc_gemm_ss<HS, NT>(s, Qs + w * 16 * LH, LH, Ks, LH, g, t);
-        tc_gemm_ss<HS, NT>(dp, Os + w * 16 * LH, LH, Vs, LH, g, t);
+        if (SPLIT & 1) tc_mm_ss3<HS, NT>(s, Qs + w * 16 * LH, Ql + w * 16 * LH, LH, Ks, Kl, LH, lane);
+        else tc_mm_ss<HS, NT>(s, Qs + w * 16 * LH, LH, Ks, LH, lane);
+        tc_mm_ss<HS, NT>(dp, Os + w * 16 * LH, LH, Vs, LH, lane);
 #pragma unroll
         for (int n = 0; n < NT; n++)
 #pragma unroll
@@ -198,7 +280,8 @@ __global__ void __launch_bounds__(TC_THREADS)
                 }
                 s[n][e] = ds;
             }
-        tc_gemm_rs<TC_BC / 16, NO>(acc, s, Kt, LC, g, t);
+        tc_mm_rs<TC_BC / 16, NO>(acc, s, Ks, LH, lane);
+        __syncthreads();
     }
 #pragma unroll
     for (int a = 0; a < 2; a++) {
@@ -215,30 +298,33 @@ __global__ void __launch_bounds__(TC_THREADS)
     }
 }
 
-/* BQ queries per tile (fewer registers for HS 128). */
+/* BQ queries per tile (fewer registers and less shared memory for HS 128). */
 template <int HS, int BQ, int SPLIT>
 __global__ void __launch_bounds__(TC_THREADS)
-    k_fat_bwd_kv(float *dk, float *dv, const float *dout, const float *lse, const float *Dg, const float *q,
-                 const float *k, const float *v, size_t ldq, size_t ldkv, const uint8_t *mask, tbc_drop d,
-                 uint32_t site, int T, int H, int Hkv, int hs, float scale) {
-    constexpr int LH = HS + 8, LQ = BQ + 8, NT = BQ / 8, NO = HS / 8;
+    k_fat_bwd_kv(float *dk, float *dv, const float *lse, const float *Dg, tc_fat_ws ws, size_t ldkv,
+                 const uint8_t *mask, tbc_drop d, uint32_t site, int T, int Tp, int H, int Hkv, int hs, float scale) {
+    constexpr int LH = HS + 8, NT = BQ / 8, NO = HS / 8, TK = TC_BR * LH, TQ = BQ * LH;
     TC_DYN_SMEM(tc_sm);
-    tc_bf16 *Ks = (tc_bf16 *)tc_sm;  /* [TC_BR][LH] */
-    tc_bf16 *Kl = Ks + TC_BR * LH;   /* K - Ks: [TC_BR][LH] */
-    tc_bf16 *Vs = Kl + TC_BR * LH;   /* [TC_BR][LH] */
-    tc_bf16 *Qs = Vs + TC_BR * LH;   /* [BQ][LH] */
-    tc_bf16 *Ql = Qs + BQ * LH;      /* Q - Qs: [BQ][LH] */
-    tc_bf16 *Os = Ql + BQ * LH;      /* dO: [BQ][LH] */
-    tc_bf16 *Qt = Os + BQ * LH;      /* [HS][LQ] */
-    tc_bf16 *Ot = Qt + HS * LQ;      /* dO: [HS][LQ] */
+    tc_bf16 *Ks = (tc_bf16 *)tc_sm; /* [TC_BR][LH] */
+    tc_bf16 *Kl = Ks + TK;          /* K - Ks */
+    tc_bf16 *Vs = Kl + TK;
+    tc_bf16 *st = Vs + TK;          /* stage s at st + 3 s TQ: Q, Q - Q, dO ([BQ][LH] each) */
     __shared__ float sl[BQ], sD[BQ];
     __shared__ uint8_t keep[BQ * TC_BR]; /* [query][key] */
-    int tid = threadIdx.x, w = tid / 32, g = (tid % 32) / 4, t = tid % 4;
+    int tid = threadIdx.x, lane = tid % 32, w = tid / 32, g = lane / 4, t = lane % 4;
     int j0 = blockIdx.x * TC_BR, kh = blockIdx.y, b = blockIdx.z;
-    int group = H / Hkv;
-    size_t ldo = (size_t)H * hs;
-    tc_stage<HS, TC_BR, SPLIT & 1>(Ks, NULL, k + (size_t)b * T * ldkv + (size_t)kh * hs, ldkv, j0, T, hs, Kl);
-    tc_stage<HS, TC_BR>(Vs, NULL, v + (size_t)b * T * ldkv + (size_t)kh * hs, ldkv, j0, T, hs);
+    int group = H / Hkv, nqt = Tp / BQ, ntiles = group * nqt;
+    size_t ko = (((size_t)b * Hkv + kh) * Tp + j0) * HS;
+    tc_copy_tile<HS, TC_BR>(Ks, ws.kh + ko);
+    if (SPLIT & 1) tc_copy_tile<HS, TC_BR>(Kl, ws.kl + ko);
+    tc_copy_tile<HS, TC_BR>(Vs, ws.vh + ko);
+    {
+        size_t qo = ((size_t)b * H + (size_t)kh * group) * Tp * HS;
+        tc_copy_tile<HS, BQ>(st, ws.qh + qo);
+        if (SPLIT & 1) tc_copy_tile<HS, BQ>(st + TQ, ws.ql + qo);
+        tc_copy_tile<HS, BQ>(st + 2 * TQ, ws.oh + qo);
+    }
+    tc_cp_commit();
     int jr[2] = {w * 16 + g, w * 16 + g + 8}; /* the thread's two key rows in the block */
     bool kin[2];
 #pragma unroll
@@ -249,46 +335,51 @@ __global__ void __launch_bounds__(TC_THREADS)
     float ak[NO][4], av[NO][4];
     tc_zero(ak), tc_zero(av);
     float sl2 = scale * TC_LOG2E;
-    for (int gi = 0; gi < group; gi++) {
-        int h = kh * group + gi;
+    for (int it = 0; it < ntiles; it++) {
+        int h = kh * group + it / nqt, i0 = (it % nqt) * BQ;
         size_t rowbase = ((size_t)b * H + h) * T;
-        const float *qb = q + (size_t)b * T * ldq + (size_t)h * hs;
-        const float *ob = dout + (size_t)b * T * ldo + (size_t)h * hs;
-        for (int i0 = 0; i0 < T; i0 += BQ) {
-            __syncthreads();
-            tc_stage<HS, BQ, SPLIT & 1>(Qs, Qt, qb, ldq, i0, T, hs, Ql);
-            tc_stage<HS, BQ>(Os, Ot, ob, ldo, i0, T, hs);
-            if (tid < BQ) {
-                int i = i0 + tid;
-                sl[tid] = i < T ? lse[rowbase + i] * TC_LOG2E : 0.0f;
-                sD[tid] = i < T ? Dg[rowbase + i] : 0.0f;
-            }
-            if (tbc_keep_ok(d, T)) tbc_keep_tile<BQ, TC_BR, TC_THREADS>(keep, d, site, rowbase, i0, j0, T);
-            __syncthreads();
-            float s[NT][4], dp[NT][4];
-            tc_zero(s), tc_zero(dp);
-            if (SPLIT & 1) tc_gemm_ss3<HS, NT>(s, Ks + w * 16 * LH, Kl + w * 16 * LH, LH, Qs, Ql, LH, g, t);
-            else tc_gemm_ss<HS, NT>(s, Ks + w * 16 * LH, LH, Qs, LH, g, t);
-            tc_gemm_ss<HS, NT>(dp, Vs + w * 16 * LH, LH, Os, LH, g, t);
-#pragma unroll
-            for (int n = 0; n < NT; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int a = e >> 1, ic = n * 8 + 2 * t + (e & 1), i = i0 + ic, j = j0 + jr[a];
-                    float p = kin[a] && i < T ? exp2f(s[n][e] * sl2 - sl[ic]) : 0.0f;
-                    float pt = 0, ds = 0;
-                    if (p != 0) {
-                        float mf = d.active ? tc_drop(d, keep, ic * TC_BR + jr[a], site, (rowbase + i) * T + j, T)
-                                            : 1.0f;
-                        pt = p * mf;
-                        ds = p * (dp[n][e] * mf - sD[ic]) * scale;
-                    }
-                    s[n][e] = pt;
-                    dp[n][e] = ds;
-                }
-            tc_gemm_rs<BQ / 16, NO>(av, s, Ot, LQ, g, t);
-            tc_gemm_rs<BQ / 16, NO>(ak, dp, Qt, LQ, g, t);
+        if (it + 1 < ntiles) {
+            int hn = kh * group + (it + 1) / nqt, in0 = ((it + 1) % nqt) * BQ;
+            size_t qo = (((size_t)b * H + hn) * Tp + in0) * HS;
+            tc_bf16 *sn = st + ((it + 1) & 1) * 3 * TQ;
+            tc_copy_tile<HS, BQ>(sn, ws.qh + qo);
+            if (SPLIT & 1) tc_copy_tile<HS, BQ>(sn + TQ, ws.ql + qo);
+            tc_copy_tile<HS, BQ>(sn + 2 * TQ, ws.oh + qo);
         }
+        tc_cp_commit();
+        if (tid < BQ) {
+            int i = i0 + tid;
+            sl[tid] = i < T ? lse[rowbase + i] * TC_LOG2E : 0.0f;
+            sD[tid] = i < T ? Dg[rowbase + i] : 0.0f;
+        }
+        if (tbc_keep_ok(d, T)) tbc_keep_tile<BQ, TC_BR, TC_THREADS>(keep, d, site, rowbase, i0, j0, T);
+        tc_cp_wait<1>();
+        __syncthreads();
+        const tc_bf16 *Qs = st + (it & 1) * 3 * TQ, *Ql = Qs + TQ, *Os = Qs + 2 * TQ;
+        float s[NT][4], dp[NT][4];
+        tc_zero(s), tc_zero(dp);
+        if (SPLIT & 1) tc_mm_ss3<HS, NT>(s, Ks + w * 16 * LH, Kl + w * 16 * LH, LH, Qs, Ql, LH, lane);
+        else tc_mm_ss<HS, NT>(s, Ks + w * 16 * LH, LH, Qs, LH, lane);
+        tc_mm_ss<HS, NT>(dp, Vs + w * 16 * LH, LH, Os, LH, lane);
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int a = e >> 1, ic = n * 8 + 2 * t + (e & 1), i = i0 + ic, j = j0 + jr[a];
+                float p = kin[a] && i < T ? exp2f(s[n][e] * sl2 - sl[ic]) : 0.0f;
+                float pt = 0, ds = 0;
+                if (p != 0) {
+                    float mf = d.active ? tc_drop(d, keep, ic * TC_BR + jr[a], site, (rowbase + i) * T + j, T)
+                                        : 1.0f;
+                    pt = p * mf;
+                    ds = p * (dp[n][e] * mf - sD[ic]) * scale;
+                }
+                s[n][e] = pt;
+                dp[n][e] = ds;
+            }
+        tc_mm_rs<BQ / 16, NO>(av, s, Os, LH, lane);
+        tc_mm_rs<BQ / 16, NO>(ak, dp, Qs, LH, lane);
+        __syncthreads();
     }
 #pragma unroll
     for (int a = 0; a < 2; a++) {

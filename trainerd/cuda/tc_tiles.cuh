@@ -41,6 +41,81 @@ __device__ __forceinline__ void tc_mma(float (&c)[4], uint32_t a0, uint32_t a1, 
 #endif
 }
 
+/* Asynchronous copies and ldmatrix (sm_80+; the fused attention's staging). tc_cp16: 16
+ * bytes global -> shared (cp.async.cg: through L2 only), in flight until tc_cp_wait<N>
+ * leaves at most N of the committed groups pending; the barrier after it makes the data
+ * visible to the other threads. tc_ldsm4 (.trans: tc_ldsm4t): four 8 x 8 bf16 matrices
+ * whose rows the warp's lanes address (lanes 8i .. 8i + 7 the rows of matrix i); lane 4 g +
+ * t gets row g, columns 2t, 2t + 1 of each (transposed: rows 2t, 2t + 1 of column g). */
+__device__ __forceinline__ void tc_cp16(void *dst, const void *src) {
+#if defined(TBC_EMU)
+    memcpy(dst, src, 16);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    *reinterpret_cast<int4 *>(dst) = *reinterpret_cast<const int4 *>(src);
+#else
+    unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
+#endif
+}
+__device__ __forceinline__ void tc_cp_commit(void) {
+#if !defined(TBC_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int N>
+__device__ __forceinline__ void tc_cp_wait(void) {
+#if !defined(TBC_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+template <bool TRANS>
+__device__ __forceinline__ void tc_ldsm4(uint32_t (&r)[4], const tc_bf16 *p) {
+#if defined(TBC_EMU)
+    tbc_emu_ldsm_x4(r, p, TRANS);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    (void)p;
+    r[0] = r[1] = r[2] = r[3] = 0;
+    __trap(); /* never launched below sm_80, as tc_mma */
+#else
+    unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(s));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(s));
+#endif
+}
+
+/* ROWS x HS bf16 rows, contiguous at src (row stride HS), into a shared tile of row stride
+ * HS + 8 by 16-byte asynchronous copies (consecutive threads, consecutive chunks). */
+template <int HS, int ROWS>
+__device__ __forceinline__ void tc_copy_tile(tc_bf16 *dst, const tc_bf16 *src) {
+    constexpr int CPR = HS / 8, N = ROWS * CPR;
+    static_assert(N % TC_THREADS == 0, "tile not a multiple of the block");
+#pragma unroll
+    for (int i = 0; i < N / TC_THREADS; i++) {
+        int c = (int)threadIdx.x + i * TC_THREADS;
+        tc_cp16(dst + (c / CPR) * (HS + 8) + (c % CPR) * 8, src + (size_t)c * 8);
+    }
+}
+
+/* Fragments by ldmatrix. tc_frag_a: the A fragment of rows 0..15, k-chunk kc of a row-major
+ * tile (stride ld). tc_frag_bn: B fragments of n-tiles 2p and 2p + 1 (b[0], b[1] and b[2],
+ * b[3]), k-chunk kc, from an n-major tile (element (k, n) at Bn[n·ld + k]); tc_frag_bk the
+ * same from a k-major tile (element (k, n) at Bk[k·ld + n]) through the transposing load. */
+__device__ __forceinline__ void tc_frag_a(uint32_t (&a)[4], const tc_bf16 *A, int ld, int kc, int lane) {
+    tc_ldsm4<false>(a, A + (lane & 15) * ld + kc * 16 + 8 * (lane >> 4));
+}
+__device__ __forceinline__ void tc_frag_bn(uint32_t (&b)[4], const tc_bf16 *Bn, int ld, int p, int kc, int lane) {
+    tc_ldsm4<false>(b, Bn + (p * 16 + (lane & 7) + 8 * (lane >> 4)) * ld + kc * 16 + 8 * ((lane >> 3) & 1));
+}
+__device__ __forceinline__ void tc_frag_bk(uint32_t (&b)[4], const tc_bf16 *Bk, int ld, int p, int kc, int lane) {
+    tc_ldsm4<true>(b, Bk + (kc * 16 + (lane & 15)) * ld + p * 16 + 8 * (lane >> 4));
+}
+
 /* Zero N accumulator tiles. */
 template <int N>
 __device__ __forceinline__ void tc_zero(float (&a)[N][4]) {
@@ -135,6 +210,91 @@ __device__ __forceinline__ void tc_gemm_rs3(float (&acc)[NN][4], const float (&p
         tc_split(p[2 * kc + 1][0], p[2 * kc + 1][1], a[2], l[2]);
         tc_split(p[2 * kc + 1][2], p[2 * kc + 1][3], a[3], l[3]);
         tc_mma3(acc, a, l, Bn, Bl, ldb, kc, g, t);
+    }
+}
+
+/* The products of tc_gemm_ss / _ss3 / _rs / _rs3 with every shared operand read by
+ * ldmatrix (tc_frag_*): the same products in the same order per accumulator (the same
+ * bits), a quarter of the shared-memory load instructions. B of the _ss forms is n-major,
+ * of the _rs forms k-major. NN even. */
+template <int K, int NN>
+__device__ __forceinline__ void tc_mm_ss(float (&acc)[NN][4], const tc_bf16 *A, int lda, const tc_bf16 *Bn, int ldb,
+                                         int lane) {
+#pragma unroll
+    for (int kc = 0; kc < K / 16; kc++) {
+        uint32_t a[4];
+        tc_frag_a(a, A, lda, kc, lane);
+#pragma unroll
+        for (int p = 0; p < NN / 2; p++) {
+            uint32_t b[4];
+            tc_frag_bn(b, Bn, ldb, p, kc, lane);
+            tc_mma(acc[2 * p], a[0], a[1], a[2], a[3], b[0], b[1]);
+            tc_mma(acc[2 * p + 1], a[0], a[1], a[2], a[3], b[2], b[3]);
+        }
+    }
+}
+/* acc[n] += Al Bh + Ah Bl + Ah Bh for n-tiles 2p, 2p + 1 (tc_mma3's order). */
+template <int NN>
+__device__ __forceinline__ void tc_mma3x2(float (&acc)[NN][4], int p, const uint32_t (&a)[4], const uint32_t (&l)[4],
+                                          const uint32_t (&bh)[4], const uint32_t (&bl)[4]) {
+#pragma unroll
+    for (int q = 0; q < 2; q++) {
+        float(&c)[4] = acc[2 * p + q];
+        tc_mma(c, l[0], l[1], l[2], l[3], bh[2 * q], bh[2 * q + 1]);
+        tc_mma(c, a[0], a[1], a[2], a[3], bl[2 * q], bl[2 * q + 1]);
+        tc_mma(c, a[0], a[1], a[2], a[3], bh[2 * q], bh[2 * q + 1]);
+    }
+}
+template <int K, int NN>
+__device__ __forceinline__ void tc_mm_ss3(float (&acc)[NN][4], const tc_bf16 *A, const tc_bf16 *Al, int lda,
+                                          const tc_bf16 *Bn, const tc_bf16 *Bl, int ldb, int lane) {
+#pragma unroll
+    for (int kc = 0; kc < K / 16; kc++) {
+        uint32_t a[4], l[4];
+        tc_frag_a(a, A, lda, kc, lane);
+        tc_frag_a(l, Al, lda, kc, lane);
+#pragma unroll
+        for (int p = 0; p < NN / 2; p++) {
+            uint32_t bh[4], bl[4];
+            tc_frag_bn(bh, Bn, ldb, p, kc, lane);
+            tc_frag_bn(bl, Bl, ldb, p, kc, lane);
+            tc_mma3x2(acc, p, a, l, bh, bl);
+        }
+    }
+}
+template <int KK, int NN>
+__device__ __forceinline__ void tc_mm_rs(float (&acc)[NN][4], const float (&p)[2 * KK][4], const tc_bf16 *Bk, int ldb,
+                                         int lane) {
+#pragma unroll
+    for (int kc = 0; kc < KK; kc++) {
+        uint32_t a0 = tc_pack(p[2 * kc][0], p[2 * kc][1]), a1 = tc_pack(p[2 * kc][2], p[2 * kc][3]);
+        uint32_t a2 = tc_pack(p[2 * kc + 1][0], p[2 * kc + 1][1]), a3 = tc_pack(p[2 * kc + 1][2], p[2 * kc + 1][3]);
+#pragma unroll
+        for (int q = 0; q < NN / 2; q++) {
+            uint32_t b[4];
+            tc_frag_bk(b, Bk, ldb, q, kc, lane);
+            tc_mma(acc[2 * q], a0, a1, a2, a3, b[0], b[1]);
+            tc_mma(acc[2 * q + 1], a0, a1, a2, a3, b[2], b[3]);
+        }
+    }
+}
+template <int KK, int NN>
+__device__ __forceinline__ void tc_mm_rs3(float (&acc)[NN][4], const float (&p)[2 * KK][4], const tc_bf16 *Bk,
+                                          const tc_bf16 *Bl, int ldb, int lane) {
+#pragma unroll
+    for (int kc = 0; kc < KK; kc++) {
+        uint32_t a[4], l[4];
+        tc_split(p[2 * kc][0], p[2 * kc][1], a[0], l[0]);
+        tc_split(p[2 * kc][2], p[2 * kc][3], a[1], l[1]);
+        tc_split(p[2 * kc + 1][0], p[2 * kc + 1][1], a[2], l[2]);
+        tc_split(p[2 * kc + 1][2], p[2 * kc + 1][3], a[3], l[3]);
+#pragma unroll
+        for (int q = 0; q < NN / 2; q++) {
+            uint32_t bh[4], bl[4];
+            tc_frag_bk(bh, Bk, ldb, q, kc, lane);
+            tc_frag_bk(bl, Bl, ldb, q, kc, lane);
+            tc_mma3x2(acc, q, a, l, bh, bl);
+        }
     }
 }
 
