@@ -160,6 +160,20 @@ static void emu_prep(const tc_prep_jobs &J, int B, int T, int H, int hs, int HS)
     tbc_emu_launch(gx, (unsigned)J.n, 1, 256, 0, [&] { k_fat_prep(J, T, tc_fat_tp(T), hs, HS, B); });
 }
 
+/* The dropout bits (flash_tc_cuda.cu tc_dropmask); empty without dropout. */
+struct emu_dm {
+    uint64_t *dm = nullptr;
+    emu_dm(const tbc_drop &d, uint32_t site, int B, int T, int H) {
+        if (!d.active) return;
+        size_t rows = (size_t)B * H * T;
+        int W = tc_fat_tp(T) / TC_BC;
+        dm = (uint64_t *)malloc(rows * W * sizeof(uint64_t));
+        if (!dm) abort();
+        tbc_emu_launch(2, 1, 1, 64, 0, [&] { k_fat_dropmask(dm, d, site, rows, T, W); });
+    }
+    ~emu_dm() { free(dm); }
+};
+
 template <int HS>
 static void emu_fwd(float *out, float *lse, const float *q, const float *k, const float *v, size_t ldq, size_t ldkv,
                     const uint8_t *mask, tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs) {
@@ -173,8 +187,9 @@ static void emu_fwd(float *out, float *lse, const float *q, const float *k, cons
     emu_prep_add(J, v, w.ws.vh, SP & 2 ? w.ws.vl : nullptr, ldkv, Hkv);
     emu_prep(J, B, T, H, hs, HS);
     int Tp = tc_fat_tp(T);
+    emu_dm m(d, site, B, T, H);
     tbc_emu_launch((unsigned)(Tp / TC_BR), (unsigned)H, (unsigned)B, TC_THREADS, tc_fat_smem_fwd(HS),
-                   [&] { k_fat_fwd<HS, SP>(out, lse, w.ws, mask, d, site, T, Tp, H, Hkv, hs, sl2); });
+                   [&] { k_fat_fwd<HS, SP>(out, lse, w.ws, mask, m.dm, d.scale, T, Tp, H, Hkv, hs, sl2); });
 }
 
 template <int HS>
@@ -192,11 +207,12 @@ static void emu_bwd(float *dq, float *dk, float *dv, const float *dout, const fl
     emu_prep_add(J, v, w.ws.vh, nullptr, ldkv, Hkv);
     emu_prep(J, B, T, H, hs, HS);
     int Tp = tc_fat_tp(T);
+    emu_dm m(d, site, B, T, H);
     tbc_emu_launch((unsigned)(Tp / TC_BR), (unsigned)H, (unsigned)B, TC_THREADS, tc_fat_smem_q(HS), [&] {
-        k_fat_bwd_q<HS, SP>(dq, lse, D, w.ws, ldq, mask, d, site, T, Tp, H, Hkv, hs, scale);
+        k_fat_bwd_q<HS, SP>(dq, lse, D, w.ws, ldq, mask, m.dm, d.scale, T, Tp, H, Hkv, hs, scale);
     });
     tbc_emu_launch((unsigned)(Tp / TC_BR), (unsigned)Hkv, (unsigned)B, TC_THREADS, tc_fat_smem_kv(HS), [&] {
-        k_fat_bwd_kv<HS, BQ, SP>(dk, dv, lse, D, w.ws, ldkv, mask, d, site, T, Tp, H, Hkv, hs, scale);
+        k_fat_bwd_kv<HS, BQ, SP>(dk, dv, lse, D, w.ws, ldkv, mask, m.dm, d.scale, T, Tp, H, Hkv, hs, scale);
     });
 }
 

@@ -79,7 +79,7 @@ static void test_emulated_tensor_core_attention_matches_cpu(void **state) {
      * are zero (or, with a masked key, become zero) in exact arithmetic, and a relative
      * bound on rounding noise around zero means nothing. Amplitude 6: scores of a few
      * tens, where bf16 q and k alone would move probabilities by several percent (the
-     * split score product of tc_gemm_ss3 is what keeps these within the bound). */
+     * split score product of tc_mm_ss3 is what keeps these within the bound). */
     static const int sh[][7] = {{1, 9, 1, 1, 3, 0, 2},   {2, 5, 2, 1, 7, 3, 2},    {1, 33, 4, 2, 16, 0, 2},
                                 {2, 70, 2, 2, 33, 1, 2}, {1, 97, 2, 1, 64, 0, 2},  {1, 70, 2, 1, 128, 5, 2},
                                 {1, 132, 2, 2, 64, 0, 2}, {1, 96, 2, 1, 100, 3, 2}, {2, 64, 4, 2, 32, 0, 6},

@@ -54,6 +54,7 @@ enum {
     TBC_SCR_ATTN_DS,    /* attn_bwd: dS (B, H, T, T) */
     TBC_SCR_ATTN_D,     /* fused attn_bwd: D = rowsum(dO ∘ O) (B, H, T) */
     TBC_SCR_ATTN_TC,    /* tensor-core attention: bf16 q, k, v, dO (flash_tc_kernels.cuh tc_fat_ws) */
+    TBC_SCR_ATTN_DROP,  /* tensor-core attention: dropout keep bits (k_fat_dropmask) */
     TBC_SCR_SEQ_A,      /* seq ops: first partial buffer */
     TBC_SCR_SEQ_B,      /* seq ops: second partial buffer */
     TBC_SCR_SEQ_C,      /* seq ops: third partial buffer */

@@ -5,8 +5,8 @@
  * shared memory, and P and dS are rounded to bf16 where they enter a product (the rounding
  * of the bf16 mode's GEMMs; softmax statistics, dS's factors and every sum stay fp32).
  * The forward's two products are the exception: q, k, v and P enter them as bf16 pairs
- * hi + lo, and S = Ql Khᵀ + Qh Klᵀ + Qh Khᵀ (tc_gemm_ss3), O = Pl Vh + Ph Vl + Ph Vh
- * (tc_gemm_rs3), ~2^-16 relative instead of 2^-8. For S because an error e in a score
+ * hi + lo, and S = Ql Khᵀ + Qh Klᵀ + Qh Khᵀ (tc_mm_ss3), O = Pl Vh + Ph Vl + Ph Vh
+ * (tc_mm_rs3), ~2^-16 relative instead of 2^-8. For S because an error e in a score
  * multiplies its probability by exp(e) (scores of a few tens put plain bf16's output
  * 3.7e-2 off; split, 3e-3). For O because the forward's output feeds discrete decisions
  * downstream: the MoE router's top-K. With bf16 P (output ~2.5e-3 off) one token of the
@@ -70,6 +70,19 @@ static void tc_prep(const tc_prep_jobs &J, int B, int T, int H, int hs, int HS) 
     TBC_LAUNCHED();
 }
 
+/* The call's dropout bits (k_fat_dropmask), NULL without dropout. */
+static const uint64_t *tc_dropmask(const tbc_drop &d, uint32_t site, int B, int T, int H) {
+    if (!d.active) return NULL;
+    size_t rows = (size_t)B * H * T;
+    int W = tc_fat_tp(T) / TC_BC;
+    uint64_t *dm = (uint64_t *)tbc_scratch(TBC_SCR_ATTN_DROP, rows * W * sizeof(uint64_t));
+    size_t blocks = (rows * W + 255) / 256;
+    unsigned gx = (unsigned)(blocks < (size_t)tbc_g->sm_count * 32 ? blocks : (size_t)tbc_g->sm_count * 32);
+    k_fat_dropmask<<<gx, 256, 0, S()>>>(dm, d, site, rows, T, W);
+    TBC_LAUNCHED();
+    return dm;
+}
+
 template <int HS, int SPLIT>
 static void tc_fwd(float *out, float *lse, const float *q, const float *k, const float *v, size_t ldq, size_t ldkv,
                    const uint8_t *mask, tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs) {
@@ -81,12 +94,13 @@ static void tc_fwd(float *out, float *lse, const float *q, const float *k, const
     tc_prep_add(J, k, ws.kh, SPLIT & 1 ? ws.kl : NULL, ldkv, Hkv);
     tc_prep_add(J, v, ws.vh, SPLIT & 2 ? ws.vl : NULL, ldkv, Hkv);
     tc_prep(J, B, T, H, hs, HS);
+    const uint64_t *dm = tc_dropmask(d, site, B, T, H);
     size_t smem = tc_fat_smem_fwd(HS);
     tbc_smem_allow(k_fat_fwd<HS, SPLIT>, smem, 0, &allowed);
     dim3 grid((unsigned)(tc_fat_tp(T) / TC_BR), (unsigned)H, (unsigned)B);
     float sl2 = (float)(1.0 / sqrt((double)hs)) * TC_LOG2E;
-    k_fat_fwd<HS, SPLIT><<<grid, TC_THREADS, smem, S()>>>(out, lse, ws, mask, d, site, T, tc_fat_tp(T), H, Hkv, hs,
-                                                          sl2);
+    k_fat_fwd<HS, SPLIT><<<grid, TC_THREADS, smem, S()>>>(out, lse, ws, mask, dm, d.scale, T, tc_fat_tp(T), H, Hkv,
+                                                          hs, sl2);
     TBC_LAUNCHED();
 }
 
@@ -106,15 +120,17 @@ static void tc_bwd(float *dq, float *dk, float *dv, const float *dout, const flo
     tc_prep_add(J, k, ws.kh, SPLIT & 1 ? ws.kl : NULL, ldkv, Hkv);
     tc_prep_add(J, v, ws.vh, NULL, ldkv, Hkv);
     tc_prep(J, B, T, H, hs, HS);
+    const uint64_t *dm = tc_dropmask(d, site, B, T, H);
     size_t sq = tc_fat_smem_q(HS), skv = tc_fat_smem_kv(HS);
     tbc_smem_allow(k_fat_bwd_q<HS, SPLIT>, sq, 0, &allowed_q);
     tbc_smem_allow(k_fat_bwd_kv<HS, BQ, SPLIT>, skv, 0, &allowed_kv);
     dim3 gq((unsigned)(Tp / TC_BR), (unsigned)H, (unsigned)B);
-    k_fat_bwd_q<HS, SPLIT><<<gq, TC_THREADS, sq, S()>>>(dq, lse, D, ws, ldq, mask, d, site, T, Tp, H, Hkv, hs, scale);
+    k_fat_bwd_q<HS, SPLIT><<<gq, TC_THREADS, sq, S()>>>(dq, lse, D, ws, ldq, mask, dm, d.scale, T, Tp, H, Hkv, hs,
+                                                        scale);
     TBC_LAUNCHED();
     dim3 gkv((unsigned)(Tp / TC_BR), (unsigned)Hkv, (unsigned)B);
-    k_fat_bwd_kv<HS, BQ, SPLIT><<<gkv, TC_THREADS, skv, S()>>>(dk, dv, lse, D, ws, ldkv, mask, d, site, T, Tp, H,
-                                                               Hkv, hs, scale);
+    k_fat_bwd_kv<HS, BQ, SPLIT><<<gkv, TC_THREADS, skv, S()>>>(dk, dv, lse, D, ws, ldkv, mask, dm, d.scale, T, Tp,
+                                                               H, Hkv, hs, scale);
     TBC_LAUNCHED();
 }
 

@@ -8,13 +8,33 @@
 #include "tc_tiles.cuh"
 
 #define TC_BR 64 /* rows per block: queries (forward, dq) or keys (dk, dv) */
-#define TC_BC 64 /* keys per tile (forward, dq) */
+#define TC_BC 64 /* keys per tile (forward, dq); one dropout word (k_fat_dropmask) */
 
-/* The dropout factor of element (query row r of the tile, key column c of the tile). */
-__device__ __forceinline__ float tc_drop(const tbc_drop &d, const uint8_t *keep, int kidx, uint32_t site,
-                                         uint64_t elem, int T) {
-    return tbc_keep_ok(d, T) ? (keep[kidx] ? d.scale : 0.0f) : tbc_drop_factor(d, site, elem);
+/* Attention dropout as bits: word dm[row · W + jw] (W = Tp / 64 words a row; row = (b · H +
+ * h) · T + i) has bit c set where element (row, 64 jw + c) is kept: the draws of
+ * tbc_drop_factor at element row · T + j (layers/dropout.h), 0 for j >= T. Drawn once per
+ * call by k_fat_dropmask, a thread a word (the Philox blocks of four consecutive elements
+ * that cover its 64), instead of in each kernel's inner loop. One 64-key tile is one word. */
+__global__ void k_fat_dropmask(uint64_t *dm, tbc_drop d, uint32_t site, size_t rows, int T, int W) {
+    size_t n = rows * (size_t)W;
+    for (size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x; x < n; x += (size_t)gridDim.x * blockDim.x) {
+        size_t row = x / W;
+        int j0 = (int)(x % W) * 64, jn = T - j0 < 64 ? T - j0 : 64;
+        uint64_t e0 = (uint64_t)row * T + j0, e1 = e0 + (uint64_t)jn, bits = 0;
+        for (uint64_t blk = e0 & ~(uint64_t)3; blk < e1; blk += 4) {
+            uint32_t w[4];
+            tbc_philox_block(d.k0, d.k1, d.step, d.layer, site, blk, w);
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                uint64_t e = blk + (uint64_t)q;
+                if (e >= e0 && e < e1 && (w[q] >> 8) >= d.thr) bits |= (uint64_t)1 << (e - e0);
+            }
+        }
+        dm[x] = bits;
+    }
 }
+/* The dropout factor of a key bit c of word wd. */
+__device__ __forceinline__ float tc_keep(uint64_t wd, int c, float scale) { return (wd >> c) & 1 ? scale : 0.0f; }
 
 /* Queries per tile of k_fat_bwd_kv (fewer registers and less shared memory for HS 128). */
 static constexpr int tc_fat_bq(int HS) { return HS > 64 ? 32 : 64; }
@@ -93,7 +113,7 @@ __global__ void k_fat_prep(tc_prep_jobs jobs, int T, int Tp, int hs, int HS, int
 #define TC_LN2 0.6931471805599453f
 
 /* SPLIT (a bench switch; the build's default is TC_SPLIT_DEFAULT): bit 0, the scores as a
- * split product (tc_gemm_ss3); bit 1, the forward's output too (tc_gemm_rs3). */
+ * split product (tc_mm_ss3); bit 1, the forward's output too (tc_mm_rs3). */
 #define TC_SPLIT_DEFAULT 3
 
 /* The streamed tiles of the kernels below: cp.async copies of the staged operands into one
@@ -101,15 +121,14 @@ __global__ void k_fat_prep(tc_prep_jobs jobs, int T, int Tp, int hs, int HS, int
 
 template <int HS, int SPLIT>
 __global__ void __launch_bounds__(TC_THREADS)
-    k_fat_fwd(float *out, float *lse, tc_fat_ws ws, const uint8_t *mask, tbc_drop d, uint32_t site, int T, int Tp,
-              int H, int Hkv, int hs, float sl2) {
+    k_fat_fwd(float *out, float *lse, tc_fat_ws ws, const uint8_t *mask, const uint64_t *dm, float dscale, int T,
+              int Tp, int H, int Hkv, int hs, float sl2) {
     constexpr int LH = HS + 8, NT = TC_BC / 8, NO = HS / 8, TQ = TC_BR * LH, TK = TC_BC * LH;
     TC_DYN_SMEM(tc_sm);
     tc_bf16 *Qs = (tc_bf16 *)tc_sm; /* [TC_BR][LH] */
     tc_bf16 *Ql = Qs + TQ;          /* Q - Qs */
     tc_bf16 *st = Ql + TQ;          /* stage s at st + 4 s TK: K, K - K, V, V - V ([TC_BC][LH] each) */
     __shared__ int km[TC_BC];
-    __shared__ uint8_t keep[TC_BR * TC_BC];
     int tid = threadIdx.x, lane = tid % 32, w = tid / 32, g = lane / 4, t = lane % 4;
     int i0 = blockIdx.x * TC_BR, h = blockIdx.y, b = blockIdx.z;
     int kh = h / (H / Hkv), nt = Tp / TC_BC;
@@ -140,7 +159,11 @@ __global__ void __launch_bounds__(TC_THREADS)
             int j = j0 + tid;
             km[tid] = j < T && (!mask || mask[(size_t)b * T + j]);
         }
-        if (tbc_keep_ok(d, T)) tbc_keep_tile<TC_BR, TC_BC, TC_THREADS>(keep, d, site, rowbase, i0, j0, T);
+        uint64_t dw[2] = {0, 0}; /* the dropout words of the thread's rows */
+        if (dm)
+#pragma unroll
+            for (int a = 0; a < 2; a++)
+                if (i0 + r[a] < T) dw[a] = dm[(rowbase + i0 + r[a]) * nt + jt];
         tc_cp_wait<1>(); /* this tile's copies (and Q's) have landed */
         __syncthreads();
         const tc_bf16 *Ks = st + (jt & 1) * 4 * TK, *Kl = Ks + TK, *Vs = Ks + 2 * TK, *Vl = Ks + 3 * TK;
@@ -172,8 +195,7 @@ __global__ void __launch_bounds__(TC_THREADS)
                 int a = e >> 1, j = n * 8 + 2 * t + (e & 1), i = i0 + r[a];
                 float p = s[n][e] == -INFINITY ? 0.0f : exp2f(s[n][e] - mn[a]);
                 rs[a] += p;
-                if (d.active && p != 0 && i < T)
-                    p *= tc_drop(d, keep, r[a] * TC_BC + j, site, (rowbase + i) * T + j0 + j, T);
+                if (dm && p != 0 && i < T) p *= tc_keep(dw[a], j, dscale);
                 s[n][e] = p;
             }
 #pragma unroll
@@ -185,7 +207,7 @@ __global__ void __launch_bounds__(TC_THREADS)
         }
         if (SPLIT & 2) tc_mm_rs3<TC_BC / 16, NO>(o, s, Vs, Vl, LH, lane);
         else tc_mm_rs<TC_BC / 16, NO>(o, s, Vs, LH, lane);
-        __syncthreads(); /* the next iteration's copies overwrite the other stage, km and keep */
+        __syncthreads(); /* the next iteration's copies overwrite the other stage, and km */
     }
     size_t ldo = (size_t)H * hs;
 #pragma unroll
@@ -211,7 +233,7 @@ __global__ void __launch_bounds__(TC_THREADS)
 template <int HS, int SPLIT>
 __global__ void __launch_bounds__(TC_THREADS)
     k_fat_bwd_q(float *dq, const float *lse, const float *Dg, tc_fat_ws ws, size_t ldq, const uint8_t *mask,
-                tbc_drop d, uint32_t site, int T, int Tp, int H, int Hkv, int hs, float scale) {
+                const uint64_t *dm, float dscale, int T, int Tp, int H, int Hkv, int hs, float scale) {
     constexpr int LH = HS + 8, NT = TC_BC / 8, NO = HS / 8, TQ = TC_BR * LH, TK = TC_BC * LH;
     TC_DYN_SMEM(tc_sm);
     tc_bf16 *Qs = (tc_bf16 *)tc_sm; /* [TC_BR][LH] */
@@ -219,7 +241,6 @@ __global__ void __launch_bounds__(TC_THREADS)
     tc_bf16 *Os = Ql + TQ;          /* dO */
     tc_bf16 *st = Os + TQ;          /* stage s at st + 3 s TK: K, K - K, V ([TC_BC][LH] each) */
     __shared__ int km[TC_BC];
-    __shared__ uint8_t keep[TC_BR * TC_BC];
     int tid = threadIdx.x, lane = tid % 32, w = tid / 32, g = lane / 4, t = lane % 4;
     int i0 = blockIdx.x * TC_BR, h = blockIdx.y, b = blockIdx.z;
     int kh = h / (H / Hkv), nt = Tp / TC_BC;
@@ -257,7 +278,11 @@ __global__ void __launch_bounds__(TC_THREADS)
             int j = j0 + tid;
             km[tid] = j < T && (!mask || mask[(size_t)b * T + j]);
         }
-        if (tbc_keep_ok(d, T)) tbc_keep_tile<TC_BR, TC_BC, TC_THREADS>(keep, d, site, rowbase, i0, j0, T);
+        uint64_t dw[2] = {0, 0};
+        if (dm)
+#pragma unroll
+            for (int a = 0; a < 2; a++)
+                if (i0 + r[a] < T) dw[a] = dm[(rowbase + i0 + r[a]) * nt + jt];
         tc_cp_wait<1>();
         __syncthreads();
         const tc_bf16 *Ks = st + (jt & 1) * 3 * TK, *Kl = Ks + TK, *Vs = Ks + 2 * TK;
@@ -274,8 +299,7 @@ __global__ void __launch_bounds__(TC_THREADS)
                 float p = km[j] && i < T ? exp2f(s[n][e] * sl2 - sl[a]) : 0.0f;
                 float ds = 0;
                 if (p != 0) {
-                    float mf = d.active ? tc_drop(d, keep, r[a] * TC_BC + j, site, (rowbase + i) * T + j0 + j, T)
-                                        : 1.0f;
+                    float mf = dm ? tc_keep(dw[a], j, dscale) : 1.0f;
                     ds = p * (dp[n][e] * mf - sD[a]) * scale;
                 }
                 s[n][e] = ds;
@@ -302,7 +326,8 @@ __global__ void __launch_bounds__(TC_THREADS)
 template <int HS, int BQ, int SPLIT>
 __global__ void __launch_bounds__(TC_THREADS)
     k_fat_bwd_kv(float *dk, float *dv, const float *lse, const float *Dg, tc_fat_ws ws, size_t ldkv,
-                 const uint8_t *mask, tbc_drop d, uint32_t site, int T, int Tp, int H, int Hkv, int hs, float scale) {
+                 const uint8_t *mask, const uint64_t *dm, float dscale, int T, int Tp, int H, int Hkv, int hs,
+                 float scale) {
     constexpr int LH = HS + 8, NT = BQ / 8, NO = HS / 8, TK = TC_BR * LH, TQ = BQ * LH;
     TC_DYN_SMEM(tc_sm);
     tc_bf16 *Ks = (tc_bf16 *)tc_sm; /* [TC_BR][LH] */
@@ -310,7 +335,7 @@ __global__ void __launch_bounds__(TC_THREADS)
     tc_bf16 *Vs = Kl + TK;
     tc_bf16 *st = Vs + TK;          /* stage s at st + 3 s TQ: Q, Q - Q, dO ([BQ][LH] each) */
     __shared__ float sl[BQ], sD[BQ];
-    __shared__ uint8_t keep[BQ * TC_BR]; /* [query][key] */
+    __shared__ uint64_t kw[BQ]; /* the dropout word of each query row for the block's keys */
     int tid = threadIdx.x, lane = tid % 32, w = tid / 32, g = lane / 4, t = lane % 4;
     int j0 = blockIdx.x * TC_BR, kh = blockIdx.y, b = blockIdx.z;
     int group = H / Hkv, nqt = Tp / BQ, ntiles = group * nqt;
@@ -351,8 +376,8 @@ __global__ void __launch_bounds__(TC_THREADS)
             int i = i0 + tid;
             sl[tid] = i < T ? lse[rowbase + i] * TC_LOG2E : 0.0f;
             sD[tid] = i < T ? Dg[rowbase + i] : 0.0f;
+            kw[tid] = dm && i < T ? dm[(rowbase + i) * (Tp / TC_BC) + blockIdx.x] : 0;
         }
-        if (tbc_keep_ok(d, T)) tbc_keep_tile<BQ, TC_BR, TC_THREADS>(keep, d, site, rowbase, i0, j0, T);
         tc_cp_wait<1>();
         __syncthreads();
         const tc_bf16 *Qs = st + (it & 1) * 3 * TQ, *Ql = Qs + TQ, *Os = Qs + 2 * TQ;
@@ -365,12 +390,11 @@ __global__ void __launch_bounds__(TC_THREADS)
         for (int n = 0; n < NT; n++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                int a = e >> 1, ic = n * 8 + 2 * t + (e & 1), i = i0 + ic, j = j0 + jr[a];
+                int a = e >> 1, ic = n * 8 + 2 * t + (e & 1), i = i0 + ic;
                 float p = kin[a] && i < T ? exp2f(s[n][e] * sl2 - sl[ic]) : 0.0f;
                 float pt = 0, ds = 0;
                 if (p != 0) {
-                    float mf = d.active ? tc_drop(d, keep, ic * TC_BR + jr[a], site, (rowbase + i) * T + j, T)
-                                        : 1.0f;
+                    float mf = dm ? tc_keep(kw[ic], jr[a], dscale) : 1.0f;
                     pt = p * mf;
                     ds = p * (dp[n][e] * mf - sD[ic]) * scale;
                 }

@@ -34,7 +34,8 @@ __device__ __forceinline__ void tc_mma(float (&c)[4], uint32_t a0, uint32_t a1, 
     (void)c, (void)a0, (void)a1, (void)a2, (void)a3, (void)b0, (void)b1;
     __trap();
 #else
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+    /* not volatile: no side effects, so the compiler may interleave independent products */
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                  "{%0,%1,%2,%3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
@@ -141,38 +142,6 @@ __device__ __forceinline__ void tc_gemm_ss(float (&acc)[NN][4], const tc_bf16 *A
     }
 }
 
-/* acc[n][·] += (Ah + Al)(Bh + Bl) over k-chunk kc as Al Bh + Ah Bl + Ah Bh (the small
- * terms first; Al Bl, ~2^-16 relative, is left out): the A fragments a (hi) and l (lo),
- * Bh and Bl n-major shared tiles as in tc_gemm_ss. */
-template <int NN>
-__device__ __forceinline__ void tc_mma3(float (&acc)[NN][4], const uint32_t (&a)[4], const uint32_t (&l)[4],
-                                        const tc_bf16 *Bn, const tc_bf16 *Bl, int ldb, int kc, int g, int t) {
-#pragma unroll
-    for (int n = 0; n < NN; n++) {
-        int ob = (n * 8 + g) * ldb + kc * 16 + 2 * t;
-        uint32_t b0 = tc_ld32(Bn + ob), b1 = tc_ld32(Bn + ob + 8);
-        tc_mma(acc[n], l[0], l[1], l[2], l[3], b0, b1);
-        tc_mma(acc[n], a[0], a[1], a[2], a[3], tc_ld32(Bl + ob), tc_ld32(Bl + ob + 8));
-        tc_mma(acc[n], a[0], a[1], a[2], a[3], b0, b1);
-    }
-}
-
-/* The split product ("bf16x3"): acc += A Bn with A = Ah + Al and Bn = Bh + Bl, each half
- * a bf16 tile in the layout of tc_gemm_ss (tc_stage's lo tiles), by tc_mma3. The product
- * then carries the fp32 inputs to ~2^-16 instead of bf16's 2^-8: what attention scores
- * need, since an error e in a score scales its probability by exp(e). */
-template <int K, int NN>
-__device__ __forceinline__ void tc_gemm_ss3(float (&acc)[NN][4], const tc_bf16 *A, const tc_bf16 *Al, int lda,
-                                            const tc_bf16 *Bn, const tc_bf16 *Bl, int ldb, int g, int t) {
-#pragma unroll
-    for (int kc = 0; kc < K / 16; kc++) {
-        int o0 = g * lda + kc * 16 + 2 * t, o1 = (g + 8) * lda + kc * 16 + 2 * t;
-        uint32_t a[4] = {tc_ld32(A + o0), tc_ld32(A + o1), tc_ld32(A + o0 + 8), tc_ld32(A + o1 + 8)};
-        uint32_t l[4] = {tc_ld32(Al + o0), tc_ld32(Al + o1), tc_ld32(Al + o0 + 8), tc_ld32(Al + o1 + 8)};
-        tc_mma3(acc, a, l, Bn, Bl, ldb, kc, g, t);
-    }
-}
-
 /* hi = the bf16 pair of (x0, x1), lo = the bf16 pair of the remainders. */
 __device__ __forceinline__ void tc_split(float x0, float x1, uint32_t &hi, uint32_t &lo) {
     __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
@@ -197,26 +166,10 @@ __device__ __forceinline__ void tc_gemm_rs(float (&acc)[NN][4], const float (&p)
     }
 }
 
-/* tc_gemm_rs as a split product (see tc_gemm_ss3): P from registers as hi + lo, Bn + Bl
- * from shared tiles. */
-template <int KK, int NN>
-__device__ __forceinline__ void tc_gemm_rs3(float (&acc)[NN][4], const float (&p)[2 * KK][4], const tc_bf16 *Bn,
-                                            const tc_bf16 *Bl, int ldb, int g, int t) {
-#pragma unroll
-    for (int kc = 0; kc < KK; kc++) {
-        uint32_t a[4], l[4];
-        tc_split(p[2 * kc][0], p[2 * kc][1], a[0], l[0]);
-        tc_split(p[2 * kc][2], p[2 * kc][3], a[1], l[1]);
-        tc_split(p[2 * kc + 1][0], p[2 * kc + 1][1], a[2], l[2]);
-        tc_split(p[2 * kc + 1][2], p[2 * kc + 1][3], a[3], l[3]);
-        tc_mma3(acc, a, l, Bn, Bl, ldb, kc, g, t);
-    }
-}
-
-/* The products of tc_gemm_ss / _ss3 / _rs / _rs3 with every shared operand read by
- * ldmatrix (tc_frag_*): the same products in the same order per accumulator (the same
- * bits), a quarter of the shared-memory load instructions. B of the _ss forms is n-major,
- * of the _rs forms k-major. NN even. */
+/* The products of tc_gemm_ss / _rs with every shared operand read by ldmatrix (tc_frag_*),
+ * a quarter of the shared-memory load instructions, and their split forms (_ss3: A and B
+ * as bf16 hi + lo tiles; _rs3: P from registers split into hi + lo). B of the _ss forms is
+ * n-major, of the _rs forms k-major. NN even. */
 template <int K, int NN>
 __device__ __forceinline__ void tc_mm_ss(float (&acc)[NN][4], const tc_bf16 *A, int lda, const tc_bf16 *Bn, int ldb,
                                          int lane) {
@@ -233,17 +186,22 @@ __device__ __forceinline__ void tc_mm_ss(float (&acc)[NN][4], const tc_bf16 *A, 
         }
     }
 }
-/* acc[n] += Al Bh + Ah Bl + Ah Bh for n-tiles 2p, 2p + 1 (tc_mma3's order). */
+/* The split product ("bf16x3") of n-tiles 2p and 2p + 1: acc += (Ah + Al)(Bh + Bl) as Al Bh
+ * + Ah Bl + Ah Bh per accumulator (the small terms first; Al Bl, ~2^-16 relative, is left
+ * out), the two tiles' products interleaved so consecutive mma are independent. The product
+ * carries fp32 inputs to ~2^-16 instead of bf16's 2^-8: what attention scores need, since
+ * an error e in a score scales its probability by exp(e). */
 template <int NN>
 __device__ __forceinline__ void tc_mma3x2(float (&acc)[NN][4], int p, const uint32_t (&a)[4], const uint32_t (&l)[4],
                                           const uint32_t (&bh)[4], const uint32_t (&bl)[4]) {
-#pragma unroll
-    for (int q = 0; q < 2; q++) {
-        float(&c)[4] = acc[2 * p + q];
-        tc_mma(c, l[0], l[1], l[2], l[3], bh[2 * q], bh[2 * q + 1]);
-        tc_mma(c, a[0], a[1], a[2], a[3], bl[2 * q], bl[2 * q + 1]);
-        tc_mma(c, a[0], a[1], a[2], a[3], bh[2 * q], bh[2 * q + 1]);
-    }
+    float(&c0)[4] = acc[2 * p];
+    float(&c1)[4] = acc[2 * p + 1];
+    tc_mma(c0, l[0], l[1], l[2], l[3], bh[0], bh[1]);
+    tc_mma(c1, l[0], l[1], l[2], l[3], bh[2], bh[3]);
+    tc_mma(c0, a[0], a[1], a[2], a[3], bl[0], bl[1]);
+    tc_mma(c1, a[0], a[1], a[2], a[3], bl[2], bl[3]);
+    tc_mma(c0, a[0], a[1], a[2], a[3], bh[0], bh[1]);
+    tc_mma(c1, a[0], a[1], a[2], a[3], bh[2], bh[3]);
 }
 template <int K, int NN>
 __device__ __forceinline__ void tc_mm_ss3(float (&acc)[NN][4], const tc_bf16 *A, const tc_bf16 *Al, int lda,
