@@ -193,18 +193,17 @@ static unsigned gemm_hash(const int *k, int n) {
 static void gemm_entry_layouts(tbc_gemm_entry *e) {
     cublasOperation_t opA = e->tb ? CUBLAS_OP_T : CUBLAS_OP_N; /* A = b */
     cublasOperation_t opB = e->ta ? CUBLAS_OP_T : CUBLAS_OP_N; /* B = a */
-    int prec = e->prec % TBC_BUCKET_MARK;
+    int prec = e->prec > TBC_BUCKET_MARK / 2 ? e->prec - TBC_BUCKET_MARK : e->prec; /* bucket keys */
     cublasComputeType_t ct = prec == TB_PREC_BF16   ? CUBLAS_COMPUTE_32F_FAST_16BF
                              : prec == TB_PREC_FP16 ? CUBLAS_COMPUTE_32F_FAST_16F
                                                     : CUBLAS_COMPUTE_32F;
+    cudaDataType_t ab = prec == TBC_PREC_BF16IN ? CUDA_R_16BF : CUDA_R_32F; /* tbc_gemm_bf16 */
     TBC_CHECK_LT(cublasLtMatmulDescCreate(&e->desc, ct, CUDA_R_32F));
     TBC_CHECK_LT(cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof opA));
     TBC_CHECK_LT(cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof opB));
     /* Stored (column-major) shapes: A is (N,K) or, transposed, (K,N); B is (K,M) or (M,K). */
-    TBC_CHECK_LT(cublasLtMatrixLayoutCreate(&e->la, CUDA_R_32F, e->tb ? e->ck : e->N,
-                                            e->tb ? e->N : e->ck, e->ldb));
-    TBC_CHECK_LT(cublasLtMatrixLayoutCreate(&e->lb, CUDA_R_32F, e->ta ? e->cm : e->ck,
-                                            e->ta ? e->ck : e->cm, e->lda));
+    TBC_CHECK_LT(cublasLtMatrixLayoutCreate(&e->la, ab, e->tb ? e->ck : e->N, e->tb ? e->N : e->ck, e->ldb));
+    TBC_CHECK_LT(cublasLtMatrixLayoutCreate(&e->lb, ab, e->ta ? e->cm : e->ck, e->ta ? e->ck : e->cm, e->lda));
     TBC_CHECK_LT(cublasLtMatrixLayoutCreate(&e->lc, CUDA_R_32F, e->N, e->cm, e->ldc));
 }
 
@@ -414,6 +413,26 @@ void tbc_gemm(float *c, const float *a, const float *b, int M, int N, int K, int
     tbc_op_sync();
 }
 
+void tbc_gemm_bf16(float *c, const void *a, const void *b, int M, int N, int K, int ta, int tb, int lda, int ldb,
+                   int ldc, float alpha, float beta) {
+    tbc_ctx *g = tbc_g;
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        k_gemm_k0<<<tbc_blocks((size_t)M * N, 256), 256, 0, g->stream>>>(c, M, N, ldc, beta);
+        TBC_LAUNCHED();
+        return;
+    }
+    int align = ptr_align(a);
+    int ab = ptr_align(b), ac = ptr_align(c);
+    if (ab < align) align = ab;
+    if (ac < align) align = ac;
+    int key[10] = {M, N, K, ta, tb, lda, ldb, ldc, align, TBC_PREC_BF16IN};
+    tbc_gemm_entry *e = gemm_entry_for(key, M, K, 0);
+    if (gemm_enqueue(e, &alpha, b, a, &beta, c) != CUBLAS_STATUS_SUCCESS)
+        tbc_fatal("cublasLtMatmul", __FILE__, __LINE__, "no algorithm for this bf16 GEMM");
+    tbc_op_sync();
+}
+
 int tbc_gemm_s8(int32_t *c, const int8_t *x, const int8_t *w, int n, int in, int out) {
     if (n <= 0 || out <= 0 || in <= 0 || (in & 3) || (out & 3)) return -1;
     int align = ptr_align(x), aw = ptr_align(w), ac = ptr_align(c);
@@ -430,24 +449,37 @@ int tbc_gemm_s8(int32_t *c, const int8_t *x, const int8_t *w, int n, int in, int
 
 /* ---- deterministic reductions --------------------------------------------------- */
 
-__global__ void k_reduce_partial(double *part, const float *x, size_t n, int kind) {
-    __shared__ double sh[TBC_RED_THREADS];
+/* Block blockIdx.x's partial of f(x[i]) over i < n (grid-stride over TBC_RED_BLOCKS blocks). */
+__device__ double reduce_block(const float *x, size_t n, int kind, double *sh) {
     double s = 0;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)TBC_RED_BLOCKS * blockDim.x) {
         double v = x[i];
         s += kind == TBC_RED_ABS ? fabs(v) : kind == TBC_RED_SQUARE ? v * v : (isfinite(v) ? 0.0 : 1.0);
     }
-    s = tbc_block_sum_d(s, sh);
+    return tbc_block_sum_d(s, sh);
+}
+__global__ void k_reduce_partial(double *part, const float *x, size_t n, int kind) {
+    __shared__ double sh[TBC_RED_THREADS];
+    double s = reduce_block(x, n, kind, sh);
     if (threadIdx.x == 0) part[blockIdx.x] = s;
 }
+/* The same per range: range blockIdx.y is x[off[r] ..] of n[r] values, partials at
+ * part[r · TBC_RED_BLOCKS + blockIdx.x] (the same bits as one k_reduce_partial a range). */
+__global__ void k_reduce_partial_many(double *part, const float *x, const size_t *rng, int kind) {
+    __shared__ double sh[TBC_RED_THREADS];
+    size_t r = blockIdx.y;
+    double s = reduce_block(x + rng[2 * r], rng[2 * r + 1], kind, sh);
+    if (threadIdx.x == 0) part[r * TBC_RED_BLOCKS + blockIdx.x] = s;
+}
 
+/* out[blockIdx.x] = the sum of that range's nparts partials. */
 __global__ void k_reduce_final(double *out, const double *part, int nparts) {
     __shared__ double sh[TBC_RED_THREADS];
+    part += (size_t)blockIdx.x * nparts;
     double s = 0;
     for (int i = threadIdx.x; i < nparts; i += blockDim.x) s += part[i];
     s = tbc_block_sum_d(s, sh);
-    if (threadIdx.x == 0) *out = s;
+    if (threadIdx.x == 0) out[blockIdx.x] = s;
 }
 
 void tbc_reduce_float(double *out_dev, const float *x, size_t n, int kind) {
@@ -530,15 +562,35 @@ static void cu_axpby(real *z, real a, const real *x, real b, const real *y, size
 
 static double cu_sumsq(const real *x, size_t n) { return reduce_to_host(x, n, TBC_RED_SQUARE); }
 
-/* The kernels of cu_sumsq per range (the same bits), one copy back and one wait. */
+/* cu_sumsq of each range (the same bits: the same partials and tree per range) in two
+ * launches for all of them (k_reduce_partial_many, k_reduce_final over count blocks) instead
+ * of two per range; one copy back and one wait. Ranges go up in chunks of TBC_RED_CHUNK
+ * (the (offset, n) pairs through a host staging copy, then the device). */
+#define TBC_RED_CHUNK 4096
 static void cu_sumsq_many(double *out, const real *base, const size_t *offset, const size_t *n,
                           int count) {
     if (count <= 0) return;
     double *d = (double *)tbc_scratch(TBC_SCR_RESULT, (size_t)count * sizeof(double));
-    for (int i = 0; i < count; i++) tbc_reduce_float(d + i, base + offset[i], n[i], TBC_RED_SQUARE);
+    int chunk = count < TBC_RED_CHUNK ? count : TBC_RED_CHUNK;
+    double *part = (double *)tbc_scratch(TBC_SCR_REDUCE, (size_t)chunk * TBC_RED_BLOCKS * sizeof(double));
+    size_t *rng = (size_t *)tbc_scratch(TBC_SCR_REDUCE_RANGES, (size_t)chunk * 2 * sizeof(size_t));
+    size_t *h = (size_t *)malloc((size_t)chunk * 2 * sizeof(size_t));
+    if (!h) tbc_fatal("malloc", __FILE__, __LINE__, "out of host memory for the reduction ranges");
+    for (int c0 = 0; c0 < count; c0 += chunk) {
+        int m = count - c0 < chunk ? count - c0 : chunk;
+        for (int i = 0; i < m; i++) h[2 * i] = offset[c0 + i], h[2 * i + 1] = n[c0 + i];
+        /* pageable source: the call returns once h is staged, so h may be reused */
+        TBC_CHECK(cudaMemcpyAsync(rng, h, (size_t)m * 2 * sizeof(size_t), cudaMemcpyHostToDevice, tbc_g->stream));
+        k_reduce_partial_many<<<dim3(TBC_RED_BLOCKS, (unsigned)m), TBC_RED_THREADS, 0, tbc_g->stream>>>(
+            part, base, rng, TBC_RED_SQUARE);
+        TBC_LAUNCHED();
+        k_reduce_final<<<(unsigned)m, TBC_RED_THREADS, 0, tbc_g->stream>>>(d + c0, part, TBC_RED_BLOCKS);
+        TBC_LAUNCHED();
+    }
     TBC_CHECK(cudaMemcpyAsync(out, d, (size_t)count * sizeof(double), cudaMemcpyDeviceToHost,
                               tbc_g->stream));
     TBC_CHECK(cudaStreamSynchronize(tbc_g->stream));
+    free(h);
 }
 
 static int cu_all_finite(const real *x, size_t n) { return reduce_to_host(x, n, TBC_RED_NONFINITE) == 0.0; }

@@ -36,6 +36,7 @@ void tbc_fatal(const char *call, const char *file, int line, const char *msg);
  * measure pass before step 0 sizes them, so the steady state allocates nothing. */
 enum {
     TBC_SCR_REDUCE = 0, /* partial sums of the reductions (reduce_*) */
+    TBC_SCR_REDUCE_RANGES, /* sumsq_many: the (offset, n) pairs of its ranges */
     TBC_SCR_RESULT,     /* small device results copied to the host */
     TBC_SCR_WTILDE,     /* bitlinear_bwd: w̃ as float */
     TBC_SCR_NORM_COLS,  /* norm_bwd: per-chunk column partial sums */
@@ -55,6 +56,8 @@ enum {
     TBC_SCR_ATTN_D,     /* fused attn_bwd: D = rowsum(dO ∘ O) (B, H, T) */
     TBC_SCR_ATTN_TC,    /* tensor-core attention: bf16 q, k, v, dO (flash_tc_kernels.cuh tc_fat_ws) */
     TBC_SCR_ATTN_DROP,  /* tensor-core attention: dropout keep bits (k_fat_dropmask) */
+    TBC_SCR_BL_DY,      /* bitlinear_bwd, bf16 mode: dy as bf16 */
+    TBC_SCR_BL_XT,      /* bitlinear_bwd, bf16 mode: x̃ as bf16 */
     TBC_SCR_SEQ_A,      /* seq ops: first partial buffer */
     TBC_SCR_SEQ_B,      /* seq ops: second partial buffer */
     TBC_SCR_SEQ_C,      /* seq ops: third partial buffer */
@@ -300,6 +303,12 @@ void tbc_gemm(float *c, const float *a, const float *b, int M, int N, int K, int
 /* c (n, out) int32 = x (n, in) · w (out, in)ᵀ on int8 codes (cuBLASLt, int32 accumulation:
  * exact). Returns 0, or -1 where cuBLASLt has no int8 algorithm for the shape (sizes not
  * multiples of 4, say): nothing was launched and the caller uses its own kernel. */
+/* c (fp32) = alpha op(a) op(b) + beta c with a and b bf16 (row-major, tbc_gemm's
+ * conventions), fp32 accumulation: the bf16 mode's GEMMs whose operands are rounded to
+ * bf16 by the caller (BitLinear's backward). Cached as tbc_gemm, under TBC_PREC_BF16IN. */
+#define TBC_PREC_BF16IN (-16)
+void tbc_gemm_bf16(float *c, const void *a, const void *b, int M, int N, int K, int ta, int tb, int lda, int ldb,
+                   int ldc, float alpha, float beta);
 int tbc_gemm_s8(int32_t *c, const int8_t *x, const int8_t *w, int n, int in, int out);
 /* The core gemm's contract in the CPU's order (ascending k, one fused multiply-add each). */
 void tbc_gemm_ordered(float *c, const float *a, const float *b, int M, int N, int K, int ta, int tb, int lda,

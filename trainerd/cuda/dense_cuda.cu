@@ -5,6 +5,7 @@
  * in double like the CPU; only the summation order differs, so the float statistics
  * (and hence the BitLinear codes) match the CPU unless a double sum lands within a
  * rounding of a float boundary (tests check codes for equality). */
+#include <cuda_bf16.h>
 #include "cuda_internal.cuh"
 #include "dense_kernels.cuh"
 extern "C" {
@@ -209,10 +210,74 @@ __global__ void k_ln0_bwd(float *dx, const float *g_all, const float *x, const f
     }
 }
 
+/* LN0ᵀ onto dx from g = dL/dx̂ (the backward's last stage, both precisions). */
+static void ln0_bwd(real *dx, const real *g, const real *x, const real *stats, size_t n, int in) {
+    if (n / DK_ROWS < 65535u * 1024u && in <= 2048) {
+        unsigned gr = dk_blocks(n), th = 32 * DK_ROWS;
+        if (in <= 256) k_ln0_bwd_warp<8><<<gr, th, 0, S()>>>(dx, g, x, stats, n, in);
+        else if (in <= 512) k_ln0_bwd_warp<16><<<gr, th, 0, S()>>>(dx, g, x, stats, n, in);
+        else if (in <= 1024) k_ln0_bwd_warp<32><<<gr, th, 0, S()>>>(dx, g, x, stats, n, in);
+        else k_ln0_bwd_warp<64><<<gr, th, 0, S()>>>(dx, g, x, stats, n, in);
+    } else {
+        k_ln0_bwd<<<(unsigned)n, ROW_THREADS, 0, S()>>>(dx, g, x, stats, in);
+    }
+    TBC_LAUNCHED();
+}
+
+/* The bf16 mode's operands: dy, x̃ and Ŵ rounded to bf16 (the rounding FAST_16BF allows;
+ * x̃ and Ŵ are the float expressions of k_xtilde / k_wtilde, then rounded). */
+__global__ void k_to_bf16(__nv_bfloat16 *y, const float *x, size_t n) {
+    GRID_STRIDE(i, n) y[i] = __float2bfloat16_rn(x[i]);
+}
+__global__ void k_to_bf16x4(__nv_bfloat16 *y, const float *x, size_t n4) {
+    GRID_STRIDE(q, n4) {
+        float4 v = reinterpret_cast<const float4 *>(x)[q];
+        __nv_bfloat162 *o = reinterpret_cast<__nv_bfloat162 *>(y) + 2 * q;
+        o[0] = __floats2bfloat162_rn(v.x, v.y);
+        o[1] = __floats2bfloat162_rn(v.z, v.w);
+    }
+}
+__global__ void k_xtilde_bf16(__nv_bfloat16 *xt, const int8_t *xq, const float *stats, size_t n, int in) {
+    GRID_STRIDE(i, n * (size_t)in) xt[i] = __float2bfloat16_rn((float)xq[i] / stats[3 * (i / in) + 2]);
+}
+__global__ void k_wtilde_bf16(__nv_bfloat16 *wt, const int8_t *wq, const float *sw, size_t count) {
+    float c = 1.0f / *sw;
+    __nv_bfloat16 p = __float2bfloat16_rn(c), m = __float2bfloat16_rn(-c), z = __float2bfloat16_rn(0.0f);
+    GRID_STRIDE(i, count) wt[i] = wq[i] > 0 ? p : wq[i] < 0 ? m : z;
+}
+
+/* The bf16 mode's STE backward: both GEMMs on bf16 operands (tbc_gemm_bf16) instead of
+ * fp32 inputs, which cuBLASLt runs on TF32 kernels at half the bf16 rate. dxhat is left
+ * untouched when dx is NULL (x̃ lives in scratch here). */
+static void bitlinear_bwd_bf16(real *dx, real *dw, real *dxhat, const real *dy, const real *x, const int8_t *xq,
+                               const real *stats, const int8_t *wq, const real *sw, size_t n, int in, int out) {
+    size_t nin = n * (size_t)in, nout = n * (size_t)out, cnt = (size_t)out * in;
+    __nv_bfloat16 *dyb = (__nv_bfloat16 *)tbc_scratch(TBC_SCR_BL_DY, nout * 2);
+    __nv_bfloat16 *xtb = (__nv_bfloat16 *)tbc_scratch(TBC_SCR_BL_XT, nin * 2);
+    if (nout % 4 == 0 && ((uintptr_t)dy & 15) == 0)
+        k_to_bf16x4<<<tbc_blocks(nout / 4, 256), 256, 0, S()>>>(dyb, dy, nout / 4);
+    else
+        k_to_bf16<<<tbc_blocks(nout, 256), 256, 0, S()>>>(dyb, dy, nout);
+    TBC_LAUNCHED();
+    k_xtilde_bf16<<<tbc_blocks(nin, 256), 256, 0, S()>>>(xtb, xq, stats, n, in);
+    TBC_LAUNCHED();
+    tbc_gemm_bf16(dw, dyb, xtb, out, in, (int)n, 1, 0, out, in, in, 1.0f, 1.0f);
+    if (!dx) return;
+    __nv_bfloat16 *wtb = (__nv_bfloat16 *)tbc_scratch(TBC_SCR_WTILDE, cnt * 2);
+    k_wtilde_bf16<<<tbc_blocks(cnt, 256), 256, 0, S()>>>(wtb, wq, sw, cnt);
+    TBC_LAUNCHED();
+    tbc_gemm_bf16(dxhat, dyb, wtb, (int)n, in, out, 0, 0, out, in, in, 1.0f, 0.0f);
+    ln0_bwd(dx, dxhat, x, stats, n, in);
+}
+
 static void cu_bitlinear_bwd(real *dx, real *dw, real *dxhat, const real *dy, const real *x,
                              const int8_t *xq, const real *stats, const int8_t *wq,
                              const real *sw, size_t n, int in, int out) {
     if (!n) return;
+    if (tbc_g->prec == TB_PREC_BF16) {
+        bitlinear_bwd_bf16(dx, dw, dxhat, dy, x, xq, stats, wq, sw, n, in, out);
+        return;
+    }
     size_t nin = n * (size_t)in, cnt = (size_t)out * in;
     if (in % 4 == 0 && ((uintptr_t)dxhat & 15) == 0 && ((uintptr_t)xq & 3) == 0)
         k_xtilde4<<<tbc_blocks(nin / 4, 256), 256, 0, S()>>>(dxhat, xq, stats, n, in);
@@ -228,16 +293,7 @@ static void cu_bitlinear_bwd(real *dx, real *dw, real *dxhat, const real *dy, co
         k_wtilde<<<tbc_blocks(cnt, 256), 256, 0, S()>>>(wt, wq, sw, cnt);
     TBC_LAUNCHED();
     tbc_gemm(dxhat, dy, wt, (int)n, in, out, 0, 0, out, in, in, 1.0f, 0.0f, NULL);
-    if (n / DK_ROWS < 65535u * 1024u && in <= 2048) {
-        unsigned g = dk_blocks(n), th = 32 * DK_ROWS;
-        if (in <= 256) k_ln0_bwd_warp<8><<<g, th, 0, S()>>>(dx, dxhat, x, stats, n, in);
-        else if (in <= 512) k_ln0_bwd_warp<16><<<g, th, 0, S()>>>(dx, dxhat, x, stats, n, in);
-        else if (in <= 1024) k_ln0_bwd_warp<32><<<g, th, 0, S()>>>(dx, dxhat, x, stats, n, in);
-        else k_ln0_bwd_warp<64><<<g, th, 0, S()>>>(dx, dxhat, x, stats, n, in);
-    } else {
-        k_ln0_bwd<<<(unsigned)n, ROW_THREADS, 0, S()>>>(dx, dxhat, x, stats, in);
-    }
-    TBC_LAUNCHED();
+    ln0_bwd(dx, dxhat, x, stats, n, in);
 }
 
 /* ---- norms ---------------------------------------------------------------------- */
