@@ -20,8 +20,9 @@ args=(--data "$c/shard-00000.jsonl.gz" --tokenizer "$c/es8k.model" --seed 1234 -
       --seq-len 512 --batch 8 --steps 100 --stop-after "$steps")
 # the kernel table: CUPTI's activity records through the driver's injection hook
 # (bench/gpu/ktrace.c, built by prepare); Nsight Systems is not on the device machine
+# the idle table covers the last three steps' time (TB_KTRACE_TAIL_MS, 3 x 220 ms by default)
 LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$root/$c/tools" CUDA_INJECTION64_PATH="$root/$c/libtbktrace.so" \
-    TB_KTRACE_OUT="$out/kernels.txt" "$c/tb-train-local" "${args[@]}" > "$out/ktrace_run.log" 2>&1 ||
+    TB_KTRACE_TAIL_MS="${TB_KTRACE_TAIL_MS:-660}" TB_KTRACE_OUT="$out/kernels.txt" "$c/tb-train-local" "${args[@]}" > "$out/ktrace_run.log" 2>&1 ||
     echo "ktrace run failed (see ktrace_run.log)" >> "$out/kernels.txt"
 "$c/tb-train-local" "${args[@]}" --profile > "$out/phases.txt" 2>&1
 head -70 "$out/kernels.txt"

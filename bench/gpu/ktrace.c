@@ -8,7 +8,12 @@
  *
  * Kernel names are shortened to the function's identifier plus its template arguments'
  * leading integers as they appear in the mangled name (k_fa_fwd<64> stays _Z8k_fa_fwdILi64E..
- * truncated at 100 characters). Not part of the project's libraries or tests. */
+ * truncated at 100 characters). A second table sums the GPU's idle time (no kernel running)
+ * by the kernel that ended it: where the host, not the GPU, set the pace (a wait for the
+ * host, launches slower than the kernels). TB_KTRACE_TAIL_MS keeps only the timeline's last
+ * milliseconds in that table (steady steps, without the first step's allocations and
+ * algorithm choices).
+ * Not part of the project's libraries or tests. */
 #include <cupti.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -21,10 +26,20 @@
 struct kt_row {
     char name[112];
     uint64_t ns, calls;
+    uint64_t idle_ns, idle_n; /* the idle gaps this kernel ended (kt_idle) */
 };
 static struct kt_row rows[KT_MAX];
 static int nrows;
 static uint64_t dropped;
+/* every kernel's interval, for the idle table */
+#define KT_EV_MAX (1u << 21)
+struct kt_ev {
+    uint64_t start, end;
+    int row;
+};
+static struct kt_ev *evs;
+static size_t nevs;
+static uint64_t idle_total, idle_span, idle_busy;
 
 static void kt_check(CUptiResult r, const char *what) {
     if (r != CUPTI_SUCCESS) {
@@ -40,13 +55,21 @@ static void CUPTIAPI kt_request(uint8_t **buf, size_t *size, size_t *max_records
     *max_records = 0;
 }
 
-static void kt_add(const char *name, uint64_t ns) {
+static void kt_ev_add(int row, uint64_t start, uint64_t end) {
+    if (!evs) evs = malloc(KT_EV_MAX * sizeof *evs);
+    if (!evs || nevs == KT_EV_MAX) return;
+    evs[nevs].start = start, evs[nevs].end = end, evs[nevs].row = row;
+    nevs++;
+}
+
+static void kt_add(const char *name, uint64_t start, uint64_t end) {
     char key[112];
     snprintf(key, sizeof key, "%.100s", name ? name : "?");
     for (int i = 0; i < nrows; i++)
         if (!strcmp(rows[i].name, key)) {
-            rows[i].ns += ns;
+            rows[i].ns += end - start;
             rows[i].calls++;
+            kt_ev_add(i, start, end);
             return;
         }
     if (nrows == KT_MAX) {
@@ -54,8 +77,9 @@ static void kt_add(const char *name, uint64_t ns) {
         return;
     }
     memcpy(rows[nrows].name, key, sizeof key);
-    rows[nrows].ns = ns;
+    rows[nrows].ns = end - start;
     rows[nrows].calls = 1;
+    kt_ev_add(nrows, start, end);
     nrows++;
 }
 
@@ -67,10 +91,59 @@ static void CUPTIAPI kt_complete(CUcontext ctx, uint32_t stream, uint8_t *buf, s
     while (cuptiActivityGetNextRecord(buf, valid, &rec) == CUPTI_SUCCESS) {
         if (rec->kind == CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL || rec->kind == CUPTI_ACTIVITY_KIND_KERNEL) {
             const CUpti_ActivityKernel10 *k = (const CUpti_ActivityKernel10 *)rec;
-            kt_add(k->name, k->end - k->start);
+            kt_add(k->name, k->start, k->end);
         }
     }
     free(buf);
+}
+
+static int kt_ev_cmp(const void *a, const void *b) {
+    const struct kt_ev *x = a, *y = b;
+    return x->start < y->start ? -1 : x->start > y->start ? 1 : 0;
+}
+
+/* The idle gaps: between the end of everything before a kernel and its start, summed on
+ * the kernel's row. */
+static void kt_idle(void) {
+    if (!nevs) return;
+    qsort(evs, nevs, sizeof evs[0], kt_ev_cmp);
+    const char *tl = getenv("TB_KTRACE_TAIL_MS");
+    uint64_t last = 0, frontier = 0, first = 0;
+    for (size_t i = 0; i < nevs; i++)
+        if (evs[i].end > last) last = evs[i].end;
+    uint64_t tail = (uint64_t)((tl ? atof(tl) : 0) * 1e6);
+    uint64_t t0 = tail && tail < last - evs[0].start ? last - tail : evs[0].start;
+    for (size_t i = 0; i < nevs; i++) {
+        const struct kt_ev *e = &evs[i];
+        if (e->start >= t0) {
+            if (!first) first = frontier && frontier < e->start ? frontier : e->start;
+            if (frontier && e->start > frontier) {
+                idle_total += e->start - frontier;
+                rows[e->row].idle_ns += e->start - frontier;
+                rows[e->row].idle_n++;
+            }
+            uint64_t s0 = e->start > frontier ? e->start : frontier;
+            if (e->end > s0) idle_busy += e->end - s0;
+        }
+        if (e->end > frontier) frontier = e->end;
+    }
+    idle_span = first && frontier > first ? frontier - first : 0;
+}
+
+static void kt_idle_print(FILE *f) {
+    const char *tl = getenv("TB_KTRACE_TAIL_MS");
+    fprintf(f, "\nidle: %.1f ms of %.1f ms (busy %.1f ms) in the last %s ms; by the kernel that ended the gap:\n",
+            idle_total / 1e6, idle_span / 1e6, idle_busy / 1e6, tl ? tl : "(all)");
+    fprintf(f, "%10s %8s %9s  kernel\n", "idle_ms", "gaps", "mean_us");
+    for (int shown = 0; shown < 30; shown++) {
+        int b = -1;
+        for (int i = 0; i < nrows; i++)
+            if (rows[i].idle_ns && (b < 0 || rows[i].idle_ns > rows[b].idle_ns)) b = i;
+        if (b < 0) break;
+        fprintf(f, "%10.2f %8llu %9.1f  %s\n", rows[b].idle_ns / 1e6, (unsigned long long)rows[b].idle_n,
+                rows[b].idle_ns / 1e3 / rows[b].idle_n, rows[b].name);
+        rows[b].idle_ns = 0;
+    }
 }
 
 static int kt_cmp(const void *a, const void *b) {
@@ -80,6 +153,7 @@ static int kt_cmp(const void *a, const void *b) {
 
 static void kt_report(void) {
     kt_check(cuptiActivityFlushAll(1), "cuptiActivityFlushAll");
+    kt_idle(); /* before the sort below renumbers the rows */
     qsort(rows, (size_t)nrows, sizeof rows[0], kt_cmp);
     uint64_t tot = 0, calls = 0;
     for (int i = 0; i < nrows; i++) {
@@ -95,6 +169,7 @@ static void kt_report(void) {
         fprintf(f, "%6.2f %10.2f %8llu %9.1f  %s\n", tot ? 100.0 * rows[i].ns / tot : 0.0, rows[i].ns / 1e6,
                 (unsigned long long)rows[i].calls, rows[i].ns / 1e3 / rows[i].calls, rows[i].name);
     if (dropped) fprintf(f, "(%llu records past %d names dropped)\n", (unsigned long long)dropped, KT_MAX);
+    kt_idle_print(f);
     if (f != stderr) fclose(f);
 }
 

@@ -154,23 +154,26 @@ struct emu_ws {
 static void emu_prep_add(tc_prep_jobs &J, const float *x, tc_bf16 *hi, tc_bf16 *lo, size_t ld, int heads) {
     J.j[J.n++] = {x, hi, lo, ld, heads};
 }
-static void emu_prep(const tc_prep_jobs &J, int B, int T, int H, int hs, int HS) {
-    size_t blocks = ((size_t)B * H * tc_fat_tp(T) * HS / 4 + 255) / 256;
-    unsigned gx = (unsigned)(blocks < 3 ? blocks : 3); /* a short grid: the grid-stride loop runs */
-    tbc_emu_launch(gx, (unsigned)J.n, 1, 256, 0, [&] { k_fat_prep(J, T, tc_fat_tp(T), hs, HS, B); });
-}
-
-/* The dropout bits (flash_tc_cuda.cu tc_dropmask); empty without dropout. */
-struct emu_dm {
-    uint64_t *dm = nullptr;
-    emu_dm(const tbc_drop &d, uint32_t site, int B, int T, int H) {
-        if (!d.active) return;
-        size_t rows = (size_t)B * H * T;
-        int W = tc_fat_tp(T) / TC_BC;
-        dm = (uint64_t *)malloc(rows * W * sizeof(uint64_t));
-        if (!dm) abort();
-        tbc_emu_launch(2, 1, 1, 64, 0, [&] { k_fat_dropmask(dm, d, site, rows, T, W); });
+/* k_fat_prep over the jobs and, with dropout, the keep bits (flash_tc_cuda.cu tc_prep), in a
+ * buffer emu_dm frees; a short grid, so the grid-stride loops run. */
+static uint64_t *emu_prep(tc_prep_jobs &J, const tbc_drop &d, uint32_t site, int B, int T, int H, int hs, int HS) {
+    J.dm = nullptr;
+    if (d.active) {
+        J.rows = (size_t)B * H * T;
+        J.W = tc_fat_tp(T) / TC_BC;
+        J.dm = (uint64_t *)malloc(J.rows * J.W * sizeof(uint64_t));
+        if (!J.dm) abort();
+        J.d = d, J.site = site;
     }
+    size_t blocks = ((size_t)B * H * tc_fat_tp(T) * HS / 4 + 255) / 256;
+    unsigned gx = (unsigned)(blocks < 3 ? blocks : 3);
+    tbc_emu_launch(gx, (unsigned)(J.n + (J.dm != nullptr)), 1, 256, 0,
+                   [&] { k_fat_prep(J, T, tc_fat_tp(T), hs, HS, B); });
+    return J.dm;
+}
+struct emu_dm {
+    uint64_t *dm;
+    explicit emu_dm(uint64_t *p) : dm(p) {}
     ~emu_dm() { free(dm); }
 };
 
@@ -185,9 +188,8 @@ static void emu_fwd(float *out, float *lse, const float *q, const float *k, cons
     emu_prep_add(J, q, w.ws.qh, SP & 1 ? w.ws.ql : nullptr, ldq, H);
     emu_prep_add(J, k, w.ws.kh, SP & 1 ? w.ws.kl : nullptr, ldkv, Hkv);
     emu_prep_add(J, v, w.ws.vh, SP & 2 ? w.ws.vl : nullptr, ldkv, Hkv);
-    emu_prep(J, B, T, H, hs, HS);
+    emu_dm m(emu_prep(J, d, site, B, T, H, hs, HS));
     int Tp = tc_fat_tp(T);
-    emu_dm m(d, site, B, T, H);
     tbc_emu_launch((unsigned)(Tp / TC_BR), (unsigned)H, (unsigned)B, TC_THREADS, tc_fat_smem_fwd(HS),
                    [&] { k_fat_fwd<HS, SP>(out, lse, w.ws, mask, m.dm, d.scale, T, Tp, H, Hkv, hs, sl2); });
 }
@@ -205,9 +207,8 @@ static void emu_bwd(float *dq, float *dk, float *dv, const float *dout, const fl
     emu_prep_add(J, dout, w.ws.oh, nullptr, (size_t)H * hs, H);
     emu_prep_add(J, k, w.ws.kh, SP & 1 ? w.ws.kl : nullptr, ldkv, Hkv);
     emu_prep_add(J, v, w.ws.vh, nullptr, ldkv, Hkv);
-    emu_prep(J, B, T, H, hs, HS);
+    emu_dm m(emu_prep(J, d, site, B, T, H, hs, HS));
     int Tp = tc_fat_tp(T);
-    emu_dm m(d, site, B, T, H);
     tbc_emu_launch((unsigned)(Tp / TC_BR), (unsigned)H, (unsigned)B, TC_THREADS, tc_fat_smem_q(HS), [&] {
         k_fat_bwd_q<HS, SP>(dq, lse, D, w.ws, ldq, mask, m.dm, d.scale, T, Tp, H, Hkv, hs, scale);
     });

@@ -62,25 +62,23 @@ static void tc_prep_add(tc_prep_jobs &J, const float *x, tc_bf16 *hi, tc_bf16 *l
     tc_prep_job &j = J.j[J.n++];
     j.x = x, j.hi = hi, j.lo = lo, j.ld = ld, j.heads = heads;
 }
-static void tc_prep(const tc_prep_jobs &J, int B, int T, int H, int hs, int HS) {
+/* Stages the jobs and, with dropout, draws the call's keep bits (TBC_SCR_ATTN_DROP) in the
+ * same launch; returns the bits (NULL without dropout). */
+static const uint64_t *tc_prep(tc_prep_jobs &J, const tbc_drop &d, uint32_t site, int B, int T, int H, int hs,
+                               int HS) {
+    J.dm = NULL;
+    if (d.active) {
+        J.rows = (size_t)B * H * T;
+        J.W = tc_fat_tp(T) / TC_BC;
+        J.dm = (uint64_t *)tbc_scratch(TBC_SCR_ATTN_DROP, J.rows * J.W * sizeof(uint64_t));
+        J.d = d, J.site = site;
+    }
     size_t quads = (size_t)B * H * tc_fat_tp(T) * HS / 4; /* the largest job (H >= Hkv) */
     size_t blocks = (quads + 255) / 256;
     unsigned gx = (unsigned)(blocks < (size_t)tbc_g->sm_count * 16 ? blocks : (size_t)tbc_g->sm_count * 16);
-    k_fat_prep<<<dim3(gx, (unsigned)J.n), 256, 0, S()>>>(J, T, tc_fat_tp(T), hs, HS, B);
+    k_fat_prep<<<dim3(gx, (unsigned)(J.n + (J.dm != NULL))), 256, 0, S()>>>(J, T, tc_fat_tp(T), hs, HS, B);
     TBC_LAUNCHED();
-}
-
-/* The call's dropout bits (k_fat_dropmask), NULL without dropout. */
-static const uint64_t *tc_dropmask(const tbc_drop &d, uint32_t site, int B, int T, int H) {
-    if (!d.active) return NULL;
-    size_t rows = (size_t)B * H * T;
-    int W = tc_fat_tp(T) / TC_BC;
-    uint64_t *dm = (uint64_t *)tbc_scratch(TBC_SCR_ATTN_DROP, rows * W * sizeof(uint64_t));
-    size_t blocks = (rows * W + 255) / 256;
-    unsigned gx = (unsigned)(blocks < (size_t)tbc_g->sm_count * 32 ? blocks : (size_t)tbc_g->sm_count * 32);
-    k_fat_dropmask<<<gx, 256, 0, S()>>>(dm, d, site, rows, T, W);
-    TBC_LAUNCHED();
-    return dm;
+    return J.dm;
 }
 
 template <int HS, int SPLIT>
@@ -93,8 +91,7 @@ static void tc_fwd(float *out, float *lse, const float *q, const float *k, const
     tc_prep_add(J, q, ws.qh, SPLIT & 1 ? ws.ql : NULL, ldq, H);
     tc_prep_add(J, k, ws.kh, SPLIT & 1 ? ws.kl : NULL, ldkv, Hkv);
     tc_prep_add(J, v, ws.vh, SPLIT & 2 ? ws.vl : NULL, ldkv, Hkv);
-    tc_prep(J, B, T, H, hs, HS);
-    const uint64_t *dm = tc_dropmask(d, site, B, T, H);
+    const uint64_t *dm = tc_prep(J, d, site, B, T, H, hs, HS);
     size_t smem = tc_fat_smem_fwd(HS);
     tbc_smem_allow(k_fat_fwd<HS, SPLIT>, smem, 0, &allowed);
     dim3 grid((unsigned)(tc_fat_tp(T) / TC_BR), (unsigned)H, (unsigned)B);
@@ -119,8 +116,7 @@ static void tc_bwd(float *dq, float *dk, float *dv, const float *dout, const flo
     tc_prep_add(J, dout, ws.oh, NULL, (size_t)H * hs, H);
     tc_prep_add(J, k, ws.kh, SPLIT & 1 ? ws.kl : NULL, ldkv, Hkv);
     tc_prep_add(J, v, ws.vh, NULL, ldkv, Hkv);
-    tc_prep(J, B, T, H, hs, HS);
-    const uint64_t *dm = tc_dropmask(d, site, B, T, H);
+    const uint64_t *dm = tc_prep(J, d, site, B, T, H, hs, HS);
     size_t sq = tc_fat_smem_q(HS), skv = tc_fat_smem_kv(HS);
     tbc_smem_allow(k_fat_bwd_q<HS, SPLIT>, sq, 0, &allowed_q);
     tbc_smem_allow(k_fat_bwd_kv<HS, BQ, SPLIT>, skv, 0, &allowed_kv);

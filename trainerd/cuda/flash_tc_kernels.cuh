@@ -8,16 +8,18 @@
 #include "tc_tiles.cuh"
 
 #define TC_BR 64 /* rows per block: queries (forward, dq) or keys (dk, dv) */
-#define TC_BC 64 /* keys per tile (forward, dq); one dropout word (k_fat_dropmask) */
+#define TC_BC 64 /* keys per tile (forward, dq); one dropout word (tc_dropmask_words) */
 
 /* Attention dropout as bits: word dm[row · W + jw] (W = Tp / 64 words a row; row = (b · H +
  * h) · T + i) has bit c set where element (row, 64 jw + c) is kept: the draws of
  * tbc_drop_factor at element row · T + j (layers/dropout.h), 0 for j >= T. Drawn once per
- * call by k_fat_dropmask, a thread a word (the Philox blocks of four consecutive elements
- * that cover its 64), instead of in each kernel's inner loop. One 64-key tile is one word. */
-__global__ void k_fat_dropmask(uint64_t *dm, tbc_drop d, uint32_t site, size_t rows, int T, int W) {
+ * call, a thread a word (the Philox blocks of four consecutive elements that cover its 64),
+ * by the extra block row of k_fat_prep, instead of in each kernel's inner loop. One 64-key
+ * tile is one word. Words x = start, start + stride, ... below rows · W. */
+__device__ __forceinline__ void tc_dropmask_words(uint64_t *dm, const tbc_drop &d, uint32_t site, size_t rows,
+                                                  int T, int W, size_t start, size_t stride) {
     size_t n = rows * (size_t)W;
-    for (size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x; x < n; x += (size_t)gridDim.x * blockDim.x) {
+    for (size_t x = start; x < n; x += stride) {
         size_t row = x / W;
         int j0 = (int)(x % W) * 64, jn = T - j0 < 64 ? T - j0 : 64;
         uint64_t e0 = (uint64_t)row * T + j0, e1 = e0 + (uint64_t)jn, bits = 0;
@@ -80,10 +82,23 @@ struct tc_prep_job {
 struct tc_prep_jobs {
     tc_prep_job j[4];
     int n;
+    /* the dropout bits (tc_dropmask_words) by block row n when dm is not NULL */
+    uint64_t *dm;
+    tbc_drop d;
+    uint32_t site;
+    size_t rows;
+    int W;
 };
 
-/* hi / lo of a job, four values a thread per grid-stride step (HS is a multiple of 8). */
+/* hi / lo of a job, four values a thread per grid-stride step (HS is a multiple of 8); block
+ * row jobs.n draws the dropout bits: the memory-bound staging and the arithmetic-bound draws
+ * share the machine in one launch. */
 __global__ void k_fat_prep(tc_prep_jobs jobs, int T, int Tp, int hs, int HS, int B) {
+    if ((int)blockIdx.y == jobs.n) {
+        tc_dropmask_words(jobs.dm, jobs.d, jobs.site, jobs.rows, T, jobs.W,
+                          (size_t)blockIdx.x * blockDim.x + threadIdx.x, (size_t)gridDim.x * blockDim.x);
+        return;
+    }
     const tc_prep_job &J = jobs.j[blockIdx.y];
     size_t n = (size_t)B * J.heads * Tp * HS / 4;
     for (size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x; p < n; p += (size_t)gridDim.x * blockDim.x) {
