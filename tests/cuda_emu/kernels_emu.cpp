@@ -167,7 +167,7 @@ static uint64_t *emu_prep(tc_prep_jobs &J, const tbc_drop &d, uint32_t site, int
     }
     size_t blocks = ((size_t)B * H * tc_fat_tp(T) * HS / 4 + 255) / 256;
     unsigned gx = (unsigned)(blocks < 3 ? blocks : 3);
-    tbc_emu_launch(gx, (unsigned)(J.n + (J.dm != nullptr)), 1, 256, 0,
+    tbc_emu_launch(gx * (unsigned)(J.n + (J.dm != nullptr)), 1, 1, 256, 0,
                    [&] { k_fat_prep(J, T, tc_fat_tp(T), hs, HS, B); });
     return J.dm;
 }

@@ -76,7 +76,8 @@ static const uint64_t *tc_prep(tc_prep_jobs &J, const tbc_drop &d, uint32_t site
     size_t quads = (size_t)B * H * tc_fat_tp(T) * HS / 4; /* the largest job (H >= Hkv) */
     size_t blocks = (quads + 255) / 256;
     unsigned gx = (unsigned)(blocks < (size_t)tbc_g->sm_count * 16 ? blocks : (size_t)tbc_g->sm_count * 16);
-    k_fat_prep<<<dim3(gx, (unsigned)(J.n + (J.dm != NULL))), 256, 0, S()>>>(J, T, tc_fat_tp(T), hs, HS, B);
+    unsigned ntask = (unsigned)(J.n + (J.dm != NULL));
+    k_fat_prep<<<gx * ntask, 256, 0, S()>>>(J, T, tc_fat_tp(T), hs, HS, B);
     TBC_LAUNCHED();
     return J.dm;
 }

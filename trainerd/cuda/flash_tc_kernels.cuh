@@ -90,18 +90,21 @@ struct tc_prep_jobs {
     int W;
 };
 
-/* hi / lo of a job, four values a thread per grid-stride step (HS is a multiple of 8); block
- * row jobs.n draws the dropout bits: the memory-bound staging and the arithmetic-bound draws
- * share the machine in one launch. */
+/* hi / lo of a job, four values a thread per grid-stride step (HS is a multiple of 8), and
+ * the dropout bits: block b serves task b % ntask (the jobs, then the bits when jobs.dm is
+ * set) as its block b / ntask of gridDim.x / ntask, so the memory-bound staging and the
+ * arithmetic-bound draws are interleaved over the machine in one launch. */
 __global__ void k_fat_prep(tc_prep_jobs jobs, int T, int Tp, int hs, int HS, int B) {
-    if ((int)blockIdx.y == jobs.n) {
-        tc_dropmask_words(jobs.dm, jobs.d, jobs.site, jobs.rows, T, jobs.W,
-                          (size_t)blockIdx.x * blockDim.x + threadIdx.x, (size_t)gridDim.x * blockDim.x);
+    int ntask = jobs.n + (jobs.dm != NULL), task = (int)(blockIdx.x % (unsigned)ntask);
+    size_t bx = blockIdx.x / (unsigned)ntask, nb = gridDim.x / (unsigned)ntask;
+    if (task == jobs.n) {
+        tc_dropmask_words(jobs.dm, jobs.d, jobs.site, jobs.rows, T, jobs.W, bx * blockDim.x + threadIdx.x,
+                          nb * blockDim.x);
         return;
     }
-    const tc_prep_job &J = jobs.j[blockIdx.y];
+    const tc_prep_job &J = jobs.j[task];
     size_t n = (size_t)B * J.heads * Tp * HS / 4;
-    for (size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x; p < n; p += (size_t)gridDim.x * blockDim.x) {
+    for (size_t p = bx * blockDim.x + threadIdx.x; p < n; p += nb * blockDim.x) {
         size_t e = 4 * p, rr = e / HS;
         int c = (int)(e % HS), r = (int)(rr % Tp);
         size_t bh = rr / Tp, b = bh / J.heads, h = bh % J.heads;

@@ -606,9 +606,12 @@ int main(int argc, char **argv) {
     int64_t first = tr.opt.step, tokens = 0;
     tb_stream_cursor_get(st, &cur);
     int have_block = 0;
+    double t_data = 0, t_step = 0; /* host seconds in the data stream and in the steps */
     while (tr.opt.step < o.steps && !stop_flag) {
         if (!have_block) { /* cur: the stream's position before this block */
+            double td = tb_clock_mono_s();
             int rv = tb_stream_next_batch(st, &sb, &err);
+            t_data += tb_clock_mono_s() - td;
             if (rv != 1) {
                 fprintf(stderr, "tb-train-local: data: %s\n", rv == 0 ? "stream ended" : err.msg);
                 status = TB_EX_DATAERR;
@@ -629,7 +632,10 @@ int main(int argc, char **argv) {
                                key_mask_or_null(mask + (size_t)a * n, n), B, T};
         }
         tb_step_result r;
-        if (tb_trainer_step(&tr, mb, accum, &r, &err)) {
+        double ts = tb_clock_mono_s();
+        int step_rc = tb_trainer_step(&tr, mb, accum, &r, &err);
+        t_step += tb_clock_mono_s() - ts;
+        if (step_rc) {
             fprintf(stderr, "tb-train-local: %s\n", err.msg);
             status = TB_EX_DATAERR;
             goto done;
@@ -715,6 +721,11 @@ int main(int argc, char **argv) {
     double fpt = tb_model_train_flops_per_token(&tr.model.cfg, T);
     printf("tb-train-local: %" PRId64 " steps, %" PRId64 " tokens in %.1f s (%.0f tok/s)%s\n",
            tr.opt.step - first, tokens, wall, tps, stop_flag ? ", interrupted" : "");
+    if (tr.opt.step > first)
+        printf("tb-train-local: host time per step: %.2f ms waiting for data, %.2f ms in the step, "
+               "%.2f ms between steps (logging, copies)\n",
+               1e3 * t_data / (double)(tr.opt.step - first), 1e3 * t_step / (double)(tr.opt.step - first),
+               1e3 * (wall - t_data - t_step) / (double)(tr.opt.step - first));
     printf("tb-train-local: model FLOPs %.4g GFLOP per token (training, T %d), %.2f TFLOP/s",
            fpt / 1e9, T, fpt * tps / 1e12);
     if (o.peak_tflops > 0) printf(", MFU %.2f%% of %g TFLOP/s", 100 * fpt * tps / (o.peak_tflops * 1e12), o.peak_tflops);
