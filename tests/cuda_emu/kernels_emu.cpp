@@ -209,12 +209,14 @@ static void emu_bwd(float *dq, float *dk, float *dv, const float *dout, const fl
     emu_prep_add(J, v, w.ws.vh, nullptr, ldkv, Hkv);
     emu_dm m(emu_prep(J, d, site, B, T, H, hs, HS));
     int Tp = tc_fat_tp(T);
-    tbc_emu_launch((unsigned)(Tp / TC_BR), (unsigned)H, (unsigned)B, TC_THREADS, tc_fat_smem_q(HS), [&] {
-        k_fat_bwd_q<HS, SP>(dq, lse, D, w.ws, ldq, mask, m.dm, d.scale, T, Tp, H, Hkv, hs, scale);
-    });
+    tc_bf16 *dst = (tc_bf16 *)malloc((size_t)B * H * Tp * Tp * sizeof(tc_bf16));
+    if (!dst) abort();
     tbc_emu_launch((unsigned)(Tp / TC_BR), (unsigned)Hkv, (unsigned)B, TC_THREADS, tc_fat_smem_kv(HS), [&] {
-        k_fat_bwd_kv<HS, BQ, SP>(dk, dv, lse, D, w.ws, ldkv, mask, m.dm, d.scale, T, Tp, H, Hkv, hs, scale);
+        k_fat_bwd_kv<HS, BQ, SP>(dk, dv, dst, lse, D, w.ws, ldkv, mask, m.dm, d.scale, T, Tp, H, Hkv, hs, scale);
     });
+    tbc_emu_launch((unsigned)(Tp / TC_BR), (unsigned)H, (unsigned)B, TC_THREADS, tc_fat_smem_q(HS),
+                   [&] { k_fat_dq<HS>(dq, dst, w.ws, ldq, T, Tp, H, Hkv, hs); });
+    free(dst);
 }
 
 extern "C" void tbc_emu_flash_fwd(float *out, float *lse, const float *q, const float *k, const float *v,

@@ -1,9 +1,10 @@
 /* Fused softmax attention on the tensor cores, for the bf16 mode (sm_80+): the op contract
  * of flash_cuda.cu (no stored P, rowstat = log-sum-exp, the same dropout draws), with every
  * product an mma.sync m16n8k16 on bf16 operands with fp32 accumulation. q, k, v, dO stay
- * fp32 in memory; each tile is rounded to bf16 (round to nearest even) as it is staged in
- * shared memory, and P and dS are rounded to bf16 where they enter a product (the rounding
- * of the bf16 mode's GEMMs; softmax statistics, dS's factors and every sum stay fp32).
+ * fp32 in the model's memory; each call first stages them once as bf16 (k_fat_prep: round
+ * to nearest even, per-head row-major blocks padded to whole 64-row tiles, tc_fat_ws), and
+ * P and dS are rounded to bf16 where they enter a product (the rounding of the bf16 mode's
+ * GEMMs; softmax statistics, dS's factors and every sum stay fp32).
  * The forward's two products are the exception: q, k, v and P enter them as bf16 pairs
  * hi + lo, and S = Ql Khᵀ + Qh Klᵀ + Qh Khᵀ (tc_mm_ss3), O = Pl Vh + Ph Vl + Ph Vh
  * (tc_mm_rs3), ~2^-16 relative instead of 2^-8. For S because an error e in a score
@@ -14,22 +15,26 @@
  * 3e-7, that layer's output 5.6% off, two gradient tensors past 2e-2); split, the forward
  * is as close to the CPU as the fp32 kernel's. Four more mma per tile in the forward; the
  * backward's products (gradients only) stay plain bf16, with the split scores.
+ * Dropout: the keep bits of the whole call (a 64-bit word per row and 64-key tile, the
+ * same Philox draws as tbc_drop_factor) are drawn by the staging launch, once per call.
  *
- * Kernels (128 threads = 4 warps; warp w owns 16 rows of the block's 64):
+ * Kernels (128 threads = 4 warps; warp w owns 16 rows of the block's 64); K, V, Q and dO
+ * tiles stream through two shared-memory stages by cp.async, a tile ahead of the compute:
  *   k_fat_fwd     block per (64 queries, head, batch): over 64-key tiles S = Q Kᵀ (16 x 64
  *                 per warp in registers), online softmax in exp2 units, O += P̃ V with P̃
  *                 taken from S's accumulator registers as the A operand (no shared-memory
  *                 round trip), out = O / l and lse.
- *   k_fat_bwd_q   block per (64 queries, head, batch): over 64-key tiles S and dP̃ = dO Vᵀ,
- *                 dS = P (dP̃ m - D) / sqrt(hs), dq += dS K.
  *   k_fat_bwd_kv  block per (64 keys, kv head, batch): over the group's query heads in order
- *                 and BQ-query tiles, Sᵀ = K Qᵀ and dP̃ᵀ = V dOᵀ, dv += P̃ᵀ dO, dk += dSᵀ Q.
+ *                 and BQ-query tiles, Sᵀ = K Qᵀ and dP̃ᵀ = V dOᵀ, dS = P (dP̃ m - D) /
+ *                 sqrt(hs), dv += P̃ᵀ dO, dk += dSᵀ Q; stores dSᵀ in bf16 (Tp x Tp a head).
+ *   k_fat_dq      block per (64 queries, head, batch): dq += dS K over 64-key tiles of the
+ *                 stored dSᵀ (no recomputation of S, P or dP̃).
  * Fragment layouts are PTX's for mma.m16n8k16 (lane = 4 g + t): A holds rows g, g + 8 and
  * columns 2t, 2t + 1, 2t + 8, 2t + 9; B columns (n) g and rows (k) 2t, 2t + 1, 2t + 8,
- * 2t + 9; C rows g, g + 8 and columns 2t, 2t + 1. Shared tiles are stored so both operands
- * read 32-bit pairs along k: row-major [row][HS + 8] for Q, K, V, dO as A or as a B whose
- * k is the channel, transposed [channel][rows + 8] where k runs over tokens. The 8-element
- * pad makes each fragment load hit 32 distinct banks.
+ * 2t + 9; C rows g, g + 8 and columns 2t, 2t + 1. Shared tiles are row-major [row][cols +
+ * 8]; fragments come by ldmatrix, through its transposing form where k runs along a tile's
+ * rows (V, dO and Q as B over tokens, dSᵀ as A). The 8-element pad puts the eight 16-byte
+ * rows of each ldmatrix in distinct banks.
  * Every sum runs in a fixed order and each output element has one writer: no atomics, the
  * same inputs give the same bits. HS in {32, 64, 128} (hs padded with zeros). */
 #include <cuda_bf16.h>
@@ -119,15 +124,17 @@ static void tc_bwd(float *dq, float *dk, float *dv, const float *dout, const flo
     tc_prep_add(J, v, ws.vh, NULL, ldkv, Hkv);
     const uint64_t *dm = tc_prep(J, d, site, B, T, H, hs, HS);
     size_t sq = tc_fat_smem_q(HS), skv = tc_fat_smem_kv(HS);
-    tbc_smem_allow(k_fat_bwd_q<HS, SPLIT>, sq, 0, &allowed_q);
+    tbc_smem_allow(k_fat_dq<HS>, sq, 0, &allowed_q);
     tbc_smem_allow(k_fat_bwd_kv<HS, BQ, SPLIT>, skv, 0, &allowed_kv);
-    dim3 gq((unsigned)(Tp / TC_BR), (unsigned)H, (unsigned)B);
-    k_fat_bwd_q<HS, SPLIT><<<gq, TC_THREADS, sq, S()>>>(dq, lse, D, ws, ldq, mask, dm, d.scale, T, Tp, H, Hkv, hs,
-                                                        scale);
-    TBC_LAUNCHED();
+    /* dSᵀ (bf16, Tp x Tp per head) from the dk / dv kernel to the dq kernel; the plain
+     * kernels' dS slot (never in use at the same time) */
+    tc_bf16 *dst = (tc_bf16 *)tbc_scratch(TBC_SCR_ATTN_DS, (size_t)B * H * Tp * Tp * sizeof(tc_bf16));
     dim3 gkv((unsigned)(Tp / TC_BR), (unsigned)Hkv, (unsigned)B);
-    k_fat_bwd_kv<HS, BQ, SPLIT><<<gkv, TC_THREADS, skv, S()>>>(dk, dv, lse, D, ws, ldkv, mask, dm, d.scale, T, Tp,
-                                                               H, Hkv, hs, scale);
+    k_fat_bwd_kv<HS, BQ, SPLIT><<<gkv, TC_THREADS, skv, S()>>>(dk, dv, dst, lse, D, ws, ldkv, mask, dm, d.scale, T,
+                                                               Tp, H, Hkv, hs, scale);
+    TBC_LAUNCHED();
+    dim3 gq((unsigned)(Tp / TC_BR), (unsigned)H, (unsigned)B);
+    k_fat_dq<HS><<<gq, TC_THREADS, sq, S()>>>(dq, dst, ws, ldq, T, Tp, H, Hkv, hs);
     TBC_LAUNCHED();
 }
 

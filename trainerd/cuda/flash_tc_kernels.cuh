@@ -67,7 +67,7 @@ static inline tc_fat_ws tc_fat_ws_carve(tc_bf16 *base, int B, int T, int H, int 
  * streamed ones twice (double buffered). */
 static inline size_t tc_fat_tile(int HS, int rows) { return (size_t)rows * (HS + 8) * 2; }
 static inline size_t tc_fat_smem_fwd(int HS) { return 2 * tc_fat_tile(HS, TC_BR) + 8 * tc_fat_tile(HS, TC_BC); }
-static inline size_t tc_fat_smem_q(int HS) { return 3 * tc_fat_tile(HS, TC_BR) + 6 * tc_fat_tile(HS, TC_BC); }
+static inline size_t tc_fat_smem_q(int HS) { return 2 * (tc_fat_tile(HS, TC_BC) + tc_fat_tile(TC_BR, TC_BC)); }
 static inline size_t tc_fat_smem_kv(int HS) {
     return 3 * tc_fat_tile(HS, TC_BR) + 6 * tc_fat_tile(HS, tc_fat_bq(HS));
 }
@@ -248,83 +248,52 @@ __global__ void __launch_bounds__(TC_THREADS)
     }
 }
 
-template <int HS, int SPLIT>
+/* dq += dS K from the dSᵀ that k_fat_bwd_kv stored (bf16, [b][h][key][query], Tp x Tp per
+ * head): a block per (64 queries, head, batch) streams 64-key tiles of dSᵀ and K through two
+ * stages; dS enters the product as A through the transposing load. The bf16 dS is the one
+ * the product would round to anyway, so the recomputation of S, P and dP̃ per query tile
+ * (four products of five) is gone. */
+template <int HS>
 __global__ void __launch_bounds__(TC_THREADS)
-    k_fat_bwd_q(float *dq, const float *lse, const float *Dg, tc_fat_ws ws, size_t ldq, const uint8_t *mask,
-                const uint64_t *dm, float dscale, int T, int Tp, int H, int Hkv, int hs, float scale) {
-    constexpr int LH = HS + 8, NT = TC_BC / 8, NO = HS / 8, TQ = TC_BR * LH, TK = TC_BC * LH;
+    k_fat_dq(float *dq, const tc_bf16 *dst, tc_fat_ws ws, size_t ldq, int T, int Tp, int H, int Hkv, int hs) {
+    constexpr int LH = HS + 8, LD = TC_BR + 8, NO = HS / 8, TK = TC_BC * LH, TD = TC_BC * LD;
     TC_DYN_SMEM(tc_sm);
-    tc_bf16 *Qs = (tc_bf16 *)tc_sm; /* [TC_BR][LH] */
-    tc_bf16 *Ql = Qs + TQ;          /* Q - Qs */
-    tc_bf16 *Os = Ql + TQ;          /* dO */
-    tc_bf16 *st = Os + TQ;          /* stage s at st + 3 s TK: K, K - K, V ([TC_BC][LH] each) */
-    __shared__ int km[TC_BC];
+    tc_bf16 *st = (tc_bf16 *)tc_sm; /* stage s at st + s (TD + TK): dSᵀ [TC_BC][LD], K [TC_BC][LH] */
     int tid = threadIdx.x, lane = tid % 32, w = tid / 32, g = lane / 4, t = lane % 4;
     int i0 = blockIdx.x * TC_BR, h = blockIdx.y, b = blockIdx.z;
     int kh = h / (H / Hkv), nt = Tp / TC_BC;
-    size_t rowbase = ((size_t)b * H + h) * T;
-    size_t qo = (((size_t)b * H + h) * Tp + i0) * HS, ko = ((size_t)b * Hkv + kh) * Tp * HS;
-    tc_copy_tile<HS, TC_BR>(Qs, ws.qh + qo);
-    if (SPLIT & 1) tc_copy_tile<HS, TC_BR>(Ql, ws.ql + qo);
-    tc_copy_tile<HS, TC_BR>(Os, ws.oh + qo);
-    tc_copy_tile<HS, TC_BC>(st, ws.kh + ko);
-    if (SPLIT & 1) tc_copy_tile<HS, TC_BC>(st + TK, ws.kl + ko);
-    tc_copy_tile<HS, TC_BC>(st + 2 * TK, ws.vh + ko);
+    const tc_bf16 *db = dst + ((size_t)b * H + h) * Tp * Tp + i0; /* key row j at db + j Tp */
+    size_t ko = ((size_t)b * Hkv + kh) * Tp * HS;
+    tc_copy_tile<TC_BR, TC_BC>(st, db, (size_t)Tp);
+    tc_copy_tile<HS, TC_BC>(st + TD, ws.kh + ko);
     tc_cp_commit();
-    int r[2] = {w * 16 + g, w * 16 + g + 8};
-    float sl[2], sD[2];
-#pragma unroll
-    for (int a = 0; a < 2; a++) {
-        int i = i0 + r[a];
-        sl[a] = i < T ? lse[rowbase + i] * TC_LOG2E : 0.0f;
-        sD[a] = i < T ? Dg[rowbase + i] : 0.0f;
-    }
     float acc[NO][4];
     tc_zero(acc);
-    float sl2 = scale * TC_LOG2E;
     for (int jt = 0; jt < nt; jt++) {
-        int j0 = jt * TC_BC;
         if (jt + 1 < nt) {
-            tc_bf16 *sn = st + ((jt + 1) & 1) * 3 * TK;
-            size_t off = ko + (size_t)(j0 + TC_BC) * HS;
-            tc_copy_tile<HS, TC_BC>(sn, ws.kh + off);
-            if (SPLIT & 1) tc_copy_tile<HS, TC_BC>(sn + TK, ws.kl + off);
-            tc_copy_tile<HS, TC_BC>(sn + 2 * TK, ws.vh + off);
+            tc_bf16 *sn = st + ((jt + 1) & 1) * (TD + TK);
+            tc_copy_tile<TC_BR, TC_BC>(sn, db + (size_t)(jt + 1) * TC_BC * Tp, (size_t)Tp);
+            tc_copy_tile<HS, TC_BC>(sn + TD, ws.kh + ko + (size_t)(jt + 1) * TC_BC * HS);
         }
         tc_cp_commit();
-        if (tid < TC_BC) {
-            int j = j0 + tid;
-            km[tid] = j < T && (!mask || mask[(size_t)b * T + j]);
-        }
-        uint64_t dw[2] = {0, 0};
-        if (dm)
-#pragma unroll
-            for (int a = 0; a < 2; a++)
-                if (i0 + r[a] < T) dw[a] = dm[(rowbase + i0 + r[a]) * nt + jt];
         tc_cp_wait<1>();
         __syncthreads();
-        const tc_bf16 *Ks = st + (jt & 1) * 3 * TK, *Kl = Ks + TK, *Vs = Ks + 2 * TK;
-        float s[NT][4], dp[NT][4];
-        tc_zero(s), tc_zero(dp);
-        if (SPLIT & 1) tc_mm_ss3<HS, NT>(s, Qs + w * 16 * LH, Ql + w * 16 * LH, LH, Ks, Kl, LH, lane);
-        else tc_mm_ss<HS, NT>(s, Qs + w * 16 * LH, LH, Ks, LH, lane);
-        tc_mm_ss<HS, NT>(dp, Os + w * 16 * LH, LH, Vs, LH, lane);
+        const tc_bf16 *Ds = st + (jt & 1) * (TD + TK), *Ks = Ds + TD;
 #pragma unroll
-        for (int n = 0; n < NT; n++)
+        for (int kc = 0; kc < TC_BC / 16; kc++) {
+            uint32_t a[4];
+            tc_frag_at(a, Ds + w * 16, LD, kc, lane);
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int a = e >> 1, j = n * 8 + 2 * t + (e & 1), i = i0 + r[a];
-                float p = km[j] && i < T ? exp2f(s[n][e] * sl2 - sl[a]) : 0.0f;
-                float ds = 0;
-                if (p != 0) {
-                    float mf = dm ? tc_keep(dw[a], j, dscale) : 1.0f;
-                    ds = p * (dp[n][e] * mf - sD[a]) * scale;
-                }
-                s[n][e] = ds;
+            for (int p = 0; p < NO / 2; p++) {
+                uint32_t bk[4];
+                tc_frag_bk(bk, Ks, LH, p, kc, lane);
+                tc_mma(acc[2 * p], a[0], a[1], a[2], a[3], bk[0], bk[1]);
+                tc_mma(acc[2 * p + 1], a[0], a[1], a[2], a[3], bk[2], bk[3]);
             }
-        tc_mm_rs<TC_BC / 16, NO>(acc, s, Ks, LH, lane);
+        }
         __syncthreads();
     }
+    int r[2] = {w * 16 + g, w * 16 + g + 8};
 #pragma unroll
     for (int a = 0; a < 2; a++) {
         int i = i0 + r[a];
@@ -343,7 +312,7 @@ __global__ void __launch_bounds__(TC_THREADS)
 /* BQ queries per tile (fewer registers and less shared memory for HS 128). */
 template <int HS, int BQ, int SPLIT>
 __global__ void __launch_bounds__(TC_THREADS)
-    k_fat_bwd_kv(float *dk, float *dv, const float *lse, const float *Dg, tc_fat_ws ws, size_t ldkv,
+    k_fat_bwd_kv(float *dk, float *dv, tc_bf16 *dst, const float *lse, const float *Dg, tc_fat_ws ws, size_t ldkv,
                  const uint8_t *mask, const uint64_t *dm, float dscale, int T, int Tp, int H, int Hkv, int hs,
                  float scale) {
     constexpr int LH = HS + 8, NT = BQ / 8, NO = HS / 8, TK = TC_BR * LH, TQ = BQ * LH;
@@ -419,6 +388,15 @@ __global__ void __launch_bounds__(TC_THREADS)
                 s[n][e] = pt;
                 dp[n][e] = ds;
             }
+        { /* dSᵀ for k_fat_dq, rounded as the product below rounds it: keys jr, queries i0 + ic */
+            tc_bf16 *drow = dst + (((size_t)b * H + h) * Tp + j0) * Tp + i0 + 2 * t;
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+#pragma unroll
+                for (int a = 0; a < 2; a++)
+                    *reinterpret_cast<uint32_t *>(drow + (size_t)jr[a] * Tp + n * 8) =
+                        tc_pack(dp[n][2 * a], dp[n][2 * a + 1]);
+        }
         tc_mm_rs<BQ / 16, NO>(av, s, Os, LH, lane);
         tc_mm_rs<BQ / 16, NO>(ak, dp, Qs, LH, lane);
         __syncthreads();

@@ -90,16 +90,17 @@ __device__ __forceinline__ void tc_ldsm4(uint32_t (&r)[4], const tc_bf16 *p) {
 #endif
 }
 
-/* ROWS x HS bf16 rows, contiguous at src (row stride HS), into a shared tile of row stride
- * HS + 8 by 16-byte asynchronous copies (consecutive threads, consecutive chunks). */
+/* ROWS x HS bf16 rows at src (row stride lds, HS by default: contiguous) into a shared tile
+ * of row stride HS + 8 by 16-byte asynchronous copies (consecutive threads, consecutive
+ * chunks). */
 template <int HS, int ROWS>
-__device__ __forceinline__ void tc_copy_tile(tc_bf16 *dst, const tc_bf16 *src) {
+__device__ __forceinline__ void tc_copy_tile(tc_bf16 *dst, const tc_bf16 *src, size_t lds = HS) {
     constexpr int CPR = HS / 8, N = ROWS * CPR;
     static_assert(N % TC_THREADS == 0, "tile not a multiple of the block");
 #pragma unroll
     for (int i = 0; i < N / TC_THREADS; i++) {
         int c = (int)threadIdx.x + i * TC_THREADS;
-        tc_cp16(dst + (c / CPR) * (HS + 8) + (c % CPR) * 8, src + (size_t)c * 8);
+        tc_cp16(dst + (c / CPR) * (HS + 8) + (c % CPR) * 8, src + (size_t)(c / CPR) * lds + (c % CPR) * 8);
     }
 }
 
@@ -112,6 +113,11 @@ __device__ __forceinline__ void tc_frag_a(uint32_t (&a)[4], const tc_bf16 *A, in
 }
 __device__ __forceinline__ void tc_frag_bn(uint32_t (&b)[4], const tc_bf16 *Bn, int ld, int p, int kc, int lane) {
     tc_ldsm4<false>(b, Bn + (p * 16 + (lane & 7) + 8 * (lane >> 4)) * ld + kc * 16 + 8 * ((lane >> 3) & 1));
+}
+/* The A fragment of rows 0..15, k-chunk kc of a k-major tile (element (m, k) at At[k·ld +
+ * m]) through the transposing load. */
+__device__ __forceinline__ void tc_frag_at(uint32_t (&a)[4], const tc_bf16 *At, int ld, int kc, int lane) {
+    tc_ldsm4<true>(a, At + (kc * 16 + (lane & 7) + 8 * (lane >> 4)) * ld + 8 * ((lane >> 3) & 1));
 }
 __device__ __forceinline__ void tc_frag_bk(uint32_t (&b)[4], const tc_bf16 *Bk, int ld, int p, int kc, int lane) {
     tc_ldsm4<true>(b, Bk + (kc * 16 + (lane & 15)) * ld + p * 16 + 8 * (lane >> 4));
