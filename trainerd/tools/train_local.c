@@ -49,6 +49,10 @@ static void usage(FILE *f) {
             "  --batch B           micro-batch size (default: training.batch_size)\n"
             "  --accum N           micro-batches per step (default 1 with a preset,\n"
             "                      training.gradient_accumulation_steps with --config)\n"
+            "  --data-threads N    tokenizer threads of the training stream (default: 1 on the\n"
+            "                      cpu backend, whose threads train; 4 on a GPU, so the next\n"
+            "                      batch's documents are tokenized in parallel; the batches are\n"
+            "                      the same for every N)\n"
             "  --interleave G      read G steps' rows at once (G x accum x B consecutive rows of\n"
             "                      the packed stream) and give step k of the G the rows k, k+G,\n"
             "                      k+2G, ...: each step mixes rows from G times further apart,\n"
@@ -102,7 +106,7 @@ typedef struct opts {
     int ndata;
     const char *eval[256];
     int neval;
-    long eval_batches, eval_every, interleave, stop_after;
+    long eval_batches, eval_every, interleave, stop_after, data_threads; /* -1: by backend */
     long long eval_seed; /* -1: the training seed + 1 */
     double peak_tflops;
     int profile;
@@ -380,11 +384,12 @@ int main(int argc, char **argv) {
     o.eval_batches = 16;
     o.eval_seed = -1;
     o.interleave = 1;
+    o.data_threads = -1;
     o.lr_scale = 1;
     o.seed = -1;
     o.backend = "auto";
     enum { O_PRESET = 1, O_CONFIG, O_SET, O_DATA, O_TOK, O_STEPS, O_T, O_B, O_ACC, O_LR, O_SEED,
-           O_MIN, O_SAVE, O_SAVE_EVERY, O_RESUME, O_CSV, O_SPLIT, O_BACKEND, O_PAR, O_EVAL, O_EVALN, O_EVALE, O_EVALP, O_INTER, O_EVALS, O_STOPA, O_PROF, O_PEAK, O_HELP };
+           O_MIN, O_SAVE, O_SAVE_EVERY, O_RESUME, O_CSV, O_SPLIT, O_BACKEND, O_PAR, O_EVAL, O_EVALN, O_EVALE, O_EVALP, O_INTER, O_EVALS, O_STOPA, O_PROF, O_PEAK, O_DTHR, O_HELP };
     static const struct option lo[] = {
         {"preset", 1, 0, O_PRESET}, {"config", 1, 0, O_CONFIG},   {"set", 1, 0, O_SET},
         {"data", 1, 0, O_DATA},     {"tokenizer", 1, 0, O_TOK},   {"steps", 1, 0, O_STEPS},
@@ -397,7 +402,7 @@ int main(int argc, char **argv) {
         {"eval-mask-prob", 1, 0, O_EVALP}, {"interleave", 1, 0, O_INTER},
         {"eval-seed", 1, 0, O_EVALS},
         {"stop-after", 1, 0, O_STOPA}, {"profile", 0, 0, O_PROF},
-        {"peak-tflops", 1, 0, O_PEAK},
+        {"peak-tflops", 1, 0, O_PEAK}, {"data-threads", 1, 0, O_DTHR},
         {0, 0, 0, 0}};
     int c;
     char *end;
@@ -442,6 +447,7 @@ int main(int argc, char **argv) {
         case O_EVALE: { long long v; NUM(v, strtoll_10); o.eval_every = (long)v; break; }
         case O_EVALP: NUM(o.eval_mask_prob, strtod); break;
         case O_INTER: { long long v; NUM(v, strtoll_10); o.interleave = (long)v; break; }
+        case O_DTHR: { long long v; NUM(v, strtoll_10); o.data_threads = (long)v; break; }
         case O_EVALS: NUM(o.eval_seed, strtoll_10); break;
         case O_STOPA: { long long v; NUM(v, strtoll_10); o.stop_after = (long)v; break; }
         case O_PROF: o.profile = 1; break;
@@ -451,6 +457,10 @@ int main(int argc, char **argv) {
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return TB_EX_USAGE;
         }
+    }
+    if (o.data_threads != -1 && (o.data_threads < 1 || o.data_threads > 256)) {
+        fprintf(stderr, "tb-train-local: --data-threads: %ld is outside [1, 256]\n", o.data_threads);
+        return TB_EX_USAGE;
     }
     if (o.interleave < 1 || o.interleave > 4096) {
         fprintf(stderr, "tb-train-local: --interleave: %ld is outside [1, 4096]\n", o.interleave);
@@ -562,9 +572,11 @@ int main(int argc, char **argv) {
         fprintf(stderr, "tb-train-local: %s\n", err.msg);
         return TB_EX_NOINPUT;
     }
-    /* The training stream hands out whole blocks: --interleave steps of accum x B rows. */
+    /* The training stream hands out whole blocks: --interleave steps of accum x B rows. Its
+     * tokenizer threads (the same batches for any count): see --data-threads. */
     const long G = o.interleave;
     sc.batch_size = (uint32_t)((long)B * accum * G);
+    sc.threads = (uint32_t)(o.data_threads > 0 ? o.data_threads : strcmp(be->name, "cpu") ? 4 : 1);
     tb_stream *st = tb_stream_open(&sc, &man, spm, at, &err);
     if (!st) {
         eval_free(&ev);
