@@ -1,18 +1,19 @@
 /* ktrace: a per-kernel GPU time table for any CUDA program, for machines without Nsight
  * (bench/gpu/kernels.sh). Built as a shared object and loaded by the CUDA driver through
  * CUDA_INJECTION64_PATH; it records every kernel's start and end with CUPTI's activity
- * API and, at exit, writes one line per kernel name (share of the summed kernel time,
- * total ms, calls, mean µs) to $TB_KTRACE_OUT (default stderr), largest first.
+ * API (copies and fills too, as [memcpy ...] and [memset] rows) and, at exit, writes one
+ * line per name (share of the summed GPU time, total ms, calls, mean µs) to
+ * $TB_KTRACE_OUT (default stderr), largest first.
  *
  *   CUDA_INJECTION64_PATH=$PWD/libtbktrace.so TB_KTRACE_OUT=kernels.txt ./program ...
  *
  * Kernel names are shortened to the function's identifier plus its template arguments'
  * leading integers as they appear in the mangled name (k_fa_fwd<64> stays _Z8k_fa_fwdILi64E..
- * truncated at 100 characters). A second table sums the GPU's idle time (no kernel running)
- * by the kernel that ended it: where the host, not the GPU, set the pace (a wait for the
- * host, launches slower than the kernels). TB_KTRACE_TAIL_MS keeps only the timeline's last
- * milliseconds in that table (steady steps, without the first step's allocations and
- * algorithm choices).
+ * truncated at 100 characters). A second table sums the GPU's idle time (no kernel, copy
+ * or fill running) by the record that ended it: where the host, not the GPU, set the pace
+ * (a wait for the host, launches slower than the kernels). TB_KTRACE_TAIL_MS keeps only
+ * the timeline's last milliseconds in that table (steady steps, without the first step's
+ * allocations and algorithm choices).
  * Not part of the project's libraries or tests. */
 #include <cupti.h>
 #include <stdint.h>
@@ -92,6 +93,16 @@ static void CUPTIAPI kt_complete(CUcontext ctx, uint32_t stream, uint8_t *buf, s
         if (rec->kind == CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL || rec->kind == CUPTI_ACTIVITY_KIND_KERNEL) {
             const CUpti_ActivityKernel10 *k = (const CUpti_ActivityKernel10 *)rec;
             kt_add(k->name, k->start, k->end);
+        } else if (rec->kind == CUPTI_ACTIVITY_KIND_MEMCPY) {
+            const CUpti_ActivityMemcpy6 *c = (const CUpti_ActivityMemcpy6 *)rec;
+            kt_add(c->copyKind == CUPTI_ACTIVITY_MEMCPY_KIND_DTOD   ? "[memcpy device to device]"
+                   : c->copyKind == CUPTI_ACTIVITY_MEMCPY_KIND_HTOD ? "[memcpy host to device]"
+                   : c->copyKind == CUPTI_ACTIVITY_MEMCPY_KIND_DTOH ? "[memcpy device to host]"
+                                                                    : "[memcpy other]",
+                   c->start, c->end);
+        } else if (rec->kind == CUPTI_ACTIVITY_KIND_MEMSET) {
+            const CUpti_ActivityMemset4 *m = (const CUpti_ActivityMemset4 *)rec;
+            kt_add("[memset]", m->start, m->end);
         }
     }
     free(buf);
@@ -163,7 +174,7 @@ static void kt_report(void) {
     const char *path = getenv("TB_KTRACE_OUT");
     FILE *f = path && *path ? fopen(path, "w") : NULL;
     if (!f) f = stderr;
-    fprintf(f, "%6s %10s %8s %9s  kernel (summed kernel time %.1f ms, %llu launches, %d names)\n", "share",
+    fprintf(f, "%6s %10s %8s %9s  kernel or [copy] (summed GPU time %.1f ms, %llu launches, %d names)\n", "share",
             "total_ms", "calls", "mean_us", tot / 1e6, (unsigned long long)calls, nrows);
     for (int i = 0; i < nrows; i++)
         fprintf(f, "%6.2f %10.2f %8llu %9.1f  %s\n", tot ? 100.0 * rows[i].ns / tot : 0.0, rows[i].ns / 1e6,
@@ -177,6 +188,8 @@ int InitializeInjection(void);
 int InitializeInjection(void) {
     kt_check(cuptiActivityRegisterCallbacks(kt_request, kt_complete), "cuptiActivityRegisterCallbacks");
     kt_check(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL), "cuptiActivityEnable");
+    kt_check(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_MEMCPY), "cuptiActivityEnable (memcpy)");
+    kt_check(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_MEMSET), "cuptiActivityEnable (memset)");
     atexit(kt_report);
     return 1;
 }

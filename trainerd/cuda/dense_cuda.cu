@@ -225,47 +225,61 @@ static void ln0_bwd(real *dx, const real *g, const real *x, const real *stats, s
 }
 
 /* The bf16 mode's operands: dy, x̃ and Ŵ rounded to bf16 (the rounding FAST_16BF allows;
- * x̃ and Ŵ are the float expressions of k_xtilde / k_wtilde, then rounded). */
-__global__ void k_to_bf16(__nv_bfloat16 *y, const float *x, size_t n) {
-    GRID_STRIDE(i, n) y[i] = __float2bfloat16_rn(x[i]);
+ * x̃ and Ŵ are the float expressions of k_xtilde / k_wtilde, then rounded), all three in
+ * one launch (fewer launches on a path where the host sets the pace): blocks [0, b1) take
+ * dy, [b1, b2) x̃, [b2, gridDim.x) Ŵ, each range grid-striding over its own values, four
+ * at a time where its vec bit (1 dy, 2 x̃, 4 Ŵ) says the sizes and alignments allow. */
+struct bl_ops {
+    __nv_bfloat16 *dyb, *xtb, *wtb;
+    const float *dy, *stats, *sw;
+    const int8_t *xq, *wq;
+    size_t nout, nin, cnt;
+    int in, vec;
+    unsigned b1, b2;
+};
+__device__ __forceinline__ __nv_bfloat16 bl_wcode(int8_t q, __nv_bfloat16 p, __nv_bfloat16 m, __nv_bfloat16 z) {
+    return q > 0 ? p : q < 0 ? m : z;
 }
-__global__ void k_to_bf16x4(__nv_bfloat16 *y, const float *x, size_t n4) {
-    GRID_STRIDE(q, n4) {
-        float4 v = reinterpret_cast<const float4 *>(x)[q];
-        __nv_bfloat162 *o = reinterpret_cast<__nv_bfloat162 *>(y) + 2 * q;
-        o[0] = __floats2bfloat162_rn(v.x, v.y);
-        o[1] = __floats2bfloat162_rn(v.z, v.w);
-    }
-}
-__global__ void k_xtilde_bf16(__nv_bfloat16 *xt, const int8_t *xq, const float *stats, size_t n, int in) {
-    GRID_STRIDE(i, n * (size_t)in) xt[i] = __float2bfloat16_rn((float)xq[i] / stats[3 * (i / in) + 2]);
-}
-/* Four codes a thread (in % 4 == 0, xq 4-byte and xt 8-byte aligned): the same values. */
-__global__ void k_xtilde_bf16x4(__nv_bfloat16 *xt, const int8_t *xq, const float *stats, size_t n4, int in) {
-    GRID_STRIDE(q, n4) {
-        char4 c = reinterpret_cast<const char4 *>(xq)[q];
-        float sx = stats[3 * (q * 4 / in) + 2];
-        __nv_bfloat162 *o = reinterpret_cast<__nv_bfloat162 *>(xt) + 2 * q;
-        o[0] = __floats2bfloat162_rn((float)c.x / sx, (float)c.y / sx);
-        o[1] = __floats2bfloat162_rn((float)c.z / sx, (float)c.w / sx);
-    }
-}
-__global__ void k_wtilde_bf16(__nv_bfloat16 *wt, const int8_t *wq, const float *sw, size_t count) {
-    float c = 1.0f / *sw;
-    __nv_bfloat16 p = __float2bfloat16_rn(c), m = __float2bfloat16_rn(-c), z = __float2bfloat16_rn(0.0f);
-    GRID_STRIDE(i, count) wt[i] = wq[i] > 0 ? p : wq[i] < 0 ? m : z;
-}
-/* Four codes a thread (count % 4 == 0, wq 4-byte and wt 8-byte aligned). */
-__global__ void k_wtilde_bf16x4(__nv_bfloat16 *wt, const int8_t *wq, const float *sw, size_t n4) {
-    float c = 1.0f / *sw;
-    __nv_bfloat16 p = __float2bfloat16_rn(c), m = __float2bfloat16_rn(-c), z = __float2bfloat16_rn(0.0f);
-    GRID_STRIDE(q, n4) {
-        char4 w = reinterpret_cast<const char4 *>(wq)[q];
-        __nv_bfloat162 a, b;
-        a.x = w.x > 0 ? p : w.x < 0 ? m : z, a.y = w.y > 0 ? p : w.y < 0 ? m : z;
-        b.x = w.z > 0 ? p : w.z < 0 ? m : z, b.y = w.w > 0 ? p : w.w < 0 ? m : z;
-        __nv_bfloat162 *o = reinterpret_cast<__nv_bfloat162 *>(wt) + 2 * q;
-        o[0] = a, o[1] = b;
+__global__ void k_bl_bf16_operands(bl_ops o) {
+    unsigned b = blockIdx.x, lo = b < o.b1 ? 0 : b < o.b2 ? o.b1 : o.b2;
+    unsigned hi = b < o.b1 ? o.b1 : b < o.b2 ? o.b2 : gridDim.x;
+    size_t start = (size_t)(b - lo) * blockDim.x + threadIdx.x, stride = (size_t)(hi - lo) * blockDim.x;
+    if (b < o.b1) {
+        if (o.vec & 1)
+            for (size_t q = start; q < o.nout / 4; q += stride) {
+                float4 v = reinterpret_cast<const float4 *>(o.dy)[q];
+                __nv_bfloat162 *d = reinterpret_cast<__nv_bfloat162 *>(o.dyb) + 2 * q;
+                d[0] = __floats2bfloat162_rn(v.x, v.y);
+                d[1] = __floats2bfloat162_rn(v.z, v.w);
+            }
+        else
+            for (size_t i = start; i < o.nout; i += stride) o.dyb[i] = __float2bfloat16_rn(o.dy[i]);
+    } else if (b < o.b2) {
+        if (o.vec & 2)
+            for (size_t q = start; q < o.nin / 4; q += stride) {
+                char4 c = reinterpret_cast<const char4 *>(o.xq)[q];
+                float sx = o.stats[3 * (q * 4 / o.in) + 2];
+                __nv_bfloat162 *d = reinterpret_cast<__nv_bfloat162 *>(o.xtb) + 2 * q;
+                d[0] = __floats2bfloat162_rn((float)c.x / sx, (float)c.y / sx);
+                d[1] = __floats2bfloat162_rn((float)c.z / sx, (float)c.w / sx);
+            }
+        else
+            for (size_t i = start; i < o.nin; i += stride)
+                o.xtb[i] = __float2bfloat16_rn((float)o.xq[i] / o.stats[3 * (i / o.in) + 2]);
+    } else {
+        float c = 1.0f / *o.sw;
+        __nv_bfloat16 p = __float2bfloat16_rn(c), m = __float2bfloat16_rn(-c), z = __float2bfloat16_rn(0.0f);
+        if (o.vec & 4)
+            for (size_t q = start; q < o.cnt / 4; q += stride) {
+                char4 w = reinterpret_cast<const char4 *>(o.wq)[q];
+                __nv_bfloat162 a, e;
+                a.x = bl_wcode(w.x, p, m, z), a.y = bl_wcode(w.y, p, m, z);
+                e.x = bl_wcode(w.z, p, m, z), e.y = bl_wcode(w.w, p, m, z);
+                __nv_bfloat162 *d = reinterpret_cast<__nv_bfloat162 *>(o.wtb) + 2 * q;
+                d[0] = a, d[1] = e;
+            }
+        else
+            for (size_t i = start; i < o.cnt; i += stride) o.wtb[i] = bl_wcode(o.wq[i], p, m, z);
     }
 }
 
@@ -275,26 +289,23 @@ __global__ void k_wtilde_bf16x4(__nv_bfloat16 *wt, const int8_t *wq, const float
 static void bitlinear_bwd_bf16(real *dx, real *dw, real *dxhat, const real *dy, const real *x, const int8_t *xq,
                                const real *stats, const int8_t *wq, const real *sw, size_t n, int in, int out) {
     size_t nin = n * (size_t)in, nout = n * (size_t)out, cnt = (size_t)out * in;
-    __nv_bfloat16 *dyb = (__nv_bfloat16 *)tbc_scratch(TBC_SCR_BL_DY, nout * 2);
-    __nv_bfloat16 *xtb = (__nv_bfloat16 *)tbc_scratch(TBC_SCR_BL_XT, nin * 2);
-    if (nout % 4 == 0 && ((uintptr_t)dy & 15) == 0)
-        k_to_bf16x4<<<tbc_blocks(nout / 4, 256), 256, 0, S()>>>(dyb, dy, nout / 4);
-    else
-        k_to_bf16<<<tbc_blocks(nout, 256), 256, 0, S()>>>(dyb, dy, nout);
+    bl_ops o;
+    memset(&o, 0, sizeof o);
+    o.dyb = (__nv_bfloat16 *)tbc_scratch(TBC_SCR_BL_DY, nout * 2);
+    o.xtb = (__nv_bfloat16 *)tbc_scratch(TBC_SCR_BL_XT, nin * 2);
+    o.wtb = dx ? (__nv_bfloat16 *)tbc_scratch(TBC_SCR_WTILDE, cnt * 2) : NULL;
+    o.dy = dy, o.stats = stats, o.sw = sw, o.xq = xq, o.wq = wq;
+    o.nout = nout, o.nin = nin, o.cnt = dx ? cnt : 0, o.in = in;
+    o.vec = (nout % 4 == 0 && ((uintptr_t)dy & 15) == 0 ? 1 : 0) | (in % 4 == 0 && ((uintptr_t)xq & 3) == 0 ? 2 : 0) |
+            (cnt % 4 == 0 && ((uintptr_t)wq & 3) == 0 ? 4 : 0);
+    unsigned n1 = tbc_blocks(o.vec & 1 ? nout / 4 : nout, 256), n2 = tbc_blocks(o.vec & 2 ? nin / 4 : nin, 256);
+    unsigned n3 = dx ? tbc_blocks(o.vec & 4 ? cnt / 4 : cnt, 256) : 0;
+    o.b1 = n1, o.b2 = n1 + n2;
+    k_bl_bf16_operands<<<n1 + n2 + n3, 256, 0, S()>>>(o);
     TBC_LAUNCHED();
-    if (in % 4 == 0 && ((uintptr_t)xq & 3) == 0)
-        k_xtilde_bf16x4<<<tbc_blocks(nin / 4, 256), 256, 0, S()>>>(xtb, xq, stats, nin / 4, in);
-    else
-        k_xtilde_bf16<<<tbc_blocks(nin, 256), 256, 0, S()>>>(xtb, xq, stats, n, in);
-    TBC_LAUNCHED();
+    const __nv_bfloat16 *dyb = o.dyb, *xtb = o.xtb, *wtb = o.wtb;
     tbc_gemm_bf16(dw, dyb, xtb, out, in, (int)n, 1, 0, out, in, in, 1.0f, 1.0f);
     if (!dx) return;
-    __nv_bfloat16 *wtb = (__nv_bfloat16 *)tbc_scratch(TBC_SCR_WTILDE, cnt * 2);
-    if (cnt % 4 == 0 && ((uintptr_t)wq & 3) == 0)
-        k_wtilde_bf16x4<<<tbc_blocks(cnt / 4, 256), 256, 0, S()>>>(wtb, wq, sw, cnt / 4);
-    else
-        k_wtilde_bf16<<<tbc_blocks(cnt, 256), 256, 0, S()>>>(wtb, wq, sw, cnt);
-    TBC_LAUNCHED();
     tbc_gemm_bf16(dxhat, dyb, wtb, (int)n, in, out, 0, 0, out, in, in, 1.0f, 0.0f);
     ln0_bwd(dx, dxhat, x, stats, n, in);
 }
