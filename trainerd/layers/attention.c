@@ -52,10 +52,40 @@ size_t attention_scratch_count(const tb_attention *p, int B, int T) {
 }
 
 /* The position table is computed on the host (libm, the CPU backend's values); off the
- * host it is built in a host buffer and copied. The buffer grows on first use (the first
- * forward) and is kept, so the steady state allocates nothing. */
-static _Thread_local real *tab_host;
-static _Thread_local size_t tab_cap;
+ * host it is built in a host buffer and copied. Host copies are kept per (kind, base,
+ * damping, layer, T, hs), of which the table is a pure function: the cos / sin of T x hs/2
+ * angles cost the host a few hundred microseconds a call, during which a GPU ran dry (the
+ * ninth session's idle table). They are copied to the device on each call (the arena's
+ * table region may be reused by other layers). Per thread; the steady state allocates
+ * nothing. */
+#define TAB_CACHE 64
+typedef struct tab_entry {
+    int used, layer, T, hs;
+    tb_pos_kind kind;
+    double base, damping;
+    real *h;
+} tab_entry;
+static _Thread_local tab_entry tab_cache[TAB_CACHE];
+static _Thread_local unsigned tab_next;
+
+static const real *host_table(const tb_attention *p, int layer, int T, int hs) {
+    for (int i = 0; i < TAB_CACHE; i++) {
+        const tab_entry *e = &tab_cache[i];
+        if (e->used && e->kind == p->pos && e->base == p->pos_base && e->damping == p->pos_damping &&
+            e->layer == layer && e->T == T && e->hs == hs)
+            return e->h;
+    }
+    tab_entry *e = &tab_cache[tab_next++ % TAB_CACHE];
+    size_t count = posenc_table_count(T, hs);
+    real *h = realloc(e->used ? e->h : NULL, (count ? count : 1) * sizeof(real));
+    if (!h) {
+        fprintf(stderr, "attention: out of host memory for a %zu-real position table\n", count);
+        abort();
+    }
+    posenc_table(h, p->pos, p->pos_base, p->pos_damping, layer, T, hs);
+    *e = (tab_entry){1, layer, T, hs, p->pos, p->pos_base, p->pos_damping, h};
+    return h;
+}
 
 static void write_table(const tb_backend *be, real *tab, const tb_attention *p, int layer, int T,
                         int hs) {
@@ -63,19 +93,7 @@ static void write_table(const tb_backend *be, real *tab, const tb_attention *p, 
         posenc_table(tab, p->pos, p->pos_base, p->pos_damping, layer, T, hs);
         return;
     }
-    size_t count = posenc_table_count(T, hs);
-    if (count > tab_cap) {
-        real *h = realloc(tab_host, (count ? count : 1) * sizeof(real));
-        if (!h) {
-            fprintf(stderr, "attention: out of host memory for a %zu-real position table\n",
-                    count);
-            abort();
-        }
-        tab_host = h;
-        tab_cap = count;
-    }
-    posenc_table(tab_host, p->pos, p->pos_base, p->pos_damping, layer, T, hs);
-    be->core.to_device(tab, tab_host, count * sizeof(real));
+    be->core.to_device(tab, host_table(p, layer, T, hs), posenc_table_count(T, hs) * sizeof(real));
 }
 
 void attention_forward(const tb_backend *be, real *out, real *act, const real *u,
