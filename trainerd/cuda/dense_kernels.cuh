@@ -137,7 +137,11 @@ __global__ void k_dyt_norm_fwd_warp(float *y, float *stats, const float *x, cons
     if (lane == 0) stats[2 * t] = mean, stats[2 * t + 1] = sd;
 }
 
-/* Its backward for dx (+=), a warp per row: the float expressions of k_norm_bwd_rows. */
+/* Its backward for dx (+=), a warp per row: the float expressions of k_norm_bwd_rows. Two
+ * passes over the row, the second recomputing x - mean and the tanh derivative instead of
+ * keeping 2 NV values a lane in registers: the same values in the same order (the same
+ * bits), a fraction of the registers, so more rows in flight (the row's second read comes
+ * from the cache). */
 template <int NV>
 __global__ void k_dyt_norm_bwd_warp(float *dx, const float *dy, const float *stats, const float *x, const float *al,
                                     const float *be, size_t n, int C) {
@@ -147,19 +151,17 @@ __global__ void k_dyt_norm_bwd_warp(float *dx, const float *dy, const float *sta
     const float *xr = x + t * C, *g = dy + t * C;
     float mean = stats[2 * t], sd = stats[2 * t + 1];
     float r = 1.0f / (sd + (float)DT_EPS);
-    float dxh[NV], xm[NV];
     double sg = 0, sgd = 0;
-#pragma unroll
+#pragma unroll 8
     for (int k = 0; k < NV; k++) {
         int j = lane + 32 * k;
-        dxh[k] = xm[k] = 0;
         if (j < C) {
-            xm[k] = xr[j] - mean;
-            float xh = xm[k] * r;
+            float xm = xr[j] - mean;
+            float xh = xm * r;
             float yv = tanhf(al[j] * xh + be[j]);
-            dxh[k] = g[j] * (1.0f - yv * yv) * al[j];
-            sg += dxh[k];
-            sgd += (double)dxh[k] * (double)xm[k];
+            float dxh = g[j] * (1.0f - yv * yv) * al[j];
+            sg += dxh;
+            sgd += (double)dxh * (double)xm;
         }
     }
     sg = dk_warp_sum_d(sg);
@@ -167,10 +169,16 @@ __global__ void k_dyt_norm_bwd_warp(float *dx, const float *dy, const float *sta
     float mg = (float)(sg / C);
     float coef = sd > 0 ? (float)((double)r * r * sgd / ((C - 1) * (double)sd)) : 0.0f;
     float *dxr = dx + t * C;
-#pragma unroll
+#pragma unroll 8
     for (int k = 0; k < NV; k++) {
         int j = lane + 32 * k;
-        if (j < C) dxr[j] += r * (dxh[k] - mg) - coef * xm[k];
+        if (j < C) {
+            float xm = xr[j] - mean;
+            float xh = xm * r;
+            float yv = tanhf(al[j] * xh + be[j]);
+            float dxh = g[j] * (1.0f - yv * yv) * al[j];
+            dxr[j] += r * (dxh - mg) - coef * xm;
+        }
     }
 }
 /* y = acc / (s_x[t] · s_w) in place over the int32 products of a BitLinear forward, four

@@ -76,9 +76,10 @@ static inline tc_fat_ws tc_fat_ws_carve(tc_bf16 *base, int B, int T, int H, int 
 }
 
 /* Each kernel's dynamic shared memory in bytes: tiles of rows x (HS + 8) bf16, the
- * streamed ones twice (double buffered). */
+ * streamed ones twice (double buffered) but the forward's V (once: 72 KiB at HS 64, three
+ * blocks an SM). */
 static inline size_t tc_fat_tile(int HS, int rows) { return (size_t)rows * (HS + 8) * 2; }
-static inline size_t tc_fat_smem_fwd(int HS) { return 2 * tc_fat_tile(HS, TC_BR) + 8 * tc_fat_tile(HS, TC_BC); }
+static inline size_t tc_fat_smem_fwd(int HS) { return 2 * tc_fat_tile(HS, TC_BR) + 6 * tc_fat_tile(HS, TC_BC); }
 static inline size_t tc_fat_smem_q(int HS) { return 2 * (tc_fat_tile(HS, TC_BC) + tc_fat_tile(TC_BR, TC_BC)); }
 static inline size_t tc_fat_smem_kv(int HS) {
     return 3 * tc_fat_tile(HS, TC_BR) + 6 * tc_fat_tile(HS, tc_fat_bq(HS));
@@ -150,14 +151,16 @@ __global__ void k_fat_prep(tc_prep_jobs jobs, int T, int Tp, int hs, int HS, int
  * of two shared-memory stages, issued a tile ahead of the one the warps compute on. */
 
 template <int HS, int SPLIT>
-__global__ void __launch_bounds__(TC_THREADS)
+__global__ void __launch_bounds__(TC_THREADS, HS <= 64 ? 3 : 1)
     k_fat_fwd(float *out, float *lse, tc_fat_ws ws, const uint8_t *mask, const uint64_t *dm, float dscale, int T,
               int Tp, int H, int Hkv, int hs, float sl2) {
     constexpr int LH = HS + 8, NT = TC_BC / 8, NO = HS / 8, TQ = TC_BR * LH, TK = TC_BC * LH;
     TC_DYN_SMEM(tc_sm);
     tc_bf16 *Qs = (tc_bf16 *)tc_sm; /* [TC_BR][LH] */
     tc_bf16 *Ql = Qs + TQ;          /* Q - Qs */
-    tc_bf16 *st = Ql + TQ;          /* stage s at st + 4 s TK: K, K - K, V, V - V ([TC_BC][LH] each) */
+    tc_bf16 *st = Ql + TQ;          /* K stage s at st + 2 s TK: K, K - K ([TC_BC][LH] each) */
+    tc_bf16 *Vs = st + 4 * TK;      /* V, one stage: loaded once the previous tile's P V is done */
+    tc_bf16 *Vl = Vs + TK;          /* V - V */
     __shared__ int km[TC_BC];
     int tid = threadIdx.x, lane = tid % 32, w = tid / 32, g = lane / 4, t = lane % 4;
     int i0 = blockIdx.x * TC_BR, h = blockIdx.y, b = blockIdx.z;
@@ -166,10 +169,13 @@ __global__ void __launch_bounds__(TC_THREADS)
     size_t rowbase = ((size_t)b * H + h) * T;
     tc_copy_tile<HS, TC_BR>(Qs, ws.qh + qo);
     if (SPLIT & 1) tc_copy_tile<HS, TC_BR>(Ql, ws.ql + qo);
-    tc_copy_tile<HS, TC_BC>(st, ws.kh + ko); /* tile 0 into stage 0 */
+    /* Copy groups, in commit order: Q and K 0; V 0; then per tile jt the K of jt + 1 at its
+     * start and the V of jt + 1 at its end (after every warp's P V of jt). */
+    tc_copy_tile<HS, TC_BC>(st, ws.kh + ko); /* K 0 into stage 0 */
     if (SPLIT & 1) tc_copy_tile<HS, TC_BC>(st + TK, ws.kl + ko);
-    tc_copy_tile<HS, TC_BC>(st + 2 * TK, ws.vh + ko);
-    if (SPLIT & 2) tc_copy_tile<HS, TC_BC>(st + 3 * TK, ws.vl + ko);
+    tc_cp_commit();
+    tc_copy_tile<HS, TC_BC>(Vs, ws.vh + ko);
+    if (SPLIT & 2) tc_copy_tile<HS, TC_BC>(Vl, ws.vl + ko);
     tc_cp_commit();
     float o[NO][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};
     tc_zero(o);
@@ -177,12 +183,10 @@ __global__ void __launch_bounds__(TC_THREADS)
     for (int jt = 0; jt < nt; jt++) {
         int j0 = jt * TC_BC;
         if (jt + 1 < nt) {
-            tc_bf16 *sn = st + ((jt + 1) & 1) * 4 * TK;
+            tc_bf16 *sn = st + ((jt + 1) & 1) * 2 * TK;
             size_t off = ko + (size_t)(j0 + TC_BC) * HS;
             tc_copy_tile<HS, TC_BC>(sn, ws.kh + off);
             if (SPLIT & 1) tc_copy_tile<HS, TC_BC>(sn + TK, ws.kl + off);
-            tc_copy_tile<HS, TC_BC>(sn + 2 * TK, ws.vh + off);
-            if (SPLIT & 2) tc_copy_tile<HS, TC_BC>(sn + 3 * TK, ws.vl + off);
         }
         tc_cp_commit();
         if (tid < TC_BC) {
@@ -194,9 +198,9 @@ __global__ void __launch_bounds__(TC_THREADS)
 #pragma unroll
             for (int a = 0; a < 2; a++)
                 if (i0 + r[a] < T) dw[a] = dm[(rowbase + i0 + r[a]) * nt + jt];
-        tc_cp_wait<1>(); /* this tile's copies (and Q's) have landed */
+        tc_cp_wait<2>(); /* this tile's K (and Q) have landed; its V and the next K may not */
         __syncthreads();
-        const tc_bf16 *Ks = st + (jt & 1) * 4 * TK, *Kl = Ks + TK, *Vs = Ks + 2 * TK, *Vl = Ks + 3 * TK;
+        const tc_bf16 *Ks = st + (jt & 1) * 2 * TK, *Kl = Ks + TK;
         float s[NT][4];
         tc_zero(s);
         if (SPLIT & 1) tc_mm_ss3<HS, NT>(s, Qs + w * 16 * LH, Ql + w * 16 * LH, LH, Ks, Kl, LH, lane);
@@ -235,9 +239,17 @@ __global__ void __launch_bounds__(TC_THREADS)
             o[n][0] *= alpha[0], o[n][1] *= alpha[0];
             o[n][2] *= alpha[1], o[n][3] *= alpha[1];
         }
+        tc_cp_wait<1>(); /* this tile's V has landed (only the next K may be in flight) */
+        __syncthreads();
         if (SPLIT & 2) tc_mm_rs3<TC_BC / 16, NO>(o, s, Vs, Vl, LH, lane);
         else tc_mm_rs<TC_BC / 16, NO>(o, s, Vs, LH, lane);
-        __syncthreads(); /* the next iteration's copies overwrite the other stage, and km */
+        __syncthreads(); /* every warp is done with this V, this K stage and km */
+        if (jt + 1 < nt) {
+            size_t off = ko + (size_t)(j0 + TC_BC) * HS;
+            tc_copy_tile<HS, TC_BC>(Vs, ws.vh + off);
+            if (SPLIT & 2) tc_copy_tile<HS, TC_BC>(Vl, ws.vl + off);
+        }
+        tc_cp_commit();
     }
     size_t ldo = (size_t)H * hs;
 #pragma unroll
