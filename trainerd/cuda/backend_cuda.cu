@@ -388,6 +388,28 @@ __global__ void k_gemm_k0(float *c, int M, int N, int ldc, float beta) {
     }
 }
 
+/* The cuBLASLt path of tbc_gemm and tbc_gemm_bf16 (prec: the key's precision field, which
+ * picks the operand type and compute type, gemm_entry_layouts): c = beta c for K = 0, else
+ * the cached entry's matmul. */
+static void gemm_run(float *c, const void *a, const void *b, int M, int N, int K, int ta, int tb, int lda, int ldb,
+                     int ldc, float alpha, float beta, int prec) {
+    tbc_ctx *g = tbc_g;
+    if (K <= 0) {
+        k_gemm_k0<<<tbc_blocks((size_t)M * N, 256), 256, 0, g->stream>>>(c, M, N, ldc, beta);
+        TBC_LAUNCHED();
+        return;
+    }
+    int align = ptr_align(a);
+    int ab = ptr_align(b), ac = ptr_align(c);
+    if (ab < align) align = ab;
+    if (ac < align) align = ac;
+    int key[10] = {M, N, K, ta, tb, lda, ldb, ldc, align, prec};
+    tbc_gemm_entry *e = gemm_entry_for(key, M, K, 0);
+    if (gemm_enqueue(e, &alpha, b, a, &beta, c) != CUBLAS_STATUS_SUCCESS)
+        tbc_fatal("cublasLtMatmul", __FILE__, __LINE__, "no algorithm for this GEMM");
+    tbc_op_sync();
+}
+
 void tbc_gemm(float *c, const float *a, const float *b, int M, int N, int K, int ta, int tb,
               int lda, int ldb, int ldc, float alpha, float beta, const struct tb_backend *be) {
     (void)be;
@@ -397,40 +419,13 @@ void tbc_gemm(float *c, const float *a, const float *b, int M, int N, int K, int
         tbc_gemm_ordered(c, a, b, M, N, K, ta, tb, lda, ldb, ldc, alpha, beta);
         return;
     }
-    if (K <= 0) {
-        k_gemm_k0<<<tbc_blocks((size_t)M * N, 256), 256, 0, g->stream>>>(c, M, N, ldc, beta);
-        TBC_LAUNCHED();
-        return;
-    }
-    int align = ptr_align(a);
-    int ab = ptr_align(b), ac = ptr_align(c);
-    if (ab < align) align = ab;
-    if (ac < align) align = ac;
-    int key[10] = {M, N, K, ta, tb, lda, ldb, ldc, align, g->prec};
-    tbc_gemm_entry *e = gemm_entry_for(key, M, K, 0);
-    if (gemm_enqueue(e, &alpha, b, a, &beta, c) != CUBLAS_STATUS_SUCCESS)
-        tbc_fatal("cublasLtMatmul", __FILE__, __LINE__, "no algorithm for this GEMM");
-    tbc_op_sync();
+    gemm_run(c, a, b, M, N, K, ta, tb, lda, ldb, ldc, alpha, beta, g->prec);
 }
 
 void tbc_gemm_bf16(float *c, const void *a, const void *b, int M, int N, int K, int ta, int tb, int lda, int ldb,
                    int ldc, float alpha, float beta) {
-    tbc_ctx *g = tbc_g;
     if (M <= 0 || N <= 0) return;
-    if (K <= 0) {
-        k_gemm_k0<<<tbc_blocks((size_t)M * N, 256), 256, 0, g->stream>>>(c, M, N, ldc, beta);
-        TBC_LAUNCHED();
-        return;
-    }
-    int align = ptr_align(a);
-    int ab = ptr_align(b), ac = ptr_align(c);
-    if (ab < align) align = ab;
-    if (ac < align) align = ac;
-    int key[10] = {M, N, K, ta, tb, lda, ldb, ldc, align, TBC_PREC_BF16IN};
-    tbc_gemm_entry *e = gemm_entry_for(key, M, K, 0);
-    if (gemm_enqueue(e, &alpha, b, a, &beta, c) != CUBLAS_STATUS_SUCCESS)
-        tbc_fatal("cublasLtMatmul", __FILE__, __LINE__, "no algorithm for this bf16 GEMM");
-    tbc_op_sync();
+    gemm_run(c, a, b, M, N, K, ta, tb, lda, ldb, ldc, alpha, beta, TBC_PREC_BF16IN);
 }
 
 int tbc_gemm_s8(int32_t *c, const int8_t *x, const int8_t *w, int n, int in, int out) {

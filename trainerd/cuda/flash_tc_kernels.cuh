@@ -303,18 +303,7 @@ __global__ void __launch_bounds__(TC_THREADS)
         tc_cp_wait<1>();
         __syncthreads();
         const tc_bf16 *Ds = st + (jt & 1) * (TD + TK), *Ks = Ds + TD;
-#pragma unroll
-        for (int kc = 0; kc < TC_BC / 16; kc++) {
-            uint32_t a[4];
-            tc_frag_at(a, Ds + w * 16, LD, kc, lane);
-#pragma unroll
-            for (int p = 0; p < NO / 2; p++) {
-                uint32_t bk[4];
-                tc_frag_bk(bk, Ks, LH, p, kc, lane);
-                tc_mma(acc[2 * p], a[0], a[1], a[2], a[3], bk[0], bk[1]);
-                tc_mma(acc[2 * p + 1], a[0], a[1], a[2], a[3], bk[2], bk[3]);
-            }
-        }
+        tc_mm<TC_BC, NO, true, true>(acc, Ds + w * 16, LD, Ks, LH, lane);
         __syncthreads();
     }
     int r[2] = {w * 16 + g, w * 16 + g + 8};

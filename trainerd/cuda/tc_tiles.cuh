@@ -176,21 +176,31 @@ __device__ __forceinline__ void tc_gemm_rs(float (&acc)[NN][4], const float (&p)
  * a quarter of the shared-memory load instructions, and their split forms (_ss3: A and B
  * as bf16 hi + lo tiles; _rs3: P from registers split into hi + lo). B of the _ss forms is
  * n-major, of the _rs forms k-major. NN even. */
-template <int K, int NN>
-__device__ __forceinline__ void tc_mm_ss(float (&acc)[NN][4], const tc_bf16 *A, int lda, const tc_bf16 *Bn, int ldb,
-                                         int lane) {
+/* acc += A B over k < K (a multiple of 16) from shared tiles: A (16 rows) row-major by
+ * tc_frag_a, or k-major (AK: element (m, k) at A[k·lda + m]) by tc_frag_at; B n-major by
+ * tc_frag_bn, or k-major (BK) by tc_frag_bk. */
+template <int K, int NN, bool AK, bool BK>
+__device__ __forceinline__ void tc_mm(float (&acc)[NN][4], const tc_bf16 *A, int lda, const tc_bf16 *B, int ldb,
+                                      int lane) {
 #pragma unroll
     for (int kc = 0; kc < K / 16; kc++) {
         uint32_t a[4];
-        tc_frag_a(a, A, lda, kc, lane);
+        if constexpr (AK) tc_frag_at(a, A, lda, kc, lane);
+        else tc_frag_a(a, A, lda, kc, lane);
 #pragma unroll
         for (int p = 0; p < NN / 2; p++) {
             uint32_t b[4];
-            tc_frag_bn(b, Bn, ldb, p, kc, lane);
+            if constexpr (BK) tc_frag_bk(b, B, ldb, p, kc, lane);
+            else tc_frag_bn(b, B, ldb, p, kc, lane);
             tc_mma(acc[2 * p], a[0], a[1], a[2], a[3], b[0], b[1]);
             tc_mma(acc[2 * p + 1], a[0], a[1], a[2], a[3], b[2], b[3]);
         }
     }
+}
+template <int K, int NN>
+__device__ __forceinline__ void tc_mm_ss(float (&acc)[NN][4], const tc_bf16 *A, int lda, const tc_bf16 *Bn, int ldb,
+                                         int lane) {
+    tc_mm<K, NN, false, false>(acc, A, lda, Bn, ldb, lane);
 }
 /* The split product ("bf16x3") of n-tiles 2p and 2p + 1: acc += (Ah + Al)(Bh + Bl) as Al Bh
  * + Ah Bl + Ah Bh per accumulator (the small terms first; Al Bl, ~2^-16 relative, is left
