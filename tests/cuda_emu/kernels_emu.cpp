@@ -151,24 +151,15 @@ struct emu_ws {
     }
     ~emu_ws() { free(base); }
 };
-static void emu_prep_add(tc_prep_jobs &J, const float *x, tc_bf16 *hi, tc_bf16 *lo, size_t ld, int heads) {
-    J.j[J.n++] = {x, hi, lo, ld, heads};
-}
 /* k_fat_prep over the jobs and, with dropout, the keep bits (flash_tc_cuda.cu tc_prep), in a
  * buffer emu_dm frees; a short grid, so the grid-stride loops run. */
 static uint64_t *emu_prep(tc_prep_jobs &J, const tbc_drop &d, uint32_t site, int B, int T, int H, int hs, int HS) {
-    J.dm = nullptr;
-    if (d.active) {
-        J.rows = (size_t)B * H * T;
-        J.W = tc_fat_tp(T) / TC_BC;
-        J.dm = (uint64_t *)malloc(J.rows * J.W * sizeof(uint64_t));
-        if (!J.dm) abort();
-        J.d = d, J.site = site;
-    }
-    size_t blocks = ((size_t)B * H * tc_fat_tp(T) * HS / 4 + 255) / 256;
+    uint64_t *dm = nullptr;
+    if (d.active && !(dm = (uint64_t *)malloc(tc_drop_words(B, T, H) * sizeof(uint64_t)))) abort();
+    tc_prep_drop(J, d, site, B, T, H, dm);
+    size_t blocks = tc_prep_blocks(B, T, H, HS);
     unsigned gx = (unsigned)(blocks < 3 ? blocks : 3);
-    tbc_emu_launch(gx * (unsigned)(J.n + (J.dm != nullptr)), 1, 1, 256, 0,
-                   [&] { k_fat_prep(J, T, tc_fat_tp(T), hs, HS, B); });
+    tbc_emu_launch(gx * tc_prep_tasks(J), 1, 1, 256, 0, [&] { k_fat_prep(J, T, tc_fat_tp(T), hs, HS, B); });
     return J.dm;
 }
 struct emu_dm {
@@ -183,11 +174,7 @@ static void emu_fwd(float *out, float *lse, const float *q, const float *k, cons
     constexpr int SP = TC_SPLIT_DEFAULT;
     float sl2 = (float)(1.0 / sqrt((double)hs)) * TC_LOG2E;
     emu_ws w(B, T, H, Hkv, HS);
-    tc_prep_jobs J;
-    J.n = 0;
-    emu_prep_add(J, q, w.ws.qh, SP & 1 ? w.ws.ql : nullptr, ldq, H);
-    emu_prep_add(J, k, w.ws.kh, SP & 1 ? w.ws.kl : nullptr, ldkv, Hkv);
-    emu_prep_add(J, v, w.ws.vh, SP & 2 ? w.ws.vl : nullptr, ldkv, Hkv);
+    tc_prep_jobs J = tc_prep_fwd_jobs(w.ws, SP, q, k, v, ldq, ldkv, H, Hkv);
     emu_dm m(emu_prep(J, d, site, B, T, H, hs, HS));
     int Tp = tc_fat_tp(T);
     tbc_emu_launch((unsigned)(Tp / TC_BR), (unsigned)H, (unsigned)B, TC_THREADS, tc_fat_smem_fwd(HS),
@@ -201,12 +188,7 @@ static void emu_bwd(float *dq, float *dk, float *dv, const float *dout, const fl
     constexpr int BQ = tc_fat_bq(HS), SP = TC_SPLIT_DEFAULT;
     float scale = (float)(1.0 / sqrt((double)hs));
     emu_ws w(B, T, H, Hkv, HS);
-    tc_prep_jobs J;
-    J.n = 0;
-    emu_prep_add(J, q, w.ws.qh, SP & 1 ? w.ws.ql : nullptr, ldq, H);
-    emu_prep_add(J, dout, w.ws.oh, nullptr, (size_t)H * hs, H);
-    emu_prep_add(J, k, w.ws.kh, SP & 1 ? w.ws.kl : nullptr, ldkv, Hkv);
-    emu_prep_add(J, v, w.ws.vh, nullptr, ldkv, Hkv);
+    tc_prep_jobs J = tc_prep_bwd_jobs(w.ws, SP, q, dout, k, v, ldq, ldkv, H, Hkv, hs);
     emu_dm m(emu_prep(J, d, site, B, T, H, hs, HS));
     int Tp = tc_fat_tp(T);
     tc_bf16 *dst = (tc_bf16 *)malloc((size_t)B * H * Tp * Tp * sizeof(tc_bf16));

@@ -63,26 +63,16 @@ static tc_fat_ws tc_ws(int B, int T, int H, int Hkv, int HS) {
     size_t n = tc_fat_ws_elems(B, T, H, Hkv, HS);
     return tc_fat_ws_carve((tc_bf16 *)tbc_scratch(TBC_SCR_ATTN_TC, n * sizeof(tc_bf16)), B, T, H, Hkv, HS);
 }
-static void tc_prep_add(tc_prep_jobs &J, const float *x, tc_bf16 *hi, tc_bf16 *lo, size_t ld, int heads) {
-    tc_prep_job &j = J.j[J.n++];
-    j.x = x, j.hi = hi, j.lo = lo, j.ld = ld, j.heads = heads;
-}
 /* Stages the jobs and, with dropout, draws the call's keep bits (TBC_SCR_ATTN_DROP) in the
  * same launch; returns the bits (NULL without dropout). */
 static const uint64_t *tc_prep(tc_prep_jobs &J, const tbc_drop &d, uint32_t site, int B, int T, int H, int hs,
                                int HS) {
-    J.dm = NULL;
-    if (d.active) {
-        J.rows = (size_t)B * H * T;
-        J.W = tc_fat_tp(T) / TC_BC;
-        J.dm = (uint64_t *)tbc_scratch(TBC_SCR_ATTN_DROP, J.rows * J.W * sizeof(uint64_t));
-        J.d = d, J.site = site;
-    }
-    size_t quads = (size_t)B * H * tc_fat_tp(T) * HS / 4; /* the largest job (H >= Hkv) */
-    size_t blocks = (quads + 255) / 256;
-    unsigned gx = (unsigned)(blocks < (size_t)tbc_g->sm_count * 16 ? blocks : (size_t)tbc_g->sm_count * 16);
-    unsigned ntask = (unsigned)(J.n + (J.dm != NULL));
-    k_fat_prep<<<gx * ntask, 256, 0, S()>>>(J, T, tc_fat_tp(T), hs, HS, B);
+    uint64_t *dm = d.active ? (uint64_t *)tbc_scratch(TBC_SCR_ATTN_DROP, tc_drop_words(B, T, H) * sizeof(uint64_t))
+                            : NULL;
+    tc_prep_drop(J, d, site, B, T, H, dm);
+    size_t blocks = tc_prep_blocks(B, T, H, HS), cap = (size_t)tbc_g->sm_count * 16;
+    unsigned gx = (unsigned)(blocks < cap ? blocks : cap);
+    k_fat_prep<<<gx * tc_prep_tasks(J), 256, 0, S()>>>(J, T, tc_fat_tp(T), hs, HS, B);
     TBC_LAUNCHED();
     return J.dm;
 }
@@ -92,11 +82,7 @@ static void tc_fwd(float *out, float *lse, const float *q, const float *k, const
                    const uint8_t *mask, tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs) {
     static int allowed;
     tc_fat_ws ws = tc_ws(B, T, H, Hkv, HS);
-    tc_prep_jobs J;
-    J.n = 0;
-    tc_prep_add(J, q, ws.qh, SPLIT & 1 ? ws.ql : NULL, ldq, H);
-    tc_prep_add(J, k, ws.kh, SPLIT & 1 ? ws.kl : NULL, ldkv, Hkv);
-    tc_prep_add(J, v, ws.vh, SPLIT & 2 ? ws.vl : NULL, ldkv, Hkv);
+    tc_prep_jobs J = tc_prep_fwd_jobs(ws, SPLIT, q, k, v, ldq, ldkv, H, Hkv);
     const uint64_t *dm = tc_prep(J, d, site, B, T, H, hs, HS);
     size_t smem = tc_fat_smem_fwd(HS);
     tbc_smem_allow(k_fat_fwd<HS, SPLIT>, smem, 0, &allowed);
@@ -116,12 +102,7 @@ static void tc_bwd(float *dq, float *dk, float *dv, const float *dout, const flo
     float scale = (float)(1.0 / sqrt((double)hs));
     int Tp = tc_fat_tp(T);
     tc_fat_ws ws = tc_ws(B, T, H, Hkv, HS);
-    tc_prep_jobs J;
-    J.n = 0;
-    tc_prep_add(J, q, ws.qh, SPLIT & 1 ? ws.ql : NULL, ldq, H);
-    tc_prep_add(J, dout, ws.oh, NULL, (size_t)H * hs, H);
-    tc_prep_add(J, k, ws.kh, SPLIT & 1 ? ws.kl : NULL, ldkv, Hkv);
-    tc_prep_add(J, v, ws.vh, NULL, ldkv, Hkv);
+    tc_prep_jobs J = tc_prep_bwd_jobs(ws, SPLIT, q, dout, k, v, ldq, ldkv, H, Hkv, hs);
     const uint64_t *dm = tc_prep(J, d, site, B, T, H, hs, HS);
     size_t sq = tc_fat_smem_q(HS), skv = tc_fat_smem_kv(HS);
     tbc_smem_allow(k_fat_dq<HS>, sq, 0, &allowed_q);

@@ -103,6 +103,48 @@ struct tc_prep_jobs {
     int W;
 };
 
+/* The jobs of a call (host side; the CUDA launchers and the CPU emulation): the forward
+ * stages q, k, v (lo halves for the split products of SPLIT), the backward q, dO, k, v. */
+static inline void tc_prep_add(tc_prep_jobs &J, const float *x, tc_bf16 *hi, tc_bf16 *lo, size_t ld, int heads) {
+    tc_prep_job &j = J.j[J.n++];
+    j.x = x, j.hi = hi, j.lo = lo, j.ld = ld, j.heads = heads;
+}
+static inline tc_prep_jobs tc_prep_fwd_jobs(const tc_fat_ws &ws, int split, const float *q, const float *k,
+                                            const float *v, size_t ldq, size_t ldkv, int H, int Hkv) {
+    tc_prep_jobs J;
+    memset(&J, 0, sizeof J);
+    tc_prep_add(J, q, ws.qh, split & 1 ? ws.ql : NULL, ldq, H);
+    tc_prep_add(J, k, ws.kh, split & 1 ? ws.kl : NULL, ldkv, Hkv);
+    tc_prep_add(J, v, ws.vh, split & 2 ? ws.vl : NULL, ldkv, Hkv);
+    return J;
+}
+static inline tc_prep_jobs tc_prep_bwd_jobs(const tc_fat_ws &ws, int split, const float *q, const float *dout,
+                                            const float *k, const float *v, size_t ldq, size_t ldkv, int H,
+                                            int Hkv, int hs) {
+    tc_prep_jobs J;
+    memset(&J, 0, sizeof J);
+    tc_prep_add(J, q, ws.qh, split & 1 ? ws.ql : NULL, ldq, H);
+    tc_prep_add(J, dout, ws.oh, NULL, (size_t)H * hs, H);
+    tc_prep_add(J, k, ws.kh, split & 1 ? ws.kl : NULL, ldkv, Hkv);
+    tc_prep_add(J, v, ws.vh, NULL, ldkv, Hkv);
+    return J;
+}
+/* The dropout words of a call (rows x W), and the jobs' dropout task with its buffer dm
+ * (left off when d is not active). */
+static inline size_t tc_drop_words(int B, int T, int H) { return (size_t)B * H * T * (tc_fat_tp(T) / TC_BC); }
+static inline void tc_prep_drop(tc_prep_jobs &J, const tbc_drop &d, uint32_t site, int B, int T, int H,
+                                uint64_t *dm) {
+    J.dm = d.active ? dm : NULL;
+    J.rows = (size_t)B * H * T;
+    J.W = tc_fat_tp(T) / TC_BC;
+    J.d = d, J.site = site;
+}
+/* Blocks a task of k_fat_prep needs: the largest job's quads (H >= Hkv) over 256 threads. */
+static inline size_t tc_prep_blocks(int B, int T, int H, int HS) {
+    return ((size_t)B * H * tc_fat_tp(T) * HS / 4 + 255) / 256;
+}
+static inline unsigned tc_prep_tasks(const tc_prep_jobs &J) { return (unsigned)(J.n + (J.dm != NULL)); }
+
 /* hi / lo of a job, four values a thread per grid-stride step (HS is a multiple of 8), and
  * the dropout bits: block b serves task b % ntask (the jobs, then the bits when jobs.dm is
  * set) as its block b / ntask of gridDim.x / ntask, so the memory-bound staging and the

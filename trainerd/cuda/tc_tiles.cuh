@@ -219,6 +219,19 @@ __device__ __forceinline__ void tc_mma3x2(float (&acc)[NN][4], int p, const uint
     tc_mma(c0, a[0], a[1], a[2], a[3], bh[0], bh[1]);
     tc_mma(c1, a[0], a[1], a[2], a[3], bh[2], bh[3]);
 }
+/* One k-chunk of a split product: acc[n] += (a + l)(Bh + Bl) over the NN n-tiles, B
+ * n-major (tc_frag_bn) or k-major (BK, tc_frag_bk). */
+template <int NN, bool BK>
+__device__ __forceinline__ void tc_mma3_kc(float (&acc)[NN][4], const uint32_t (&a)[4], const uint32_t (&l)[4],
+                                           const tc_bf16 *Bh, const tc_bf16 *Bl, int ldb, int kc, int lane) {
+#pragma unroll
+    for (int p = 0; p < NN / 2; p++) {
+        uint32_t bh[4], bl[4];
+        if constexpr (BK) tc_frag_bk(bh, Bh, ldb, p, kc, lane), tc_frag_bk(bl, Bl, ldb, p, kc, lane);
+        else tc_frag_bn(bh, Bh, ldb, p, kc, lane), tc_frag_bn(bl, Bl, ldb, p, kc, lane);
+        tc_mma3x2(acc, p, a, l, bh, bl);
+    }
+}
 template <int K, int NN>
 __device__ __forceinline__ void tc_mm_ss3(float (&acc)[NN][4], const tc_bf16 *A, const tc_bf16 *Al, int lda,
                                           const tc_bf16 *Bn, const tc_bf16 *Bl, int ldb, int lane) {
@@ -227,13 +240,7 @@ __device__ __forceinline__ void tc_mm_ss3(float (&acc)[NN][4], const tc_bf16 *A,
         uint32_t a[4], l[4];
         tc_frag_a(a, A, lda, kc, lane);
         tc_frag_a(l, Al, lda, kc, lane);
-#pragma unroll
-        for (int p = 0; p < NN / 2; p++) {
-            uint32_t bh[4], bl[4];
-            tc_frag_bn(bh, Bn, ldb, p, kc, lane);
-            tc_frag_bn(bl, Bl, ldb, p, kc, lane);
-            tc_mma3x2(acc, p, a, l, bh, bl);
-        }
+        tc_mma3_kc<NN, false>(acc, a, l, Bn, Bl, ldb, kc, lane);
     }
 }
 template <int KK, int NN>
@@ -262,24 +269,17 @@ __device__ __forceinline__ void tc_mm_rs3(float (&acc)[NN][4], const float (&p)[
         tc_split(p[2 * kc][2], p[2 * kc][3], a[1], l[1]);
         tc_split(p[2 * kc + 1][0], p[2 * kc + 1][1], a[2], l[2]);
         tc_split(p[2 * kc + 1][2], p[2 * kc + 1][3], a[3], l[3]);
-#pragma unroll
-        for (int q = 0; q < NN / 2; q++) {
-            uint32_t bh[4], bl[4];
-            tc_frag_bk(bh, Bk, ldb, q, kc, lane);
-            tc_frag_bk(bl, Bl, ldb, q, kc, lane);
-            tc_mma3x2(acc, q, a, l, bh, bl);
-        }
+        tc_mma3_kc<NN, true>(acc, a, l, Bk, Bl, ldb, kc, lane);
     }
 }
 
 /* ROWS x HS tile of a (tokens, ld) fp32 tensor from row r0 (of T) into bf16 shared tiles,
  * zero outside (r0 + r >= T or c >= hs): rm[r·(HS + 8) + c] when rm is not NULL,
- * tr[c·(ROWS + 8) + r] when tr is not NULL (one global read serves both), and the
- * remainder x - bf16(x), rounded, in the same layouts at lo (row-major) and trlo
- * (transposed) where those are not NULL (for the split products). */
-template <int HS, int ROWS, bool LO = false, bool TRLO = false>
+ * tr[c·(ROWS + 8) + r] when tr is not NULL (one global read serves both). The retention
+ * tiles' staging (the attention stages once per call, k_fat_prep). */
+template <int HS, int ROWS>
 __device__ __forceinline__ void tc_stage(tc_bf16 *rm, tc_bf16 *tr, const float *src, size_t ld, int r0, int T,
-                                         int hs, tc_bf16 *lo = NULL, tc_bf16 *trlo = NULL) {
+                                         int hs) {
     /* Thread tid takes column c = tid % HS of rows tid / HS + i·RS (HS divides the block):
      * CH loads issued before the first is used, since a load that waits for the previous
      * element's conversion and store pays the L2 latency once per element. */
@@ -302,11 +302,6 @@ __device__ __forceinline__ void tc_stage(tc_bf16 *rm, tc_bf16 *tr, const float *
             tc_bf16 h = __float2bfloat16_rn(x[i]);
             if (rm) rm[r * (HS + 8) + c] = h;
             if (tr) tr[c * (ROWS + 8) + r] = h;
-            if (LO || TRLO) {
-                tc_bf16 l = __float2bfloat16_rn(x[i] - __bfloat162float(h));
-                if (LO) lo[r * (HS + 8) + c] = l;
-                if (TRLO) trlo[c * (ROWS + 8) + r] = l;
-            }
         }
     }
 }
