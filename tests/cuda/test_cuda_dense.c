@@ -118,6 +118,18 @@ static void test_bitlinear_quantisers_and_integer_product_bit_identical(void **s
             ct_gpu->dense.bitlinear_bwd(NULL, gdw, gdxh, gdy, gx, gxq, gst, gwq, gsw, n, in, out);
             ct_cpu->dense.bitlinear_bwd(NULL, dw, dxh, dy, x, xq, st, wq, &sw, n, in, out);
             check_dev("dense.bitlinear_bwd dw", gdw, dw, cnt);
+            /* bitlinear_bwd_set: dx written over poison (never read) against the CPU's zero
+             * fill + bitlinear_bwd (what linear_backward_set does without the op) */
+            {
+                float *sdx = ct_poisoned(n * in * 4);
+                assert_non_null(ct_gpu->dense.bitlinear_bwd_set);
+                ct_gpu->dense.bitlinear_bwd_set(sdx, gdw, gdxh, gdy, gx, gxq, gst, gwq, gsw, n, in, out);
+                memset(dx, 0, n * in * 4);
+                ct_cpu->dense.bitlinear_bwd(dx, dw, dxh, dy, x, xq, st, wq, &sw, n, in, out);
+                check_dev("dense.bitlinear_bwd_set dx", sdx, dx, n * in);
+                check_dev("dense.bitlinear_bwd_set dw", gdw, dw, cnt);
+                tb_cuda_free(sdx);
+            }
             /* The bf16 mode's backward (dy, x̃ and Ŵ rounded to bf16 for both GEMMs):
              * within the bf16 bound, dxhat (overwritten, not accumulated) included. */
             if (ct_gpu->core.set_precision(TB_PREC_BF16) == TB_PREC_BF16) {

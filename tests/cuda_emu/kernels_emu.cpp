@@ -159,7 +159,12 @@ static uint64_t *emu_prep(tc_prep_jobs &J, const tbc_drop &d, uint32_t site, int
     tc_prep_drop(J, d, site, B, T, H, dm);
     size_t blocks = tc_prep_blocks(B, T, H, HS);
     unsigned gx = (unsigned)(blocks < 3 ? blocks : 3);
-    tbc_emu_launch(gx * tc_prep_tasks(J), 1, 1, 256, 0, [&] { k_fat_prep(J, T, tc_fat_tp(T), hs, HS, B); });
+    if (!tc_prep_fits(B, T, H, HS)) abort();
+    tbc_emu_launch(gx * tc_prep_tasks(J), 1, 1, 256, 0, [&] {
+        if (HS == 32) k_fat_prep<32>(J, T, tc_fat_tp(T), hs, B);
+        else if (HS == 64) k_fat_prep<64>(J, T, tc_fat_tp(T), hs, B);
+        else k_fat_prep<128>(J, T, tc_fat_tp(T), hs, B);
+    });
     return J.dm;
 }
 struct emu_dm {
@@ -326,13 +331,20 @@ extern "C" int tbc_emu_quant_x(int8_t *xq, float *stats, const float *x, size_t 
     return 0;
 }
 
-extern "C" int tbc_emu_ln0_bwd(float *dx, const float *g, const float *x, const float *stats, size_t n, int in) {
-    if (in > 2048) return -1;
+template <bool SET>
+static void emu_ln0_bwd(float *dx, const float *g, const float *x, const float *stats, size_t n, int in) {
     unsigned gr = (unsigned)((n + EMU_DK_ROWS - 1) / EMU_DK_ROWS), th = 32 * EMU_DK_ROWS;
-    if (in <= 256) tbc_emu_launch(gr, 1, 1, th, 0, [&] { k_ln0_bwd_warp<8>(dx, g, x, stats, n, in); });
-    else if (in <= 512) tbc_emu_launch(gr, 1, 1, th, 0, [&] { k_ln0_bwd_warp<16>(dx, g, x, stats, n, in); });
-    else if (in <= 1024) tbc_emu_launch(gr, 1, 1, th, 0, [&] { k_ln0_bwd_warp<32>(dx, g, x, stats, n, in); });
-    else tbc_emu_launch(gr, 1, 1, th, 0, [&] { k_ln0_bwd_warp<64>(dx, g, x, stats, n, in); });
+    if (in <= 256) tbc_emu_launch(gr, 1, 1, th, 0, [&] { k_ln0_bwd_warp<8, SET>(dx, g, x, stats, n, in); });
+    else if (in <= 512) tbc_emu_launch(gr, 1, 1, th, 0, [&] { k_ln0_bwd_warp<16, SET>(dx, g, x, stats, n, in); });
+    else if (in <= 1024) tbc_emu_launch(gr, 1, 1, th, 0, [&] { k_ln0_bwd_warp<32, SET>(dx, g, x, stats, n, in); });
+    else tbc_emu_launch(gr, 1, 1, th, 0, [&] { k_ln0_bwd_warp<64, SET>(dx, g, x, stats, n, in); });
+}
+
+extern "C" int tbc_emu_ln0_bwd(float *dx, const float *g, const float *x, const float *stats, size_t n, int in,
+                               int set) {
+    if (in > 2048) return -1;
+    if (set) emu_ln0_bwd<true>(dx, g, x, stats, n, in);
+    else emu_ln0_bwd<false>(dx, g, x, stats, n, in);
     return 0;
 }
 

@@ -32,7 +32,7 @@ void tbc_emu_scan_bwd(float *dxc, float *ddelta, float *dA_log, float *dBm, floa
 /* dense.bitlinear_quant_x and the LN0 backward inside dense.bitlinear_bwd (dx +=), the
  * warp-per-row kernels; -1 where in > 2048 (not their case). */
 int tbc_emu_quant_x(int8_t *xq, float *stats, const float *x, size_t n, int in);
-int tbc_emu_ln0_bwd(float *dx, const float *g, const float *x, const float *stats, size_t n, int in);
+int tbc_emu_ln0_bwd(float *dx, const float *g, const float *x, const float *stats, size_t n, int in, int set);
 /* dense.norm_fwd and the dx of dense.norm_bwd for dynamic_tanh (parameters α, β), the
  * warp-per-row kernels; -1 where C > 2048. */
 int tbc_emu_dyt_norm_fwd(float *y, float *stats, const float *x, const float *al, const float *be, size_t n, int C);

@@ -281,6 +281,8 @@ static void test_emulated_bitlinear_rows_match_cpu(void **state) {
         assert_memory_equal(eq, q, nx);
         /* LN0 backward onto random dx, with the CPU's formula */
         float *g = rand_buf(nx, -1, 1), *dx = rand_buf(nx, -1, 1), *edx = copy_buf(dx, nx), *idx = copy_buf(dx, nx);
+        float *inc = calloc(nx, sizeof(float));
+        assert_non_null(inc);
         for (size_t t = 0; t < n; t++) {
             const float *gr = g + t * in, *xr = x + t * in;
             float mean = st[3 * t], rstd = st[3 * t + 1];
@@ -293,13 +295,21 @@ static void test_emulated_bitlinear_rows_match_cpu(void **state) {
             float mg = (float)(sg / in), mgx = (float)(sgx / in);
             for (int j = 0; j < in; j++) {
                 float xh = (xr[j] - mean) * rstd;
-                dx[t * in + j] += rstd * (gr[j] - mg - xh * mgx);
+                inc[t * in + j] = rstd * (gr[j] - mg - xh * mgx);
+                dx[t * in + j] += inc[t * in + j];
             }
         }
-        assert_int_equal(tbc_emu_ln0_bwd(edx, g, x, st, n, in), 0);
+        assert_int_equal(tbc_emu_ln0_bwd(edx, g, x, st, n, in, 0), 0);
         double e = rel_err_added(edx, dx, idx, nx);
         if (!(e <= 1e-6)) print_message("ln0 backward in=%d: rel err %.3e\n", in, e);
         assert_true(e <= 1e-6);
+        /* set: the values alone, written over whatever dx held (NaN here: never read) */
+        for (size_t i = 0; i < nx; i++) edx[i] = NAN;
+        assert_int_equal(tbc_emu_ln0_bwd(edx, g, x, st, n, in, 1), 0);
+        e = rel_err(edx, inc, nx);
+        if (!(e <= 1e-6)) print_message("ln0 backward (set) in=%d: rel err %.3e\n", in, e);
+        assert_true(e <= 1e-6);
+        free(inc);
         free(x), free(q), free(eq), free(st), free(est), free(g), free(dx), free(edx), free(idx);
     }
 }

@@ -78,6 +78,15 @@ static void test_activation_recompute_is_bitwise_identical(void **s) {
         printf("arena %zu bytes stored, %zu with recompute mode %d\n", tb_model_arena_bytes(&a.model),
                tb_model_arena_bytes(&b.model), mode);
         assert_true(tb_model_arena_bytes(&b.model) < tb_model_arena_bytes(&a.model));
+        /* The memory report's parts cover the arena exactly; the recompute region is
+         * there only with recompute. */
+        const tb_model *pm[2] = {&a.model, &b.model};
+        for (int k = 0; k < 2; k++) {
+            size_t sum = 0;
+            for (int part = 0; part < TB_ARENA_PARTS; part++) sum += tb_model_arena_part_bytes(pm[k], part);
+            assert_int_equal(sum, tb_model_arena_bytes(pm[k]));
+            assert_int_equal(tb_model_arena_part_bytes(pm[k], TB_ARENA_RECOMPUTE) > 0, k == 1);
+        }
         double lb[STEPS];
         run_steps(&b, 0, STEPS, lb);
         assert_memory_equal(la, lb, sizeof la);

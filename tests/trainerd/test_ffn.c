@@ -24,12 +24,12 @@ typedef struct ctx {
     tb_linear up[4], down[4];
     size_t ntok, n;
     double bal_scale, lbal;
-    double *v, *out, *w, *act;
+    double *v, *out, *w, *act, *fscr;
 } ctx;
 
 static double loss(void *vc) {
     ctx *c = vc;
-    moe_forward(tb_backend_cpu(), c->out, &c->lbal, c->act, c->v, &c->p, c->ntok);
+    moe_forward(tb_backend_cpu(), c->out, &c->lbal, c->act, c->fscr, c->v, &c->p, c->ntok);
     return gc_dot(c->out, c->w, c->n) + c->bal_scale * c->lbal;
 }
 
@@ -56,6 +56,7 @@ static void build(ctx *c, pool *P, size_t ntok, int C, int F, int E, int K, int 
     c->out = calloc(c->n, sizeof(double));
     c->w = calloc(c->n, sizeof(double));
     c->act = calloc(moe_act_count(m, ntok), sizeof(double));
+    c->fscr = calloc(moe_scratch_count(m, ntok), sizeof(double));
     gc_fill_uniform(c->v, c->n, 1.0, 81, P->tag);
     gc_fill_uniform(c->w, c->n, 1.0, 82, P->tag);
 }
@@ -64,7 +65,7 @@ static void destroy(ctx *c, pool *P) {
     for (int e = 0; e < c->p.E; e++) {
         free(c->up[e].wq), free(c->up[e].sw), free(c->down[e].wq), free(c->down[e].sw);
     }
-    free(c->v), free(c->out), free(c->w), free(c->act);
+    free(c->v), free(c->out), free(c->w), free(c->act), free(c->fscr);
     pool_free(P);
 }
 

@@ -22,7 +22,7 @@
 
 typedef struct ode_ctx {
     tb_ode p;
-    real *u, *out, *out0, *act, *G;
+    real *u, *out, *out0, *act, *fscr, *G;
     uint8_t *mask;
     double lambda, lode;
     int B, T;
@@ -30,7 +30,7 @@ typedef struct ode_ctx {
 
 static double ode_loss(void *v) {
     ode_ctx *c = v;
-    c->lode = ode_forward(tb_backend_cpu(), c->out, c->act, c->u, &c->p, c->mask, NULL, c->B, c->T);
+    c->lode = ode_forward(tb_backend_cpu(), c->out, c->act, c->fscr, c->u, &c->p, c->mask, NULL, c->B, c->T);
     size_t m = (size_t)c->B * c->T * c->p.C;
     double s = 0;
     for (size_t i = 0; i < m; i++) s += c->G[i] * (c->out0 ? c->out[i] - c->out0[i] : c->out[i]);
@@ -67,6 +67,7 @@ static double run_ode(int rk4, int S, int B, int T, int C, int H, int masked, ui
     c.u = malloc(sizeof(real) * n * C), c.out = malloc(sizeof(real) * n * C);
     c.G = malloc(sizeof(real) * n * C), c.out0 = NULL;
     c.act = malloc(sizeof(real) * ode_act_count(&c.p, B, T));
+    c.fscr = malloc(sizeof(real) * ode_scratch_count(&c.p, B, T));
     gc_fill_uniform(c.u, n * C, U_SCALE, 33, tag);
     gc_fill_uniform(c.G, n * C, 1.0, 34, tag);
     if (masked) {
@@ -92,7 +93,7 @@ static double run_ode(int rk4, int S, int B, int T, int C, int H, int masked, ui
     assert_true(worst <= 1e-6);
     for (int i = 0; i < 4; i++) free(c.p.norm.p[i]), free(c.p.norm.dp[i]);
     free(c.p.qkv.w), free(c.p.qkv.dw), free(c.p.o.w), free(c.p.o.dw);
-    free(du), free(scr), free(c.u), free(c.out), free(c.out0), free(c.G), free(c.act), free(c.mask);
+    free(du), free(scr), free(c.u), free(c.out), free(c.out0), free(c.G), free(c.act), free(c.fscr), free(c.mask);
     return worst;
 }
 

@@ -209,6 +209,7 @@ void tb_cpu_seq_scan_init(tb_ops_seq *ops);
 void tb_cpu_seq_scan_init(tb_ops_seq *ops) {
     ops->scan_forward = cpu_scan_forward;
     ops->scan_backward = cpu_scan_backward;
+    ops->scan_state_every = 1;
     ops->conv_causal_forward = cpu_conv_causal_forward;
     ops->conv_causal_backward = cpu_conv_causal_backward;
 }

@@ -189,7 +189,8 @@ __global__ void k_wtilde(float *wt, const int8_t *wq, const float *sw, size_t co
     GRID_STRIDE(i, count) wt[i] = wq[i] > 0 ? c : wq[i] < 0 ? -c : 0.0f;
 }
 
-/* LN0ᵀ per row: dx += rstd (g - mean(g) - x̂ mean(g ⊙ x̂)). */
+/* LN0ᵀ per row: dx += rstd (g - mean(g) - x̂ mean(g ⊙ x̂)) (SET: dx = ..., k_ln0_bwd_warp). */
+template <bool SET>
 __global__ void k_ln0_bwd(float *dx, const float *g_all, const float *x, const float *stats, int in) {
     __shared__ double sh[ROW_THREADS];
     size_t t = blockIdx.x;
@@ -206,22 +207,30 @@ __global__ void k_ln0_bwd(float *dx, const float *g_all, const float *x, const f
     float mg = (float)(sg / in), mgx = (float)(sgx / in);
     for (int j = threadIdx.x; j < in; j += blockDim.x) {
         float xh = (xr[j] - mean) * rstd;
-        dx[t * in + j] += rstd * (g[j] - mg - xh * mgx);
+        float v = rstd * (g[j] - mg - xh * mgx);
+        if (SET) dx[t * in + j] = v;
+        else dx[t * in + j] += v;
     }
 }
 
 /* LN0ᵀ onto dx from g = dL/dx̂ (the backward's last stage, both precisions). */
-static void ln0_bwd(real *dx, const real *g, const real *x, const real *stats, size_t n, int in) {
+template <bool SET>
+static void ln0_bwd_t(real *dx, const real *g, const real *x, const real *stats, size_t n, int in) {
     if (n / DK_ROWS < 65535u * 1024u && in <= 2048) {
         unsigned gr = dk_blocks(n), th = 32 * DK_ROWS;
-        if (in <= 256) k_ln0_bwd_warp<8><<<gr, th, 0, S()>>>(dx, g, x, stats, n, in);
-        else if (in <= 512) k_ln0_bwd_warp<16><<<gr, th, 0, S()>>>(dx, g, x, stats, n, in);
-        else if (in <= 1024) k_ln0_bwd_warp<32><<<gr, th, 0, S()>>>(dx, g, x, stats, n, in);
-        else k_ln0_bwd_warp<64><<<gr, th, 0, S()>>>(dx, g, x, stats, n, in);
+        if (in <= 256) k_ln0_bwd_warp<8, SET><<<gr, th, 0, S()>>>(dx, g, x, stats, n, in);
+        else if (in <= 512) k_ln0_bwd_warp<16, SET><<<gr, th, 0, S()>>>(dx, g, x, stats, n, in);
+        else if (in <= 1024) k_ln0_bwd_warp<32, SET><<<gr, th, 0, S()>>>(dx, g, x, stats, n, in);
+        else k_ln0_bwd_warp<64, SET><<<gr, th, 0, S()>>>(dx, g, x, stats, n, in);
     } else {
-        k_ln0_bwd<<<(unsigned)n, ROW_THREADS, 0, S()>>>(dx, g, x, stats, in);
+        k_ln0_bwd<SET><<<(unsigned)n, ROW_THREADS, 0, S()>>>(dx, g, x, stats, in);
     }
     TBC_LAUNCHED();
+}
+
+static void ln0_bwd(real *dx, const real *g, const real *x, const real *stats, size_t n, int in, int set) {
+    if (set) ln0_bwd_t<true>(dx, g, x, stats, n, in);
+    else ln0_bwd_t<false>(dx, g, x, stats, n, in);
 }
 
 /* The bf16 mode's operands: dy, x̃ and Ŵ rounded to bf16 (the rounding FAST_16BF allows;
@@ -287,7 +296,8 @@ __global__ void k_bl_bf16_operands(bl_ops o) {
  * fp32 inputs, which cuBLASLt runs on TF32 kernels at half the bf16 rate. dxhat is left
  * untouched when dx is NULL (x̃ lives in scratch here). */
 static void bitlinear_bwd_bf16(real *dx, real *dw, real *dxhat, const real *dy, const real *x, const int8_t *xq,
-                               const real *stats, const int8_t *wq, const real *sw, size_t n, int in, int out) {
+                               const real *stats, const int8_t *wq, const real *sw, size_t n, int in, int out,
+                               int set) {
     size_t nin = n * (size_t)in, nout = n * (size_t)out, cnt = (size_t)out * in;
     bl_ops o;
     memset(&o, 0, sizeof o);
@@ -307,15 +317,16 @@ static void bitlinear_bwd_bf16(real *dx, real *dw, real *dxhat, const real *dy, 
     tbc_gemm_bf16(dw, dyb, xtb, out, in, (int)n, 1, 0, out, in, in, 1.0f, 1.0f);
     if (!dx) return;
     tbc_gemm_bf16(dxhat, dyb, wtb, (int)n, in, out, 0, 0, out, in, in, 1.0f, 0.0f);
-    ln0_bwd(dx, dxhat, x, stats, n, in);
+    ln0_bwd(dx, dxhat, x, stats, n, in, set);
 }
 
-static void cu_bitlinear_bwd(real *dx, real *dw, real *dxhat, const real *dy, const real *x,
-                             const int8_t *xq, const real *stats, const int8_t *wq,
-                             const real *sw, size_t n, int in, int out) {
+/* set: dx = LN0ᵀ(dxhat) (bitlinear_bwd_set) instead of dx +=. */
+static void bitlinear_bwd_any(real *dx, real *dw, real *dxhat, const real *dy, const real *x, const int8_t *xq,
+                              const real *stats, const int8_t *wq, const real *sw, size_t n, int in, int out,
+                              int set) {
     if (!n) return;
     if (tbc_g->prec == TB_PREC_BF16) {
-        bitlinear_bwd_bf16(dx, dw, dxhat, dy, x, xq, stats, wq, sw, n, in, out);
+        bitlinear_bwd_bf16(dx, dw, dxhat, dy, x, xq, stats, wq, sw, n, in, out, set);
         return;
     }
     size_t nin = n * (size_t)in, cnt = (size_t)out * in;
@@ -333,7 +344,19 @@ static void cu_bitlinear_bwd(real *dx, real *dw, real *dxhat, const real *dy, co
         k_wtilde<<<tbc_blocks(cnt, 256), 256, 0, S()>>>(wt, wq, sw, cnt);
     TBC_LAUNCHED();
     tbc_gemm(dxhat, dy, wt, (int)n, in, out, 0, 0, out, in, in, 1.0f, 0.0f, NULL);
-    ln0_bwd(dx, dxhat, x, stats, n, in);
+    ln0_bwd(dx, dxhat, x, stats, n, in, set);
+}
+
+static void cu_bitlinear_bwd(real *dx, real *dw, real *dxhat, const real *dy, const real *x,
+                             const int8_t *xq, const real *stats, const int8_t *wq,
+                             const real *sw, size_t n, int in, int out) {
+    bitlinear_bwd_any(dx, dw, dxhat, dy, x, xq, stats, wq, sw, n, in, out, 0);
+}
+
+static void cu_bitlinear_bwd_set(real *dx, real *dw, real *dxhat, const real *dy, const real *x,
+                                 const int8_t *xq, const real *stats, const int8_t *wq,
+                                 const real *sw, size_t n, int in, int out) {
+    bitlinear_bwd_any(dx, dw, dxhat, dy, x, xq, stats, wq, sw, n, in, out, 1);
 }
 
 /* ---- norms ---------------------------------------------------------------------- */
@@ -728,6 +751,7 @@ void tbc_ops_dense_init(tb_ops_dense *ops) {
     ops->bitlinear_quant_x = cu_bitlinear_quant_x;
     ops->bitlinear_fwd = cu_bitlinear_fwd;
     ops->bitlinear_bwd = cu_bitlinear_bwd;
+    ops->bitlinear_bwd_set = cu_bitlinear_bwd_set;
     ops->norm_fwd = cu_norm_fwd;
     ops->norm_bwd = cu_norm_bwd;
     ops->xent_fwd = cu_xent_fwd;

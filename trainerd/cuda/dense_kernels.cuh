@@ -81,9 +81,11 @@ __global__ void k_quant_x_warp(int8_t *xq, float *stats, const float *x, size_t 
     }
 }
 
-/* LN0ᵀ per token row (a warp): dx += rstd (g - mean(g) - x̂ mean(g ⊙ x̂)), the sums in
- * double as lane partials and a fixed xor tree. */
-template <int NV>
+/* LN0ᵀ per token row (a warp): dx += rstd (g - mean(g) - x̂ mean(g ⊙ x̂)) (SET: dx = ...,
+ * dx not read: a template argument, since with a run-time flag the compiler may load dx
+ * anyway, the address being one it stores to), the sums in double as lane partials and a
+ * fixed xor tree. */
+template <int NV, bool SET>
 __global__ void k_ln0_bwd_warp(float *dx, const float *g_all, const float *x, const float *stats, size_t n, int in) {
     int lane = threadIdx.x % 32;
     size_t t = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
@@ -109,7 +111,11 @@ __global__ void k_ln0_bwd_warp(float *dx, const float *g_all, const float *x, co
 #pragma unroll
     for (int k = 0; k < NV; k++) {
         int j = lane + 32 * k;
-        if (j < in) dxr[j] += rstd * (gv[k] - mg - xh[k] * mgx);
+        if (j < in) {
+            float v = rstd * (gv[k] - mg - xh[k] * mgx);
+            if (SET) dxr[j] = v;
+            else dxr[j] += v;
+        }
     }
 }
 

@@ -65,14 +65,16 @@ static tc_fat_ws tc_ws(int B, int T, int H, int Hkv, int HS) {
 }
 /* Stages the jobs and, with dropout, draws the call's keep bits (TBC_SCR_ATTN_DROP) in the
  * same launch; returns the bits (NULL without dropout). */
-static const uint64_t *tc_prep(tc_prep_jobs &J, const tbc_drop &d, uint32_t site, int B, int T, int H, int hs,
-                               int HS) {
+template <int HS>
+static const uint64_t *tc_prep(tc_prep_jobs &J, const tbc_drop &d, uint32_t site, int B, int T, int H, int hs) {
+    if (!tc_prep_fits(B, T, H, HS))
+        tbc_fatal("attention", __FILE__, __LINE__, "tensor-core staging above 2^32 elements a tensor");
     uint64_t *dm = d.active ? (uint64_t *)tbc_scratch(TBC_SCR_ATTN_DROP, tc_drop_words(B, T, H) * sizeof(uint64_t))
                             : NULL;
     tc_prep_drop(J, d, site, B, T, H, dm);
     size_t blocks = tc_prep_blocks(B, T, H, HS), cap = (size_t)tbc_g->sm_count * 16;
     unsigned gx = (unsigned)(blocks < cap ? blocks : cap);
-    k_fat_prep<<<gx * tc_prep_tasks(J), 256, 0, S()>>>(J, T, tc_fat_tp(T), hs, HS, B);
+    k_fat_prep<HS><<<gx * tc_prep_tasks(J), 256, 0, S()>>>(J, T, tc_fat_tp(T), hs, B);
     TBC_LAUNCHED();
     return J.dm;
 }
@@ -83,7 +85,7 @@ static void tc_fwd(float *out, float *lse, const float *q, const float *k, const
     static int allowed;
     tc_fat_ws ws = tc_ws(B, T, H, Hkv, HS);
     tc_prep_jobs J = tc_prep_fwd_jobs(ws, SPLIT, q, k, v, ldq, ldkv, H, Hkv);
-    const uint64_t *dm = tc_prep(J, d, site, B, T, H, hs, HS);
+    const uint64_t *dm = tc_prep<HS>(J, d, site, B, T, H, hs);
     size_t smem = tc_fat_smem_fwd(HS);
     tbc_smem_allow(k_fat_fwd<HS, SPLIT>, smem, 0, &allowed);
     dim3 grid((unsigned)(tc_fat_tp(T) / TC_BR), (unsigned)H, (unsigned)B);
@@ -103,7 +105,7 @@ static void tc_bwd(float *dq, float *dk, float *dv, const float *dout, const flo
     int Tp = tc_fat_tp(T);
     tc_fat_ws ws = tc_ws(B, T, H, Hkv, HS);
     tc_prep_jobs J = tc_prep_bwd_jobs(ws, SPLIT, q, dout, k, v, ldq, ldkv, H, Hkv, hs);
-    const uint64_t *dm = tc_prep(J, d, site, B, T, H, hs, HS);
+    const uint64_t *dm = tc_prep<HS>(J, d, site, B, T, H, hs);
     size_t sq = tc_fat_smem_q(HS), skv = tc_fat_smem_kv(HS);
     tbc_smem_allow(k_fat_dq<HS>, sq, 0, &allowed_q);
     tbc_smem_allow(k_fat_bwd_kv<HS, BQ, SPLIT>, skv, 0, &allowed_kv);

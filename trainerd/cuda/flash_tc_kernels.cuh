@@ -148,27 +148,39 @@ static inline unsigned tc_prep_tasks(const tc_prep_jobs &J) { return (unsigned)(
 /* hi / lo of a job, four values a thread per grid-stride step (HS is a multiple of 8), and
  * the dropout bits: block b serves task b % ntask (the jobs, then the bits when jobs.dm is
  * set) as its block b / ntask of gridDim.x / ntask, so the memory-bound staging and the
- * arithmetic-bound draws are interleaved over the machine in one launch. */
-__global__ void k_fat_prep(tc_prep_jobs jobs, int T, int Tp, int hs, int HS, int B) {
+ * arithmetic-bound draws are interleaved over the machine in one launch. Index arithmetic
+ * in 32 bits (tc_prep_fits: a job's B·heads·Tp·HS < 2^32) with HS a template argument: the
+ * 64-bit divisions per quad were most of the staging's time. One 16-byte load per quad
+ * where the job's row stride, hs and base allow. */
+static inline bool tc_prep_fits(int B, int T, int H, int HS) {
+    return (unsigned long long)B * H * tc_fat_tp(T) * HS < (1ull << 32);
+}
+template <int HS>
+__global__ void k_fat_prep(tc_prep_jobs jobs, int T, int Tp, int hs, int B) {
     int ntask = jobs.n + (jobs.dm != NULL), task = (int)(blockIdx.x % (unsigned)ntask);
-    size_t bx = blockIdx.x / (unsigned)ntask, nb = gridDim.x / (unsigned)ntask;
+    unsigned bx = blockIdx.x / (unsigned)ntask, nb = gridDim.x / (unsigned)ntask;
     if (task == jobs.n) {
-        tc_dropmask_words(jobs.dm, jobs.d, jobs.site, jobs.rows, T, jobs.W, bx * blockDim.x + threadIdx.x,
-                          nb * blockDim.x);
+        tc_dropmask_words(jobs.dm, jobs.d, jobs.site, jobs.rows, T, jobs.W, (size_t)bx * blockDim.x + threadIdx.x,
+                          (size_t)nb * blockDim.x);
         return;
     }
     const tc_prep_job &J = jobs.j[task];
-    size_t n = (size_t)B * J.heads * Tp * HS / 4;
-    for (size_t p = bx * blockDim.x + threadIdx.x; p < n; p += nb * blockDim.x) {
-        size_t e = 4 * p, rr = e / HS;
-        int c = (int)(e % HS), r = (int)(rr % Tp);
-        size_t bh = rr / Tp, b = bh / J.heads, h = bh % J.heads;
+    unsigned n = (unsigned)B * (unsigned)J.heads * (unsigned)Tp * (HS / 4), heads = (unsigned)J.heads;
+    bool vec = hs % 4 == 0 && J.ld % 4 == 0 && ((uintptr_t)J.x & 15) == 0;
+    for (unsigned p = bx * blockDim.x + threadIdx.x; p < n; p += nb * blockDim.x) {
+        unsigned e = 4 * p, rr = e / HS, c = e % HS, r = rr % (unsigned)Tp, bh = rr / (unsigned)Tp;
+        unsigned b = bh / heads, h = bh - b * heads;
         float x[4] = {0, 0, 0, 0};
-        if (r < T) {
-            const float *px = J.x + (b * T + r) * J.ld + h * hs + c;
+        if (r < (unsigned)T) {
+            const float *px = J.x + ((size_t)b * T + r) * J.ld + (size_t)h * hs + c;
+            if (vec && (int)c + 3 < hs) {
+                float4 q4 = *reinterpret_cast<const float4 *>(px);
+                x[0] = q4.x, x[1] = q4.y, x[2] = q4.z, x[3] = q4.w;
+            } else {
 #pragma unroll
-            for (int i = 0; i < 4; i++)
-                if (c + i < hs) x[i] = px[i];
+                for (int i = 0; i < 4; i++)
+                    if ((int)c + i < hs) x[i] = px[i];
+            }
         }
         uint32_t hv[2], lv[2];
         tc_split(x[0], x[1], hv[0], lv[0]);

@@ -2,8 +2,9 @@
  *   h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t Bm_t) xc_t;  y_t = h_t Cm_t + D ⊙ xc_t.
  * A warp per 32 / LN channels (b, i), LN lanes per channel (N rounded up to 8, 16 or 32),
  * lane n of a group per state component (N <= 32), time sequential (scan_kernels.cuh).
- * Chunked recompute: the forward writes the state only at chunk ends
- * (t ≡ SC_L - 1 mod SC_L) into `states` (other rows are left untouched); the backward walks
+ * Chunked recompute: the forward keeps the state only at chunk ends (t ≡ SC_L - 1 mod
+ * SC_L), row b·ceil(T / SC_L) + t / SC_L of `states` (scan_state_every = SC_L: the model
+ * allocates an eighth of the per-token states); the backward walks
  * the chunks in reverse, recomputes the chunk's SC_L states from the previous checkpoint
  * into shared memory, and runs the reverse-time recurrence. Bm / Cm gradients (summed over
  * channels) are reduced across the block's warps in shared memory and across blocks by a
@@ -71,4 +72,5 @@ static void cu_scan_backward(real *dxc, real *ddelta, real *dA_log, real *dBm, r
 void tbc_scan_init(tb_ops_seq *ops) {
     ops->scan_forward = cu_scan_forward;
     ops->scan_backward = cu_scan_backward;
+    ops->scan_state_every = SC_L;
 }

@@ -27,6 +27,7 @@ k_scan_fwd(float *y, float *states, const float *xc, const float *delta, const f
     if (i0 >= Di) return; /* the whole warp: no channel of it is live */
     int live = i < Di, on = live && n < N;
     float A = on ? -expf(A_log[(size_t)i * N + n]) : 0.0f, h = 0, Dv = live ? D[i] : 0.0f;
+    size_t nch = (size_t)(T + SC_L - 1) / SC_L;
     for (int t = 0; t < T; t++) {
         size_t row = (size_t)b * T + t, e = row * Di + i;
         float dt = live ? delta[e] : 0.0f, x = live ? xc[e] : 0.0f;
@@ -35,7 +36,7 @@ k_scan_fwd(float *y, float *states, const float *xc, const float *delta, const f
         if (!on) h = 0;
         float acc = sc_group_sum<LN>(h * cn);
         if (live && n == 0) y[e] = Dv * x + acc;
-        if (on && t % SC_L == SC_L - 1) states[e * N + n] = h;
+        if (on && t % SC_L == SC_L - 1) states[(((size_t)b * nch + t / SC_L) * Di + i) * N + n] = h;
     }
 }
 
@@ -56,7 +57,7 @@ k_scan_bwd(float *dxc, float *ddelta, float *pB, float *pC, float *pA, float *pD
         int t0 = ch * SC_L, t1 = t0 + SC_L < T ? t0 + SC_L : T;
         float h0 = 0;
         if (wlive) { /* warp-uniform: the group sums below need every lane */
-            if (on && t0 > 0) h0 = states[(((size_t)b * T + t0 - 1) * Di + i) * N + n];
+            if (on && t0 > 0) h0 = states[(((size_t)b * nch + ch - 1) * Di + i) * N + n];
             float h = h0;
             for (int t = t0; t < t1; t++) {
                 size_t row = (size_t)b * T + t, e = row * Di + i;

@@ -57,3 +57,16 @@ void linear_backward(const tb_backend *be, real *dx, real *scratch, const real *
     be->dense.bitlinear_bwd(dx, p->dw, scratch, dy, x, xq, stats, p->wq, p->sw, ntok, p->in,
                             p->out);
 }
+
+void linear_backward_set(const tb_backend *be, real *dx, real *scratch, const real *dy,
+                         const real *act, const real *x, const tb_linear *p, size_t ntok) {
+    if (!p->bitnet || !be->dense.bitlinear_bwd_set) {
+        be->core.fill(dx, R(0.0), ntok * (size_t)p->in);
+        linear_backward(be, dx, scratch, dy, act, x, p, ntok);
+        return;
+    }
+    const real *stats = act;
+    const int8_t *xq = (const int8_t *)(act + linear_xq_offset(ntok));
+    be->dense.bitlinear_bwd_set(dx, p->dw, scratch, dy, x, xq, stats, p->wq, p->sw, ntok, p->in,
+                                p->out);
+}

@@ -59,5 +59,10 @@ void linear_backward(const struct tb_backend *be,
                      const real *act,   // linear_act_count
                      const real *x,     // (ntok, in)
                      const tb_linear *p, size_t ntok);
+/* As linear_backward with dx = ... (dx not NULL; its contents are not read): the same
+ * values as zeroing dx and calling linear_backward, without the fill where the backend
+ * writes a BitLinear's input gradient directly (dense.bitlinear_bwd_set). */
+void linear_backward_set(const struct tb_backend *be, real *dx, real *scratch, const real *dy,
+                         const real *act, const real *x, const tb_linear *p, size_t ntok);
 
 #endif

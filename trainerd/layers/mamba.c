@@ -5,7 +5,7 @@
  * xz [2Di], xb [Di], xconv [Di] (conv output, pre-silu), xc [Di], dbc [R+2N] (x_proj
  * output: δ | Bm | Cm), dl [R] (δ, contiguous for dt_proj), dtr [Di] (dt_proj output,
  * pre-softplus), dlt [Di] (Δ), ys [Di] (scan output), yg [Di] (ys ⊙ silu(z)),
- * states [Di·N]; Titan: qm, km, vm, qn, kn, r [C each]; then the linears' acts. */
+ * states [Di·N] per kept state (the backend's spacing, tb_scan_states_count); Titan: qm, km, vm, qn, kn, r [C each]; then the linears' acts. */
 typedef struct mb_act {
     real *xz, *xb, *xconv, *xc, *dbc, *dl, *dtr, *dlt, *ys, *yg, *states;
     real *qm, *km, *vm, *qn, *kn, *r;
@@ -19,7 +19,8 @@ static real *take(real *base, size_t *off, size_t n) {
     return p;
 }
 
-static mb_act mb_layout(real *base, const tb_mamba *p, size_t ntok) {
+static mb_act mb_layout(real *base, const tb_mamba *p, int B, int T) {
+    size_t ntok = (size_t)B * (size_t)T;
     mb_act a;
     size_t off = 0, Di = (size_t)p->Di, C = (size_t)p->C, W = (size_t)(p->R + 2 * p->N);
     a.xz = take(base, &off, ntok * 2 * Di);
@@ -32,7 +33,7 @@ static mb_act mb_layout(real *base, const tb_mamba *p, size_t ntok) {
     a.dlt = take(base, &off, ntok * Di);
     a.ys = take(base, &off, ntok * Di);
     a.yg = take(base, &off, ntok * Di);
-    a.states = take(base, &off, ntok * Di * (size_t)p->N);
+    a.states = take(base, &off, (tb_scan_states_count(p->state_every, B, T, p->Di, p->N) + 3) & ~(size_t)3);
     size_t nt = p->titan ? ntok * C : 0;
     a.qm = take(base, &off, nt);
     a.km = take(base, &off, nt);
@@ -52,7 +53,7 @@ static mb_act mb_layout(real *base, const tb_mamba *p, size_t ntok) {
 }
 
 size_t mamba_act_count(const tb_mamba *p, int B, int T) {
-    return mb_layout(NULL, p, (size_t)B * (size_t)T).total;
+    return mb_layout(NULL, p, B, T).total;
 }
 
 /* Scratch: the gradient buffers of the backward, then the largest linear scratch. */
@@ -99,7 +100,7 @@ void mamba_forward(const tb_backend *be, real *out, real *act, const real *u, co
                    int B, int T) {
     size_t ntok = (size_t)B * (size_t)T;
     int Di = p->Di, R = p->R, N = p->N, W = R + 2 * N;
-    mb_act a = mb_layout(act, p, ntok);
+    mb_act a = mb_layout(act, p, B, T);
     linear_forward(be, a.xz, a.l_in, u, &p->in_proj, ntok);
     be->seq.copy_cols(a.xb, a.xz, ntok, Di, Di, 2 * Di, be);
     be->seq.conv_causal_forward(a.xconv, a.xb, p->conv_w, p->conv_b, B, T, Di, p->k, be);
@@ -127,7 +128,7 @@ void mamba_backward(const tb_backend *be, real *du, real *scratch, const real *d
                     const real *act, const real *u, const tb_mamba *p, int B, int T) {
     size_t ntok = (size_t)B * (size_t)T, nD = ntok * (size_t)p->Di;
     int Di = p->Di, R = p->R, N = p->N, W = R + 2 * N;
-    mb_act a = mb_layout((real *)act, p, ntok);
+    mb_act a = mb_layout((real *)act, p, B, T);
     mb_scr s = mb_scratch(scratch, p, ntok);
     if (p->titan) {
         int C = p->C;
@@ -142,8 +143,7 @@ void mamba_backward(const tb_backend *be, real *du, real *scratch, const real *d
         linear_backward(be, du, s.lin, s.dvm, a.l_v, u, &p->mem_v, ntok);
     }
     /* out_proj */
-    be->core.fill(s.dyg, 0, nD);
-    linear_backward(be, s.dyg, s.lin, dout, a.l_out, a.yg, &p->out_proj, ntok);
+    linear_backward_set(be, s.dyg, s.lin, dout, a.l_out, a.yg, &p->out_proj, ntok);
     /* yg = ys ⊙ silu(z): dz lands in the second half of dxz */
     be->core.fill(s.dys, 0, nD);
     be->core.fill(s.dxz, 0, 2 * nD);
@@ -158,8 +158,7 @@ void mamba_backward(const tb_backend *be, real *du, real *scratch, const real *d
     /* Δ = softplus(dt_proj(δ) + bias) */
     be->core.fill(s.ddtr, 0, nD);
     be->seq.softplus_bias_backward(s.ddtr, p->ddt_b, s.ddlt, a.dtr, p->dt_b, ntok, Di, be);
-    be->core.fill(s.ddl, 0, ntok * (size_t)R);
-    linear_backward(be, s.ddl, s.lin, s.ddtr, a.l_dt, a.dl, &p->dt_proj, ntok);
+    linear_backward_set(be, s.ddl, s.lin, s.ddtr, a.l_dt, a.dl, &p->dt_proj, ntok);
     be->seq.add_cols(s.ddbc, s.ddl, ntok, R, W, R, be);
     /* x_proj, then xc = silu(conv(xb)) */
     linear_backward(be, s.dxc, s.lin, s.ddbc, a.l_x, a.xc, &p->x_proj, ntok);

@@ -32,6 +32,7 @@ typedef struct tb_mamba {
     int C, Di, N, R, k;            /* Di = 2C, R = ceil(C/16), N = mamba_d_state, k = d_conv */
     int H;                         /* Titan memory heads (num_heads), hs = C / H */
     int titan;                     /* titan_memory */
+    int state_every;               /* the backend's seq.scan_state_every (0: every state) */
 } tb_mamba;
 
 size_t mamba_act_count(const tb_mamba *p, int B, int T);

@@ -16,12 +16,15 @@ static size_t i32_reals(size_t n) {
 
 /* Activation layout: logits, probs (ntok, E); gate (ntok, K); lbal (1); sel, order
  * (ntok·K int32); offsets (E+1 int32); per kept assignment j (grouped by expert as
- * `order`): xe (C), he (F, pre-activation), ae (F), ye (C); router act; then the experts'
+ * `order`): he (F, pre-activation), ye (C); router act; then the experts'
  * linear acts, expert after expert, each sized for its own row count. Their sum is
  * bounded by the act count for all ntok·K rows plus 8 E (linear_act_count is affine in
- * the row count up to one ceil and two roundings to 4 reals per call). */
+ * the row count up to one ceil and two roundings to 4 reals per call). An expert's
+ * gathered input xe and activated hidden ae = act(he) are not kept: the forward builds
+ * them in the scratch (moe_scr) and the backward rebuilds them there (a gather and an
+ * element-wise op, the same bits), 2 · K · (C + F) reals a token fewer. */
 typedef struct moe_act {
-    real *logits, *probs, *gate, *lbal, *xe, *he, *ae, *ye, *l_router, *l_up, *l_down;
+    real *logits, *probs, *gate, *lbal, *he, *ye, *l_router, *l_up, *l_down;
     int32_t *sel, *order, *offsets;
     size_t up_cap, down_cap, total;
 } moe_act;
@@ -36,9 +39,7 @@ static moe_act moe_layout(real *base, const tb_moe *p, size_t ntok) {
     a.sel = (int32_t *)take(base, &off, i32_reals(nK));
     a.order = (int32_t *)take(base, &off, i32_reals(nK));
     a.offsets = (int32_t *)take(base, &off, i32_reals(E + 1));
-    a.xe = take(base, &off, nK * (size_t)p->C);
     a.he = take(base, &off, nK * (size_t)p->F);
-    a.ae = take(base, &off, nK * (size_t)p->F);
     a.ye = take(base, &off, nK * (size_t)p->C);
     a.l_router = take(base, &off, linear_act_count(&p->router, ntok));
     a.up_cap = linear_act_count(&p->up[0], nK) + 8 * E;
@@ -71,16 +72,38 @@ static size_t lin_scratch_max(const tb_moe *p, size_t ntok) {
     return m;
 }
 
-/* Scratch: dgate (ntok·K), dlogits (ntok·E), per expert (at most ntok rows each):
- * dye, dxe (C), dae, dhe (F); then the largest linear scratch. */
-size_t moe_scratch_count(const tb_moe *p, size_t ntok) {
-    return ntok * ((size_t)p->K + (size_t)p->E + 2 * (size_t)p->C + 2 * (size_t)p->F) +
-           lin_scratch_max(p, ntok);
+/* Scratch, per expert at most ntok rows: xe (C), ae (F) (forward and backward); dgate
+ * (ntok·K), dlogits (ntok·E), dye, dxe (C), dae, dhe (F) (backward); then the largest
+ * linear scratch. Parts rounded to 4 reals (the experts' operands stay 16-byte aligned). */
+typedef struct moe_scr {
+    real *xe, *ae, *dgate, *dlogits, *dye, *dxe, *dae, *dhe, *lin;
+    size_t total;
+} moe_scr;
+
+static moe_scr moe_scr_layout(real *base, const tb_moe *p, size_t ntok) {
+    moe_scr s;
+    size_t off = 0, C = (size_t)p->C, F = (size_t)p->F;
+    s.xe = take(base, &off, ntok * C);
+    s.ae = take(base, &off, ntok * F);
+    s.dgate = take(base, &off, ntok * (size_t)p->K);
+    s.dlogits = take(base, &off, ntok * (size_t)p->E);
+    s.dye = take(base, &off, ntok * C);
+    s.dxe = take(base, &off, ntok * C);
+    s.dae = take(base, &off, ntok * F);
+    s.dhe = take(base, &off, ntok * F);
+    s.lin = take(base, &off, lin_scratch_max(p, ntok));
+    s.total = off;
+    return s;
 }
 
-void moe_forward(const tb_backend *be, real *out, real *lbal, real *act, const real *v,
-                 const tb_moe *p, size_t ntok) {
+size_t moe_scratch_count(const tb_moe *p, size_t ntok) {
+    return moe_scr_layout(NULL, p, ntok).total;
+}
+
+void moe_forward(const tb_backend *be, real *out, real *lbal, real *act, real *scratch,
+                 const real *v, const tb_moe *p, size_t ntok) {
     moe_act a = moe_layout(act, p, ntok);
+    moe_scr s = moe_scr_layout(scratch, p, ntok);
     int C = p->C, F = p->F, K = p->K;
     linear_forward(be, a.logits, a.l_router, v, &p->router, ntok);
     be->seq.moe_route_forward(a.probs, a.sel, a.gate, a.order, a.offsets, a.lbal, a.logits,
@@ -92,8 +115,7 @@ void moe_forward(const tb_backend *be, real *out, real *lbal, real *act, const r
     for (int e = 0; e < p->E; e++) {
         size_t j0 = (size_t)offsets[e], n = (size_t)offsets[e + 1] - j0;
         if (n == 0) continue;
-        real *xe = a.xe + j0 * (size_t)C, *he = a.he + j0 * (size_t)F;
-        real *ae = a.ae + j0 * (size_t)F, *ye = a.ye + j0 * (size_t)C;
+        real *xe = s.xe, *he = a.he + j0 * (size_t)F, *ae = s.ae, *ye = a.ye + j0 * (size_t)C;
         real *lu = a.l_up + uo, *ld = a.l_down + dn;
         uo += linear_act_count(&p->up[e], n);
         dn += linear_act_count(&p->down[e], n);
@@ -111,11 +133,10 @@ void moe_backward(const tb_backend *be, real *dv, real *scratch, const real *dou
                   real bal_scale, const real *act, const real *v, const tb_moe *p,
                   size_t ntok) {
     moe_act a = moe_layout((real *)act, p, ntok);
+    moe_scr s = moe_scr_layout(scratch, p, ntok);
     int C = p->C, F = p->F, K = p->K;
-    real *dgate = scratch, *dlogits = dgate + ntok * (size_t)K;
-    real *dye = dlogits + ntok * (size_t)p->E, *dxe = dye + ntok * (size_t)C;
-    real *dae = dxe + ntok * (size_t)C, *dhe = dae + ntok * (size_t)F;
-    real *ls = dhe + ntok * (size_t)F;
+    real *dgate = s.dgate, *dlogits = s.dlogits, *dye = s.dye, *dxe = s.dxe;
+    real *dae = s.dae, *dhe = s.dhe, *ls = s.lin, *xe = s.xe, *ae = s.ae;
     be->core.fill(dgate, 0, ntok * (size_t)K);
     int32_t offsets[TB_MOE_MAX_EXPERTS + 1];
     offsets_to_host(be, offsets, &a, p->E);
@@ -123,19 +144,19 @@ void moe_backward(const tb_backend *be, real *dv, real *scratch, const real *dou
     for (int e = 0; e < p->E; e++) {
         size_t j0 = (size_t)offsets[e], n = (size_t)offsets[e + 1] - j0;
         if (n == 0) continue;
-        const real *xe = a.xe + j0 * (size_t)C, *he = a.he + j0 * (size_t)F;
-        const real *ae = a.ae + j0 * (size_t)F, *ye = a.ye + j0 * (size_t)C;
+        const real *he = a.he + j0 * (size_t)F, *ye = a.ye + j0 * (size_t)C;
         const real *lu = a.l_up + uo, *ld = a.l_down + dn;
         uo += linear_act_count(&p->up[e], n);
         dn += linear_act_count(&p->down[e], n);
+        /* the forward's xe and ae again (moe_act) */
+        be->seq.moe_gather(xe, v, a.order + j0, (int)n, K, C, be);
+        be->seq.act_forward(ae, he, n * (size_t)F, p->act, be);
         be->core.fill(dye, 0, n * (size_t)C);
         be->seq.moe_scatter_backward(dye, dgate, dout, ye, a.gate, a.order + j0, (int)n, K, C, be);
-        be->core.fill(dae, 0, n * (size_t)F);
-        linear_backward(be, dae, ls, dye, ld, ae, &p->down[e], n);
+        linear_backward_set(be, dae, ls, dye, ld, ae, &p->down[e], n);
         be->core.fill(dhe, 0, n * (size_t)F);
         be->seq.act_backward(dhe, dae, he, n * (size_t)F, p->act, be);
-        be->core.fill(dxe, 0, n * (size_t)C);
-        linear_backward(be, dxe, ls, dhe, lu, xe, &p->up[e], n);
+        linear_backward_set(be, dxe, ls, dhe, lu, xe, &p->up[e], n);
         be->seq.moe_gather_backward(dv, dxe, a.order + j0, (int)n, K, C, be);
     }
     be->core.fill(dlogits, 0, ntok * (size_t)p->E);
@@ -169,8 +190,7 @@ void ffn_backward(const tb_backend *be, real *dv, real *scratch, const real *dou
     size_t nF = ntok * (size_t)p->F;
     const real *h = act, *a = act + nF, *lu = a + nF, *ld = lu + linear_act_count(&p->up, ntok);
     real *da = scratch, *dh = scratch + nF, *ls = scratch + 2 * nF;
-    be->core.fill(da, 0, nF);
-    linear_backward(be, da, ls, dout, ld, a, &p->down, ntok);
+    linear_backward_set(be, da, ls, dout, ld, a, &p->down, ntok);
     be->core.fill(dh, 0, nF);
     be->seq.act_backward(dh, da, h, nF, p->act, be);
     linear_backward(be, dv, ls, dh, lu, v, &p->up, ntok);

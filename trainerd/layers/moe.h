@@ -37,6 +37,7 @@ void moe_forward(const struct tb_backend *be,
                  real *out,     // (ntok, C)
                  real *lbal,    // (1) L_bal of this evaluation
                  real *act,     // moe_act_count
+                 real *scratch, // moe_scratch_count (the experts' transient operands)
                  const real *v, // (ntok, C)
                  const tb_moe *p, size_t ntok);
 /* dv += ..., router and expert dw += ... */

@@ -3,8 +3,9 @@
  * softmax attention with the key padding mask, no position encoding, dropout on P.
  * z(0) = u, S steps of dt = 1/S, rk4 or euler; the output is z(1).
  * Backward: exact gradients of the discrete steps. Forward stores every evaluation's
- * stage input and its activations (S·stages evaluations), backward walks them in
- * reverse (no recomputation).
+ * stage input and its activations (S·stages evaluations) except Nf(zin), which the
+ * backward rebuilds (an element-wise norm, the same bits), and keeps k1 of each step;
+ * the backward walks them in reverse.
  * L_ode: forward returns Σ_steps mean(k1²) over all B·T·C elements (the model divides
  * the sum over ODE layers by (#evaluations · S)); backward takes g_ode = dL/d(that sum).
  * Dropout site of evaluation e = step·stages + stage: TB_DROPOUT_SITE_ATTN + e.
@@ -37,6 +38,7 @@ size_t ode_scratch_count(const tb_ode *p, int B, int T);
 double ode_forward(const struct tb_backend *be,
                    real *out,               // (B, T, C)
                    real *act,               // ode_act_count
+                   real *scratch,           // ode_scratch_count (transient)
                    const real *u,           // (B, T, C)
                    const tb_ode *p,
                    const uint8_t *key_mask, // (B, T) or NULL

@@ -68,8 +68,7 @@ void retention_backward(const tb_backend *be, real *du, real *scratch, const rea
          *s4 = scratch + 4 * n, *ls = scratch + 5 * n;
     /* z -> out */
     real *dz = s0;
-    be->core.fill(dz, 0, n);
-    linear_backward(be, dz, ls, dout, a.lo, a.z, &p->o, ntok);
+    linear_backward_set(be, dz, ls, dout, a.lo, a.z, &p->o, ntok);
     /* z = yn ⊙ silu(g) */
     real *dyn = s1, *dg = s2;
     be->core.fill(dyn, 0, n);

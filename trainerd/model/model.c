@@ -159,6 +159,7 @@ static int bind(tb_model *m, tb_err *err) {
             mb->R = (int)tb_mc_dt_rank(c);
             mb->k = (int)c->mamba_d_conv;
             mb->H = (int)c->num_heads;
+            mb->state_every = m->be->seq.scan_state_every;
             break;
         }
         }
@@ -226,6 +227,18 @@ static size_t ffn_scratch(const tb_block *b, size_t n) {
 }
 
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+
+static int mixer_part(int mixer) {
+    switch (mixer) {
+    case TB_MIXER_ODE: return TB_ARENA_ODE;
+    case TB_MIXER_RETNET: return TB_ARENA_RETNET;
+    case TB_MIXER_MAMBA: return TB_ARENA_MAMBA;
+    default: return TB_ARENA_ATTN;
+    }
+}
+
+const char *const tb_arena_part_names[TB_ARENA_PARTS] = {
+    "layer io", "ode", "retnet", "mamba", "attention", "ffn", "recompute", "head", "backward"};
 
 /* ---- memory through the backend (ops_core.h's memory interface) ---- */
 
@@ -308,7 +321,10 @@ int tb_model_create(tb_model *m, const tb_model_config *mc, const tb_backend *be
     size_t o_layers = off;
     /* With activation_recompute each logical layer keeps its input x; the rest of a
      * layer's activations share one region sized for the largest block, written by the
-     * forward and again, layer by layer, by the backward's replay. */
+     * forward and again, layer by layer, by the backward's replay. The norm outputs u =
+     * N1(x) and v = N2(h) of every layer share two buffers: the backward rebuilds them
+     * from x and h (an element-wise norm, the same bits) instead of keeping 2 n C reals
+     * per logical layer. */
     m->rec = calloc((size_t)(m->nlogical ? m->nlogical : 1), sizeof *m->rec);
     if (!m->rec) {
         tb_err_set(err, "model: out of memory");
@@ -316,27 +332,37 @@ int tb_model_create(tb_model *m, const tb_model_config *mc, const tb_backend *be
     }
     int any_rec = 0;
     m->rec_last = -1;
-    size_t shared = 0;
+    size_t shared = 0, *part = m->arena_parts;
     for (int l = 0; l < m->nlogical; l++) {
         const tb_block *b = &m->blocks[l % c->num_layers];
         m->rec[l] = c->activation_recompute == TB_CFG_RECOMPUTE_ALL ||
                     (c->activation_recompute == TB_CFG_RECOMPUTE_ODE && b->mixer == TB_MIXER_ODE);
-        size_t inner = 3 * n * C + 2 * nact + mixer_act(b, B, T) + ffn_act(b, n);
+        size_t mix = mixer_act(b, B, T), ffn = ffn_act(b, n), inner = n * C + 2 * nact + mix + ffn;
         if (m->rec[l]) {
             any_rec = 1;
             m->rec_last = l;
             shared = max_sz(shared, inner);
+        } else {
+            part[TB_ARENA_LAYER_IO] += n * C + 2 * nact;
+            part[mixer_part(b->mixer)] += mix;
+            part[TB_ARENA_FFN] += ffn;
         }
+        part[TB_ARENA_LAYER_IO] += n * C;
         off += m->rec[l] ? n * C : n * C + inner;
     }
     size_t o_shared = off;
     if (any_rec) off += shared;
+    part[TB_ARENA_RECOMPUTE] = any_rec ? shared : 0;
+    size_t o_uv = off; off += 2 * n * C;
+    part[TB_ARENA_LAYER_IO] += 2 * n * C;
+    part[TB_ARENA_HEAD] = off; /* minus the start, below */
     size_t o_xf = off; off += n * C;
     size_t o_fn = off; off += nact;
     size_t o_yf = off; off += n * C;
     size_t o_head = off; off += linear_act_count(&m->head, n);
     size_t o_logits = off; off += n * V;
     size_t o_loss = off; off += loss_act_count(n);
+    part[TB_ARENA_HEAD] = off - part[TB_ARENA_HEAD] + (o_layers - o_emb);
     size_t o_dlogits = off; off += n * V;
     size_t o_d = off; off += 4 * n * C;
     size_t scr = max_sz(embedding_scratch_count(&m->emb, B, T), linear_scratch_count(&m->head, n));
@@ -344,7 +370,9 @@ int tb_model_create(tb_model *m, const tb_model_config *mc, const tb_backend *be
         scr = max_sz(scr, mixer_scratch(&m->blocks[i], B, T));
         scr = max_sz(scr, ffn_scratch(&m->blocks[i], n));
     }
+    off = (off + 3) & ~(size_t)3; /* 16-byte aligned: the MoE's expert operands live there */
     size_t o_scr = off; off += scr;
+    part[TB_ARENA_BACKWARD] = off - o_dlogits;
     m->arena_count = off;
     m->arena = be->core.mem_alloc((off ? off : 1) * sizeof(real));
     if (!m->arena) {
@@ -362,11 +390,11 @@ int tb_model_create(tb_model *m, const tb_model_config *mc, const tb_backend *be
         size_t keep = off;
         if (rec) off = o_shared;
         s->n1act = a + off, off += nact;
-        s->u = a + off, off += n * C;
+        s->u = a + o_uv;
         s->mact = a + off, off += mixer_act(b, B, T);
         s->h = a + off, off += n * C;
         s->n2act = a + off, off += nact;
-        s->v = a + off, off += n * C;
+        s->v = a + o_uv + n * C;
         s->fact = a + off, off += ffn_act(b, n);
         if (rec) off = keep;
     }
@@ -405,6 +433,10 @@ void tb_model_free(tb_model *m) {
 }
 
 size_t tb_model_arena_bytes(const tb_model *m) { return m->arena_count * sizeof(real); }
+
+size_t tb_model_arena_part_bytes(const tb_model *m, int part) {
+    return part >= 0 && part < TB_ARENA_PARTS ? m->arena_parts[part] * sizeof(real) : 0;
+}
 
 void tb_model_refresh(tb_model *m) {
     for (int i = 0; i < m->nlinears; i++)
@@ -495,7 +527,7 @@ static void layer_forward(tb_model *m, const tb_batch *bt, int l, real *out, int
     /* mixer output goes to h, then h += x (residual) */
     switch (b->mixer) {
     case TB_MIXER_ODE: {
-        double os = ode_forward(be, s->h, s->mact, s->u, &b->ode, bt->key_mask, &dl, B, T);
+        double os = ode_forward(be, s->h, s->mact, m->scratch, s->u, &b->ode, bt->key_mask, &dl, B, T);
         if (!replay) m->ode_sums[l] = os;
         break;
     }
@@ -513,7 +545,7 @@ static void layer_forward(tb_model *m, const tb_batch *bt, int l, real *out, int
     phase_end(m, replay, mixer_phase(b->mixer), tp);
     norm_forward(be, s->v, s->n2act, s->h, &b->n2, n);
     phase_end(m, replay, TB_PHASE_NORMS, tp);
-    if (b->use_moe) moe_forward(be, out, &m->lbal[l], s->fact, s->v, &b->moe, n);
+    if (b->use_moe) moe_forward(be, out, &m->lbal[l], s->fact, m->scratch, s->v, &b->moe, n);
     else ffn_forward(be, out, s->fact, s->v, &b->ffn, n);
     be->core.axpy(out, R(1.0), s->h, n * C);
     phase_end(m, replay, TB_PHASE_FFN, tp);
@@ -606,8 +638,7 @@ void tb_model_backward(tb_model *m, const tb_batch *bt, double grad_scale) {
     be->core.fill(m->dlogits, R(0.0), n * (size_t)V);
     loss_backward(be, m->dlogits, m->loss_act, m->logits, bt->labels, nsup, (real)grad_scale, n,
                   V);
-    be->core.fill(m->dh, R(0.0), n * C);
-    linear_backward(be, m->dh, m->scratch, m->dlogits, m->head_act, m->y_final, &m->head, n);
+    linear_backward_set(be, m->dh, m->scratch, m->dlogits, m->head_act, m->y_final, &m->head, n);
     be->core.fill(m->dx, R(0.0), n * C);
     norm_backward(be, m->dx, m->dh, m->fn_act, m->x_final, &m->final_norm, n);
     phase_end(m, 1, TB_PHASE_HEAD, &tp);
@@ -623,7 +654,14 @@ void tb_model_backward(tb_model *m, const tb_batch *bt, double grad_scale) {
         /* Recompute: the layer's activations again from its input (its output lands in
          * dv, which is cleared next); the last recomputed layer's are still in the shared
          * region from the forward. */
-        if (m->rec[l] && l != m->rec_last) layer_forward(m, bt, l, m->dv, 1, &tp);
+        int replayed = m->rec[l] && l != m->rec_last;
+        if (replayed) layer_forward(m, bt, l, m->dv, 1, &tp);
+        /* u and v of this layer again, unless the replay just wrote them */
+        if (!replayed) {
+            norm_forward(be, s->u, s->n1act, s->x, &b->n1, n);
+            norm_forward(be, s->v, s->n2act, s->h, &b->n2, n);
+            phase_end(m, 1, TB_PHASE_NORMS, &tp);
+        }
         /* out = h + FFN(N2(h)) */
         be->core.fill(m->dv, R(0.0), n * C);
         if (b->use_moe)

@@ -63,7 +63,8 @@ typedef struct tb_block {
 /* Arena pointers of a logical layer. */
 typedef struct tb_lstore {
     real *x;      // (B, T, C) layer input
-    real *n1act, *u;    // N1 stats, u = N1(x) (B, T, C)
+    real *n1act, *u;    // N1 stats, u = N1(x) (B, T, C); u, v: buffers shared by all
+                        // layers, rebuilt by the backward
     real *mact;   // mixer activations
     real *h;      // (B, T, C)
     real *n2act, *v;    // N2 stats, v = N2(h)
@@ -84,6 +85,24 @@ enum {
 };
 extern const char *const tb_phase_names[TB_PHASE_COUNT];
 
+/* Parts of the activation arena, for the memory report (tb_model_arena_part_bytes): the
+ * logical layers' inputs, norm outputs and norm state (x, u, h, v); each mixer kind's
+ * activations; the FFN / MoE activations; embedding, final norm, head, logits and loss;
+ * the backward's gradients of the layer walk and its scratch. */
+enum {
+    TB_ARENA_LAYER_IO,
+    TB_ARENA_ODE,
+    TB_ARENA_RETNET,
+    TB_ARENA_MAMBA,
+    TB_ARENA_ATTN,
+    TB_ARENA_FFN,
+    TB_ARENA_RECOMPUTE, /* the region the recomputed layers share */
+    TB_ARENA_HEAD,
+    TB_ARENA_BACKWARD,
+    TB_ARENA_PARTS
+};
+extern const char *const tb_arena_part_names[TB_ARENA_PARTS];
+
 typedef struct tb_model {
     tb_params p;
     tb_model_config cfg;
@@ -100,6 +119,7 @@ typedef struct tb_model {
     /* arena (sized for maxB · maxT tokens) */
     real *arena;
     size_t arena_count;
+    size_t arena_parts[TB_ARENA_PARTS]; /* reals of arena by part (tb_arena_part_names) */
     real *emb_act, *x_final, *fn_act, *y_final, *head_act, *logits, *loss_act;
     tb_lstore *ls;      /* nlogical */
     /* backward scratch */
@@ -137,6 +157,8 @@ void tb_model_refresh(tb_model *m);
  * optimizer are not counted, as in the usual MFU convention. */
 double tb_model_train_flops_per_token(const tb_model_config *c, int T);
 size_t tb_model_arena_bytes(const tb_model *m);
+/* Bytes of one part of the arena (TB_ARENA_*); the parts add up to tb_model_arena_bytes. */
+size_t tb_model_arena_part_bytes(const tb_model *m, int part);
 
 /* Forward of one micro-batch; validates ids and labels (outside input). */
 int tb_model_forward(tb_model *m, const tb_batch *b, const tb_dropout_ctx *d,

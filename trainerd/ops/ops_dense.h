@@ -59,6 +59,13 @@ typedef struct tb_ops_dense {
                           const int8_t *wq,  // (out, in)
                           const real *sw,    // [1]
                           size_t n, int in, int out);
+    /* Optional (NULL: the model zeroes dx and calls bitlinear_bwd): bitlinear_bwd with dx
+     * = LN0ᵀ(dxhat) written, not added (dx not NULL, not read): the backward of a
+     * BitLinear whose input gradient starts at zero, without a zero fill or the read of
+     * dx. */
+    void (*bitlinear_bwd_set)(real *dx, real *dw, real *dxhat, const real *dy, const real *x,
+                              const int8_t *xq, const real *stats, const int8_t *wq,
+                              const real *sw, size_t n, int in, int out);
 
     /* Norms (layers/norm.h); type is a tb_norm_type; prm/dprm in the type's tensor order;
      * stats: norm_act_count(type, n) reals. */

@@ -44,10 +44,12 @@ typedef struct tb_ops_seq {
     /* Selective scan (MODEL.md 6 'mamba'), A = -exp(A_log), h_{-1} = 0:
      *   h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t Bm_t) xc_t;  y_t = h_t Cm_t + D ⊙ xc_t.
      * Bm and Cm rows are ld_bc reals apart (they are column slices of x_proj's output).
-     * The forward stores every state h_t in `states` for the reverse-time backward (the
-     * CPU choice: Di·N reals per token; a GPU backend may recompute by chunks instead). */
+     * The forward keeps states in `states` for the reverse-time backward: with E =
+     * scan_state_every (0 counts as 1), the state of each t with t % E == E - 1, as row
+     * b·ceil(T / E) + t / E of Di·N reals (B·ceil(T / E)·Di·N reals in all). The CPU keeps
+     * every state (E = 1); a GPU backend keeps chunk ends and recomputes inside chunks. */
     void (*scan_forward)(real *y,            // (B, T, Di)
-                         real *states,       // (B, T, Di, N) out, kept for the backward
+                         real *states,       // (B, ceil(T / E), Di, N) out, for the backward
                          const real *xc,     // (B, T, Di)
                          const real *delta,  // (B, T, Di)
                          const real *A_log,  // (Di, N)
@@ -63,7 +65,7 @@ typedef struct tb_ops_seq {
                           real *dCm,          // (B, T, ld_bc) +=, first N
                           real *dD,           // (Di) +=
                           const real *dy,     // (B, T, Di)
-                          const real *states, // (B, T, Di, N) from the forward
+                          const real *states, // (B, ceil(T / E), Di, N) from the forward
                           const real *xc, const real *delta, // (B, T, Di)
                           const real *A_log,  // (Di, N)
                           const real *Bm, const real *Cm, // (B, T, ld_bc)
@@ -189,6 +191,15 @@ typedef struct tb_ops_seq {
     /* dst[r, c] += src[r, c]: the backward of copy_cols (with the roles swapped). */
     void (*add_cols)(real *dst, const real *src, size_t rows, int cols, int ldd, int lds,
                      const struct tb_backend *be);
+
+    /* The scan's state spacing E (scan_forward): 1 (or 0) keeps every state. */
+    int scan_state_every;
 } tb_ops_seq;
+
+/* Reals of the scan's kept states for B x T tokens at spacing every (scan_forward). */
+static inline size_t tb_scan_states_count(int every, int B, int T, int Di, int N) {
+    size_t e = every > 1 ? (size_t)every : 1;
+    return (size_t)B * (((size_t)T + e - 1) / e) * (size_t)Di * (size_t)N;
+}
 
 #endif

@@ -610,6 +610,12 @@ int main(int argc, char **argv) {
            tr.nrep ? " (parallel)" : "", (int)o.steps,
            (double)tb_model_arena_bytes(&tr.model) / 1048576.0, (long long)rc.training.seed,
            be->name, tb_precision_name(tr.precision));
+    printf("tb-train-local: arena MiB by part:");
+    for (int part = 0; part < TB_ARENA_PARTS; part++) {
+        size_t pb = tb_model_arena_part_bytes(&tr.model, part);
+        if (pb) printf(" %s %.1f", tb_arena_part_names[part], (double)pb / 1048576.0);
+    }
+    printf("\n");
     fflush(stdout);
     tb_stream_batch sb;
     memset(&sb, 0, sizeof sb);
