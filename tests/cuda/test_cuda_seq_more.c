@@ -36,7 +36,12 @@ static void test_elementwise_ops_match_cpu(void **state) {
             G->seq.act_backward(dx.d, dy.d, x.d, n, kind, G);
             Cp->seq.act_backward(dx.h, dy.h, x.h, n, kind, Cp);
             chk(kind ? "seq.act_backward gelu" : "seq.act_backward silu", dx);
-            ct_tfree(x), ct_tfree(y), ct_tfree(dy), ct_tfree(dx);
+            /* the writing form over poison against the CPU's from zero */
+            ct_t sx = ct_out(n);
+            G->seq.act_backward_set(sx.d, dy.d, x.d, n, kind, G);
+            Cp->seq.act_backward(sx.h, dy.h, x.h, n, kind, Cp);
+            chk(kind ? "seq.act_backward_set gelu" : "seq.act_backward_set silu", sx);
+            ct_tfree(x), ct_tfree(y), ct_tfree(dy), ct_tfree(dx), ct_tfree(sx);
         }
         ct_t x = ct_rand(n, -25, 25), bias = ct_rand(cols, -3, 3), y = ct_out(n), dy = ct_rand(n, -1, 1),
              dx = ct_rand(n, -1, 1), db = ct_rand(cols, -1, 1);
@@ -226,6 +231,14 @@ static void test_moe_route_gather_scatter_match_cpu(void **state) {
             ct_cpu->seq.moe_scatter_backward(dye.h, dg2.h, dout.h, ye.h, gate.h, order, nk, K, C, ct_cpu);
             chk("seq.moe_scatter_backward dye", dye);
             chk("seq.moe_scatter_backward dgate", dg2);
+            { /* the writing form: dye over poison against the CPU's from zero; dgate added */
+                ct_t sdy = ct_out(dye.n);
+                ct_gpu->seq.moe_scatter_backward_set(sdy.d, dg2.d, dout.d, ye.d, gate.d, gorder, nk, K, C, ct_gpu);
+                ct_cpu->seq.moe_scatter_backward(sdy.h, dg2.h, dout.h, ye.h, gate.h, order, nk, K, C, ct_cpu);
+                chk("seq.moe_scatter_backward_set dye", sdy);
+                chk("seq.moe_scatter_backward_set dgate", dg2);
+                ct_tfree(sdy);
+            }
             ct_tfree(x), ct_tfree(xe), ct_tfree(dxe), ct_tfree(dx), ct_tfree(ye), ct_tfree(out), ct_tfree(dout);
             ct_tfree(dye), ct_tfree(dg2);
         }

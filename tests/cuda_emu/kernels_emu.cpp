@@ -265,7 +265,7 @@ extern "C" void tbc_emu_moe_scatter_bwd(float *dye, float *dgate, const float *d
                                         const float *gate, const int32_t *order, int n, int K, int C) {
     if (n <= 0) return;
     tbc_emu_launch((unsigned)((n + 7) / 8), 1, 1, 256, 0,
-                   [&] { k_moe_scatter_bwd(C > 0 ? dye : nullptr, dgate, dout, ye, gate, order, n, K, C); });
+                   [&] { k_moe_scatter_bwd<false>(C > 0 ? dye : nullptr, dgate, dout, ye, gate, order, n, K, C); });
 }
 
 /* scan_cuda.cu cu_scan_forward / cu_scan_backward. */

@@ -233,14 +233,24 @@ static void cu_moe_scatter(real *out, const real *ye, const real *gate, const in
     moe_token_sum(out, ye, order, gate, n, K, C);
 }
 
+template <bool SET>
+static void moe_scatter_bwd(real *dye, real *dgate, const real *dout, const real *ye, const real *gate,
+                            const int32_t *order, int n, int K, int C) {
+    if (n <= 0) return;
+    /* 8 warps (rows) per block */
+    k_moe_scatter_bwd<SET><<<(unsigned)((n + 7) / 8), 256, 0, S()>>>(C > 0 ? dye : NULL, dgate, dout, ye, gate,
+                                                                     order, n, K, C);
+    TBC_LAUNCHED();
+}
 static void cu_moe_scatter_backward(real *dye, real *dgate, const real *dout, const real *ye, const real *gate,
                                     const int32_t *order, int n, int K, int C, const struct tb_backend *be) {
     (void)be;
-    if (n <= 0) return;
-    /* 8 warps (rows) per block */
-    k_moe_scatter_bwd<<<(unsigned)((n + 7) / 8), 256, 0, S()>>>(C > 0 ? dye : NULL, dgate, dout, ye, gate, order, n,
-                                                                K, C);
-    TBC_LAUNCHED();
+    moe_scatter_bwd<false>(dye, dgate, dout, ye, gate, order, n, K, C);
+}
+static void cu_moe_scatter_backward_set(real *dye, real *dgate, const real *dout, const real *ye, const real *gate,
+                                        const int32_t *order, int n, int K, int C, const struct tb_backend *be) {
+    (void)be;
+    moe_scatter_bwd<true>(dye, dgate, dout, ye, gate, order, n, K, C);
 }
 
 void tbc_moe_init(tb_ops_seq *ops) {
@@ -250,4 +260,5 @@ void tbc_moe_init(tb_ops_seq *ops) {
     ops->moe_gather_backward = cu_moe_gather_backward;
     ops->moe_scatter = cu_moe_scatter;
     ops->moe_scatter_backward = cu_moe_scatter_backward;
+    ops->moe_scatter_backward_set = cu_moe_scatter_backward_set;
 }

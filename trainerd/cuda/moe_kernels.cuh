@@ -7,7 +7,8 @@
  * with a = order[j] (token a / K, slot a % K), dye[j, c] += gate[a] · dout[a / K, c] and
  * dgate[a] += Σ_c dout[a / K, c] · ye[j, c]; lane l takes c ≡ l (mod 32) ascending, the 32
  * partial sums meet in a fixed xor tree: reads coalesced, one pass, deterministic. Each a
- * appears once in order, so each dgate element has one writer. */
+ * appears once in order, so each dgate element has one writer. SET: dye = ... (not read). */
+template <bool SET>
 __global__ void k_moe_scatter_bwd(float *dye, float *dgate, const float *dout, const float *ye, const float *gate,
                                   const int32_t *order, int n, int K, int C) {
     int lane = threadIdx.x % 32;
@@ -20,7 +21,10 @@ __global__ void k_moe_scatter_bwd(float *dye, float *dgate, const float *dout, c
     float acc = 0;
     for (int c = lane; c < C; c += 32) {
         float dv = d[c];
-        if (dy) dy[c] += g * dv;
+        if (dy) {
+            if (SET) dy[c] = g * dv;
+            else dy[c] += g * dv;
+        }
         acc += dv * y[c];
     }
     for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);

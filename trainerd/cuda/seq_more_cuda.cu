@@ -25,6 +25,8 @@ __global__ void k_act_fwd(float *y, const float *x, size_t n, int gelu) {
         y[i] = gelu ? 0.5f * v * (1.0f + erff(v * (float)M_SQRT1_2)) : v * sigm(v);
     }
 }
+/* SET: dx = ... (not read) instead of dx += ... (act_backward_set). */
+template <bool SET>
 __global__ void k_act_bwd(float *dx, const float *dy, const float *x, size_t n, int gelu) {
     const float inv_sqrt_2pi = (float)(0.5 * M_2_SQRTPI * M_SQRT1_2);
     GRID_STRIDE(i, n) {
@@ -32,10 +34,14 @@ __global__ void k_act_bwd(float *dx, const float *dy, const float *x, size_t n, 
         if (gelu) {
             float cdf = 0.5f * (1.0f + erff(v * (float)M_SQRT1_2));
             float pdf = inv_sqrt_2pi * expf(-0.5f * v * v);
-            dx[i] += dy[i] * (cdf + v * pdf);
+            float g = dy[i] * (cdf + v * pdf);
+            if (SET) dx[i] = g;
+            else dx[i] += g;
         } else {
             float s = sigm(v);
-            dx[i] += dy[i] * s * (1.0f + v * (1.0f - s));
+            float g = dy[i] * s * (1.0f + v * (1.0f - s));
+            if (SET) dx[i] = g;
+            else dx[i] += g;
         }
     }
 }
@@ -48,7 +54,14 @@ static void cu_act_forward(real *y, const real *x, size_t n, int kind, const str
 static void cu_act_backward(real *dx, const real *dy, const real *x, size_t n, int kind, const struct tb_backend *be) {
     (void)be;
     if (!n) return;
-    k_act_bwd<<<tbc_blocks(n, EW), EW, 0, S()>>>(dx, dy, x, n, kind == TB_ACT_GELU);
+    k_act_bwd<false><<<tbc_blocks(n, EW), EW, 0, S()>>>(dx, dy, x, n, kind == TB_ACT_GELU);
+    TBC_LAUNCHED();
+}
+static void cu_act_backward_set(real *dx, const real *dy, const real *x, size_t n, int kind,
+                                const struct tb_backend *be) {
+    (void)be;
+    if (!n) return;
+    k_act_bwd<true><<<tbc_blocks(n, EW), EW, 0, S()>>>(dx, dy, x, n, kind == TB_ACT_GELU);
     TBC_LAUNCHED();
 }
 
@@ -551,6 +564,7 @@ static void cu_titan_backward(real *dq, real *dk, real *dv, real *ddecay, const 
 void tbc_seq_more_init(tb_ops_seq *ops) {
     ops->act_forward = cu_act_forward;
     ops->act_backward = cu_act_backward;
+    ops->act_backward_set = cu_act_backward_set;
     ops->softplus_bias_forward = cu_softplus_bias_forward;
     ops->softplus_bias_backward = cu_softplus_bias_backward;
     ops->mul_silu_forward = cu_mul_silu_forward;

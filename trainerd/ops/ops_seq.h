@@ -194,6 +194,16 @@ typedef struct tb_ops_seq {
 
     /* The scan's state spacing E (scan_forward): 1 (or 0) keeps every state. */
     int scan_state_every;
+
+    /* Optional (NULL: the layer zeroes the gradient first and calls the accumulating op):
+     * act_backward and moe_scatter_backward with dx, resp. dye, written (=) instead of
+     * added, their old contents not read (dgate is still added to): a gradient that starts
+     * at zero without a zero fill. */
+    void (*act_backward_set)(real *dx, const real *dy, const real *x, size_t n, int kind,
+                             const struct tb_backend *be);
+    void (*moe_scatter_backward_set)(real *dye, real *dgate, const real *dout, const real *ye,
+                                     const real *gate, const int32_t *order, int n, int K, int C,
+                                     const struct tb_backend *be);
 } tb_ops_seq;
 
 /* Reals of the scan's kept states for B x T tokens at spacing every (scan_forward). */
