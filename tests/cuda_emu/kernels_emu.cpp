@@ -199,10 +199,10 @@ static void emu_bwd(float *dq, float *dk, float *dv, const float *dout, const fl
     tc_bf16 *dst = (tc_bf16 *)malloc((size_t)B * H * Tp * Tp * sizeof(tc_bf16));
     if (!dst) abort();
     tbc_emu_launch((unsigned)(Tp / TC_BR), (unsigned)Hkv, (unsigned)B, TC_THREADS, tc_fat_smem_kv(HS), [&] {
-        k_fat_bwd_kv<HS, BQ, SP>(dk, dv, dst, lse, D, w.ws, ldkv, mask, m.dm, d.scale, T, Tp, H, Hkv, hs, scale);
+        k_fat_bwd_kv<HS, BQ, SP>(dk, dv, dst, lse, D, w.ws, ldkv, mask, m.dm, d.scale, T, Tp, H, Hkv, hs, scale, 0);
     });
     tbc_emu_launch((unsigned)(Tp / TC_BR), (unsigned)H, (unsigned)B, TC_THREADS, tc_fat_smem_q(HS),
-                   [&] { k_fat_dq<HS>(dq, dst, w.ws, ldq, T, Tp, H, Hkv, hs); });
+                   [&] { k_fat_dq<HS>(dq, dst, w.ws, ldq, T, Tp, H, Hkv, hs, 0); });
     free(dst);
 }
 

@@ -228,18 +228,28 @@ static void cu_attn_fwd(real *out, real *probs, real *rowstat, const real *q, co
     TBC_LAUNCHED();
 }
 
-static void cu_attn_bwd(real *dq, real *dk, real *dv, real *work, const real *dout, const real *out,
-                        const real *probs, const real *rowstat, const real *q, const real *k, const real *v,
-                        size_t ldq, size_t ldkv, const uint8_t *key_mask, int sigmoid, const tb_dropout *d,
-                        uint32_t site, int B, int T, int H, int Hkv, int hs) {
-    (void)work;
+void tbc_attn_zero_grads(float *dq, float *dk, float *dv, size_t ldq, size_t ldkv, int B, int T, int H, int Hkv,
+                         int hs) {
+    size_t rows = (size_t)B * T;
+    TBC_CHECK(cudaMemset2DAsync(dq, ldq * 4, 0, (size_t)H * hs * 4, rows, S()));
+    TBC_CHECK(cudaMemset2DAsync(dk, ldkv * 4, 0, (size_t)Hkv * hs * 4, rows, S()));
+    TBC_CHECK(cudaMemset2DAsync(dv, ldkv * 4, 0, (size_t)Hkv * hs * 4, rows, S()));
+}
+
+/* set: dq, dk, dv written (attn_bwd_set): the tensor-core kernels store instead of adding;
+ * the other paths zero the three first. */
+static void attn_bwd_any(real *dq, real *dk, real *dv, const real *dout, const real *out, const real *probs,
+                         const real *rowstat, const real *q, const real *k, const real *v, size_t ldq, size_t ldkv,
+                         const uint8_t *key_mask, int sigmoid, const tb_dropout *d, uint32_t site, int B, int T,
+                         int H, int Hkv, int hs, int set) {
     if (B <= 0 || T <= 0 || H <= 0 || hs <= 0) return;
     if (!probs) {
         if (sigmoid || !tbc_flash_fits(hs))
             tbc_fatal("attn", __FILE__, __LINE__, "probs == NULL needs softmax and a head size the fused kernel takes");
-        tbc_flash_bwd(dq, dk, dv, dout, out, rowstat, q, k, v, ldq, ldkv, key_mask, d, site, B, T, H, Hkv, hs);
+        tbc_flash_bwd(dq, dk, dv, dout, out, rowstat, q, k, v, ldq, ldkv, key_mask, d, site, B, T, H, Hkv, hs, set);
         return;
     }
+    if (set) tbc_attn_zero_grads(dq, dk, dv, ldq, ldkv, B, T, H, Hkv, hs);
     /* the plain kernels: masked keys have probs = 0 */
     attn_check(T, H, Hkv, hs);
     float scale = (float)(1.0 / sqrt((double)hs));
@@ -255,6 +265,24 @@ static void cu_attn_bwd(real *dq, real *dk, real *dv, real *work, const real *do
     TBC_LAUNCHED();
 }
 
+static void cu_attn_bwd(real *dq, real *dk, real *dv, real *work, const real *dout, const real *out,
+                        const real *probs, const real *rowstat, const real *q, const real *k, const real *v,
+                        size_t ldq, size_t ldkv, const uint8_t *key_mask, int sigmoid, const tb_dropout *d,
+                        uint32_t site, int B, int T, int H, int Hkv, int hs) {
+    (void)work;
+    attn_bwd_any(dq, dk, dv, dout, out, probs, rowstat, q, k, v, ldq, ldkv, key_mask, sigmoid, d, site, B, T, H, Hkv,
+                 hs, 0);
+}
+
+static void cu_attn_bwd_set(real *dq, real *dk, real *dv, real *work, const real *dout, const real *out,
+                            const real *probs, const real *rowstat, const real *q, const real *k, const real *v,
+                            size_t ldq, size_t ldkv, const uint8_t *key_mask, int sigmoid, const tb_dropout *d,
+                            uint32_t site, int B, int T, int H, int Hkv, int hs) {
+    (void)work;
+    attn_bwd_any(dq, dk, dv, dout, out, probs, rowstat, q, k, v, ldq, ldkv, key_mask, sigmoid, d, site, B, T, H, Hkv,
+                 hs, 1);
+}
+
 /* TB_CUDA_ATTN=plain (or tb_cuda_force_plain_attention) keeps P and uses the plain
  * kernels everywhere: the path of GPUs whose shared memory is too small for the fused
  * kernels, forced for testing. */
@@ -265,5 +293,6 @@ static int cu_attn_recomputes(int hs) {
 void tbc_attn_init(tb_ops_dense *ops) {
     ops->attn_fwd = cu_attn_fwd;
     ops->attn_bwd = cu_attn_bwd;
+    ops->attn_bwd_set = cu_attn_bwd_set;
     ops->attn_recomputes = cu_attn_recomputes;
 }

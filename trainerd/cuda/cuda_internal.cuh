@@ -280,9 +280,14 @@ int tbc_flash_fits(int hs);
 void tbc_flash_fwd(float *out, float *lse, const float *q, const float *k, const float *v, size_t ldq, size_t ldkv,
                    const uint8_t *mask, const struct tb_dropout *d, uint32_t site, int B, int T, int H, int Hkv,
                    int hs);
+/* set: dq, dk, dv written (=), their old contents not read (attn_bwd_set). */
 void tbc_flash_bwd(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
                    const float *q, const float *k, const float *v, size_t ldq, size_t ldkv, const uint8_t *mask,
-                   const struct tb_dropout *d, uint32_t site, int B, int T, int H, int Hkv, int hs);
+                   const struct tb_dropout *d, uint32_t site, int B, int T, int H, int Hkv, int hs, int set);
+/* Zeroes the gradients an attention backward accumulates into: dq (B·T rows of H·hs,
+ * row stride ldq), dk and dv (rows of Hkv·hs, stride ldkv). */
+void tbc_attn_zero_grads(float *dq, float *dk, float *dv, size_t ldq, size_t ldkv, int B, int T, int H, int Hkv,
+                         int hs);
 /* The tensor-core kernels behind tbc_flash_fwd / _bwd in the bf16 mode (flash_tc_cuda.cu);
  * D = rowsum(dO ∘ O) per (b, h, i), computed by the caller. */
 int tbc_flash_tc_fits(int hs);
@@ -291,7 +296,7 @@ void tbc_flash_tc_fwd(float *out, float *lse, const float *q, const float *k, co
                       int hs);
 void tbc_flash_tc_bwd(float *dq, float *dk, float *dv, const float *dout, const float *lse, const float *D,
                       const float *q, const float *k, const float *v, size_t ldq, size_t ldkv, const uint8_t *mask,
-                      tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs);
+                      tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs, int set);
 void tbc_seq_more_init(tb_ops_seq *ops);
 void tbc_scan_init(tb_ops_seq *ops);
 void tbc_moe_init(tb_ops_seq *ops);

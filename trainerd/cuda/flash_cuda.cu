@@ -429,7 +429,7 @@ void tbc_flash_fwd(float *out, float *lse, const float *q, const float *k, const
 
 void tbc_flash_bwd(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
                    const float *q, const float *k, const float *v, size_t ldq, size_t ldkv, const uint8_t *mask,
-                   const struct tb_dropout *d, uint32_t site, int B, int T, int H, int Hkv, int hs) {
+                   const struct tb_dropout *d, uint32_t site, int B, int T, int H, int Hkv, int hs, int set) {
     if (B <= 0 || T <= 0 || H <= 0 || hs <= 0) return;
     fa_check(B, T, H, Hkv, hs);
     tbc_drop dd = tbc_drop_make(d);
@@ -438,9 +438,10 @@ void tbc_flash_bwd(float *dq, float *dk, float *dv, const float *dout, const flo
     k_fa_rowdot<<<tbc_blocks(rows, 8), 256, 0, S()>>>(D, dout, out, B, T, H, hs);
     TBC_LAUNCHED();
     if (tbc_flash_tc_fits(hs)) {
-        tbc_flash_tc_bwd(dq, dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, dd, site, B, T, H, Hkv, hs);
+        tbc_flash_tc_bwd(dq, dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, dd, site, B, T, H, Hkv, hs, set);
         return;
     }
+    if (set) tbc_attn_zero_grads(dq, dk, dv, ldq, ldkv, B, T, H, Hkv, hs); /* these kernels add */
     switch (fa_hs(hs)) {
     case 32: fa_bwd<32>(dq, dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, dd, site, B, T, H, Hkv, hs); break;
     case 64: fa_bwd<64>(dq, dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, dd, site, B, T, H, Hkv, hs); break;

@@ -98,7 +98,7 @@ static void tc_fwd(float *out, float *lse, const float *q, const float *k, const
 template <int HS, int SPLIT>
 static void tc_bwd(float *dq, float *dk, float *dv, const float *dout, const float *lse, const float *D,
                    const float *q, const float *k, const float *v, size_t ldq, size_t ldkv, const uint8_t *mask,
-                   tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs) {
+                   tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs, int set) {
     constexpr int BQ = tc_fat_bq(HS);
     static int allowed_q, allowed_kv;
     float scale = (float)(1.0 / sqrt((double)hs));
@@ -114,10 +114,10 @@ static void tc_bwd(float *dq, float *dk, float *dv, const float *dout, const flo
     tc_bf16 *dst = (tc_bf16 *)tbc_scratch(TBC_SCR_ATTN_DS, (size_t)B * H * Tp * Tp * sizeof(tc_bf16));
     dim3 gkv((unsigned)(Tp / TC_BR), (unsigned)Hkv, (unsigned)B);
     k_fat_bwd_kv<HS, BQ, SPLIT><<<gkv, TC_THREADS, skv, S()>>>(dk, dv, dst, lse, D, ws, ldkv, mask, dm, d.scale, T,
-                                                               Tp, H, Hkv, hs, scale);
+                                                               Tp, H, Hkv, hs, scale, set);
     TBC_LAUNCHED();
     dim3 gq((unsigned)(Tp / TC_BR), (unsigned)H, (unsigned)B);
-    k_fat_dq<HS><<<gq, TC_THREADS, sq, S()>>>(dq, dst, ws, ldq, T, Tp, H, Hkv, hs);
+    k_fat_dq<HS><<<gq, TC_THREADS, sq, S()>>>(dq, dst, ws, ldq, T, Tp, H, Hkv, hs, set);
     TBC_LAUNCHED();
 }
 
@@ -139,6 +139,6 @@ void tbc_flash_tc_fwd(float *out, float *lse, const float *q, const float *k, co
 
 void tbc_flash_tc_bwd(float *dq, float *dk, float *dv, const float *dout, const float *lse, const float *D,
                       const float *q, const float *k, const float *v, size_t ldq, size_t ldkv, const uint8_t *mask,
-                      tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs) {
-    TC_DISPATCH(tc_bwd, dq, dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, B, T, H, Hkv, hs);
+                      tbc_drop d, uint32_t site, int B, int T, int H, int Hkv, int hs, int set) {
+    TC_DISPATCH(tc_bwd, dq, dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, d, site, B, T, H, Hkv, hs, set);
 }

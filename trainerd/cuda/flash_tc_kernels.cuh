@@ -333,7 +333,8 @@ __global__ void __launch_bounds__(TC_THREADS, HS <= 64 ? 3 : 1)
  * (four products of five) is gone. */
 template <int HS>
 __global__ void __launch_bounds__(TC_THREADS)
-    k_fat_dq(float *dq, const tc_bf16 *dst, tc_fat_ws ws, size_t ldq, int T, int Tp, int H, int Hkv, int hs) {
+    k_fat_dq(float *dq, const tc_bf16 *dst, tc_fat_ws ws, size_t ldq, int T, int Tp, int H, int Hkv, int hs,
+             int set) {
     constexpr int LH = HS + 8, LD = TC_BR + 8, NO = HS / 8, TK = TC_BC * LH, TD = TC_BC * LD;
     TC_DYN_SMEM(tc_sm);
     tc_bf16 *st = (tc_bf16 *)tc_sm; /* stage s at st + s (TD + TK): dSᵀ [TC_BC][LD], K [TC_BC][LH] */
@@ -371,7 +372,7 @@ __global__ void __launch_bounds__(TC_THREADS)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 int c = n * 8 + 2 * t + e;
-                if (c < hs) gq[c] += acc[n][2 * a + e];
+                if (c < hs) gq[c] = set ? acc[n][2 * a + e] : gq[c] + acc[n][2 * a + e];
             }
     }
 }
@@ -381,7 +382,7 @@ template <int HS, int BQ, int SPLIT>
 __global__ void __launch_bounds__(TC_THREADS)
     k_fat_bwd_kv(float *dk, float *dv, tc_bf16 *dst, const float *lse, const float *Dg, tc_fat_ws ws, size_t ldkv,
                  const uint8_t *mask, const uint64_t *dm, float dscale, int T, int Tp, int H, int Hkv, int hs,
-                 float scale) {
+                 float scale, int set) {
     constexpr int LH = HS + 8, NT = BQ / 8, NO = HS / 8, TK = TC_BR * LH, TQ = BQ * LH;
     TC_DYN_SMEM(tc_sm);
     tc_bf16 *Ks = (tc_bf16 *)tc_sm; /* [TC_BR][LH] */
@@ -479,8 +480,8 @@ __global__ void __launch_bounds__(TC_THREADS)
             for (int e = 0; e < 2; e++) {
                 int c = n * 8 + 2 * t + e;
                 if (c < hs) {
-                    dk[off + c] += ak[n][2 * a + e];
-                    dv[off + c] += av[n][2 * a + e];
+                    dk[off + c] = set ? ak[n][2 * a + e] : dk[off + c] + ak[n][2 * a + e];
+                    dv[off + c] = set ? av[n][2 * a + e] : dv[off + c] + av[n][2 * a + e];
                 }
             }
     }

@@ -12,6 +12,16 @@
 
 struct tb_backend;
 
+/* The attention backward's signature (attn_bwd, attn_bwd_set below). */
+typedef void (*tb_attn_bwd_fn)(real *dq, real *dk, real *dv, real *work,
+                               const real *dout,   // (n, H·hs)
+                               const real *out,    // (n, H·hs)
+                               const real *probs, const real *rowstat,
+                               const real *q, const real *k, const real *v, size_t ldq,
+                               size_t ldkv, const uint8_t *key_mask, int sigmoid,
+                               const tb_dropout *d, uint32_t site, int B, int T, int H, int Hkv,
+                               int hs);
+
 typedef struct tb_ops_dense {
     /* Plain linear (layers/linear.h). fwd: y = x Wᵀ. bwd: dx += dy W (dx may be NULL),
      * dw += dyᵀ x (dw may be NULL). Sums run over the reduction index in ascending order,
@@ -140,13 +150,10 @@ typedef struct tb_ops_dense {
                      int sigmoid, const tb_dropout *d, uint32_t site,
                      int B, int T, int H, int Hkv, int hs);
     /* dq, dk, dv += (strides as q, k, v); work: T reals. out: the forward's output. */
-    void (*attn_bwd)(real *dq, real *dk, real *dv, real *work,
-                     const real *dout,   // (n, H·hs)
-                     const real *out,    // (n, H·hs)
-                     const real *probs, const real *rowstat,
-                     const real *q, const real *k, const real *v, size_t ldq, size_t ldkv,
-                     const uint8_t *key_mask, int sigmoid, const tb_dropout *d, uint32_t site,
-                     int B, int T, int H, int Hkv, int hs);
+    tb_attn_bwd_fn attn_bwd;
+    /* Optional (NULL: the layer zeroes dq, dk, dv first and calls attn_bwd): attn_bwd with
+     * dq, dk, dv written (=), their old contents not read. */
+    tb_attn_bwd_fn attn_bwd_set;
     /* NULL, or 1 when attn_fwd / attn_bwd take probs == NULL for softmax attention with
      * head size hs (the layers then allocate no (B, H, T, T) buffer). */
     int (*attn_recomputes)(int hs);
