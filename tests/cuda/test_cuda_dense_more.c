@@ -25,34 +25,31 @@ static void chk_tol(const char *name, ct_t t, double tol) {
     assert_true(e <= tol);
 }
 
-/* attn_bwd_set on the GPU into poisoned dq, dk, dv against the CPU's attn_bwd onto zeros
- * (not against what an accumulating run added: that difference loses the low bits of
- * small gradients to the random starting values), on the H·hs resp. Hkv·hs columns of
- * each row (the stride's padding is neither written nor compared), within tol: every
- * element there written. */
-static void attn_set_check(const char *tag, ct_t dq, ct_t dk, ct_t dv, ct_t dout, ct_t out, const float *gprobs,
-                           const float *probs, ct_t rs, ct_t q, ct_t k, ct_t v, size_t ldq, size_t ldkv,
-                           const uint8_t *mask, const uint8_t *gmask, int sig, const tb_dropout *d, int B, int T,
-                           int H, int Hkv, int hs, double tol) {
+/* attn_bwd_set on the GPU into poisoned dq, dk, dv, judged as the accumulating op is: the
+ * written values plus the starting values `before` against the CPU's accumulated result
+ * (dq.h etc. after its attn_bwd from `before`), relative to that result's largest
+ * magnitude (an all-zero exact gradient, as at T = 1, has no scale of its own), on the
+ * H·hs resp. Hkv·hs columns of each row (the stride's padding is neither written nor
+ * compared; a NaN left there fails). */
+static void attn_set_check(const char *tag, float *const before[3], ct_t dq, ct_t dk, ct_t dv, ct_t dout, ct_t out,
+                           const float *gprobs, ct_t rs, ct_t q, ct_t k, ct_t v, size_t ldq, size_t ldkv,
+                           const uint8_t *gmask, int sig, const tb_dropout *d, int B, int T, int H, int Hkv, int hs,
+                           double tol) {
     size_t ntok = (size_t)B * T;
     float *g[3] = {ct_poisoned(dq.n * 4), ct_poisoned(dk.n * 4), ct_poisoned(dv.n * 4)};
-    float *c[3] = {calloc(dq.n, 4), calloc(dk.n, 4), calloc(dv.n, 4)}, *work = ct_hmalloc((size_t)T * 4);
-    assert_true(c[0] && c[1] && c[2]);
     assert_non_null(ct_gpu->dense.attn_bwd_set);
     ct_gpu->dense.attn_bwd_set(g[0], g[1], g[2], NULL, dout.d, out.d, gprobs, rs.d, q.d, k.d, v.d, ldq, ldkv, gmask,
                                sig, d, 1, B, T, H, Hkv, hs);
-    ct_cpu->dense.attn_bwd(c[0], c[1], c[2], work, dout.h, out.h, probs, rs.h, q.h, k.h, v.h, ldq, ldkv, mask, sig, d,
-                           1, B, T, H, Hkv, hs);
+    const ct_t *t[3] = {&dq, &dk, &dv};
     size_t cols[3] = {(size_t)H * hs, (size_t)Hkv * hs, (size_t)Hkv * hs}, ld[3] = {ldq, ldkv, ldkv};
-    size_t n[3] = {dq.n, dk.n, dv.n};
     for (int e = 0; e < 3; e++) {
-        float *got = ct_hmalloc(n[e] * 4);
-        ct_down(got, g[e], n[e] * 4);
+        float *got = ct_hmalloc(t[e]->n * 4);
+        ct_down(got, g[e], t[e]->n * 4);
         double dmax = 0, ymax = 0;
         for (size_t r = 0; r < ntok; r++)
-            for (size_t cc = 0; cc < cols[e]; cc++) {
-                size_t i = r * ld[e] + cc;
-                double y = c[e][i], err = fabs((double)got[i] - y);
+            for (size_t c = 0; c < cols[e]; c++) {
+                size_t i = r * ld[e] + c;
+                double y = t[e]->h[i], err = fabs((double)got[i] + before[e][i] - y);
                 if (!(err <= dmax)) dmax = err;
                 if (fabs(y) > ymax) ymax = fabs(y);
             }
@@ -62,10 +59,9 @@ static void attn_set_check(const char *tag, ct_t dq, ct_t dk, ct_t dv, ct_t dout
         ct_record(nm, err);
         if (!(err <= tol)) print_message("%s %s: rel err %.3e\n", nm, shape, err);
         assert_true(err <= tol);
-        free(got), free(c[e]);
+        free(got);
         tb_cuda_free(g[e]);
     }
-    free(work);
 }
 
 static void test_dropout_mask_and_scale_match_cpu(void **state) {
@@ -201,6 +197,8 @@ static void test_attention_softmax_sigmoid_gqa_mask_dropout_match_cpu(void **sta
                     ct_t dout = ct_rand(ntok * H * hs, -1, 1), dq = ct_rand(ntok * ldq, -1, 1),
                          dk = ct_rand(ntok * ldkv, -1, 1), dv = ct_rand(ntok * ldkv, -1, 1);
                     float *work = ct_hmalloc((size_t)T * 4);
+                    float *before[3] = {ct_hmalloc(dq.n * 4), ct_hmalloc(dk.n * 4), ct_hmalloc(dv.n * 4)};
+                    memcpy(before[0], dq.h, dq.n * 4), memcpy(before[1], dk.h, dk.n * 4), memcpy(before[2], dv.h, dv.n * 4);
                     ct_gpu->dense.attn_bwd(dq.d, dk.d, dv.d, NULL, dout.d, out.d, fused ? NULL : probs.d, rs.d, q.d,
                                            k.d, v.d, ldq, ldkv, gmask, sig, &d, 1, B, T, H, Hkv, hs);
                     ct_cpu->dense.attn_bwd(dq.h, dk.h, dv.h, work, dout.h, out.h, probs.h, rs.h, q.h, k.h, v.h, ldq,
@@ -208,8 +206,9 @@ static void test_attention_softmax_sigmoid_gqa_mask_dropout_match_cpu(void **sta
                     chk(fused ? "dense.attn_bwd fused dq" : "dense.attn_bwd dq", dq);
                     chk(fused ? "dense.attn_bwd fused dk" : "dense.attn_bwd dk", dk);
                     chk(fused ? "dense.attn_bwd fused dv" : "dense.attn_bwd dv", dv);
-                    attn_set_check(fused ? "fused" : "plain", dq, dk, dv, dout, out, fused ? NULL : probs.d,
-                                   probs.h, rs, q, k, v, ldq, ldkv, mask, gmask, sig, &d, B, T, H, Hkv, hs, CT_TOL);
+                    attn_set_check(fused ? "fused" : "plain", before, dq, dk, dv, dout, out, fused ? NULL : probs.d, rs,
+                                   q, k, v, ldq, ldkv, gmask, sig, &d, B, T, H, Hkv, hs, CT_TOL);
+                    free(before[0]), free(before[1]), free(before[2]);
                     ct_tfree(q), ct_tfree(k), ct_tfree(v), ct_tfree(out), ct_tfree(probs), ct_tfree(rs);
                     ct_tfree(dout), ct_tfree(dq), ct_tfree(dk), ct_tfree(dv);
                     free(work), free(mask);
@@ -290,8 +289,8 @@ static void test_attention_bf16_tensor_cores_match_cpu(void **state) {
                                        mask, 0, &d, 1, B, T, H, Hkv, hs);
                 chk_tol("dense.attn_fwd bf16 out", out, CT_TOL_BF16);
                 chk_tol("dense.attn_fwd bf16 lse", rs, CT_TOL_BF16);
-                attn_set_check("bf16", dq, dk, dv, dout, out, NULL, probs.h, rs, q, k, v, ldq, ldkv, mask, gmask, 0, &d,
-                               B, T, H, Hkv, hs, CT_TOL_BF16);
+                attn_set_check("bf16", init, dq, dk, dv, dout, out, NULL, rs, q, k, v, ldq, ldkv, gmask, 0, &d, B, T, H,
+                               Hkv, hs, CT_TOL_BF16);
                 /* the gradients on what the backward added (it accumulates onto random values) */
                 ct_t grads[3] = {dq, dk, dv};
                 static const char *const gname[3] = {"dense.attn_bwd bf16 dq (added)", "dense.attn_bwd bf16 dk (added)",
