@@ -31,7 +31,7 @@ static void chk_tol(const char *name, ct_t t, double tol) {
  * magnitude (an all-zero exact gradient, as at T = 1, has no scale of its own), on the
  * H·hs resp. Hkv·hs columns of each row (the stride's padding is neither written nor
  * compared; a NaN left there fails). */
-static void attn_set_check(const char *tag, float *const before[3], ct_t dq, ct_t dk, ct_t dv, ct_t dout, ct_t out,
+static void attn_set_check(const char *const names[3], float *const before[3], ct_t dq, ct_t dk, ct_t dv, ct_t dout, ct_t out,
                            const float *gprobs, ct_t rs, ct_t q, ct_t k, ct_t v, size_t ldq, size_t ldkv,
                            const uint8_t *gmask, int sig, const tb_dropout *d, int B, int T, int H, int Hkv, int hs,
                            double tol) {
@@ -54,8 +54,7 @@ static void attn_set_check(const char *tag, float *const before[3], ct_t dq, ct_
                 if (fabs(y) > ymax) ymax = fabs(y);
             }
         double err = dmax / (ymax > 1e-30 ? ymax : 1e-30);
-        char nm[64];
-        snprintf(nm, sizeof nm, "dense.attn_bwd_set %s d%c", tag, "qkv"[e]);
+        const char *nm = names[e]; /* ct_record keeps the pointer: static names */
         ct_record(nm, err);
         if (!(err <= tol)) print_message("%s %s: rel err %.3e\n", nm, shape, err);
         assert_true(err <= tol);
@@ -206,7 +205,11 @@ static void test_attention_softmax_sigmoid_gqa_mask_dropout_match_cpu(void **sta
                     chk(fused ? "dense.attn_bwd fused dq" : "dense.attn_bwd dq", dq);
                     chk(fused ? "dense.attn_bwd fused dk" : "dense.attn_bwd dk", dk);
                     chk(fused ? "dense.attn_bwd fused dv" : "dense.attn_bwd dv", dv);
-                    attn_set_check(fused ? "fused" : "plain", before, dq, dk, dv, dout, out, fused ? NULL : probs.d, rs,
+                    static const char *const set_fused[3] = {"dense.attn_bwd_set fused dq", "dense.attn_bwd_set fused dk",
+                                                             "dense.attn_bwd_set fused dv"};
+                    static const char *const set_plain[3] = {"dense.attn_bwd_set dq", "dense.attn_bwd_set dk",
+                                                             "dense.attn_bwd_set dv"};
+                    attn_set_check(fused ? set_fused : set_plain, before, dq, dk, dv, dout, out, fused ? NULL : probs.d, rs,
                                    q, k, v, ldq, ldkv, gmask, sig, &d, B, T, H, Hkv, hs, CT_TOL);
                     free(before[0]), free(before[1]), free(before[2]);
                     ct_tfree(q), ct_tfree(k), ct_tfree(v), ct_tfree(out), ct_tfree(probs), ct_tfree(rs);
@@ -289,7 +292,9 @@ static void test_attention_bf16_tensor_cores_match_cpu(void **state) {
                                        mask, 0, &d, 1, B, T, H, Hkv, hs);
                 chk_tol("dense.attn_fwd bf16 out", out, CT_TOL_BF16);
                 chk_tol("dense.attn_fwd bf16 lse", rs, CT_TOL_BF16);
-                attn_set_check("bf16", init, dq, dk, dv, dout, out, NULL, rs, q, k, v, ldq, ldkv, gmask, 0, &d, B, T, H,
+                static const char *const set_bf16[3] = {"dense.attn_bwd_set bf16 dq", "dense.attn_bwd_set bf16 dk",
+                                                        "dense.attn_bwd_set bf16 dv"};
+                attn_set_check(set_bf16, init, dq, dk, dv, dout, out, NULL, rs, q, k, v, ldq, ldkv, gmask, 0, &d, B, T, H,
                                Hkv, hs, CT_TOL_BF16);
                 /* the gradients on what the backward added (it accumulates onto random values) */
                 ct_t grads[3] = {dq, dk, dv};

@@ -202,7 +202,7 @@ static void emu_bwd(float *dq, float *dk, float *dv, const float *dout, const fl
         k_fat_bwd_kv<HS, BQ, SP>(dk, dv, dst, lse, D, w.ws, ldkv, mask, m.dm, d.scale, T, Tp, H, Hkv, hs, scale, 0);
     });
     tbc_emu_launch((unsigned)(Tp / TC_BR), (unsigned)H, (unsigned)B, TC_THREADS, tc_fat_smem_q(HS),
-                   [&] { k_fat_dq<HS>(dq, dst, w.ws, ldq, T, Tp, H, Hkv, hs, 0); });
+                   [&] { k_fat_dq<HS, SP>(dq, dst, w.ws, ldq, T, Tp, H, Hkv, hs, 0); });
     free(dst);
 }
 

@@ -107,7 +107,7 @@ static void tc_bwd(float *dq, float *dk, float *dv, const float *dout, const flo
     tc_prep_jobs J = tc_prep_bwd_jobs(ws, SPLIT, q, dout, k, v, ldq, ldkv, H, Hkv, hs);
     const uint64_t *dm = tc_prep<HS>(J, d, site, B, T, H, hs);
     size_t sq = tc_fat_smem_q(HS), skv = tc_fat_smem_kv(HS);
-    tbc_smem_allow(k_fat_dq<HS>, sq, 0, &allowed_q);
+    tbc_smem_allow(k_fat_dq<HS, SPLIT>, sq, 0, &allowed_q);
     tbc_smem_allow(k_fat_bwd_kv<HS, BQ, SPLIT>, skv, 0, &allowed_kv);
     /* dSᵀ (bf16, Tp x Tp per head) from the dk / dv kernel to the dq kernel; the plain
      * kernels' dS slot (never in use at the same time) */
@@ -117,7 +117,7 @@ static void tc_bwd(float *dq, float *dk, float *dv, const float *dout, const flo
                                                                Tp, H, Hkv, hs, scale, set);
     TBC_LAUNCHED();
     dim3 gq((unsigned)(Tp / TC_BR), (unsigned)H, (unsigned)B);
-    k_fat_dq<HS><<<gq, TC_THREADS, sq, S()>>>(dq, dst, ws, ldq, T, Tp, H, Hkv, hs, set);
+    k_fat_dq<HS, SPLIT><<<gq, TC_THREADS, sq, S()>>>(dq, dst, ws, ldq, T, Tp, H, Hkv, hs, set);
     TBC_LAUNCHED();
 }
 

@@ -80,7 +80,8 @@ static inline tc_fat_ws tc_fat_ws_carve(tc_bf16 *base, int B, int T, int H, int 
  * blocks an SM). */
 static inline size_t tc_fat_tile(int HS, int rows) { return (size_t)rows * (HS + 8) * 2; }
 static inline size_t tc_fat_smem_fwd(int HS) { return 2 * tc_fat_tile(HS, TC_BR) + 6 * tc_fat_tile(HS, TC_BC); }
-static inline size_t tc_fat_smem_q(int HS) { return 2 * (tc_fat_tile(HS, TC_BC) + tc_fat_tile(TC_BR, TC_BC)); }
+/* k_fat_dq's: two stages of a dSᵀ tile and K's hi and lo tiles (lo with SPLIT & 1). */
+static inline size_t tc_fat_smem_q(int HS) { return 2 * (2 * tc_fat_tile(HS, TC_BC) + tc_fat_tile(TC_BR, TC_BC)); }
 static inline size_t tc_fat_smem_kv(int HS) {
     return 3 * tc_fat_tile(HS, TC_BR) + 6 * tc_fat_tile(HS, tc_fat_bq(HS));
 }
@@ -330,14 +331,18 @@ __global__ void __launch_bounds__(TC_THREADS, HS <= 64 ? 3 : 1)
  * head): a block per (64 queries, head, batch) streams 64-key tiles of dSᵀ and K through two
  * stages; dS enters the product as A through the transposing load. The bf16 dS is the one
  * the product would round to anyway, so the recomputation of S, P and dP̃ per query tile
- * (four products of five) is gone. */
-template <int HS>
+ * (four products of five) is gone. With SPLIT & 1, K enters as hi + lo (dS Kl, then dS Kh):
+ * K's own rounding no longer adds to dS's where the terms cancel (Σ_j dS_ij = 0 for
+ * softmax), which had put a tiny case (T 9, hs 3, large scores) 2.4e-2 off the CPU. */
+template <int HS, int SPLIT>
 __global__ void __launch_bounds__(TC_THREADS)
     k_fat_dq(float *dq, const tc_bf16 *dst, tc_fat_ws ws, size_t ldq, int T, int Tp, int H, int Hkv, int hs,
              int set) {
-    constexpr int LH = HS + 8, LD = TC_BR + 8, NO = HS / 8, TK = TC_BC * LH, TD = TC_BC * LD;
+    constexpr int LH = HS + 8, LD = TC_BR + 8, NO = HS / 8, TD = TC_BC * LD;
+    constexpr int KL = SPLIT & 1, TK = TC_BC * LH * (1 + KL);
     TC_DYN_SMEM(tc_sm);
-    tc_bf16 *st = (tc_bf16 *)tc_sm; /* stage s at st + s (TD + TK): dSᵀ [TC_BC][LD], K [TC_BC][LH] */
+    /* stage s at st + s (TD + TK): dSᵀ [TC_BC][LD], K [TC_BC][LH], with KL its lo half */
+    tc_bf16 *st = (tc_bf16 *)tc_sm;
     int tid = threadIdx.x, lane = tid % 32, w = tid / 32, g = lane / 4, t = lane % 4;
     int i0 = blockIdx.x * TC_BR, h = blockIdx.y, b = blockIdx.z;
     int kh = h / (H / Hkv), nt = Tp / TC_BC;
@@ -345,19 +350,23 @@ __global__ void __launch_bounds__(TC_THREADS)
     size_t ko = ((size_t)b * Hkv + kh) * Tp * HS;
     tc_copy_tile<TC_BR, TC_BC>(st, db, (size_t)Tp);
     tc_copy_tile<HS, TC_BC>(st + TD, ws.kh + ko);
+    if (KL) tc_copy_tile<HS, TC_BC>(st + TD + TC_BC * LH, ws.kl + ko);
     tc_cp_commit();
     float acc[NO][4];
     tc_zero(acc);
     for (int jt = 0; jt < nt; jt++) {
         if (jt + 1 < nt) {
             tc_bf16 *sn = st + ((jt + 1) & 1) * (TD + TK);
+            size_t kn = ko + (size_t)(jt + 1) * TC_BC * HS;
             tc_copy_tile<TC_BR, TC_BC>(sn, db + (size_t)(jt + 1) * TC_BC * Tp, (size_t)Tp);
-            tc_copy_tile<HS, TC_BC>(sn + TD, ws.kh + ko + (size_t)(jt + 1) * TC_BC * HS);
+            tc_copy_tile<HS, TC_BC>(sn + TD, ws.kh + kn);
+            if (KL) tc_copy_tile<HS, TC_BC>(sn + TD + TC_BC * LH, ws.kl + kn);
         }
         tc_cp_commit();
         tc_cp_wait<1>();
         __syncthreads();
         const tc_bf16 *Ds = st + (jt & 1) * (TD + TK), *Ks = Ds + TD;
+        if (KL) tc_mm<TC_BC, NO, true, true>(acc, Ds + w * 16, LD, Ks + TC_BC * LH, LH, lane);
         tc_mm<TC_BC, NO, true, true>(acc, Ds + w * 16, LD, Ks, LH, lane);
         __syncthreads();
     }
