@@ -198,7 +198,7 @@ static void emu_bwd(float *dq, float *dk, float *dv, const float *dout, const fl
     int Tp = tc_fat_tp(T);
     tc_bf16 *dst = (tc_bf16 *)malloc((size_t)B * H * Tp * Tp * sizeof(tc_bf16));
     if (!dst) abort();
-    tbc_emu_launch((unsigned)(Tp / TC_BR), (unsigned)Hkv, (unsigned)B, TC_THREADS, tc_fat_smem_kv(HS), [&] {
+    tbc_emu_launch((unsigned)(Tp / TC_BR), (unsigned)Hkv, (unsigned)B, TC_THREADS, tc_fat_smem_kv(HS, SP), [&] {
         k_fat_bwd_kv<HS, BQ, SP>(dk, dv, dst, lse, D, w.ws, ldkv, mask, m.dm, d.scale, T, Tp, H, Hkv, hs, scale, 0);
     });
     tbc_emu_launch((unsigned)(Tp / TC_BR), (unsigned)H, (unsigned)B, TC_THREADS, tc_fat_smem_q(HS),

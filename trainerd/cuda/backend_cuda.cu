@@ -65,10 +65,10 @@ static int ctx_create(tb_err *err) {
                   : !strcmp(tc, "attn")   ? TB_CUDA_TC_ATTN
                   : !strcmp(tc, "ret")    ? TB_CUDA_TC_RET
                                           : 0;
-    /* Bench switch: 0, 1 or 3 picks the split products of the tensor-core attention
-     * (flash_tc_kernels.cuh); anything else, the default 3. */
+    /* Bench switch: 0, 1, 3 or 7 picks the split products of the tensor-core attention
+     * (flash_tc_kernels.cuh); anything else, the default 7. */
     const char *split = getenv("TB_CUDA_TC_SPLIT");
-    c->tc_split = split && (!strcmp(split, "0") || !strcmp(split, "1")) ? split[0] - '0' : 3;
+    c->tc_split = split && (!strcmp(split, "0") || !strcmp(split, "1") || !strcmp(split, "3")) ? split[0] - '0' : 7;
     const char *g32 = getenv("TB_CUDA_FP32_GEMM");
     c->fp32_cublas = g32 && strcmp(g32, "cublas") == 0;
     /* Asynchronous by default: every host read goes through an op that waits (to_host,

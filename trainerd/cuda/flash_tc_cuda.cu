@@ -53,7 +53,7 @@ int tbc_flash_tc_fits(int hs) {
     if (!HS) return 0;
     size_t need = tc_fat_smem_fwd(HS);
     if (tc_fat_smem_q(HS) > need) need = tc_fat_smem_q(HS);
-    if (tc_fat_smem_kv(HS) > need) need = tc_fat_smem_kv(HS);
+    if (tc_fat_smem_kv(HS, tbc_g->tc_split) > need) need = tc_fat_smem_kv(HS, tbc_g->tc_split);
     return need + 5120 <= tbc_smem_optin_limit();
 }
 
@@ -106,7 +106,7 @@ static void tc_bwd(float *dq, float *dk, float *dv, const float *dout, const flo
     tc_fat_ws ws = tc_ws(B, T, H, Hkv, HS);
     tc_prep_jobs J = tc_prep_bwd_jobs(ws, SPLIT, q, dout, k, v, ldq, ldkv, H, Hkv, hs);
     const uint64_t *dm = tc_prep<HS>(J, d, site, B, T, H, hs);
-    size_t sq = tc_fat_smem_q(HS), skv = tc_fat_smem_kv(HS);
+    size_t sq = tc_fat_smem_q(HS), skv = tc_fat_smem_kv(HS, SPLIT);
     tbc_smem_allow(k_fat_dq<HS, SPLIT>, sq, 0, &allowed_q);
     tbc_smem_allow(k_fat_bwd_kv<HS, BQ, SPLIT>, skv, 0, &allowed_kv);
     /* dSᵀ (bf16, Tp x Tp per head) from the dk / dv kernel to the dq kernel; the plain
@@ -125,10 +125,10 @@ static void tc_bwd(float *dq, float *dk, float *dv, const float *dout, const flo
 #define TC_DISPATCH(fn, ...)                                                                             \
     do {                                                                                                 \
         int sp_ = tbc_g->tc_split;                                                                       \
-        if (hs <= 32) sp_ == 0 ? fn<32, 0>(__VA_ARGS__) : sp_ == 1 ? fn<32, 1>(__VA_ARGS__) : fn<32, 3>(__VA_ARGS__); \
+        if (hs <= 32) sp_ == 3 ? fn<32, 3>(__VA_ARGS__) : sp_ == 1 ? fn<32, 1>(__VA_ARGS__) : sp_ == 0 ? fn<32, 0>(__VA_ARGS__) : fn<32, 7>(__VA_ARGS__); \
         else if (hs <= 64)                                                                               \
-            sp_ == 0 ? fn<64, 0>(__VA_ARGS__) : sp_ == 1 ? fn<64, 1>(__VA_ARGS__) : fn<64, 3>(__VA_ARGS__); \
-        else sp_ == 0 ? fn<128, 0>(__VA_ARGS__) : sp_ == 1 ? fn<128, 1>(__VA_ARGS__) : fn<128, 3>(__VA_ARGS__); \
+            sp_ == 3 ? fn<64, 3>(__VA_ARGS__) : sp_ == 1 ? fn<64, 1>(__VA_ARGS__) : sp_ == 0 ? fn<64, 0>(__VA_ARGS__) : fn<64, 7>(__VA_ARGS__); \
+        else sp_ == 3 ? fn<128, 3>(__VA_ARGS__) : sp_ == 1 ? fn<128, 1>(__VA_ARGS__) : sp_ == 0 ? fn<128, 0>(__VA_ARGS__) : fn<128, 7>(__VA_ARGS__); \
     } while (0)
 
 void tbc_flash_tc_fwd(float *out, float *lse, const float *q, const float *k, const float *v, size_t ldq,

@@ -57,21 +57,21 @@ static inline int tc_fat_tp(int T) { return (T + TC_BC - 1) / TC_BC * TC_BC; }
 
 /* The staged operands (k_fat_prep): bf16 copies of q, k, v and dO in per-head row-major
  * blocks [b][head][Tp][HS], zero outside (t < T, c < hs), hi = bf16(x) and lo = bf16(x -
- * hi) for the split products. One scratch region holds them: qh, ql, oh (B·H·Tp·HS each),
- * then kh, kl, vh, vl (B·Hkv·Tp·HS each). The forward fills qh, ql, kh, kl, vh, vl; the
- * backward qh, ql, oh, kh, kl, vh. */
+ * hi) for the split products. One scratch region holds them: qh, ql, oh, ol (B·H·Tp·HS
+ * each), then kh, kl, vh, vl (B·Hkv·Tp·HS each). The forward fills qh, ql, kh, kl, vh, vl;
+ * the backward qh, ql, oh, kh, kl, vh, and with SPLIT & 4 ol and vl. */
 struct tc_fat_ws {
-    tc_bf16 *qh, *ql, *oh, *kh, *kl, *vh, *vl;
+    tc_bf16 *qh, *ql, *oh, *ol, *kh, *kl, *vh, *vl;
 };
 static inline size_t tc_fat_ws_elems(int B, int T, int H, int Hkv, int HS) {
     size_t tp = (size_t)tc_fat_tp(T);
-    return 3 * (size_t)B * H * tp * HS + 4 * (size_t)B * Hkv * tp * HS;
+    return 4 * (size_t)B * H * tp * HS + 4 * (size_t)B * Hkv * tp * HS;
 }
 static inline tc_fat_ws tc_fat_ws_carve(tc_bf16 *base, int B, int T, int H, int Hkv, int HS) {
     size_t nq = (size_t)B * H * tc_fat_tp(T) * HS, nk = (size_t)B * Hkv * tc_fat_tp(T) * HS;
     tc_fat_ws w;
-    w.qh = base, w.ql = base + nq, w.oh = base + 2 * nq;
-    w.kh = base + 3 * nq, w.kl = w.kh + nk, w.vh = w.kh + 2 * nk, w.vl = w.kh + 3 * nk;
+    w.qh = base, w.ql = base + nq, w.oh = base + 2 * nq, w.ol = base + 3 * nq;
+    w.kh = base + 4 * nq, w.kl = w.kh + nk, w.vh = w.kh + 2 * nk, w.vl = w.kh + 3 * nk;
     return w;
 }
 
@@ -82,8 +82,11 @@ static inline size_t tc_fat_tile(int HS, int rows) { return (size_t)rows * (HS +
 static inline size_t tc_fat_smem_fwd(int HS) { return 2 * tc_fat_tile(HS, TC_BR) + 6 * tc_fat_tile(HS, TC_BC); }
 /* k_fat_dq's: two stages of a dSᵀ tile and K's hi and lo tiles (lo with SPLIT & 1). */
 static inline size_t tc_fat_smem_q(int HS) { return 2 * (2 * tc_fat_tile(HS, TC_BC) + tc_fat_tile(TC_BR, TC_BC)); }
-static inline size_t tc_fat_smem_kv(int HS) {
-    return 3 * tc_fat_tile(HS, TC_BR) + 6 * tc_fat_tile(HS, tc_fat_bq(HS));
+/* k_fat_bwd_kv's: K, K's lo half and V (and V's lo with SPLIT & 4) once, two stages of Q,
+ * Q's lo half and dO (and dO's lo with SPLIT & 4). */
+static inline size_t tc_fat_smem_kv(int HS, int split) {
+    int dp = (split & 4) != 0;
+    return (size_t)(3 + dp) * tc_fat_tile(HS, TC_BR) + (size_t)2 * (3 + dp) * tc_fat_tile(HS, tc_fat_bq(HS));
 }
 
 /* Up to four staging jobs of one k_fat_prep launch (blockIdx.y picks one). */
@@ -125,9 +128,9 @@ static inline tc_prep_jobs tc_prep_bwd_jobs(const tc_fat_ws &ws, int split, cons
     tc_prep_jobs J;
     memset(&J, 0, sizeof J);
     tc_prep_add(J, q, ws.qh, split & 1 ? ws.ql : NULL, ldq, H);
-    tc_prep_add(J, dout, ws.oh, NULL, (size_t)H * hs, H);
+    tc_prep_add(J, dout, ws.oh, split & 4 ? ws.ol : NULL, (size_t)H * hs, H);
     tc_prep_add(J, k, ws.kh, split & 1 ? ws.kl : NULL, ldkv, Hkv);
-    tc_prep_add(J, v, ws.vh, NULL, ldkv, Hkv);
+    tc_prep_add(J, v, ws.vh, split & 4 ? ws.vl : NULL, ldkv, Hkv);
     return J;
 }
 /* The dropout words of a call (rows x W), and the jobs' dropout task with its buffer dm
@@ -199,8 +202,10 @@ __global__ void k_fat_prep(tc_prep_jobs jobs, int T, int Tp, int hs, int B) {
 #define TC_LN2 0.6931471805599453f
 
 /* SPLIT (a bench switch; the build's default is TC_SPLIT_DEFAULT): bit 0, the scores as a
- * split product (tc_mm_ss3); bit 1, the forward's output too (tc_mm_rs3). */
-#define TC_SPLIT_DEFAULT 3
+ * split product (tc_mm_ss3), and K as hi + lo in dq; bit 1, the forward's output too
+ * (tc_mm_rs3); bit 2, the backward's dP̃ = dO Vᵀ (tc_mm_ss3: dS = P (dP̃ - D) cancels, and
+ * bf16 dO and V alone had put a tiny case's dq 2.4e-2 off the CPU). */
+#define TC_SPLIT_DEFAULT 7
 
 /* The streamed tiles of the kernels below: cp.async copies of the staged operands into one
  * of two shared-memory stages, issued a tile ahead of the one the warps compute on. */
@@ -393,11 +398,13 @@ __global__ void __launch_bounds__(TC_THREADS)
                  const uint8_t *mask, const uint64_t *dm, float dscale, int T, int Tp, int H, int Hkv, int hs,
                  float scale, int set) {
     constexpr int LH = HS + 8, NT = BQ / 8, NO = HS / 8, TK = TC_BR * LH, TQ = BQ * LH;
+    constexpr int DP = (SPLIT & 4) != 0, NS = 3 + DP; /* tiles a stage */
     TC_DYN_SMEM(tc_sm);
     tc_bf16 *Ks = (tc_bf16 *)tc_sm; /* [TC_BR][LH] */
     tc_bf16 *Kl = Ks + TK;          /* K - Ks */
     tc_bf16 *Vs = Kl + TK;
-    tc_bf16 *st = Vs + TK;          /* stage s at st + 3 s TQ: Q, Q - Q, dO ([BQ][LH] each) */
+    tc_bf16 *Vl = Vs + TK;          /* V - Vs (DP) */
+    tc_bf16 *st = Vs + (1 + DP) * TK; /* stage s at st + NS s TQ: Q, Q - Q, dO, dO - dO (DP) */
     __shared__ float sl[BQ], sD[BQ];
     __shared__ uint64_t kw[BQ]; /* the dropout word of each query row for the block's keys */
     int tid = threadIdx.x, lane = tid % 32, w = tid / 32, g = lane / 4, t = lane % 4;
@@ -407,11 +414,13 @@ __global__ void __launch_bounds__(TC_THREADS)
     tc_copy_tile<HS, TC_BR>(Ks, ws.kh + ko);
     if (SPLIT & 1) tc_copy_tile<HS, TC_BR>(Kl, ws.kl + ko);
     tc_copy_tile<HS, TC_BR>(Vs, ws.vh + ko);
+    if (DP) tc_copy_tile<HS, TC_BR>(Vl, ws.vl + ko);
     {
         size_t qo = ((size_t)b * H + (size_t)kh * group) * Tp * HS;
         tc_copy_tile<HS, BQ>(st, ws.qh + qo);
         if (SPLIT & 1) tc_copy_tile<HS, BQ>(st + TQ, ws.ql + qo);
         tc_copy_tile<HS, BQ>(st + 2 * TQ, ws.oh + qo);
+        if (DP) tc_copy_tile<HS, BQ>(st + 3 * TQ, ws.ol + qo);
     }
     tc_cp_commit();
     int jr[2] = {w * 16 + g, w * 16 + g + 8}; /* the thread's two key rows in the block */
@@ -430,10 +439,11 @@ __global__ void __launch_bounds__(TC_THREADS)
         if (it + 1 < ntiles) {
             int hn = kh * group + (it + 1) / nqt, in0 = ((it + 1) % nqt) * BQ;
             size_t qo = (((size_t)b * H + hn) * Tp + in0) * HS;
-            tc_bf16 *sn = st + ((it + 1) & 1) * 3 * TQ;
+            tc_bf16 *sn = st + ((it + 1) & 1) * NS * TQ;
             tc_copy_tile<HS, BQ>(sn, ws.qh + qo);
             if (SPLIT & 1) tc_copy_tile<HS, BQ>(sn + TQ, ws.ql + qo);
             tc_copy_tile<HS, BQ>(sn + 2 * TQ, ws.oh + qo);
+            if (DP) tc_copy_tile<HS, BQ>(sn + 3 * TQ, ws.ol + qo);
         }
         tc_cp_commit();
         if (tid < BQ) {
@@ -444,12 +454,13 @@ __global__ void __launch_bounds__(TC_THREADS)
         }
         tc_cp_wait<1>();
         __syncthreads();
-        const tc_bf16 *Qs = st + (it & 1) * 3 * TQ, *Ql = Qs + TQ, *Os = Qs + 2 * TQ;
+        const tc_bf16 *Qs = st + (it & 1) * NS * TQ, *Ql = Qs + TQ, *Os = Qs + 2 * TQ, *Ol = Qs + 3 * TQ;
         float s[NT][4], dp[NT][4];
         tc_zero(s), tc_zero(dp);
         if (SPLIT & 1) tc_mm_ss3<HS, NT>(s, Ks + w * 16 * LH, Kl + w * 16 * LH, LH, Qs, Ql, LH, lane);
         else tc_mm_ss<HS, NT>(s, Ks + w * 16 * LH, LH, Qs, LH, lane);
-        tc_mm_ss<HS, NT>(dp, Vs + w * 16 * LH, LH, Os, LH, lane);
+        if (DP) tc_mm_ss3<HS, NT>(dp, Vs + w * 16 * LH, Vl + w * 16 * LH, LH, Os, Ol, LH, lane);
+        else tc_mm_ss<HS, NT>(dp, Vs + w * 16 * LH, LH, Os, LH, lane);
 #pragma unroll
         for (int n = 0; n < NT; n++)
 #pragma unroll
