@@ -129,11 +129,8 @@ void attention_backward(const tb_backend *be, real *du, real *scratch, const rea
     size_t kv = (size_t)p->Hkv * hs;
     real *da = scratch, *dq = da + n * C, *dk = dq + n * C, *dv = dk + n * kv;
     real *lscr = dv + n * kv, *work = lscr + max_lin_scratch(p, n);
-    /* dq, dk, dv start at zero: written by attn_bwd_set, else zeroed and added to */
-    tb_attn_bwd_fn attn_bwd = be->dense.attn_bwd_set ? be->dense.attn_bwd_set : be->dense.attn_bwd;
-    if (!be->dense.attn_bwd_set) be->core.fill(dq, R(0.0), n * C + 2 * n * kv);
     linear_backward_set(be, da, lscr, dout, act + l.act_o, act + l.a, &p->o, n);
-    attn_bwd(dq, dk, dv, work, da, act + l.a, p->recompute_probs ? NULL : act + l.probs,
+    be->dense.attn_bwd_set(dq, dk, dv, work, da, act + l.a, p->recompute_probs ? NULL : act + l.probs,
                        act + l.rowstat, act + l.q,
                        act + l.k, act + l.v, C, kv, key_mask, p->kind == TB_ATTN_SIGMOID, d,
                        TB_DROPOUT_SITE_ATTN, B, T, p->H, p->Hkv, hs);

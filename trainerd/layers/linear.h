@@ -60,8 +60,8 @@ void linear_backward(const struct tb_backend *be,
                      const real *x,     // (ntok, in)
                      const tb_linear *p, size_t ntok);
 /* As linear_backward with dx = ... (dx not NULL; its contents are not read): the same
- * values as zeroing dx and calling linear_backward, without the fill where the backend
- * writes a BitLinear's input gradient directly (dense.bitlinear_bwd_set). */
+ * values as zeroing dx and calling linear_backward; a BitLinear's goes through
+ * dense.bitlinear_bwd_set (no separate fill where the backend writes dx directly). */
 void linear_backward_set(const struct tb_backend *be, real *dx, real *scratch, const real *dy,
                          const real *act, const real *x, const tb_linear *p, size_t ntok);
 

@@ -57,17 +57,6 @@ static void offsets_to_host(const tb_backend *be, int32_t *off, const moe_act *a
     be->core.to_host(off, a->offsets, ((size_t)E + 1) * sizeof(int32_t));
 }
 
-/* dx = act'(x) ⊙ dy, through the backend's writing op where it has one. */
-static void act_backward_set(const tb_backend *be, real *dx, const real *dy, const real *x, size_t n,
-                             int kind) {
-    if (be->seq.act_backward_set) {
-        be->seq.act_backward_set(dx, dy, x, n, kind, be);
-        return;
-    }
-    be->core.fill(dx, 0, n);
-    be->seq.act_backward(dx, dy, x, n, kind, be);
-}
-
 size_t moe_act_count(const tb_moe *p, size_t ntok) {
     return moe_layout(NULL, p, ntok).total;
 }
@@ -162,14 +151,9 @@ void moe_backward(const tb_backend *be, real *dv, real *scratch, const real *dou
         /* the forward's xe and ae again (moe_act) */
         be->seq.moe_gather(xe, v, a.order + j0, (int)n, K, C, be);
         be->seq.act_forward(ae, he, n * (size_t)F, p->act, be);
-        if (be->seq.moe_scatter_backward_set) {
-            be->seq.moe_scatter_backward_set(dye, dgate, dout, ye, a.gate, a.order + j0, (int)n, K, C, be);
-        } else {
-            be->core.fill(dye, 0, n * (size_t)C);
-            be->seq.moe_scatter_backward(dye, dgate, dout, ye, a.gate, a.order + j0, (int)n, K, C, be);
-        }
+        be->seq.moe_scatter_backward_set(dye, dgate, dout, ye, a.gate, a.order + j0, (int)n, K, C, be);
         linear_backward_set(be, dae, ls, dye, ld, ae, &p->down[e], n);
-        act_backward_set(be, dhe, dae, he, n * (size_t)F, p->act);
+        be->seq.act_backward_set(dhe, dae, he, n * (size_t)F, p->act, be);
         linear_backward_set(be, dxe, ls, dhe, lu, xe, &p->up[e], n);
         be->seq.moe_gather_backward(dv, dxe, a.order + j0, (int)n, K, C, be);
     }
@@ -205,6 +189,6 @@ void ffn_backward(const tb_backend *be, real *dv, real *scratch, const real *dou
     const real *h = act, *a = act + nF, *lu = a + nF, *ld = lu + linear_act_count(&p->up, ntok);
     real *da = scratch, *dh = scratch + nF, *ls = scratch + 2 * nF;
     linear_backward_set(be, da, ls, dout, ld, a, &p->down, ntok);
-    act_backward_set(be, dh, da, h, nF, p->act);
+    be->seq.act_backward_set(dh, da, h, nF, p->act, be);
     linear_backward(be, dv, ls, dh, lu, v, &p->up, ntok);
 }

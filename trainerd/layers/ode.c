@@ -138,11 +138,8 @@ static void f_backward(const tb_backend *be, real *gin, const real *gk, const re
     int hs = p->C / p->H;
     real *da = w->da, *dqkv = w->dqkv, *dxn = w->dxn;
     linear_backward_set(be, da, w->lin, gk, e + l->oact, e + l->a, &p->o, n);
-    /* dqkv starts at zero: written by attn_bwd_set, else zeroed and added to */
-    tb_attn_bwd_fn attn_bwd = be->dense.attn_bwd_set ? be->dense.attn_bwd_set : be->dense.attn_bwd;
-    if (!be->dense.attn_bwd_set) be->core.fill(dqkv, R(0.0), 3 * n * C);
     const real *qkv = e + l->qkv;
-    attn_bwd(dqkv, dqkv + C, dqkv + 2 * C, w->work, da, e + l->a,
+    be->dense.attn_bwd_set(dqkv, dqkv + C, dqkv + 2 * C, w->work, da, e + l->a,
                        p->recompute_probs ? NULL : e + l->probs, e + l->rowstat, qkv,
                        qkv + C, qkv + 2 * C, 3 * C, 3 * C, key_mask, 0, d, site, B, T, p->H,
                        p->H, hs);

@@ -69,10 +69,9 @@ typedef struct tb_ops_dense {
                           const int8_t *wq,  // (out, in)
                           const real *sw,    // [1]
                           size_t n, int in, int out);
-    /* Optional (NULL: the model zeroes dx and calls bitlinear_bwd): bitlinear_bwd with dx
-     * = LN0ᵀ(dxhat) written, not added (dx not NULL, not read): the backward of a
-     * BitLinear whose input gradient starts at zero, without a zero fill or the read of
-     * dx. */
+    /* bitlinear_bwd with dx = LN0ᵀ(dxhat) written, not added (dx not NULL, not read): the
+     * backward of a BitLinear whose input gradient starts at zero (the CPU zeroes dx and
+     * adds; CUDA stores, with no fill and no read of dx). */
     void (*bitlinear_bwd_set)(real *dx, real *dw, real *dxhat, const real *dy, const real *x,
                               const int8_t *xq, const real *stats, const int8_t *wq,
                               const real *sw, size_t n, int in, int out);
@@ -151,8 +150,8 @@ typedef struct tb_ops_dense {
                      int B, int T, int H, int Hkv, int hs);
     /* dq, dk, dv += (strides as q, k, v); work: T reals. out: the forward's output. */
     tb_attn_bwd_fn attn_bwd;
-    /* Optional (NULL: the layer zeroes dq, dk, dv first and calls attn_bwd): attn_bwd with
-     * dq, dk, dv written (=), their old contents not read. */
+    /* attn_bwd with dq, dk, dv written (=), their old contents (and the row strides'
+     * padding) not read. */
     tb_attn_bwd_fn attn_bwd_set;
     /* NULL, or 1 when attn_fwd / attn_bwd take probs == NULL for softmax attention with
      * head size hs (the layers then allocate no (B, H, T, T) buffer). */

@@ -195,8 +195,7 @@ typedef struct tb_ops_seq {
     /* The scan's state spacing E (scan_forward): 1 (or 0) keeps every state. */
     int scan_state_every;
 
-    /* Optional (NULL: the layer zeroes the gradient first and calls the accumulating op):
-     * act_backward and moe_scatter_backward with dx, resp. dye, written (=) instead of
+    /* act_backward and moe_scatter_backward with dx, resp. dye, written (=) instead of
      * added, their old contents not read (dgate is still added to): a gradient that starts
      * at zero without a zero fill. */
     void (*act_backward_set)(real *dx, const real *dy, const real *x, size_t n, int kind,
