@@ -155,6 +155,48 @@ static void test_bitlinear_quantisers_and_integer_product_bit_identical(void **s
 static const char *norm_names[5] = {"dense.norm dynamic_tanh", "dense.norm dyt", "dense.norm derf",
                                     "dense.norm layer_norm", "dense.norm rms_norm"};
 
+/* bitlinear_quant_w_many over tensors of odd sizes (one empty, one all zero, one large
+ * enough for the code kernel's stride), laid out with gaps and out of order in the codes
+ * and scales: codes and scales bit-identical to the CPU's one call a tensor, and the
+ * codes and scales outside the ranges left alone. */
+static void test_bitlinear_quant_w_many_bit_identical(void **state) {
+    (void)state;
+    static const size_t cnt[] = {1, 7, 0, 4096, 130 * 65, 600000, 33};
+    enum { NR = sizeof cnt / sizeof cnt[0] };
+    tb_quant_w_range r[NR];
+    size_t woff = 0, coff = 0;
+    for (int i = 0; i < NR; i++) { /* codes in reverse order, a gap of 3 before each */
+        r[NR - 1 - i].code_off = coff + 3;
+        coff += cnt[NR - 1 - i] + 3;
+    }
+    for (int i = 0; i < NR; i++) {
+        r[i].w_off = woff + 5;
+        r[i].count = cnt[i];
+        r[i].scale = (size_t)(2 * (NR - 1 - i) + 1);
+        woff += cnt[i] + 5;
+    }
+    snprintf(shape, sizeof shape, "%d tensors, %zu weights", (int)NR, woff);
+    float *w = rnd(woff, -0.05f, 0.05f);
+    memset(w + r[1].w_off, 0, cnt[1] * 4); /* an all-zero tensor: the 1e-5 floor */
+    int8_t *cq = ct_hmalloc(coff), *hq = ct_hmalloc(coff);
+    float cs[2 * NR + 1], hs[2 * NR + 1];
+    memset(cq, 0x5a, coff);
+    for (int i = 0; i < 2 * NR + 1; i++) cs[i] = -7.0f;
+    float *gw = ct_up(w, woff * 4), *gs = ct_up(cs, sizeof cs);
+    int8_t *gq = ct_up(cq, coff);
+    for (int i = 0; i < NR; i++)
+        ct_cpu->dense.bitlinear_quant_w(cq + r[i].code_off, cs + r[i].scale, w + r[i].w_off, cnt[i]);
+    assert_non_null(ct_gpu->dense.bitlinear_quant_w_many);
+    ct_gpu->dense.bitlinear_quant_w_many(gq, gs, gw, r, NR);
+    ct_down(hq, gq, coff);
+    ct_down(hs, gs, sizeof hs);
+    assert_memory_equal(hs, cs, sizeof cs);
+    assert_memory_equal(hq, cq, coff);
+    ct_record("dense.bitlinear_quant_w_many (bitwise)", 0.0);
+    tb_cuda_free(gw), tb_cuda_free(gs), tb_cuda_free(gq);
+    free(w), free(cq), free(hq);
+}
+
 static void test_norms_fwd_bwd_match_cpu_all_five(void **state) {
     (void)state;
     static const int shapes[][2] = {{1, 2}, {3, 5}, {7, 257}, {33, 1000}, {300, 64}, {9000, 3}};
@@ -261,6 +303,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_linear_fwd_bwd_match_cpu),
         cmocka_unit_test(test_bitlinear_quantisers_and_integer_product_bit_identical),
+        cmocka_unit_test(test_bitlinear_quant_w_many_bit_identical),
         cmocka_unit_test(test_norms_fwd_bwd_match_cpu_all_five),
         cmocka_unit_test(test_xent_fwd_bwd_match_cpu_with_ignored_labels_and_ties),
         cmocka_unit_test(test_axpy_and_sum_squares_match_cpu),

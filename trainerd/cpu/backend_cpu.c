@@ -47,6 +47,13 @@ static void cpu_moe_scatter_backward_set(real *dye, real *dgate, const real *dou
     be->seq.moe_scatter_backward(dye, dgate, dout, ye, gate, order, n, K, C, be);
 }
 
+static void cpu_bitlinear_quant_w_many(int8_t *codes, real *scales, const real *w,
+                                       const tb_quant_w_range *r, int n) {
+    for (int i = 0; i < n; i++)
+        cpu_backend.dense.bitlinear_quant_w(codes + r[i].code_off, scales + r[i].scale,
+                                            w + r[i].w_off, r[i].count);
+}
+
 static void cpu_backend_init(void) {
     cpu_backend.name = "cpu";
     tb_cpu_ops_core_init(&cpu_backend.core);
@@ -56,6 +63,7 @@ static void cpu_backend_init(void) {
     tb_cpu_ops_seq_init(&cpu_backend.seq);
     cpu_backend.dense.bitlinear_bwd_set = cpu_bitlinear_bwd_set;
     cpu_backend.dense.attn_bwd_set = cpu_attn_bwd_set;
+    cpu_backend.dense.bitlinear_quant_w_many = cpu_bitlinear_quant_w_many;
     cpu_backend.seq.act_backward_set = cpu_act_backward_set;
     cpu_backend.seq.moe_scatter_backward_set = cpu_moe_scatter_backward_set;
     cpu_backend.impl = NULL;

@@ -562,10 +562,12 @@ static double cu_sumsq(const real *x, size_t n) { return reduce_to_host(x, n, TB
  * of two per range; one copy back and one wait. Ranges go up in chunks of TBC_RED_CHUNK
  * (the (offset, n) pairs through a host staging copy, then the device). */
 #define TBC_RED_CHUNK 4096
-static void cu_sumsq_many(double *out, const real *base, const size_t *offset, const size_t *n,
-                          int count) {
+/* out_dev[i] (device doubles) = Σ f(x) over range i of base (offset[i], n[i]), f by kind,
+ * for count ranges: two launches per TBC_RED_CHUNK ranges, the same bits as one
+ * tbc_reduce_float a range. The (offset, n) pairs go up from a host buffer. */
+void tbc_reduce_many(double *out_dev, const float *base, const size_t *offset, const size_t *n,
+                     int count, int kind) {
     if (count <= 0) return;
-    double *d = (double *)tbc_scratch(TBC_SCR_RESULT, (size_t)count * sizeof(double));
     int chunk = count < TBC_RED_CHUNK ? count : TBC_RED_CHUNK;
     double *part = (double *)tbc_scratch(TBC_SCR_REDUCE, (size_t)chunk * TBC_RED_BLOCKS * sizeof(double));
     size_t *rng = (size_t *)tbc_scratch(TBC_SCR_REDUCE_RANGES, (size_t)chunk * 2 * sizeof(size_t));
@@ -577,15 +579,22 @@ static void cu_sumsq_many(double *out, const real *base, const size_t *offset, c
         /* pageable source: the call returns once h is staged, so h may be reused */
         TBC_CHECK(cudaMemcpyAsync(rng, h, (size_t)m * 2 * sizeof(size_t), cudaMemcpyHostToDevice, tbc_g->stream));
         k_reduce_partial_many<<<dim3(TBC_RED_BLOCKS, (unsigned)m), TBC_RED_THREADS, 0, tbc_g->stream>>>(
-            part, base, rng, TBC_RED_SQUARE);
+            part, base, rng, kind);
         TBC_LAUNCHED();
-        k_reduce_final<<<(unsigned)m, TBC_RED_THREADS, 0, tbc_g->stream>>>(d + c0, part, TBC_RED_BLOCKS);
+        k_reduce_final<<<(unsigned)m, TBC_RED_THREADS, 0, tbc_g->stream>>>(out_dev + c0, part, TBC_RED_BLOCKS);
         TBC_LAUNCHED();
     }
+    free(h);
+}
+
+static void cu_sumsq_many(double *out, const real *base, const size_t *offset, const size_t *n,
+                          int count) {
+    if (count <= 0) return;
+    double *d = (double *)tbc_scratch(TBC_SCR_RESULT, (size_t)count * sizeof(double));
+    tbc_reduce_many(d, base, offset, n, count, TBC_RED_SQUARE);
     TBC_CHECK(cudaMemcpyAsync(out, d, (size_t)count * sizeof(double), cudaMemcpyDeviceToHost,
                               tbc_g->stream));
     TBC_CHECK(cudaStreamSynchronize(tbc_g->stream));
-    free(h);
 }
 
 static int cu_all_finite(const real *x, size_t n) { return reduce_to_host(x, n, TBC_RED_NONFINITE) == 0.0; }

@@ -58,6 +58,7 @@ enum {
     TBC_SCR_ATTN_DROP,  /* tensor-core attention: dropout keep bits (k_fat_dropmask) */
     TBC_SCR_BL_DY,      /* bitlinear_bwd, bf16 mode: dy as bf16 */
     TBC_SCR_BL_XT,      /* bitlinear_bwd, bf16 mode: x̃ as bf16 */
+    TBC_SCR_QW_RANGES,  /* bitlinear_quant_w_many: its tensors' ranges */
     TBC_SCR_SEQ_A,      /* seq ops: first partial buffer */
     TBC_SCR_SEQ_B,      /* seq ops: second partial buffer */
     TBC_SCR_SEQ_C,      /* seq ops: third partial buffer */
@@ -133,6 +134,10 @@ void *tbc_scratch(int slot, size_t bytes);
 enum { TBC_RED_ABS = 0, TBC_RED_SQUARE = 1, TBC_RED_NONFINITE = 2 };
 /* *out_dev (device double) = Σ f(x[i]), f by kind (NONFINITE: count of non-finite). */
 void tbc_reduce_float(double *out_dev, const float *x, size_t n, int kind);
+/* out_dev[i] = the same over range i = base[offset[i] .. + n[i]) for count ranges (host
+ * arrays), in a few launches: the same bits as one tbc_reduce_float a range. */
+void tbc_reduce_many(double *out_dev, const float *base, const size_t *offset, const size_t *n,
+                     int count, int kind);
 
 /* Block-wide double sum over blockDim.x threads (power of two <= 1024), fixed tree.
  * sh: blockDim.x doubles of shared memory. Every thread gets the result. */

@@ -63,6 +63,57 @@ static void cu_bitlinear_quant_w(int8_t *wq, real *sw, const real *w, size_t cou
     }
 }
 
+/* bitlinear_quant_w_many: the scale of each range (a thread a range, k_quant_w_scale's
+ * expression), then the codes of all ranges (blockIdx.y the range, k_quant_w_codes's). */
+__global__ void k_quant_w_scale_many(float *scales, const double *sum_abs, const tb_quant_w_range *r, int m) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= m) return;
+    size_t count = r[i].count;
+    float mean = count ? (float)(sum_abs[i] / (double)count) : 0.0f;
+    scales[r[i].scale] = 1.0f / (mean > 1e-5f ? mean : 1e-5f);
+}
+
+__global__ void k_quant_w_codes_many(int8_t *codes, const float *scales, const float *w,
+                                     const tb_quant_w_range *r) {
+    tb_quant_w_range q = r[blockIdx.y];
+    float s = scales[q.scale];
+    const float *wr = w + q.w_off;
+    int8_t *cr = codes + q.code_off;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < q.count; i += (size_t)gridDim.x * blockDim.x) {
+        float v = rintf(wr[i] * s);
+        cr[i] = (int8_t)(v > 1 ? 1 : v < -1 ? -1 : v);
+    }
+}
+
+static void cu_bitlinear_quant_w_many(int8_t *codes, real *scales, const real *w,
+                                      const tb_quant_w_range *r, int n) {
+    if (n <= 0) return;
+    size_t *off = (size_t *)malloc((size_t)n * 2 * sizeof(size_t));
+    if (!off) tbc_fatal("malloc", __FILE__, __LINE__, "out of host memory for the quantiser ranges");
+    size_t *cnt = off + n, most = 0;
+    for (int i = 0; i < n; i++) {
+        off[i] = r[i].w_off, cnt[i] = r[i].count;
+        if (cnt[i] > most) most = cnt[i];
+    }
+    double *sum = (double *)tbc_scratch(TBC_SCR_RESULT, (size_t)n * sizeof(double));
+    tbc_reduce_many(sum, w, off, cnt, n, TBC_RED_ABS);
+    free(off);
+    tb_quant_w_range *dr = (tb_quant_w_range *)tbc_scratch(TBC_SCR_QW_RANGES, (size_t)n * sizeof *r);
+    /* pageable source: the call returns once r is staged */
+    TBC_CHECK(cudaMemcpyAsync(dr, r, (size_t)n * sizeof *r, cudaMemcpyHostToDevice, S()));
+    k_quant_w_scale_many<<<(unsigned)((n + 127) / 128), 128, 0, S()>>>(scales, sum, dr, n);
+    TBC_LAUNCHED();
+    if (!most) return;
+    /* blocks a range: enough for the largest (capped; the loop strides), a range a y */
+    size_t bx = (most + 1023) / 1024;
+    if (bx > 512) bx = 512;
+    for (int y0 = 0; y0 < n; y0 += 65535) {
+        int m = n - y0 < 65535 ? n - y0 : 65535;
+        k_quant_w_codes_many<<<dim3((unsigned)bx, (unsigned)m), 256, 0, S()>>>(codes, scales, w, dr + y0);
+        TBC_LAUNCHED();
+    }
+}
+
 /* One block per token row: mean and variance in double, the float roundings of the CPU
  * (x - mean, · rstd, · s_x, rint) element by element. */
 __global__ void k_quant_x(int8_t *xq, float *stats, const float *x, int in) {
@@ -748,6 +799,7 @@ void tbc_ops_dense_init(tb_ops_dense *ops) {
     ops->linear_fwd = cu_linear_fwd;
     ops->linear_bwd = cu_linear_bwd;
     ops->bitlinear_quant_w = cu_bitlinear_quant_w;
+    ops->bitlinear_quant_w_many = cu_bitlinear_quant_w_many;
     ops->bitlinear_quant_x = cu_bitlinear_quant_x;
     ops->bitlinear_fwd = cu_bitlinear_fwd;
     ops->bitlinear_bwd = cu_bitlinear_bwd;

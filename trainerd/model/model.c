@@ -438,9 +438,27 @@ size_t tb_model_arena_part_bytes(const tb_model *m, int part) {
     return part >= 0 && part < TB_ARENA_PARTS ? m->arena_parts[part] * sizeof(real) : 0;
 }
 
+/* Every BitLinear's codes and scale from its weights (after each optimizer step): one
+ * bitlinear_quant_w_many for all of them (one at a time if the range table cannot be
+ * allocated). */
 void tb_model_refresh(tb_model *m) {
-    for (int i = 0; i < m->nlinears; i++)
-        if (m->linears[i].bitnet) linear_refresh(m->be, &m->linears[i]);
+    tb_quant_w_range *r = malloc((size_t)(m->nlinears > 0 ? m->nlinears : 1) * sizeof *r);
+    int n = 0;
+    for (int i = 0; i < m->nlinears; i++) {
+        const tb_linear *l = &m->linears[i];
+        if (!l->bitnet) continue;
+        if (!r) {
+            linear_refresh(m->be, l);
+            continue;
+        }
+        r[n].w_off = (size_t)(l->w - m->p.param);
+        r[n].code_off = (size_t)(l->wq - m->p.codes);
+        r[n].count = (size_t)l->in * (size_t)l->out;
+        r[n].scale = (size_t)(l->sw - m->p.scales);
+        n++;
+    }
+    if (r && n) m->be->dense.bitlinear_quant_w_many(m->p.codes, m->p.scales, m->p.param, r, n);
+    free(r);
 }
 
 void tb_model_init(tb_model *m, uint64_t seed) {

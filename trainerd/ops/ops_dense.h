@@ -13,6 +13,12 @@
 struct tb_backend;
 
 /* The attention backward's signature (attn_bwd, attn_bwd_set below). */
+/* One tensor of bitlinear_quant_w_many: offsets into the weights and the codes, its
+ * element count and the index of its scale. */
+typedef struct tb_quant_w_range {
+    size_t w_off, code_off, count, scale;
+} tb_quant_w_range;
+
 typedef void (*tb_attn_bwd_fn)(real *dq, real *dk, real *dv, real *work,
                                const real *dout,   // (n, H·hs)
                                const real *out,    // (n, H·hs)
@@ -44,6 +50,12 @@ typedef struct tb_ops_dense {
                               real *sw,      // [1]
                               const real *w, // (count)
                               size_t count);
+    /* bitlinear_quant_w over n tensors at once (the model's refresh after each optimizer
+     * step): tensor i is w + r[i].w_off (r[i].count values), its codes codes +
+     * r[i].code_off, its scale scales[r[i].scale]; the values of n separate calls (CUDA:
+     * three launches for all of them instead of four a tensor). */
+    void (*bitlinear_quant_w_many)(int8_t *codes, real *scales, const real *w,
+                                   const tb_quant_w_range *r, int n);
     /* LN0 + activation quantiser; stats[t] = (mean, rstd, s_x). */
     void (*bitlinear_quant_x)(int8_t *xq,    // (n, in)
                               real *stats,   // (n, 3)
