@@ -179,6 +179,54 @@ static void test_titan_fwd_bwd_match_cpu(void **state) {
     }
 }
 
+/* The fixed-capacity layout (layers/moe.c): moe_pad_order (exact) and the gather /
+ * scatter ops over the E·P padded rows, padding rows included (order < 0: gather writes
+ * zeros, the writing scatter backward zero dye rows, nothing else touches them). P as the
+ * layer takes it: the capacity, at most ntok, rounded up to 16 (ntok without one). */
+static void moe_padded_match_cpu(const int32_t *order, const int32_t *gorder, const int32_t *off,
+                                 const int32_t *goff, int ntok, int E, int K, int C, double cf,
+                                 ct_t gate) {
+    int P = ntok;
+    if (cf > 0) {
+        double c = ceil(cf * K * (double)ntok / E);
+        P = c < ntok ? (int)c : ntok;
+        P = (P + 15) & ~15;
+    }
+    size_t R = (size_t)E * P, A = (size_t)ntok * K;
+    int32_t *pad = ct_hmalloc(R * 4), *hp = ct_hmalloc(R * 4), *gpad = ct_poisoned(R * 4);
+    ct_gpu->seq.moe_pad_order(gpad, gorder, goff, E, P, ct_gpu);
+    ct_cpu->seq.moe_pad_order(pad, order, off, E, P, ct_cpu);
+    ct_down(hp, gpad, R * 4);
+    assert_memory_equal(hp, pad, R * 4);
+    ct_record("seq.moe_pad_order (exact)", 0.0);
+    int rows = (int)R;
+    ct_t x = ct_rand((size_t)ntok * C, -1, 1), xe = ct_out(R * C), dxe = ct_rand(R * C, -1, 1),
+         dx = ct_rand((size_t)ntok * C, -1, 1), ye = ct_rand(R * C, -1, 1), out = ct_rand((size_t)ntok * C, -1, 1),
+         dout = ct_rand((size_t)ntok * C, -1, 1), dye = ct_rand(R * C, -1, 1), dg = ct_rand(A, -1, 1),
+         sdy = ct_out(R * C);
+    ct_gpu->seq.moe_gather(xe.d, x.d, gpad, rows, K, C, ct_gpu);
+    ct_cpu->seq.moe_gather(xe.h, x.h, pad, rows, K, C, ct_cpu);
+    chk("seq.moe_gather padded", xe);
+    ct_gpu->seq.moe_gather_backward(dx.d, dxe.d, gpad, rows, K, C, ct_gpu);
+    ct_cpu->seq.moe_gather_backward(dx.h, dxe.h, pad, rows, K, C, ct_cpu);
+    chk("seq.moe_gather_backward padded", dx);
+    ct_gpu->seq.moe_scatter(out.d, ye.d, gate.d, gpad, rows, K, C, ct_gpu);
+    ct_cpu->seq.moe_scatter(out.h, ye.h, gate.h, pad, rows, K, C, ct_cpu);
+    chk("seq.moe_scatter padded", out);
+    ct_gpu->seq.moe_scatter_backward(dye.d, dg.d, dout.d, ye.d, gate.d, gpad, rows, K, C, ct_gpu);
+    ct_cpu->seq.moe_scatter_backward(dye.h, dg.h, dout.h, ye.h, gate.h, pad, rows, K, C, ct_cpu);
+    chk("seq.moe_scatter_backward padded dye", dye);
+    chk("seq.moe_scatter_backward padded dgate", dg);
+    ct_gpu->seq.moe_scatter_backward_set(sdy.d, dg.d, dout.d, ye.d, gate.d, gpad, rows, K, C, ct_gpu);
+    ct_cpu->seq.moe_scatter_backward(sdy.h, dg.h, dout.h, ye.h, gate.h, pad, rows, K, C, ct_cpu);
+    chk("seq.moe_scatter_backward_set padded dye", sdy);
+    chk("seq.moe_scatter_backward_set padded dgate", dg);
+    ct_tfree(x), ct_tfree(xe), ct_tfree(dxe), ct_tfree(dx), ct_tfree(ye), ct_tfree(out), ct_tfree(dout);
+    ct_tfree(dye), ct_tfree(dg), ct_tfree(sdy);
+    free(pad), free(hp);
+    tb_cuda_free(gpad);
+}
+
 static void test_moe_route_gather_scatter_match_cpu(void **state) {
     (void)state;
     /* ntok, E, K, renorm, cf·100, C */
@@ -242,6 +290,7 @@ static void test_moe_route_gather_scatter_match_cpu(void **state) {
             ct_tfree(x), ct_tfree(xe), ct_tfree(dxe), ct_tfree(dx), ct_tfree(ye), ct_tfree(out), ct_tfree(dout);
             ct_tfree(dye), ct_tfree(dg2);
         }
+        moe_padded_match_cpu(order, gorder, off, goff, ntok, E, K, C, cf, gate);
         ct_tfree(logits), ct_tfree(probs), ct_tfree(gate), ct_tfree(lbal), ct_tfree(dgate), ct_tfree(dlog);
         free(sel), free(order), free(off), free(hs), free(ho), free(hf);
         tb_cuda_free(gsel), tb_cuda_free(gorder), tb_cuda_free(goff);

@@ -117,8 +117,12 @@ static void cpu_moe_gather(real *xe, const real *x, const int32_t *order, int n,
                            const struct tb_backend *be) {
     (void)be;
     for (int j = 0; j < n; j++) {
-        const real *src = x + (size_t)(order[j] / K) * (size_t)C;
         real *dst = xe + (size_t)j * (size_t)C;
+        if (order[j] < 0) { /* padding */
+            for (int c = 0; c < C; c++) dst[c] = 0;
+            continue;
+        }
+        const real *src = x + (size_t)(order[j] / K) * (size_t)C;
         for (int c = 0; c < C; c++) dst[c] = src[c];
     }
 }
@@ -127,6 +131,7 @@ static void cpu_moe_gather_backward(real *dx, const real *dxe, const int32_t *or
                                     int K, int C, const struct tb_backend *be) {
     (void)be;
     for (int j = 0; j < n; j++) {
+        if (order[j] < 0) continue; /* padding */
         real *dst = dx + (size_t)(order[j] / K) * (size_t)C;
         const real *src = dxe + (size_t)j * (size_t)C;
         for (int c = 0; c < C; c++) dst[c] += src[c];
@@ -137,6 +142,7 @@ static void cpu_moe_scatter(real *out, const real *ye, const real *gate, const i
                             int n, int K, int C, const struct tb_backend *be) {
     (void)be;
     for (int j = 0; j < n; j++) {
+        if (order[j] < 0) continue; /* padding */
         real g = gate[order[j]];
         real *dst = out + (size_t)(order[j] / K) * (size_t)C;
         const real *src = ye + (size_t)j * (size_t)C;
@@ -149,6 +155,7 @@ static void cpu_moe_scatter_backward(real *dye, real *dgate, const real *dout, c
                                      int C, const struct tb_backend *be) {
     (void)be;
     for (int j = 0; j < n; j++) {
+        if (order[j] < 0) continue; /* padding */
         real g = gate[order[j]];
         const real *d = dout + (size_t)(order[j] / K) * (size_t)C;
         const real *y = ye + (size_t)j * (size_t)C;
@@ -162,10 +169,20 @@ static void cpu_moe_scatter_backward(real *dye, real *dgate, const real *dout, c
     }
 }
 
+static void cpu_moe_pad_order(int32_t *pad, const int32_t *order, const int32_t *offsets, int E,
+                              int P, const struct tb_backend *be) {
+    (void)be;
+    for (int e = 0; e < E; e++) {
+        int n = offsets[e + 1] - offsets[e];
+        for (int i = 0; i < P; i++) pad[(size_t)e * P + i] = i < n ? order[offsets[e] + i] : -1;
+    }
+}
+
 void tb_cpu_seq_moe_init(tb_ops_seq *ops);
 void tb_cpu_seq_moe_init(tb_ops_seq *ops) {
     ops->moe_route_forward = cpu_moe_route_forward;
     ops->moe_route_backward = cpu_moe_route_backward;
+    ops->moe_pad_order = cpu_moe_pad_order;
     ops->moe_gather = cpu_moe_gather;
     ops->moe_gather_backward = cpu_moe_gather_backward;
     ops->moe_scatter = cpu_moe_scatter;

@@ -181,7 +181,9 @@ static inline unsigned tbc_blocks(size_t n, unsigned threads) {
 void tbc_sort_pairs(int32_t *kout, int32_t *vout, const int32_t *kin, const int32_t *vin, int n, int end_bit);
 
 /* Rows sorted by destination (key, stable), source row val[p]: each destination row gets
- * its source rows added in sorted order (times scale[val[p]] when scale is not NULL). */
+ * its source rows added in sorted order (times scale[val[p]] when scale is not NULL);
+ * rows keyed TBC_SEGMENT_SKIP (the largest 31-bit key) are added nowhere. */
+#define TBC_SEGMENT_SKIP 0x7fffffff
 void tbc_segment_add(float *dst, const float *src, const int32_t *key, const int32_t *val, const float *scale,
                      int n, int C);
 

@@ -69,7 +69,7 @@ __global__ void k_segment_add(float *dst, const float *src, const int32_t *key, 
                               const float *scale, int n, int C) {
     for (int p = blockIdx.x; p < n; p += gridDim.x) {
         int r = key[p];
-        if (p > 0 && key[p - 1] == r) continue;
+        if (r == TBC_SEGMENT_SKIP || (p > 0 && key[p - 1] == r)) continue;
         for (int c = threadIdx.x; c < C; c += blockDim.x) {
             float acc = dst[(size_t)r * C + c];
             for (int q = p; q < n && key[q] == r; q++) {

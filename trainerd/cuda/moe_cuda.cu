@@ -186,7 +186,8 @@ static void cu_moe_route_backward(real *dlogits, const real *dgate, const real *
 __global__ void k_moe_gather(float *xe, const float *x, const int32_t *order, int n, int K, int C) {
     for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < (size_t)n * C; e += (size_t)gridDim.x * blockDim.x) {
         size_t j = e / C;
-        xe[e] = x[(size_t)(order[j] / K) * C + (e - j * C)];
+        int a = order[j];
+        xe[e] = a < 0 ? 0.0f : x[(size_t)(a / K) * C + (e - j * C)]; /* a < 0: padding */
     }
 }
 
@@ -198,14 +199,33 @@ static void cu_moe_gather(real *xe, const real *x, const int32_t *order, int n, 
     TBC_LAUNCHED();
 }
 
-/* keys[j] = order[j] / K (the token), vals[j] = j; scale[j] = gate[order[j]] if gate. */
+/* keys[j] = order[j] / K (the token), vals[j] = j; scale[j] = gate[order[j]] if gate.
+ * A padding row (order[j] < 0) gets key TBC_SEGMENT_SKIP: sorted last, added nowhere. */
 __global__ void k_moe_keys(int32_t *keys, int32_t *vals, float *scale, const int32_t *order, const float *gate, int n,
                            int K) {
     int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= n) return;
-    keys[j] = order[j] / K;
+    int a = order[j];
+    keys[j] = a < 0 ? TBC_SEGMENT_SKIP : a / K;
     vals[j] = j;
-    if (gate) scale[j] = gate[order[j]];
+    if (gate) scale[j] = a < 0 ? 0.0f : gate[a];
+}
+
+/* pad[e·P + i] = order[offsets[e] + i] for i below expert e's count, else -1. */
+__global__ void k_moe_pad_order(int32_t *pad, const int32_t *order, const int32_t *offsets, int E, int P) {
+    size_t r = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (r >= (size_t)E * P) return;
+    int e = (int)(r / P), i = (int)(r - (size_t)e * P);
+    int o = offsets[e];
+    pad[r] = i < offsets[e + 1] - o ? order[o + i] : -1;
+}
+
+static void cu_moe_pad_order(int32_t *pad, const int32_t *order, const int32_t *offsets, int E, int P,
+                             const struct tb_backend *be) {
+    (void)be;
+    if (E <= 0 || P <= 0) return;
+    k_moe_pad_order<<<tbc_blocks((size_t)E * P, EW), EW, 0, S()>>>(pad, order, offsets, E, P);
+    TBC_LAUNCHED();
 }
 
 static void moe_token_sum(float *dst, const float *src, const int32_t *order, const float *gate, int n, int K, int C) {
@@ -256,6 +276,7 @@ static void cu_moe_scatter_backward_set(real *dye, real *dgate, const real *dout
 void tbc_moe_init(tb_ops_seq *ops) {
     ops->moe_route_forward = cu_moe_route_forward;
     ops->moe_route_backward = cu_moe_route_backward;
+    ops->moe_pad_order = cu_moe_pad_order;
     ops->moe_gather = cu_moe_gather;
     ops->moe_gather_backward = cu_moe_gather_backward;
     ops->moe_scatter = cu_moe_scatter;

@@ -15,6 +15,11 @@ __global__ void k_moe_scatter_bwd(float *dye, float *dgate, const float *dout, c
     int j = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (j >= n) return; /* the whole warp leaves together */
     int a = order[j];
+    if (a < 0) { /* padding: no dgate; the writing form zeroes its dye row */
+        if (SET && dye)
+            for (int c = lane; c < C; c += 32) dye[(size_t)j * C + c] = 0.0f;
+        return;
+    }
     float g = gate[a];
     const float *d = dout + (size_t)(a / K) * C, *y = ye + (size_t)j * C;
     float *dy = dye ? dye + (size_t)j * C : NULL;

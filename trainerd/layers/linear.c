@@ -70,3 +70,41 @@ void linear_backward_set(const tb_backend *be, real *dx, real *scratch, const re
     be->dense.bitlinear_bwd_set(dx, p->dw, scratch, dy, x, xq, stats, p->wq, p->sw, ntok, p->in,
                                 p->out);
 }
+
+void linear_forward_groups(const tb_backend *be, real *y, real *act, const real *x,
+                           const tb_linear *p, int G, size_t rows) {
+    if (G <= 0 || rows == 0) return;
+    size_t n = (size_t)G * rows, in = (size_t)p[0].in, out = (size_t)p[0].out;
+    if (!p[0].bitnet) {
+        for (int g = 0; g < G; g++)
+            be->dense.linear_fwd(y + g * rows * out, x + g * rows * in, p[g].w, rows, p[g].in,
+                                 p[g].out);
+        return;
+    }
+    real *stats = act;
+    int8_t *xq = (int8_t *)(act + linear_xq_offset(n));
+    be->dense.bitlinear_quant_x(xq, stats, x, n, p[0].in);
+    for (int g = 0; g < G; g++)
+        be->dense.bitlinear_fwd(y + g * rows * out, xq + g * rows * in, stats + 3 * g * rows,
+                                p[g].wq, p[g].sw, rows, p[g].in, p[g].out);
+}
+
+void linear_backward_groups_set(const tb_backend *be, real *dx, real *scratch, const real *dy,
+                                const real *act, const real *x, const tb_linear *p, int G,
+                                size_t rows) {
+    if (G <= 0 || rows == 0) return;
+    size_t n = (size_t)G * rows, in = (size_t)p[0].in, out = (size_t)p[0].out;
+    if (!p[0].bitnet) {
+        be->core.fill(dx, R(0.0), n * in);
+        for (int g = 0; g < G; g++)
+            be->dense.linear_bwd(dx + g * rows * in, p[g].dw, dy + g * rows * out,
+                                 x + g * rows * in, p[g].w, rows, p[g].in, p[g].out);
+        return;
+    }
+    const real *stats = act;
+    const int8_t *xq = (const int8_t *)(act + linear_xq_offset(n));
+    for (int g = 0; g < G; g++)
+        be->dense.bitlinear_bwd_set(dx + g * rows * in, p[g].dw, scratch, dy + g * rows * out,
+                                    x + g * rows * in, xq + g * rows * in, stats + 3 * g * rows,
+                                    p[g].wq, p[g].sw, rows, p[g].in, p[g].out);
+}

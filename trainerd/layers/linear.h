@@ -65,4 +65,18 @@ void linear_backward(const struct tb_backend *be,
 void linear_backward_set(const struct tb_backend *be, real *dx, real *scratch, const real *dy,
                          const real *act, const real *x, const tb_linear *p, size_t ntok);
 
+/* G linears of one shape and kind (p[0 .. G-1], e.g. the MoE's experts) over G stacked
+ * groups of `rows` rows: group g is rows g·rows .. of x (in) and y (out). act holds
+ * linear_act_count(&p[0], G·rows) reals laid out as one linear's over all G·rows rows
+ * (a BitLinear's activation quantiser runs once over them all: it is per row); the
+ * values of linear_forward per group. scratch of the backward: linear_scratch_count(&p[0],
+ * rows) reals. */
+void linear_forward_groups(const struct tb_backend *be, real *y, real *act, const real *x,
+                           const tb_linear *p, int G, size_t rows);
+/* The writing backward of linear_forward_groups: dx = ... (all G·rows rows), p[g].dw += ...;
+ * the values of linear_backward_set per group. */
+void linear_backward_groups_set(const struct tb_backend *be, real *dx, real *scratch,
+                                const real *dy, const real *act, const real *x,
+                                const tb_linear *p, int G, size_t rows);
+
 #endif

@@ -11,8 +11,14 @@
  * Dense (use_moe false): out = down(act(up(v))).
  * Parameter names (section 11): router.weight, experts.{e}.0.weight, experts.{e}.2.weight |
  * ffn.0.weight, ffn.2.weight; the registry (model/params.c) owns names, shapes and init.
- * The expert loop reads the routing offsets on the host (CPU memory; a device backend
- * copies E+1 int32 back). */
+ * With a capacity (cf > 0) the experts run at a fixed size with no host synchronisation:
+ * P rows each (the capacity, at most ntok, rounded up to 16), laid out by moe_pad_order;
+ * a row past an expert's kept count is padding (zero input, output never added), so the
+ * values are those of the kept rows alone; the gather, activation, scatter and the
+ * BitLinear activation quantiser run once over all E·P rows, each expert's GEMMs keep one
+ * shape from step to step. Without one (cf = 0) an expert may get any number of rows up
+ * to ntok: the expert loop then reads the routing offsets on the host (a device backend
+ * copies E+1 int32 back, once in the forward and once in the backward). */
 #ifndef TB_MOE_H
 #define TB_MOE_H
 #include <stddef.h>

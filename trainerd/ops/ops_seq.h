@@ -137,6 +137,16 @@ typedef struct tb_ops_seq {
                                const int32_t *sel, // (ntok, K)
                                real bal_scale, int ntok, int E, int K, int renorm,
                                const struct tb_backend *be);
+    /* Expert-padded order (the fixed-capacity layout, no host synchronisation): for e < E,
+     * i < P: pad[e·P + i] = order[offsets[e] + i] when i < offsets[e+1] - offsets[e],
+     * else -1 (a padding row). P >= each expert's kept count (its capacity). */
+    void (*moe_pad_order)(int32_t *pad,           // (E·P)
+                          const int32_t *order,   // (ntok*K)
+                          const int32_t *offsets, // (E + 1)
+                          int E, int P, const struct tb_backend *be);
+    /* In the four ops below, a row j with order[j] < 0 is padding (moe_pad_order): gather
+     * writes zeros to it, gather_backward and scatter skip it, scatter_backward leaves its
+     * dye alone (the writing form writes zeros) and touches no dgate. */
     /* xe[j] = x[order[j] / K] for j < n. */
     void (*moe_gather)(real *xe,             // (n, C)
                        const real *x,        // (ntok, C)
