@@ -183,9 +183,9 @@ static void test_titan_fwd_bwd_match_cpu(void **state) {
  * scatter ops over the E·P padded rows, padding rows included (order < 0: gather writes
  * zeros, the writing scatter backward zero dye rows, nothing else touches them). P as the
  * layer takes it: the capacity, at most ntok, rounded up to 16 (ntok without one). */
-static void moe_padded_match_cpu(const int32_t *order, const int32_t *gorder, const int32_t *off,
-                                 const int32_t *goff, int ntok, int E, int K, int C, double cf,
-                                 ct_t gate) {
+static void moe_padded_match_cpu(int32_t *order, int32_t *gorder, int32_t *off, int32_t *goff,
+                                 const int32_t *sel, int32_t *gsel, int ntok, int E, int K, int C,
+                                 double cf, ct_t gate) {
     int P = ntok;
     if (cf > 0) {
         double c = ceil(cf * K * (double)ntok / E);
@@ -194,11 +194,15 @@ static void moe_padded_match_cpu(const int32_t *order, const int32_t *gorder, co
     }
     size_t R = (size_t)E * P, A = (size_t)ntok * K;
     int32_t *pad = ct_hmalloc(R * 4), *hp = ct_hmalloc(R * 4), *gpad = ct_poisoned(R * 4);
-    ct_gpu->seq.moe_pad_order(gpad, gorder, goff, E, P, ct_gpu);
-    ct_cpu->seq.moe_pad_order(pad, order, off, E, P, ct_cpu);
+    int32_t *slot = ct_hmalloc(A * 4), *hsl = ct_hmalloc(A * 4), *gslot = ct_poisoned(A * 4);
+    ct_gpu->seq.moe_pad_order(gpad, gslot, gorder, goff, E, P, ct_gpu);
+    ct_cpu->seq.moe_pad_order(pad, slot, order, off, E, P, ct_cpu);
     ct_down(hp, gpad, R * 4);
+    ct_down(hsl, gslot, A * 4);
     assert_memory_equal(hp, pad, R * 4);
-    ct_record("seq.moe_pad_order (exact)", 0.0);
+    for (size_t a = 0; a < A; a++) /* written for the kept assignments only */
+        if (sel[a] >= 0) assert_int_equal(hsl[a], slot[a]);
+    ct_record("seq.moe_pad_order pad/slot (exact)", 0.0);
     int rows = (int)R;
     ct_t x = ct_rand((size_t)ntok * C, -1, 1), xe = ct_out(R * C), dxe = ct_rand(R * C, -1, 1),
          dx = ct_rand((size_t)ntok * C, -1, 1), ye = ct_rand(R * C, -1, 1), out = ct_rand((size_t)ntok * C, -1, 1),
@@ -221,10 +225,28 @@ static void moe_padded_match_cpu(const int32_t *order, const int32_t *gorder, co
     ct_cpu->seq.moe_scatter_backward(sdy.h, dg.h, dout.h, ye.h, gate.h, pad, rows, K, C, ct_cpu);
     chk("seq.moe_scatter_backward_set padded dye", sdy);
     chk("seq.moe_scatter_backward_set padded dgate", dg);
+    /* the token sums by slot: the values of the padded row-order ops above */
+    ct_gpu->seq.moe_scatter_slots(out.d, ye.d, gate.d, gsel, gslot, ntok, K, C, ct_gpu);
+    ct_cpu->seq.moe_scatter(out.h, ye.h, gate.h, pad, rows, K, C, ct_cpu);
+    chk("seq.moe_scatter_slots", out);
+    ct_gpu->seq.moe_gather_backward_slots(dx.d, dxe.d, gsel, gslot, ntok, K, C, ct_gpu);
+    ct_cpu->seq.moe_gather_backward(dx.h, dxe.h, pad, rows, K, C, ct_cpu);
+    chk("seq.moe_gather_backward_slots", dx);
+    { /* and the CPU's own slot ops give the same bits as its row-order ones */
+        float *o2 = ct_hmalloc((size_t)ntok * C * 4), *d2 = ct_hmalloc((size_t)ntok * C * 4);
+        memcpy(o2, out.h, (size_t)ntok * C * 4), memcpy(d2, dx.h, (size_t)ntok * C * 4);
+        ct_cpu->seq.moe_scatter(out.h, ye.h, gate.h, pad, rows, K, C, ct_cpu);
+        ct_cpu->seq.moe_scatter_slots(o2, ye.h, gate.h, sel, slot, ntok, K, C, ct_cpu);
+        assert_memory_equal(o2, out.h, (size_t)ntok * C * 4);
+        ct_cpu->seq.moe_gather_backward(dx.h, dxe.h, pad, rows, K, C, ct_cpu);
+        ct_cpu->seq.moe_gather_backward_slots(d2, dxe.h, sel, slot, ntok, K, C, ct_cpu);
+        assert_memory_equal(d2, dx.h, (size_t)ntok * C * 4);
+        free(o2), free(d2);
+    }
     ct_tfree(x), ct_tfree(xe), ct_tfree(dxe), ct_tfree(dx), ct_tfree(ye), ct_tfree(out), ct_tfree(dout);
     ct_tfree(dye), ct_tfree(dg), ct_tfree(sdy);
-    free(pad), free(hp);
-    tb_cuda_free(gpad);
+    free(pad), free(hp), free(slot), free(hsl);
+    tb_cuda_free(gpad), tb_cuda_free(gslot);
 }
 
 static void test_moe_route_gather_scatter_match_cpu(void **state) {
@@ -290,7 +312,7 @@ static void test_moe_route_gather_scatter_match_cpu(void **state) {
             ct_tfree(x), ct_tfree(xe), ct_tfree(dxe), ct_tfree(dx), ct_tfree(ye), ct_tfree(out), ct_tfree(dout);
             ct_tfree(dye), ct_tfree(dg2);
         }
-        moe_padded_match_cpu(order, gorder, off, goff, ntok, E, K, C, cf, gate);
+        moe_padded_match_cpu(order, gorder, off, goff, sel, gsel, ntok, E, K, C, cf, gate);
         ct_tfree(logits), ct_tfree(probs), ct_tfree(gate), ct_tfree(lbal), ct_tfree(dgate), ct_tfree(dlog);
         free(sel), free(order), free(off), free(hs), free(ho), free(hf);
         tb_cuda_free(gsel), tb_cuda_free(gorder), tb_cuda_free(goff);

@@ -169,12 +169,61 @@ static void cpu_moe_scatter_backward(real *dye, real *dgate, const real *dout, c
     }
 }
 
-static void cpu_moe_pad_order(int32_t *pad, const int32_t *order, const int32_t *offsets, int E,
-                              int P, const struct tb_backend *be) {
+static void cpu_moe_pad_order(int32_t *pad, int32_t *slot, const int32_t *order,
+                              const int32_t *offsets, int E, int P, const struct tb_backend *be) {
     (void)be;
     for (int e = 0; e < E; e++) {
         int n = offsets[e + 1] - offsets[e];
-        for (int i = 0; i < P; i++) pad[(size_t)e * P + i] = i < n ? order[offsets[e] + i] : -1;
+        for (int i = 0; i < P; i++) {
+            size_t r = (size_t)e * P + i;
+            pad[r] = i < n ? order[offsets[e] + i] : -1;
+            if (i < n) slot[order[offsets[e] + i]] = (int32_t)r;
+        }
+    }
+}
+
+/* Token t's kept assignments' slots in ascending order (K <= TB_MOE_MAX_EXPERTS, distinct
+ * experts, so distinct slots); returns their count and writes the assignment indices. */
+static int kept_by_slot(int32_t *as, const int32_t *sel, const int32_t *slot, int t, int K) {
+    int m = 0;
+    for (int k = 0; k < K; k++) {
+        int32_t a = t * K + k;
+        if (sel[a] < 0) continue;
+        int i = m++;
+        while (i > 0 && slot[as[i - 1]] > slot[a]) as[i] = as[i - 1], i--;
+        as[i] = a;
+    }
+    return m;
+}
+
+static void cpu_moe_scatter_slots(real *out, const real *ye, const real *gate, const int32_t *sel,
+                                  const int32_t *slot, int ntok, int K, int C,
+                                  const struct tb_backend *be) {
+    (void)be;
+    int32_t as[TB_MOE_MAX_EXPERTS];
+    for (int t = 0; t < ntok; t++) {
+        int m = kept_by_slot(as, sel, slot, t, K);
+        real *dst = out + (size_t)t * (size_t)C;
+        for (int j = 0; j < m; j++) {
+            real g = gate[as[j]];
+            const real *src = ye + (size_t)slot[as[j]] * (size_t)C;
+            for (int c = 0; c < C; c++) dst[c] += g * src[c];
+        }
+    }
+}
+
+static void cpu_moe_gather_backward_slots(real *dx, const real *dxe, const int32_t *sel,
+                                          const int32_t *slot, int ntok, int K, int C,
+                                          const struct tb_backend *be) {
+    (void)be;
+    int32_t as[TB_MOE_MAX_EXPERTS];
+    for (int t = 0; t < ntok; t++) {
+        int m = kept_by_slot(as, sel, slot, t, K);
+        real *dst = dx + (size_t)t * (size_t)C;
+        for (int j = 0; j < m; j++) {
+            const real *src = dxe + (size_t)slot[as[j]] * (size_t)C;
+            for (int c = 0; c < C; c++) dst[c] += src[c];
+        }
     }
 }
 
@@ -183,6 +232,8 @@ void tb_cpu_seq_moe_init(tb_ops_seq *ops) {
     ops->moe_route_forward = cpu_moe_route_forward;
     ops->moe_route_backward = cpu_moe_route_backward;
     ops->moe_pad_order = cpu_moe_pad_order;
+    ops->moe_scatter_slots = cpu_moe_scatter_slots;
+    ops->moe_gather_backward_slots = cpu_moe_gather_backward_slots;
     ops->moe_gather = cpu_moe_gather;
     ops->moe_gather_backward = cpu_moe_gather_backward;
     ops->moe_scatter = cpu_moe_scatter;

@@ -211,20 +211,68 @@ __global__ void k_moe_keys(int32_t *keys, int32_t *vals, float *scale, const int
     if (gate) scale[j] = a < 0 ? 0.0f : gate[a];
 }
 
-/* pad[e·P + i] = order[offsets[e] + i] for i below expert e's count, else -1. */
-__global__ void k_moe_pad_order(int32_t *pad, const int32_t *order, const int32_t *offsets, int E, int P) {
+/* pad[e·P + i] = order[offsets[e] + i] for i below expert e's count, else -1; slot[that
+ * assignment] = e·P + i. */
+__global__ void k_moe_pad_order(int32_t *pad, int32_t *slot, const int32_t *order, const int32_t *offsets, int E,
+                                int P) {
     size_t r = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (r >= (size_t)E * P) return;
     int e = (int)(r / P), i = (int)(r - (size_t)e * P);
     int o = offsets[e];
-    pad[r] = i < offsets[e + 1] - o ? order[o + i] : -1;
+    int a = i < offsets[e + 1] - o ? order[o + i] : -1;
+    pad[r] = a;
+    if (a >= 0) slot[a] = (int32_t)r;
 }
 
-static void cu_moe_pad_order(int32_t *pad, const int32_t *order, const int32_t *offsets, int E, int P,
-                             const struct tb_backend *be) {
+static void cu_moe_pad_order(int32_t *pad, int32_t *slot, const int32_t *order, const int32_t *offsets, int E,
+                             int P, const struct tb_backend *be) {
     (void)be;
     if (E <= 0 || P <= 0) return;
-    k_moe_pad_order<<<tbc_blocks((size_t)E * P, EW), EW, 0, S()>>>(pad, order, offsets, E, P);
+    k_moe_pad_order<<<tbc_blocks((size_t)E * P, EW), EW, 0, S()>>>(pad, slot, order, offsets, E, P);
+    TBC_LAUNCHED();
+}
+
+/* dst[t, c] += Σ (gate[a] ·) src[slot[a], c] over token t's kept assignments a (sel[a] >= 0)
+ * in ascending slot order (expert order; the next smallest slot found by a scan of the K,
+ * which are distinct): the CPU's sequence of adds, a thread per element, no sort. */
+template <bool GATED>
+__global__ void k_moe_slots_sum(float *dst, const float *src, const float *gate, const int32_t *sel,
+                                const int32_t *slot, int ntok, int K, int C) {
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < (size_t)ntok * C;
+         e += (size_t)gridDim.x * blockDim.x) {
+        size_t t = e / C, c = e - t * C;
+        const int32_t *st = sel + t * K, *sl = slot + t * K;
+        float acc = dst[e];
+        int prev = -1;
+        for (int j = 0; j < K; j++) {
+            int best = -1, bs = 0;
+            for (int k = 0; k < K; k++) {
+                if (st[k] < 0) continue;
+                int v = sl[k];
+                if (v > prev && (best < 0 || v < bs)) best = k, bs = v;
+            }
+            if (best < 0) break;
+            float x = src[(size_t)bs * C + c];
+            acc += GATED ? gate[t * K + best] * x : x;
+            prev = bs;
+        }
+        dst[e] = acc;
+    }
+}
+
+static void cu_moe_scatter_slots(real *out, const real *ye, const real *gate, const int32_t *sel, const int32_t *slot,
+                                 int ntok, int K, int C, const struct tb_backend *be) {
+    (void)be;
+    if (ntok <= 0 || C <= 0) return;
+    k_moe_slots_sum<true><<<tbc_blocks((size_t)ntok * C, EW), EW, 0, S()>>>(out, ye, gate, sel, slot, ntok, K, C);
+    TBC_LAUNCHED();
+}
+
+static void cu_moe_gather_backward_slots(real *dx, const real *dxe, const int32_t *sel, const int32_t *slot,
+                                         int ntok, int K, int C, const struct tb_backend *be) {
+    (void)be;
+    if (ntok <= 0 || C <= 0) return;
+    k_moe_slots_sum<false><<<tbc_blocks((size_t)ntok * C, EW), EW, 0, S()>>>(dx, dxe, NULL, sel, slot, ntok, K, C);
     TBC_LAUNCHED();
 }
 
@@ -277,6 +325,8 @@ void tbc_moe_init(tb_ops_seq *ops) {
     ops->moe_route_forward = cu_moe_route_forward;
     ops->moe_route_backward = cu_moe_route_backward;
     ops->moe_pad_order = cu_moe_pad_order;
+    ops->moe_scatter_slots = cu_moe_scatter_slots;
+    ops->moe_gather_backward_slots = cu_moe_gather_backward_slots;
     ops->moe_gather = cu_moe_gather;
     ops->moe_gather_backward = cu_moe_gather_backward;
     ops->moe_scatter = cu_moe_scatter;

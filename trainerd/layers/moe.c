@@ -36,20 +36,23 @@ static size_t moe_rows(const tb_moe *p, size_t ntok) {
  * them in the scratch (moe_scr) and the backward rebuilds them there (a gather and an
  * element-wise op, the same bits), 2 · K · (C + F) reals a token fewer. */
 /* With a capacity (moe_rows P > 0) the experts' rows are laid out at a fixed size: pad
- * (E·P int32, moe_pad_order) then he (E·P, F), ye (E·P, C) and the two grouped linear
- * acts over E·P rows (linear_forward_groups); expert e owns rows e·P ..; rows past its
- * kept count are padding (zero input, ignored output). No row count is read on the host
- * and every expert GEMM has the same shape on every step. */
+ * (E·P int32) and its inverse slot (ntok·K int32: each kept assignment's row), both from
+ * moe_pad_order, then he (E·P, F), ye (E·P, C) and the two grouped linear acts over E·P
+ * rows (linear_forward_groups); expert e owns rows e·P ..; rows past its kept count are
+ * padding (zero input, ignored output). The token sums (scatter, gather backward) go by
+ * slot, token by token in expert order. No row count is read on the host and every
+ * expert GEMM has the same shape on every step. */
 typedef struct moe_act {
     real *logits, *probs, *gate, *lbal, *he, *ye, *l_router, *l_up, *l_down;
-    int32_t *sel, *order, *offsets, *pad;
-    size_t up_cap, down_cap, total, P;
+    int32_t *sel, *order, *offsets, *pad, *slot;
+    size_t up_cap, down_cap, total, P, nK;
 } moe_act;
 
 static moe_act moe_layout(real *base, const tb_moe *p, size_t ntok) {
     moe_act a;
     size_t off = 0, nK = ntok * (size_t)p->K, E = (size_t)p->E;
     a.P = moe_rows(p, ntok);
+    a.nK = nK;
     size_t rows = a.P ? E * a.P : nK; /* the experts' rows, all together */
     a.logits = take(base, &off, ntok * E);
     a.probs = take(base, &off, ntok * E);
@@ -59,6 +62,7 @@ static moe_act moe_layout(real *base, const tb_moe *p, size_t ntok) {
     a.order = (int32_t *)take(base, &off, i32_reals(nK));
     a.offsets = (int32_t *)take(base, &off, i32_reals(E + 1));
     a.pad = a.P ? (int32_t *)take(base, &off, i32_reals(rows)) : NULL;
+    a.slot = a.P ? (int32_t *)take(base, &off, i32_reals(nK)) : NULL;
     a.he = take(base, &off, rows * (size_t)p->F);
     a.ye = take(base, &off, rows * (size_t)p->C);
     a.l_router = take(base, &off, linear_act_count(&p->router, ntok));
@@ -135,12 +139,12 @@ void moe_forward(const tb_backend *be, real *out, real *lbal, real *act, real *s
     be->core.fill(out, 0, ntok * (size_t)C);
     if (a.P) { /* fixed capacity: every expert at once, no host synchronisation */
         int rows = p->E * (int)a.P;
-        be->seq.moe_pad_order(a.pad, a.order, a.offsets, p->E, (int)a.P, be);
+        be->seq.moe_pad_order(a.pad, a.slot, a.order, a.offsets, p->E, (int)a.P, be);
         be->seq.moe_gather(s.xe, v, a.pad, rows, K, C, be);
         linear_forward_groups(be, a.he, a.l_up, s.xe, p->up, p->E, a.P);
         be->seq.act_forward(s.ae, a.he, (size_t)rows * (size_t)F, p->act, be);
         linear_forward_groups(be, a.ye, a.l_down, s.ae, p->down, p->E, a.P);
-        be->seq.moe_scatter(out, a.ye, a.gate, a.pad, rows, K, C, be);
+        be->seq.moe_scatter_slots(out, a.ye, a.gate, a.sel, a.slot, (int)ntok, K, C, be);
         be->core.copy(lbal, a.lbal, 1);
         return;
     }
@@ -207,7 +211,8 @@ static void experts_backward_fixed(const tb_backend *be, real *dv, const moe_scr
                                a->P);
     be->seq.act_backward_set(s->dhe, s->dae, a->he, rF, p->act, be);
     linear_backward_groups_set(be, s->dxe, s->lin, s->dhe, a->l_up, s->xe, p->up, p->E, a->P);
-    be->seq.moe_gather_backward(dv, s->dxe, a->pad, rows, K, C, be);
+    be->seq.moe_gather_backward_slots(dv, s->dxe, a->sel, a->slot, (int)(a->nK / (size_t)K), K, C,
+                                      be);
 }
 
 void moe_backward(const tb_backend *be, real *dv, real *scratch, const real *dout,

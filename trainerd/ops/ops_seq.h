@@ -139,11 +139,30 @@ typedef struct tb_ops_seq {
                                const struct tb_backend *be);
     /* Expert-padded order (the fixed-capacity layout, no host synchronisation): for e < E,
      * i < P: pad[e·P + i] = order[offsets[e] + i] when i < offsets[e+1] - offsets[e],
-     * else -1 (a padding row). P >= each expert's kept count (its capacity). */
+     * else -1 (a padding row). P >= each expert's kept count (its capacity). And its
+     * inverse: slot[a] = the padded row of each kept assignment a (entries of dropped
+     * assignments, sel < 0, are not written). */
     void (*moe_pad_order)(int32_t *pad,           // (E·P)
+                          int32_t *slot,          // (ntok*K)
                           const int32_t *order,   // (ntok*K)
                           const int32_t *offsets, // (E + 1)
                           int E, int P, const struct tb_backend *be);
+    /* moe_scatter over padded rows by token: out[t] += gate[a] · ye[slot[a]] for the kept
+     * assignments a = t·K + k (sel[a] >= 0) in ascending slot order (expert order): the
+     * values of moe_scatter over the rows of `pad`, with no sort. */
+    void (*moe_scatter_slots)(real *out,           // (ntok, C) +=
+                              const real *ye,      // (E·P, C)
+                              const real *gate,    // (ntok, K)
+                              const int32_t *sel,  // (ntok, K)
+                              const int32_t *slot, // (ntok, K)
+                              int ntok, int K, int C, const struct tb_backend *be);
+    /* Likewise moe_gather_backward: dx[t] += dxe[slot[a]] over t's kept assignments in
+     * ascending slot order. */
+    void (*moe_gather_backward_slots)(real *dx,            // (ntok, C) +=
+                                      const real *dxe,     // (E·P, C)
+                                      const int32_t *sel,  // (ntok, K)
+                                      const int32_t *slot, // (ntok, K)
+                                      int ntok, int K, int C, const struct tb_backend *be);
     /* In the four ops below, a row j with order[j] < 0 is padding (moe_pad_order): gather
      * writes zeros to it, gather_backward and scatter skip it, scatter_backward leaves its
      * dye alone (the writing form writes zeros) and touches no dgate. */
