@@ -476,13 +476,158 @@ __global__ void k_norm_fwd_elem(float *y, const float *x, norm_prm P, int type, 
     }
 }
 
+/* ---- dynamic_tanh over 16-byte rows (C % 4 == 0, C <= 4096, aligned) -------------
+ * A thread per four columns (blockDim = C / 4 rounded up to a power of two, >= 32); the
+ * per-row sums in double through a fixed tree (xor within warps, then warp 0 over the
+ * warps' partials). The float expressions of k_dyt_norm_fwd_warp / _bwd_warp; only the
+ * order of the double sums differs. */
+__device__ __forceinline__ double2 dv_block_sum2(double a, double b, double2 *sh) {
+    for (int s = 16; s > 0; s >>= 1) {
+        a += __shfl_xor_sync(0xffffffffu, a, s);
+        b += __shfl_xor_sync(0xffffffffu, b, s);
+    }
+    int w = threadIdx.x / 32, nw = blockDim.x / 32, lane = threadIdx.x % 32;
+    __syncthreads(); /* sh free from the previous call */
+    if (lane == 0) sh[w] = make_double2(a, b);
+    __syncthreads();
+    if (w == 0) {
+        double2 v = lane < nw ? sh[lane] : make_double2(0.0, 0.0);
+        for (int s = 16; s > 0; s >>= 1) {
+            v.x += __shfl_xor_sync(0xffffffffu, v.x, s);
+            v.y += __shfl_xor_sync(0xffffffffu, v.y, s);
+        }
+        if (lane == 0) sh[32] = v;
+    }
+    __syncthreads();
+    return sh[32];
+}
+
+__global__ void k_dyt_fwd_vec(float *y, float *stats, const float *x, const float *al, const float *be, int C) {
+    __shared__ double2 sh[33];
+    size_t t = blockIdx.x;
+    int j = 4 * threadIdx.x;
+    bool in = j < C;
+    float4 v = in ? *reinterpret_cast<const float4 *>(x + t * C + j) : make_float4(0, 0, 0, 0);
+    double s = in ? (((double)v.x + v.y) + v.z) + v.w : 0.0;
+    float mu = (float)(dv_block_sum2(s, 0.0, sh).x / C);
+    double d0 = (double)(v.x - mu), d1 = (double)(v.y - mu), d2 = (double)(v.z - mu), d3 = (double)(v.w - mu);
+    double q = in ? ((d0 * d0 + d1 * d1) + d2 * d2) + d3 * d3 : 0.0;
+    double m2 = dv_block_sum2(q, 0.0, sh).x;
+    float sd = (float)sqrt(m2 / (C - 1));
+    float r = 1.0f / (sd + (float)DT_EPS);
+    if (in) {
+        float4 a = *reinterpret_cast<const float4 *>(al + j), b = *reinterpret_cast<const float4 *>(be + j), o;
+        o.x = tanhf(a.x * ((v.x - mu) * r) + b.x);
+        o.y = tanhf(a.y * ((v.y - mu) * r) + b.y);
+        o.z = tanhf(a.z * ((v.z - mu) * r) + b.z);
+        o.w = tanhf(a.w * ((v.w - mu) * r) + b.w);
+        *reinterpret_cast<float4 *>(y + t * C + j) = o;
+    }
+    if (threadIdx.x == 0) stats[2 * t] = mu, stats[2 * t + 1] = sd;
+}
+
+/* Backward, fused with the column sums: block b takes rows [b·R, b·R + R) in order (the
+ * next row's x and dy loaded before the current row's sums), adds dx, and keeps per
+ * column Σ dz·x̂ and Σ dz (dz = dy (1 - y²)) in double over its rows; part[b][0|1][j]
+ * then go to k_norm_bwd_cols_final (chunks in order). */
+#define DYT_BWD_ROWS 8
+__device__ __forceinline__ void dyt_col(float x, float g, float a, float b, float mean, float r, float *dz,
+                                        float *xm, float *xh) {
+    *xm = x - mean;
+    *xh = *xm * r;
+    float yv = tanhf(a * *xh + b);
+    *dz = g * (1.0f - yv * yv);
+}
+
+__global__ void k_dyt_bwd_vec(float *dx, double *part, const float *dy, const float *stats, const float *x,
+                              const float *al, const float *be, size_t n, int C) {
+    __shared__ double2 sh[33];
+    int j = 4 * threadIdx.x;
+    bool in = j < C;
+    size_t t0 = (size_t)blockIdx.x * DYT_BWD_ROWS, t1 = t0 + DYT_BWD_ROWS < n ? t0 + DYT_BWD_ROWS : n;
+    float4 a = make_float4(0, 0, 0, 0), b = a, xv = a, gv = a;
+    if (in) {
+        a = *reinterpret_cast<const float4 *>(al + j);
+        b = *reinterpret_cast<const float4 *>(be + j);
+        xv = *reinterpret_cast<const float4 *>(x + t0 * C + j);
+        gv = *reinterpret_cast<const float4 *>(dy + t0 * C + j);
+    }
+    double c0[4] = {0, 0, 0, 0}, c1[4] = {0, 0, 0, 0};
+    for (size_t t = t0; t < t1; t++) {
+        float4 xc = xv, gc = gv;
+        if (in && t + 1 < t1) { /* the next row in flight during this one's sums */
+            xv = *reinterpret_cast<const float4 *>(x + (t + 1) * C + j);
+            gv = *reinterpret_cast<const float4 *>(dy + (t + 1) * C + j);
+        }
+        float mean = stats[2 * t], sd = stats[2 * t + 1];
+        float r = 1.0f / (sd + (float)DT_EPS);
+        float dz[4], xm[4], xh[4], dxh[4];
+        dyt_col(xc.x, gc.x, a.x, b.x, mean, r, &dz[0], &xm[0], &xh[0]);
+        dyt_col(xc.y, gc.y, a.y, b.y, mean, r, &dz[1], &xm[1], &xh[1]);
+        dyt_col(xc.z, gc.z, a.z, b.z, mean, r, &dz[2], &xm[2], &xh[2]);
+        dyt_col(xc.w, gc.w, a.w, b.w, mean, r, &dz[3], &xm[3], &xh[3]);
+        dxh[0] = dz[0] * a.x, dxh[1] = dz[1] * a.y, dxh[2] = dz[2] * a.z, dxh[3] = dz[3] * a.w;
+        double sg = 0, sgd = 0;
+        if (in) {
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                sg += dxh[k];
+                sgd += (double)dxh[k] * (double)xm[k];
+                c0[k] += dz[k] * xh[k];
+                c1[k] += dz[k];
+            }
+        }
+        double2 sums = dv_block_sum2(sg, sgd, sh);
+        float mg = (float)(sums.x / C);
+        float coef = sd > 0 ? (float)((double)r * r * sums.y / ((C - 1) * (double)sd)) : 0.0f;
+        if (in) {
+            float4 *dr = reinterpret_cast<float4 *>(dx + t * C + j), o = *dr;
+            o.x += r * (dxh[0] - mg) - coef * xm[0];
+            o.y += r * (dxh[1] - mg) - coef * xm[1];
+            o.z += r * (dxh[2] - mg) - coef * xm[2];
+            o.w += r * (dxh[3] - mg) - coef * xm[3];
+            *dr = o;
+        }
+    }
+    if (in) {
+        double *p0 = part + ((size_t)blockIdx.x * 2) * C + j, *p1 = p0 + C;
+#pragma unroll
+        for (int k = 0; k < 4; k++) p0[k] = c0[k], p1[k] = c1[k];
+    }
+}
+
+/* TB_CUDA_DYT_WARP=1 (read once): the warp-per-row dynamic_tanh kernels instead (a bench
+ * switch, to compare in one run). */
+static int getenv_dyt_warp(void) {
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("TB_CUDA_DYT_WARP");
+        v = e && *e && *e != '0';
+    }
+    return v;
+}
+
+/* Whether the 16-byte dynamic_tanh kernels take this call; their block size. */
+static unsigned dyt_vec_threads(int C, const void *a, const void *b, const void *c, const void *d,
+                                const void *e = NULL) {
+    if (C % 4 || C > 4096 || C < 8 || getenv_dyt_warp()) return 0;
+    if (((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d | (uintptr_t)e) % 16) return 0;
+    unsigned th = 32;
+    while (th < (unsigned)(C / 4)) th *= 2;
+    return th;
+}
+
 static void cu_norm_fwd(real *y, real *stats, const real *x, const real *const *prm, int type,
                         size_t n, int C) {
     if (!n) return;
     norm_prm P = {{NULL, NULL, NULL, NULL}};
     for (int i = 0; i < norm_nprm(type); i++) P.p[i] = prm[i];
+    unsigned th = 0;
     if (type == TB_NORM_DYT || type == TB_NORM_DERF) {
         k_norm_fwd_elem<<<tbc_blocks(n * (size_t)C, 256), 256, 0, S()>>>(y, x, P, type, n, C);
+    } else if (type == TB_NORM_DYNAMIC_TANH && n < 0x7fffffffu &&
+               (th = dyt_vec_threads(C, y, x, P.p[0], P.p[1]))) {
+        k_dyt_fwd_vec<<<(unsigned)n, th, 0, S()>>>(y, stats, x, P.p[0], P.p[1], C);
     } else if (type == TB_NORM_DYNAMIC_TANH && C <= 2048 && n / DK_ROWS < 65535u * 1024u) {
         /* a warp per row, the row in registers (dense_kernels.cuh) */
         unsigned g = dk_blocks(n), th = 32 * DK_ROWS;
@@ -616,16 +761,30 @@ __global__ void k_norm_bwd_cols(double *part, const float *dy, const float *stat
     part[((size_t)blockIdx.y * 2 + 1) * C + j] = a1;
 }
 
+/* Block of 32 columns x 8 groups: group g sums chunks g, g + 8, ... in order, then the 8
+ * group sums are added in group order (a fixed order: deterministic). */
+#define COLF_GROUPS 8
 __global__ void k_norm_bwd_cols_final(float *d0, float *d1, const double *part, int nchunks, int C) {
-    int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= C) return;
+    __shared__ double sh[2][COLF_GROUPS][32];
+    int cx = threadIdx.x % 32, g = threadIdx.x / 32;
+    int j = blockIdx.x * 32 + cx;
     double a0 = 0, a1 = 0;
-    for (int c = 0; c < nchunks; c++) {
-        a0 += part[((size_t)c * 2) * C + j];
-        a1 += part[((size_t)c * 2 + 1) * C + j];
-    }
+    if (j < C)
+        for (int c = g; c < nchunks; c += COLF_GROUPS) {
+            a0 += part[((size_t)c * 2) * C + j];
+            a1 += part[((size_t)c * 2 + 1) * C + j];
+        }
+    sh[0][g][cx] = a0, sh[1][g][cx] = a1;
+    __syncthreads();
+    if (g || j >= C) return;
+    a0 = 0, a1 = 0;
+    for (int k = 0; k < COLF_GROUPS; k++) a0 += sh[0][k][cx], a1 += sh[1][k][cx];
     d0[j] += (float)a0;
     if (d1) d1[j] += (float)a1;
+}
+static void norm_cols_final(float *d0, float *d1, const double *part, int nchunks, int C) {
+    k_norm_bwd_cols_final<<<(unsigned)((C + 31) / 32), 32 * COLF_GROUPS, 0, S()>>>(d0, d1, part, nchunks, C);
+    TBC_LAUNCHED();
 }
 
 /* Scalars: dprm[0][0] += Σ rowpart[2t], and for derf dprm[1][0] += Σ rowpart[2t+1]. */
@@ -648,6 +807,17 @@ static void cu_norm_bwd(real *dx, real *const *dprm, const real *dy, const real 
     for (int i = 0; i < norm_nprm(type); i++) P.p[i] = prm[i];
     int scal = type == TB_NORM_DYT || type == TB_NORM_DERF;
     double *rowpart = scal ? (double *)tbc_scratch(TBC_SCR_NORM_ROWS, 2 * n * sizeof(double)) : NULL;
+    unsigned th = 0;
+    if (type == TB_NORM_DYNAMIC_TANH && n / DYT_BWD_ROWS < 0x7fffffffu &&
+        (th = dyt_vec_threads(C, dx, dy, x, P.p[0], P.p[1]))) {
+        /* the rows and the column sums in one pass (k_dyt_bwd_vec) */
+        int nchunks = (int)((n + DYT_BWD_ROWS - 1) / DYT_BWD_ROWS);
+        double *part = (double *)tbc_scratch(TBC_SCR_NORM_COLS, (size_t)nchunks * 2 * C * sizeof(double));
+        k_dyt_bwd_vec<<<(unsigned)nchunks, th, 0, S()>>>(dx, part, dy, stats, x, P.p[0], P.p[1], n, C);
+        TBC_LAUNCHED();
+        norm_cols_final(dprm[0], dprm[1], part, nchunks, C);
+        return;
+    }
     if (type == TB_NORM_DYNAMIC_TANH && C <= 2048 && n / DK_ROWS < 65535u * 1024u) {
         unsigned g = dk_blocks(n), th = 32 * DK_ROWS;
         if (C <= 256) k_dyt_norm_bwd_warp<8><<<g, th, 0, S()>>>(dx, dy, stats, x, P.p[0], P.p[1], n, C);
@@ -674,8 +844,7 @@ static void cu_norm_bwd(real *dx, real *const *dprm, const real *dy, const real 
     case TB_NORM_RMS_NORM: d0 = dprm[0], d1 = NULL; break;
     default: d0 = dprm[0], d1 = dprm[1]; break;
     }
-    k_norm_bwd_cols_final<<<(unsigned)((C + 127) / 128), 128, 0, S()>>>(d0, d1, part, nchunks, C);
-    TBC_LAUNCHED();
+    norm_cols_final(d0, d1, part, nchunks, C);
     if (scal) {
         k_norm_bwd_scalars<<<1, ROW_THREADS, 0, S()>>>(dprm[0], type == TB_NORM_DERF ? dprm[1] : NULL,
                                                       rowpart, n);
