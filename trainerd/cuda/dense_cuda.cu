@@ -476,7 +476,7 @@ __global__ void k_norm_fwd_elem(float *y, const float *x, norm_prm P, int type, 
     }
 }
 
-/* ---- dynamic_tanh over 16-byte rows (C % 4 == 0, C <= 4096, aligned) -------------
+/* ---- dynamic_tanh over 16-byte rows (C % 4 == 0, C <= 2048, aligned) -------------
  * A thread per four columns (blockDim = C / 4 rounded up to a power of two, >= 32); the
  * per-row sums in double through a fixed tree (xor within warps, then warp 0 over the
  * warps' partials). The float expressions of k_dyt_norm_fwd_warp / _bwd_warp; only the
@@ -502,7 +502,7 @@ __device__ __forceinline__ double2 dv_block_sum2(double a, double b, double2 *sh
     return sh[32];
 }
 
-__global__ void k_dyt_fwd_vec(float *y, float *stats, const float *x, const float *al, const float *be, int C) {
+__global__ void __launch_bounds__(512) k_dyt_fwd_vec(float *y, float *stats, const float *x, const float *al, const float *be, int C) {
     __shared__ double2 sh[33];
     size_t t = blockIdx.x;
     int j = 4 * threadIdx.x;
@@ -539,7 +539,7 @@ __device__ __forceinline__ void dyt_col(float x, float g, float a, float b, floa
     *dz = g * (1.0f - yv * yv);
 }
 
-__global__ void k_dyt_bwd_vec(float *dx, double *part, const float *dy, const float *stats, const float *x,
+__global__ void __launch_bounds__(512) k_dyt_bwd_vec(float *dx, double *part, const float *dy, const float *stats, const float *x,
                               const float *al, const float *be, size_t n, int C) {
     __shared__ double2 sh[33];
     int j = 4 * threadIdx.x;
@@ -610,7 +610,7 @@ static int getenv_dyt_warp(void) {
 /* Whether the 16-byte dynamic_tanh kernels take this call; their block size. */
 static unsigned dyt_vec_threads(int C, const void *a, const void *b, const void *c, const void *d,
                                 const void *e = NULL) {
-    if (C % 4 || C > 4096 || C < 8 || getenv_dyt_warp()) return 0;
+    if (C % 4 || C > 2048 || C < 8 || getenv_dyt_warp()) return 0; /* <= 512 threads */
     if (((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d | (uintptr_t)e) % 16) return 0;
     unsigned th = 32;
     while (th < (unsigned)(C / 4)) th *= 2;
@@ -761,9 +761,9 @@ __global__ void k_norm_bwd_cols(double *part, const float *dy, const float *stat
     part[((size_t)blockIdx.y * 2 + 1) * C + j] = a1;
 }
 
-/* Block of 32 columns x 8 groups: group g sums chunks g, g + 8, ... in order, then the 8
- * group sums are added in group order (a fixed order: deterministic). */
-#define COLF_GROUPS 8
+/* Block of 32 columns x 32 groups: group g sums chunks g, g + 32, ... in order, then the
+ * 32 group sums are added in group order (a fixed order: deterministic). */
+#define COLF_GROUPS 32
 __global__ void k_norm_bwd_cols_final(float *d0, float *d1, const double *part, int nchunks, int C) {
     __shared__ double sh[2][COLF_GROUPS][32];
     int cx = threadIdx.x % 32, g = threadIdx.x / 32;
