@@ -308,14 +308,25 @@ __global__ void k_bl_bf16_operands(bl_ops o) {
         if (o.vec & 1)
             for (size_t q = start; q < o.nout / 4; q += stride) {
                 float4 v = reinterpret_cast<const float4 *>(o.dy)[q];
-                __nv_bfloat162 *d = reinterpret_cast<__nv_bfloat162 *>(o.dyb) + 2 * q;
-                d[0] = __floats2bfloat162_rn(v.x, v.y);
-                d[1] = __floats2bfloat162_rn(v.z, v.w);
+                __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
+                uint2 u;
+                u.x = *reinterpret_cast<unsigned *>(&a), u.y = *reinterpret_cast<unsigned *>(&b);
+                reinterpret_cast<uint2 *>(o.dyb)[q] = u; /* one 8-byte store */
             }
         else
             for (size_t i = start; i < o.nout; i += stride) o.dyb[i] = __float2bfloat16_rn(o.dy[i]);
     } else if (b < o.b2) {
-        if (o.vec & 2)
+        if (o.vec & 8) /* eight codes a thread: an 8-byte load, a 16-byte store */
+            for (size_t q = start; q < o.nin / 8; q += stride) {
+                uint2 w = reinterpret_cast<const uint2 *>(o.xq)[q];
+                const int8_t *c = reinterpret_cast<const int8_t *>(&w);
+                float sx = o.stats[3 * (q * 8 / o.in) + 2];
+                __nv_bfloat162 h[4];
+#pragma unroll
+                for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn((float)c[2 * k] / sx, (float)c[2 * k + 1] / sx);
+                reinterpret_cast<uint4 *>(o.xtb)[q] = *reinterpret_cast<uint4 *>(h);
+            }
+        else if (o.vec & 2)
             for (size_t q = start; q < o.nin / 4; q += stride) {
                 char4 c = reinterpret_cast<const char4 *>(o.xq)[q];
                 float sx = o.stats[3 * (q * 4 / o.in) + 2];
@@ -357,9 +368,11 @@ static void bitlinear_bwd_bf16(real *dx, real *dw, real *dxhat, const real *dy, 
     o.wtb = dx ? (__nv_bfloat16 *)tbc_scratch(TBC_SCR_WTILDE, cnt * 2) : NULL;
     o.dy = dy, o.stats = stats, o.sw = sw, o.xq = xq, o.wq = wq;
     o.nout = nout, o.nin = nin, o.cnt = dx ? cnt : 0, o.in = in;
-    o.vec = (nout % 4 == 0 && ((uintptr_t)dy & 15) == 0 ? 1 : 0) | (in % 4 == 0 && ((uintptr_t)xq & 3) == 0 ? 2 : 0) |
-            (cnt % 4 == 0 && ((uintptr_t)wq & 3) == 0 ? 4 : 0);
-    unsigned n1 = tbc_blocks(o.vec & 1 ? nout / 4 : nout, 256), n2 = tbc_blocks(o.vec & 2 ? nin / 4 : nin, 256);
+    o.vec = (nout % 4 == 0 && ((uintptr_t)dy & 15) == 0 && ((uintptr_t)o.dyb & 7) == 0 ? 1 : 0) |
+            (in % 4 == 0 && ((uintptr_t)xq & 3) == 0 ? 2 : 0) | (cnt % 4 == 0 && ((uintptr_t)wq & 3) == 0 ? 4 : 0) |
+            (in % 8 == 0 && ((uintptr_t)xq & 7) == 0 && ((uintptr_t)o.xtb & 15) == 0 ? 8 : 0);
+    unsigned n1 = tbc_blocks(o.vec & 1 ? nout / 4 : nout, 256);
+    unsigned n2 = tbc_blocks(o.vec & 8 ? nin / 8 : o.vec & 2 ? nin / 4 : nin, 256);
     unsigned n3 = dx ? tbc_blocks(o.vec & 4 ? cnt / 4 : cnt, 256) : 0;
     o.b1 = n1, o.b2 = n1 + n2;
     k_bl_bf16_operands<<<n1 + n2 + n3, 256, 0, S()>>>(o);
