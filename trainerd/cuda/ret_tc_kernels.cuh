@@ -42,10 +42,18 @@ __global__ void __launch_bounds__(TC_THREADS)
     int r[2] = {r0 + w * 16 + g, r0 + w * 16 + g + 8}; /* the thread's two rows */
     int rlast = r0 + RTC_BR - 1 < T - 1 ? r0 + RTC_BR - 1 : T - 1;
     int o_begin = range == 1 ? r0 : 0, o_end = range == 0 ? rlast + 1 : T; /* r0 % RTC_BC == 0 */
+    /* c γ^|o - r| of the tile pair, by o - r - (o0 - r0) + RTC_BC - 1 (the 2 RTC_BC - 1
+     * offsets a 64 x 64 tile pair spans): one powf per offset instead of per element, the
+     * same values (c * powf(γ, |d|), then times s, as before). */
+    __shared__ float dec[2 * RTC_BC];
     for (int o0 = o_begin; o0 < o_end; o0 += RTC_BC) {
         __syncthreads();
         tc_stage<HS, RTC_BC>(Bs, NULL, b + base, ld, o0, T, hs);
         tc_stage<HS, RTC_BC>(NULL, Ct, cv + base, ld, o0, T, hs);
+        for (int k = tid; k < 2 * RTC_BC - 1; k += TC_THREADS) {
+            int d = o0 - r0 + k - (RTC_BC - 1);
+            dec[k] = c * powf(gm, (float)(d < 0 ? -d : d));
+        }
         __syncthreads();
         float s[NT][4];
         tc_zero(s);
@@ -56,7 +64,7 @@ __global__ void __launch_bounds__(TC_THREADS)
             for (int e = 0; e < 4; e++) {
                 int rr = r[e >> 1], o = o0 + n * 8 + 2 * t + (e & 1);
                 bool in = rr < T && o < T && (range == 2 || (range == 0 ? o <= rr : o >= rr));
-                s[n][e] = in ? c * powf(gm, (float)(o > rr ? o - rr : rr - o)) * s[n][e] : 0.0f;
+                s[n][e] = in ? dec[o - rr - (o0 - r0) + RTC_BC - 1] * s[n][e] : 0.0f;
             }
         tc_gemm_rs<RTC_BC / 16, NO>(acc, s, Ct, LC, g, t);
     }

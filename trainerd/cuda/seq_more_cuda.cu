@@ -418,10 +418,18 @@ __global__ void __launch_bounds__(128)
     }
     int rlast = r0 + TT_BR - 1 < T - 1 ? r0 + TT_BR - 1 : T - 1;
     int o_begin = range == 1 ? r0 : 0, o_end = range == 0 ? rlast + 1 : T;
+    /* γ^n and γ^(n-1), n = |o - r|, by o - r - (o0 - r0) + TT_BR - 1 (the offsets a tile
+     * pair spans): one powf each per offset instead of per element, the same values. */
+    __shared__ float pwt[TT_BR + TT_BC], pw1t[TT_BR + TT_BC];
     for (int o0 = o_begin; o0 < o_end; o0 += TT_BC) {
         __syncthreads();
         tbc_load_tile_t<HS, 128>(BT, TT_LD, b + base, ld, o0, TT_BC, T, hs);
         tbc_load_tile_t<HS, 128>(CT, TT_LD, cv + base, ld, o0, TT_BC, T, hs);
+        for (int k = tid; k < TT_BR + TT_BC - 1; k += 128) {
+            int d = o0 - r0 + k - (TT_BR - 1), n = d < 0 ? -d : d;
+            pwt[k] = powf(g, (float)n);
+            pw1t[k] = n > 0 ? powf(g, (float)(n - 1)) : 0.0f;
+        }
         for (int e = tid; e < TT_BC * HS; e += 128) {
             int o = e / HS, d = e % HS;
             Cs[e] = (o0 + o < T && d < hs) ? cv[base + (size_t)(o0 + o) * ld + d] : 0.0f;
@@ -438,13 +446,13 @@ __global__ void __launch_bounds__(128)
                 int o = o0 + tx + 8 * j;
                 float w = 0;
                 if (r < T && o < T && (range == 0 ? o <= r : o >= r)) {
-                    int n = o > r ? o - r : r - o;
-                    float pw = powf(g, (float)n);
+                    int n = o > r ? o - r : r - o, k = o - r - (o0 - r0) + TT_BR - 1;
+                    float pw = pwt[k];
                     w = c * pw * sv[i][j];
                     beta[i] += w * sc[i][j];
                     if (part) {
                         pc[i] += (double)(pw * sc[i][j] * sv[i][j]);
-                        if (n > 0) pg[i] += (double)(c * (float)n * powf(g, (float)(n - 1)) * sc[i][j] * sv[i][j]);
+                        if (n > 0) pg[i] += (double)(c * (float)n * pw1t[k] * sc[i][j] * sv[i][j]);
                     }
                 }
                 Ws[(ty + 16 * i) * TT_LD + tx + 8 * j] = w;
