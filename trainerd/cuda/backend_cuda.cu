@@ -229,76 +229,6 @@ static int gemm_heuristic(tbc_gemm_entry *e) {
     return 0;
 }
 
-/* The int8 bucket's algorithm by measurement: up to TBC_S8_TUNE of the heuristic's
- * candidates each run four times on zeroed operands of the bucket's shape (the first a
- * warm-up), the fastest kept. Integer products are exact, so every candidate gives the
- * same bits: a choice that varies with timing noise changes no result. Runs once per
- * bucket (the stream waits); TB_CUDA_S8_TUNE=0 keeps the heuristic's first. */
-#define TBC_S8_TUNE 8
-static int s8_tune_enabled(void) {
-    static int v = -1;
-    if (v < 0) {
-        const char *e = getenv("TB_CUDA_S8_TUNE");
-        v = !(e && *e == '0');
-    }
-    return v;
-}
-static int gemm_tune_s8(tbc_gemm_entry *e) {
-    tbc_ctx *g = tbc_g;
-    cublasLtMatmulPreference_t pref = NULL;
-    if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return -1;
-    size_t ws = g->workspace_bytes;
-    uint32_t al = (uint32_t)e->align;
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al, sizeof al);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof al);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al);
-    cublasLtMatmulHeuristicResult_t res[TBC_S8_TUNE];
-    int nres = 0;
-    if (cublasLtMatmulAlgoGetHeuristic(g->lt, e->desc, e->la, e->lb, e->lc, e->lc, pref, TBC_S8_TUNE, res, &nres) !=
-        CUBLAS_STATUS_SUCCESS)
-        nres = 0;
-    cublasLtMatmulPreferenceDestroy(pref);
-    if (nres < 1) return -1;
-    e->algo = res[0].algo;
-    if (nres == 1) return 0;
-    /* A = w (K, N) lda, B = x (K, M) ldb, C (N, M) ldc */
-    size_t na = (size_t)e->lda * e->N, nb = (size_t)e->ldb * e->M, nc = (size_t)e->ldc * e->M * 4;
-    void *buf = NULL;
-    if (cudaMalloc(&buf, na + nb + nc + 512) != cudaSuccess) {
-        cudaGetLastError();
-        return 0; /* no room to measure: the heuristic's first */
-    }
-    char *A = (char *)buf, *B = A + ((na + 255) & ~(size_t)255), *C = B + ((nb + 255) & ~(size_t)255);
-    TBC_CHECK(cudaMemsetAsync(buf, 0, na + nb + nc + 512, g->stream));
-    cudaEvent_t t0, t1;
-    TBC_CHECK(cudaEventCreate(&t0));
-    TBC_CHECK(cudaEventCreate(&t1));
-    int32_t one = 1, zero = 0;
-    float best = 0;
-    for (int i = 0; i < nres; i++) {
-        if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
-        cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
-        for (int r = 0; r < 4 && st == CUBLAS_STATUS_SUCCESS; r++) {
-            if (r == 1) TBC_CHECK(cudaEventRecord(t0, g->stream));
-            st = cublasLtMatmul(g->lt, e->desc, &one, A, e->la, B, e->lb, &zero, C, e->lc, C, e->lc, &res[i].algo,
-                                g->workspace, g->workspace_bytes, g->stream);
-        }
-        TBC_CHECK(cudaEventRecord(t1, g->stream));
-        TBC_CHECK(cudaEventSynchronize(t1));
-        if (st != CUBLAS_STATUS_SUCCESS) continue;
-        float ms = 0;
-        TBC_CHECK(cudaEventElapsedTime(&ms, t0, t1));
-        if (best == 0 || ms < best) best = ms, e->algo = res[i].algo;
-    }
-    TBC_CHECK(cudaEventDestroy(t0));
-    TBC_CHECK(cudaEventDestroy(t1));
-    TBC_CHECK(cudaStreamSynchronize(g->stream));
-    TBC_CHECK(cudaFree(buf));
-    return 0;
-}
-
 static void gemm_entry_destroy(tbc_gemm_entry *e) {
     cublasLtMatrixLayoutDestroy(e->la);
     cublasLtMatrixLayoutDestroy(e->lb);
@@ -397,8 +327,7 @@ static int gemm_entry_build(tbc_gemm_entry *e) {
     tbc_gemm_entry *b = gemm_slot(tbc_g->bucket, TBC_BUCKETS, bkey, &hit);
     if (!hit) {
         gemm_slot_fill(b, bkey);
-        b->unsupported = (s8 ? gemm_entry_layouts_s8(b) : (gemm_entry_layouts(b), 0)) ||
-                         (s8 && s8_tune_enabled() ? gemm_tune_s8(b) : gemm_heuristic(b));
+        b->unsupported = (s8 ? gemm_entry_layouts_s8(b) : (gemm_entry_layouts(b), 0)) || gemm_heuristic(b);
         b->used = 1;
     }
     e->unsupported = b->unsupported;
