@@ -30,7 +30,7 @@ typedef struct ode_ctx {
 
 static double ode_loss(void *v) {
     ode_ctx *c = v;
-    c->lode = ode_forward(tb_backend_cpu(), c->out, c->act, c->fscr, c->u, &c->p, c->mask, NULL, c->B, c->T);
+    c->lode = ode_forward(tb_backend_cpu(), c->out, c->act, c->fscr, c->u, &c->p, c->mask, NULL, c->B, c->T, NULL);
     size_t m = (size_t)c->B * c->T * c->p.C;
     double s = 0;
     for (size_t i = 0; i < m; i++) s += c->G[i] * (c->out0 ? c->out[i] - c->out0[i] : c->out[i]);

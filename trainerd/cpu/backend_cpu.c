@@ -64,6 +64,7 @@ static void cpu_backend_init(void) {
     cpu_backend.dense.bitlinear_bwd_set = cpu_bitlinear_bwd_set;
     cpu_backend.dense.attn_bwd_set = cpu_attn_bwd_set;
     cpu_backend.dense.bitlinear_quant_w_many = cpu_bitlinear_quant_w_many;
+    cpu_backend.dense.sum_squares_dev = cpu_backend.dense.sum_squares; /* host memory */
     cpu_backend.seq.act_backward_set = cpu_act_backward_set;
     cpu_backend.seq.moe_scatter_backward_set = cpu_moe_scatter_backward_set;
     cpu_backend.impl = NULL;

@@ -977,6 +977,10 @@ static void cu_sum_squares(double *out, const real *z, size_t n) {
     TBC_CHECK(cudaStreamSynchronize(S()));
 }
 
+static void cu_sum_squares_dev(double *out, const real *z, size_t n) {
+    tbc_reduce_float(out, z, n, TBC_RED_SQUARE);
+}
+
 void tbc_ops_dense_init(tb_ops_dense *ops) {
     ops->linear_fwd = cu_linear_fwd;
     ops->linear_bwd = cu_linear_bwd;
@@ -992,6 +996,7 @@ void tbc_ops_dense_init(tb_ops_dense *ops) {
     ops->xent_bwd = cu_xent_bwd;
     ops->axpy = cu_axpy;
     ops->sum_squares = cu_sum_squares;
+    ops->sum_squares_dev = cu_sum_squares_dev;
     tbc_dense_more_init(ops);
     tbc_attn_init(ops);
 }

@@ -55,27 +55,32 @@ size_t attention_scratch_count(const tb_attention *p, int B, int T) {
  * host it is built in a host buffer and copied. Host copies are kept per (kind, base,
  * damping, layer, T, hs), of which the table is a pure function: the cos / sin of T x hs/2
  * angles cost the host a few hundred microseconds a call, during which a GPU ran dry (the
- * ninth session's idle table). They are copied to the device on each call (the arena's
- * table region may be reused by other layers). Per thread; the steady state allocates
- * nothing. */
+ * ninth session's idle table). Off the host each is also kept in device memory (once,
+ * per backend) and copied from there into the arena's table region on each call (the
+ * region may be reused by other layers): a device-to-device copy on the backend's stream,
+ * no host wait (an upload from the host waited for the stream, 11 times a frankenstein
+ * step). Per thread; the steady state allocates nothing. */
 #define TAB_CACHE 64
 typedef struct tab_entry {
     int used, layer, T, hs;
     tb_pos_kind kind;
     double base, damping;
     real *h;
+    real *dev;                /* the device copy, or NULL */
+    const tb_backend *dev_be; /* whose memory dev is */
 } tab_entry;
 static _Thread_local tab_entry tab_cache[TAB_CACHE];
 static _Thread_local unsigned tab_next;
 
-static const real *host_table(const tb_attention *p, int layer, int T, int hs) {
+static tab_entry *table_entry(const tb_attention *p, int layer, int T, int hs) {
     for (int i = 0; i < TAB_CACHE; i++) {
-        const tab_entry *e = &tab_cache[i];
+        tab_entry *e = &tab_cache[i];
         if (e->used && e->kind == p->pos && e->base == p->pos_base && e->damping == p->pos_damping &&
             e->layer == layer && e->T == T && e->hs == hs)
-            return e->h;
+            return e;
     }
     tab_entry *e = &tab_cache[tab_next++ % TAB_CACHE];
+    if (e->dev) e->dev_be->core.mem_free(e->dev);
     size_t count = posenc_table_count(T, hs);
     real *h = realloc(e->used ? e->h : NULL, (count ? count : 1) * sizeof(real));
     if (!h) {
@@ -83,8 +88,19 @@ static const real *host_table(const tb_attention *p, int layer, int T, int hs) {
         abort();
     }
     posenc_table(h, p->pos, p->pos_base, p->pos_damping, layer, T, hs);
-    *e = (tab_entry){1, layer, T, hs, p->pos, p->pos_base, p->pos_damping, h};
-    return h;
+    *e = (tab_entry){1, layer, T, hs, p->pos, p->pos_base, p->pos_damping, h, NULL, NULL};
+    return e;
+}
+
+void attention_release_tables(const tb_backend *be) {
+    for (int i = 0; i < TAB_CACHE; i++) {
+        tab_entry *e = &tab_cache[i];
+        if (e->dev && e->dev_be == be) {
+            be->core.mem_free(e->dev);
+            e->dev = NULL;
+            e->dev_be = NULL;
+        }
+    }
 }
 
 static void write_table(const tb_backend *be, real *tab, const tb_attention *p, int layer, int T,
@@ -93,7 +109,18 @@ static void write_table(const tb_backend *be, real *tab, const tb_attention *p, 
         posenc_table(tab, p->pos, p->pos_base, p->pos_damping, layer, T, hs);
         return;
     }
-    be->core.to_device(tab, host_table(p, layer, T, hs), posenc_table_count(T, hs) * sizeof(real));
+    tab_entry *e = table_entry(p, layer, T, hs);
+    size_t count = posenc_table_count(T, hs);
+    if (e->dev && e->dev_be != be) { /* another backend's copy: not this one's memory */
+        e->dev_be->core.mem_free(e->dev);
+        e->dev = NULL;
+    }
+    if (!e->dev && count && (e->dev = be->core.mem_alloc(count * sizeof(real))) != NULL) {
+        e->dev_be = be;
+        be->core.to_device(e->dev, e->h, count * sizeof(real)); /* once */
+    }
+    if (e->dev) be->core.copy(tab, e->dev, count);
+    else be->core.to_device(tab, e->h, count * sizeof(real)); /* no device memory to spare */
 }
 
 void attention_forward(const tb_backend *be, real *out, real *act, const real *u,

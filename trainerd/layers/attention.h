@@ -36,6 +36,11 @@ typedef struct tb_attention {
 size_t attention_act_count(const tb_attention *p, int B, int T);
 size_t attention_scratch_count(const tb_attention *p, int B, int T);
 
+/* Frees the device copies of the position tables held for backend be (a backend without
+ * host memory keeps each table it uploaded, per thread, until this call: tb_model_free
+ * makes it). */
+void attention_release_tables(const struct tb_backend *be);
+
 /* out = mixer(u). layer: logical layer (HoPE's g). */
 void attention_forward(const struct tb_backend *be,
                        real *out,               // (B, T, C)

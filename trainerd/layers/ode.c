@@ -86,8 +86,16 @@ static void f_forward(const tb_backend *be, real *k, real *e, real *xn, const od
     linear_forward(be, k, e + l->oact, e + l->a, &p->o, n);
 }
 
+double ode_lode(const double *k1_sq, const tb_ode *p, int B, int T) {
+    size_t nc = (size_t)B * (size_t)T * (size_t)p->C;
+    double lode = 0;
+    for (int s = 0; s < p->steps; s++) lode += k1_sq[s] / (double)nc;
+    return lode;
+}
+
 double ode_forward(const tb_backend *be, real *out, real *act, real *scratch, const real *u,
-                   const tb_ode *p, const uint8_t *key_mask, const tb_dropout *d, int B, int T) {
+                   const tb_ode *p, const uint8_t *key_mask, const tb_dropout *d, int B, int T,
+                   double *k1_sq) {
     ode_layout l = layout(p, B, T);
     ode_scr w = scr_layout(scratch, p, B, T);
     size_t n = (size_t)B * T, nc = n * (size_t)p->C;
@@ -119,9 +127,13 @@ double ode_forward(const tb_backend *be, real *out, real *act, real *scratch, co
             be->dense.axpy(out, out, wt[st], w.k, nc);
         }
     }
-    /* L_ode's mean(k1²) per step, read after the whole block is queued (each step's k1
-     * stays in its own slice of act): a GPU backend waits once here, not once per step in
-     * the middle of the block. The same sums in the same order as per step. */
+    /* L_ode's mean(k1²) per step (each step's k1 stays in its own slice of act): into the
+     * caller's backend buffer, read later with other results, or read here after the
+     * whole block is queued. The same sums in the same order as per step. */
+    if (k1_sq) {
+        for (int s = 0; s < p->steps; s++) be->dense.sum_squares_dev(k1_sq + s, act + k1_at(&l, nc, s), nc);
+        return 0;
+    }
     for (int s = 0; s < p->steps; s++) {
         double ss;
         be->dense.sum_squares(&ss, act + k1_at(&l, nc, s), nc);

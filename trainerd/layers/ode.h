@@ -34,7 +34,10 @@ typedef struct tb_ode {
 size_t ode_act_count(const tb_ode *p, int B, int T);
 size_t ode_scratch_count(const tb_ode *p, int B, int T);
 
-/* out = z(1); returns Σ_steps mean(k1²). */
+/* out = z(1). k1_sq NULL: returns Σ_steps mean(k1²) (read on the host at once). k1_sq
+ * (backend memory, p->steps doubles): Σ k1² of each step is queued into it
+ * (dense.sum_squares_dev), nothing is waited for and 0 is returned; ode_lode then forms the
+ * same value from a host copy. */
 double ode_forward(const struct tb_backend *be,
                    real *out,               // (B, T, C)
                    real *act,               // ode_act_count
@@ -42,7 +45,9 @@ double ode_forward(const struct tb_backend *be,
                    const real *u,           // (B, T, C)
                    const tb_ode *p,
                    const uint8_t *key_mask, // (B, T) or NULL
-                   const tb_dropout *d, int B, int T);
+                   const tb_dropout *d, int B, int T, double *k1_sq);
+/* Σ_steps mean(k1²) from the per-step Σ k1² that ode_forward queued (a host copy). */
+double ode_lode(const double *k1_sq, const tb_ode *p, int B, int T);
 /* du += ..., parameter grads += ...; g_ode = dL/d(forward's return value). */
 void ode_backward(const struct tb_backend *be,
                   real *du,                 // (B, T, C) +=

@@ -307,11 +307,15 @@ int tb_model_create(tb_model *m, const tb_model_config *mc, const tb_backend *be
     size_t nact = norm_act_count((tb_norm_type)c->norm_type, n);
     m->nlogical = (int)(c->num_layers * c->num_loops);
     m->ls = calloc((size_t)m->nlogical, sizeof *m->ls);
-    m->ode_sums = calloc((size_t)m->nlogical, sizeof *m->ode_sums);
+    /* Σ k1² of each (ODE layer, step): queued into backend memory by the forward, read
+     * once at its end (ode_sq, then the host copy ode_sums) */
+    size_t nsq = (size_t)m->nlogical * (size_t)(c->ode_steps > 0 ? c->ode_steps : 1);
+    m->ode_sums = calloc(nsq ? nsq : 1, sizeof *m->ode_sums);
+    m->ode_sq = be->core.mem_alloc((nsq ? nsq : 1) * sizeof(double));
     /* L_bal slots (written by an op) and, off the host, the batch's staging area. */
     size_t nstage = be->core.host_memory ? 0 : stage_reals(n);
     m->lbal = be->core.mem_alloc(((size_t)m->nlogical + nstage) * sizeof *m->lbal);
-    if (!m->ls || !m->ode_sums || !m->lbal) {
+    if (!m->ls || !m->ode_sums || !m->ode_sq || !m->lbal) {
         tb_err_set(err, "model: out of memory");
         goto fail;
     }
@@ -418,8 +422,10 @@ fail:
 
 void tb_model_free(tb_model *m) {
     if (m->be) {
+        if (!m->be->core.host_memory) attention_release_tables(m->be);
         params_release(&m->p, m->be);
         if (m->lbal) m->be->core.mem_free(m->lbal);
+        if (m->ode_sq) m->be->core.mem_free(m->ode_sq);
         if (m->arena) m->be->core.mem_free(m->arena);
     }
     tb_params_free(&m->p);
@@ -545,8 +551,9 @@ static void layer_forward(tb_model *m, const tb_batch *bt, int l, real *out, int
     /* mixer output goes to h, then h += x (residual) */
     switch (b->mixer) {
     case TB_MIXER_ODE: {
-        double os = ode_forward(be, s->h, s->mact, m->scratch, s->u, &b->ode, bt->key_mask, &dl, B, T);
-        if (!replay) m->ode_sums[l] = os;
+        /* a replay writes the same sums again */
+        ode_forward(be, s->h, s->mact, m->scratch, s->u, &b->ode, bt->key_mask, &dl, B, T,
+                    m->ode_sq + (size_t)l * (size_t)(c->ode_steps > 0 ? c->ode_steps : 1));
         break;
     }
     case TB_MIXER_RETNET:
@@ -603,10 +610,7 @@ int tb_model_forward(tb_model *m, const tb_batch *bt, const tb_dropout_ctx *d,
     for (int l = 0; l < m->nlogical; l++) {
         const tb_block *b = &m->blocks[l % c->num_layers];
         layer_forward(m, bt, l, l + 1 < m->nlogical ? m->ls[l + 1].x : m->x_final, 0, &tp);
-        if (b->mixer == TB_MIXER_ODE) {
-            ode_total += m->ode_sums[l];
-            m->n_ode_evals++;
-        }
+        if (b->mixer == TB_MIXER_ODE) m->n_ode_evals++;
     }
     norm_forward(be, m->y_final, m->fn_act, m->x_final, &m->final_norm, n);
     linear_forward(be, m->logits, m->head_act, m->y_final, &m->head, n);
@@ -626,6 +630,15 @@ int tb_model_forward(tb_model *m, const tb_batch *bt, const tb_dropout_ctx *d,
         else be->core.to_host(&lb, &m->lbal[l], sizeof lb);
         bal_total += (double)lb;
         n_moe++;
+    }
+    /* L_ode's per-step sums of every ODE layer, likewise in one copy; summed in layer order */
+    if (m->n_ode_evals) {
+        size_t S = (size_t)(c->ode_steps > 0 ? c->ode_steps : 1);
+        be->core.to_host(m->ode_sums, m->ode_sq, (size_t)m->nlogical * S * sizeof(double));
+        for (int l = 0; l < m->nlogical; l++) {
+            const tb_block *b = &m->blocks[l % c->num_layers];
+            if (b->mixer == TB_MIXER_ODE) ode_total += ode_lode(m->ode_sums + (size_t)l * S, &b->ode, B, T);
+        }
     }
     phase_end(m, 0, TB_PHASE_HEAD, &tp);
     tb_fwd_result r;

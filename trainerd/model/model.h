@@ -124,7 +124,8 @@ typedef struct tb_model {
     tb_lstore *ls;      /* nlogical */
     /* backward scratch */
     real *dlogits, *dx, *dh, *du, *dv, *scratch;
-    double *ode_sums;   /* per logical layer: Σ_steps mean(k1²) */
+    double *ode_sums;   /* per (logical layer, step): Σ k1², host copy of ode_sq */
+    double *ode_sq;     /* the same in backend memory (written by the forward's ops) */
     real *lbal;         /* per logical layer: L_bal of its MoE evaluation */
     int n_ode_evals;
     /* activation_recompute: per logical layer 1 when it keeps only its input and shares

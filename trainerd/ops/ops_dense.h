@@ -186,6 +186,9 @@ typedef struct tb_ops_dense {
      * *out = Σ z² (double, ascending). */
     void (*axpy)(real *y, const real *x, real a, const real *z, size_t n);
     void (*sum_squares)(double *out, const real *z, size_t n);
+    /* The same sum into *out in the backend's memory (a device double on a GPU): queued,
+     * not waited for (read later with core.to_host, together with other results). */
+    void (*sum_squares_dev)(double *out, const real *z, size_t n);
 } tb_ops_dense;
 
 #endif
