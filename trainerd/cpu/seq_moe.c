@@ -196,35 +196,37 @@ static int kept_by_slot(int32_t *as, const int32_t *sel, const int32_t *slot, in
     return m;
 }
 
+/* dst[t] += (gate[a] ·) src[slot[a]] over token t's kept assignments in slot order. */
+static void slots_sum(real *dst_all, const real *src_all, const real *gate, const int32_t *sel,
+                      const int32_t *slot, int ntok, int K, int C) {
+    int32_t as[TB_MOE_MAX_EXPERTS];
+    for (int t = 0; t < ntok; t++) {
+        int m = kept_by_slot(as, sel, slot, t, K);
+        real *dst = dst_all + (size_t)t * (size_t)C;
+        for (int j = 0; j < m; j++) {
+            const real *src = src_all + (size_t)slot[as[j]] * (size_t)C;
+            if (gate) {
+                real g = gate[as[j]];
+                for (int c = 0; c < C; c++) dst[c] += g * src[c];
+            } else {
+                for (int c = 0; c < C; c++) dst[c] += src[c];
+            }
+        }
+    }
+}
+
 static void cpu_moe_scatter_slots(real *out, const real *ye, const real *gate, const int32_t *sel,
                                   const int32_t *slot, int ntok, int K, int C,
                                   const struct tb_backend *be) {
     (void)be;
-    int32_t as[TB_MOE_MAX_EXPERTS];
-    for (int t = 0; t < ntok; t++) {
-        int m = kept_by_slot(as, sel, slot, t, K);
-        real *dst = out + (size_t)t * (size_t)C;
-        for (int j = 0; j < m; j++) {
-            real g = gate[as[j]];
-            const real *src = ye + (size_t)slot[as[j]] * (size_t)C;
-            for (int c = 0; c < C; c++) dst[c] += g * src[c];
-        }
-    }
+    slots_sum(out, ye, gate, sel, slot, ntok, K, C);
 }
 
 static void cpu_moe_gather_backward_slots(real *dx, const real *dxe, const int32_t *sel,
                                           const int32_t *slot, int ntok, int K, int C,
                                           const struct tb_backend *be) {
     (void)be;
-    int32_t as[TB_MOE_MAX_EXPERTS];
-    for (int t = 0; t < ntok; t++) {
-        int m = kept_by_slot(as, sel, slot, t, K);
-        real *dst = dx + (size_t)t * (size_t)C;
-        for (int j = 0; j < m; j++) {
-            const real *src = dxe + (size_t)slot[as[j]] * (size_t)C;
-            for (int c = 0; c < C; c++) dst[c] += src[c];
-        }
-    }
+    slots_sum(dx, dxe, NULL, sel, slot, ntok, K, C);
 }
 
 void tb_cpu_seq_moe_init(tb_ops_seq *ops);
