@@ -3,8 +3,10 @@
  * summed in order), and its backward (input, router, every expert's two weights, with
  * bal_scale · L_bal in the loss) against central finite differences in fp64
  * (gradcheck.h, bound 1e-6), use_bitnet false, K = 1 and 2, E = 3, renormalised or not,
- * with capacity drops and without, silu and exact gelu; the dense FFN likewise; a
- * BitLinear MoE forward/backward runs clean with the act/scratch sizes the layer reports. */
+ * with capacity drops and without, silu and exact gelu, on the host path and the
+ * fixed-capacity layout (fixed_rows); the two paths give the same bits (plain and
+ * BitLinear experts); the dense FFN likewise; a BitLinear MoE forward/backward runs clean
+ * with the act/scratch sizes the layer reports. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -27,6 +29,8 @@ typedef struct ctx {
     double *v, *out, *w, *act, *fscr;
 } ctx;
 
+static int g_fixed; /* build(): tb_moe.fixed_rows */
+
 static double loss(void *vc) {
     ctx *c = vc;
     moe_forward(tb_backend_cpu(), c->out, &c->lbal, c->act, c->fscr, c->v, &c->p, c->ntok);
@@ -42,6 +46,7 @@ static void build(ctx *c, pool *P, size_t ntok, int C, int F, int E, int K, int 
     tb_moe *m = &c->p;
     m->C = C, m->F = F, m->E = E, m->K = K, m->act = act, m->renormalize = renorm;
     m->capacity_factor = cf;
+    m->fixed_rows = g_fixed;
     m->up = c->up, m->down = c->down;
     pool_linear(P, &m->router, "router.weight", C, E, 0);
     for (int i = 0; i < (int)(E * C); i++) m->router.w[i] *= 3; /* spread the router's probabilities */
@@ -76,12 +81,13 @@ static double act_ref(double x, int kind) {
 /* Direct evaluation of MODEL.md 7, token by token. */
 static void test_moe_layer_forward_equals_direct_evaluation(void **state) {
     (void)state;
-    for (int variant = 0; variant < 3; variant++) {
+    for (int variant = 0; variant < 6; variant++) {
+        g_fixed = variant >= 3;
         ctx c;
         pool P;
-        int K = variant == 2 ? 1 : 2, renorm = variant != 1;
-        double cf = variant == 0 ? 0.6 : 0.0;
-        build(&c, &P, 10, 6, 5, 3, K, renorm, cf, variant == 1 ? TB_ACT_GELU : TB_ACT_SILU, 0);
+        int v = variant % 3, K = v == 2 ? 1 : 2, renorm = v != 1;
+        double cf = v == 0 ? 0.6 : v == 2 ? 2.0 : 0.0; /* 2.0: a capacity none reaches */
+        build(&c, &P, 10, 6, 5, 3, K, renorm, cf, v == 1 ? TB_ACT_GELU : TB_ACT_SILU, 0);
         loss(&c);
         int C = 6, F = 5, E = 3;
         long cap = cf > 0 ? (long)ceil(cf * K * 10.0 / E) : 1000, taken[3] = {0, 0, 0};
@@ -127,7 +133,7 @@ static void test_moe_layer_forward_equals_direct_evaluation(void **state) {
             for (int o = 0; o < C; o++) maxerr = fmax(maxerr, fabs(y[o] - c.out[t * C + o]));
         }
         printf("moe forward variant %d: drops %d, max abs err %.3e\n", variant, drops, maxerr);
-        if (cf > 0) assert_true(drops > 0);
+        if (v == 0) assert_true(drops > 0);
         assert_true(maxerr < 1e-13);
         destroy(&c, &P);
     }
@@ -158,12 +164,52 @@ static double check_moe(size_t ntok, int C, int F, int E, int K, int renorm, dou
 static void test_moe_layer_backward_matches_finite_differences(void **state) {
     (void)state;
     double w = 0;
-    w = fmax(w, check_moe(7, 6, 5, 3, 2, 1, 0.0, TB_ACT_SILU));
-    w = fmax(w, check_moe(9, 5, 7, 3, 2, 0, 0.6, TB_ACT_GELU));
-    w = fmax(w, check_moe(5, 4, 3, 3, 1, 1, 0.0, TB_ACT_SILU));
-    w = fmax(w, check_moe(8, 6, 4, 3, 1, 0, 0.5, TB_ACT_SILU));
+    for (g_fixed = 0; g_fixed < 2; g_fixed++) {
+        w = fmax(w, check_moe(7, 6, 5, 3, 2, 1, 0.0, TB_ACT_SILU));
+        w = fmax(w, check_moe(9, 5, 7, 3, 2, 0, 0.6, TB_ACT_GELU));
+        w = fmax(w, check_moe(5, 4, 3, 3, 1, 1, 0.0, TB_ACT_SILU));
+        w = fmax(w, check_moe(8, 6, 4, 3, 1, 0, 0.5, TB_ACT_SILU));
+        w = fmax(w, check_moe(6, 5, 4, 3, 2, 1, 1.5, TB_ACT_SILU));
+    }
+    g_fixed = 0;
     printf("moe layer worst max_rel %.3e\n", w);
     assert_true(w <= 1e-6);
+}
+
+/* The host path and the fixed-capacity layout: out, L_bal, dv and every parameter
+ * gradient bit for bit (padding rows add exact zeros), plain and BitLinear experts, with
+ * drops and without. */
+static void test_moe_fixed_rows_equal_host_path(void **state) {
+    (void)state;
+    static const double cfs[] = {0.6, 1.25, 3.0};
+    for (int bitnet = 0; bitnet < 2; bitnet++)
+        for (size_t k = 0; k < sizeof cfs / sizeof cfs[0]; k++) {
+            ctx c[2];
+            pool P[2];
+            double *dv[2], *scr[2];
+            size_t ntok = 19;
+            for (int f = 0; f < 2; f++) {
+                g_fixed = f;
+                build(&c[f], &P[f], ntok, 8, 12, 4, 2, 1, cfs[k], TB_ACT_SILU, bitnet);
+                dv[f] = calloc(c[f].n, sizeof(double));
+                scr[f] = calloc(moe_scratch_count(&c[f].p, ntok), sizeof(double));
+                loss(&c[f]);
+                moe_backward(tb_backend_cpu(), dv[f], scr[f], c[f].w, c[f].bal_scale, c[f].act, c[f].v,
+                             &c[f].p, ntok);
+            }
+            g_fixed = 0;
+            assert_true(moe_act_count(&c[1].p, ntok) != moe_act_count(&c[0].p, ntok)); /* two layouts */
+            assert_memory_equal(c[1].out, c[0].out, c[0].n * sizeof(double));
+            assert_memory_equal(&c[1].lbal, &c[0].lbal, sizeof c[0].lbal);
+            assert_memory_equal(dv[1], dv[0], c[0].n * sizeof(double));
+            assert_int_equal(P[1].n, P[0].n);
+            for (int i = 0; i < P[0].n; i++)
+                assert_memory_equal(P[1].t[i].g, P[0].t[i].g, P[0].t[i].n * sizeof(double));
+            for (int f = 0; f < 2; f++) {
+                free(dv[f]), free(scr[f]);
+                destroy(&c[f], &P[f]);
+            }
+        }
 }
 
 static void test_moe_layer_bitnet_runs_within_reported_sizes(void **state) {
@@ -238,6 +284,7 @@ int main(void) {
         cmocka_unit_test(test_moe_layer_forward_equals_direct_evaluation),
         cmocka_unit_test(test_moe_layer_backward_matches_finite_differences),
         cmocka_unit_test(test_moe_layer_bitnet_runs_within_reported_sizes),
+        cmocka_unit_test(test_moe_fixed_rows_equal_host_path),
         cmocka_unit_test(test_dense_ffn_backward_matches_finite_differences),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

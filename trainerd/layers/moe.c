@@ -18,9 +18,10 @@ static size_t i32_reals(size_t n) {
 /* Rows per expert in the fixed-capacity layout: the capacity ceil(cf·K·ntok/E) (computed
  * in double, as the routing op does), at most ntok (a token picks an expert once),
  * rounded up to 16 (whole 16-byte rows of int8 codes for every expert's slice). 0 when
- * there is no capacity (cf = 0): then the per-expert row counts are read on the host. */
+ * there is no capacity (cf = 0) or the layer runs the host path (fixed_rows 0): then the
+ * per-expert row counts are read on the host. */
 static size_t moe_rows(const tb_moe *p, size_t ntok) {
-    if (!(p->capacity_factor > 0) || ntok == 0) return 0;
+    if (!p->fixed_rows || !(p->capacity_factor > 0) || ntok == 0) return 0;
     double c = ceil(p->capacity_factor * (double)p->K * (double)ntok / (double)p->E);
     size_t P = c < (double)ntok ? (size_t)c : ntok;
     return (P + 15) & ~(size_t)15;

@@ -11,14 +11,17 @@
  * Dense (use_moe false): out = down(act(up(v))).
  * Parameter names (section 11): router.weight, experts.{e}.0.weight, experts.{e}.2.weight |
  * ffn.0.weight, ffn.2.weight; the registry (model/params.c) owns names, shapes and init.
- * With a capacity (cf > 0) the experts run at a fixed size with no host synchronisation:
+ * With a capacity (cf > 0) and fixed_rows the experts run at a fixed size with no host
+ * synchronisation (the model asks for it where the backend's memory is off the host;
+ * on the host, reading the routing costs nothing and the padding rows would):
  * P rows each (the capacity, at most ntok, rounded up to 16), laid out by moe_pad_order;
  * a row past an expert's kept count is padding (zero input, output never added), so the
  * values are those of the kept rows alone; the gather, activation, scatter and the
  * BitLinear activation quantiser run once over all E·P rows, each expert's GEMMs keep one
- * shape from step to step. Without one (cf = 0) an expert may get any number of rows up
- * to ntok: the expert loop then reads the routing offsets on the host (a device backend
- * copies E+1 int32 back, once in the forward and once in the backward). */
+ * shape from step to step. Otherwise (no capacity, cf = 0, where an expert may get any
+ * number of rows up to ntok, or fixed_rows 0) the expert loop reads the routing offsets
+ * on the host (a device backend copies E+1 int32 back, once in the forward and once in
+ * the backward) and runs each expert over its kept rows. Both give the same values. */
 #ifndef TB_MOE_H
 #define TB_MOE_H
 #include <stddef.h>
@@ -34,6 +37,8 @@ typedef struct tb_moe {
     int act;              /* tb_act_kind (ops/ops_seq.h) */
     int renormalize;      /* moe_renormalize */
     double capacity_factor; /* moe_capacity_factor; 0 = no limit */
+    int fixed_rows;       /* 1: the fixed-capacity layout when there is a capacity (the
+                           * model sets it where the backend's memory is off the host) */
 } tb_moe;
 
 size_t moe_act_count(const tb_moe *p, size_t ntok);

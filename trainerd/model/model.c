@@ -185,6 +185,8 @@ static int bind(tb_model *m, tb_err *err) {
             mo->act = act;
             mo->renormalize = c->moe_renormalize != 0;
             mo->capacity_factor = c->moe_capacity_factor;
+            /* the fixed-capacity layout where reading the routing costs a host wait */
+            mo->fixed_rows = !m->be->core.host_memory;
         } else {
             b->ffn.up = bind_linear(m, L->ffn_up);
             b->ffn.down = bind_linear(m, L->ffn_down);
