@@ -30,7 +30,10 @@ typedef struct ode_ctx {
 
 static double ode_loss(void *v) {
     ode_ctx *c = v;
-    c->lode = ode_forward(tb_backend_cpu(), c->out, c->act, c->fscr, c->u, &c->p, c->mask, NULL, c->B, c->T, NULL);
+    double sq[8]; /* Σ k1² per step (host memory on the CPU backend) */
+    assert_true(c->p.steps <= 8);
+    ode_forward(tb_backend_cpu(), c->out, c->act, c->fscr, c->u, &c->p, c->mask, NULL, c->B, c->T, sq);
+    c->lode = ode_lode(sq, &c->p, c->B, c->T);
     size_t m = (size_t)c->B * c->T * c->p.C;
     double s = 0;
     for (size_t i = 0; i < m; i++) s += c->G[i] * (c->out0 ? c->out[i] - c->out0[i] : c->out[i]);

@@ -46,14 +46,13 @@ static size_t moe_rows(const tb_moe *p, size_t ntok) {
 typedef struct moe_act {
     real *logits, *probs, *gate, *lbal, *he, *ye, *l_router, *l_up, *l_down;
     int32_t *sel, *order, *offsets, *pad, *slot;
-    size_t up_cap, down_cap, total, P, nK;
+    size_t up_cap, down_cap, total, P;
 } moe_act;
 
 static moe_act moe_layout(real *base, const tb_moe *p, size_t ntok) {
     moe_act a;
     size_t off = 0, nK = ntok * (size_t)p->K, E = (size_t)p->E;
     a.P = moe_rows(p, ntok);
-    a.nK = nK;
     size_t rows = a.P ? E * a.P : nK; /* the experts' rows, all together */
     a.logits = take(base, &off, ntok * E);
     a.probs = take(base, &off, ntok * E);
@@ -201,7 +200,7 @@ static void experts_backward_dynamic(const tb_backend *be, real *dv, const moe_s
  * over ae and dxe over dye (moe_scr_layout), each dead by then. */
 static void experts_backward_fixed(const tb_backend *be, real *dv, const moe_scr *s,
                                    const real *dout, const moe_act *a, const real *v,
-                                   const tb_moe *p) {
+                                   const tb_moe *p, size_t ntok) {
     int C = p->C, K = p->K, rows = p->E * (int)a->P;
     size_t rF = (size_t)rows * (size_t)p->F;
     be->seq.moe_gather(s->xe, v, a->pad, rows, K, C, be);
@@ -212,8 +211,7 @@ static void experts_backward_fixed(const tb_backend *be, real *dv, const moe_scr
                                a->P);
     be->seq.act_backward_set(s->dhe, s->dae, a->he, rF, p->act, be);
     linear_backward_groups_set(be, s->dxe, s->lin, s->dhe, a->l_up, s->xe, p->up, p->E, a->P);
-    be->seq.moe_gather_backward_slots(dv, s->dxe, a->sel, a->slot, (int)(a->nK / (size_t)K), K, C,
-                                      be);
+    be->seq.moe_gather_backward_slots(dv, s->dxe, a->sel, a->slot, (int)ntok, K, C, be);
 }
 
 void moe_backward(const tb_backend *be, real *dv, real *scratch, const real *dout,
@@ -223,7 +221,7 @@ void moe_backward(const tb_backend *be, real *dv, real *scratch, const real *dou
     moe_scr s = moe_scr_layout(scratch, p, ntok);
     be->core.fill(s.dgate, 0, ntok * (size_t)p->K);
     if (a.P)
-        experts_backward_fixed(be, dv, &s, dout, &a, v, p);
+        experts_backward_fixed(be, dv, &s, dout, &a, v, p, ntok);
     else
         experts_backward_dynamic(be, dv, &s, dout, &a, v, p);
     be->core.fill(s.dlogits, 0, ntok * (size_t)p->E);

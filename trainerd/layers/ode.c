@@ -93,15 +93,14 @@ double ode_lode(const double *k1_sq, const tb_ode *p, int B, int T) {
     return lode;
 }
 
-double ode_forward(const tb_backend *be, real *out, real *act, real *scratch, const real *u,
-                   const tb_ode *p, const uint8_t *key_mask, const tb_dropout *d, int B, int T,
-                   double *k1_sq) {
+void ode_forward(const tb_backend *be, real *out, real *act, real *scratch, const real *u,
+                 const tb_ode *p, const uint8_t *key_mask, const tb_dropout *d, int B, int T,
+                 double *k1_sq) {
     ode_layout l = layout(p, B, T);
     ode_scr w = scr_layout(scratch, p, B, T);
     size_t n = (size_t)B * T, nc = n * (size_t)p->C;
     int ns = stages(p);
     real dt = R(1.0) / (real)p->steps;
-    double lode = 0;
     if (out != u) be->core.copy(out, u, nc);
     for (int s = 0; s < p->steps; s++) {
         real *ev[4];
@@ -127,19 +126,9 @@ double ode_forward(const tb_backend *be, real *out, real *act, real *scratch, co
             be->dense.axpy(out, out, wt[st], w.k, nc);
         }
     }
-    /* L_ode's mean(k1²) per step (each step's k1 stays in its own slice of act): into the
-     * caller's backend buffer, read later with other results, or read here after the
-     * whole block is queued. The same sums in the same order as per step. */
-    if (k1_sq) {
-        for (int s = 0; s < p->steps; s++) be->dense.sum_squares_dev(k1_sq + s, act + k1_at(&l, nc, s), nc);
-        return 0;
-    }
-    for (int s = 0; s < p->steps; s++) {
-        double ss;
-        be->dense.sum_squares(&ss, act + k1_at(&l, nc, s), nc);
-        lode += ss / (double)nc;
-    }
-    return lode;
+    /* L_ode's Σ k1² per step (each step's k1 stays in its own slice of act) into the
+     * caller's backend buffer, read later with other results (ode_lode) */
+    for (int s = 0; s < p->steps; s++) be->dense.sum_squares_dev(k1_sq + s, act + k1_at(&l, nc, s), nc);
 }
 
 /* gin += fᵀ(gk) for the evaluation at e (xn rebuilt from zin in w->xn). */

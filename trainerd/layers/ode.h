@@ -34,11 +34,10 @@ typedef struct tb_ode {
 size_t ode_act_count(const tb_ode *p, int B, int T);
 size_t ode_scratch_count(const tb_ode *p, int B, int T);
 
-/* out = z(1). k1_sq NULL: returns Σ_steps mean(k1²) (read on the host at once). k1_sq
- * (backend memory, p->steps doubles): Σ k1² of each step is queued into it
- * (dense.sum_squares_dev), nothing is waited for and 0 is returned; ode_lode then forms the
- * same value from a host copy. */
-double ode_forward(const struct tb_backend *be,
+/* out = z(1); Σ k1² of each step is queued into k1_sq (backend memory, p->steps doubles,
+ * dense.sum_squares_dev): nothing is waited for; ode_lode forms Σ_steps mean(k1²) from a
+ * host copy. */
+void ode_forward(const struct tb_backend *be,
                    real *out,               // (B, T, C)
                    real *act,               // ode_act_count
                    real *scratch,           // ode_scratch_count (transient)

@@ -6,6 +6,11 @@
 #include "../layers/loss.h"
 #include "tb_clock.h"
 
+/* Slots of Σ k1² per logical layer in ode_sq / ode_sums (one per ODE step). */
+static size_t ode_slots(const tb_model_config *c) {
+    return (size_t)(c->ode_steps > 0 ? c->ode_steps : 1);
+}
+
 /* ---- binding the registry to the layers' parameter structs ---- */
 
 static tb_linear bind_linear(tb_model *m, int ix) {
@@ -311,7 +316,7 @@ int tb_model_create(tb_model *m, const tb_model_config *mc, const tb_backend *be
     m->ls = calloc((size_t)m->nlogical, sizeof *m->ls);
     /* Σ k1² of each (ODE layer, step): queued into backend memory by the forward, read
      * once at its end (ode_sq, then the host copy ode_sums) */
-    size_t nsq = (size_t)m->nlogical * (size_t)(c->ode_steps > 0 ? c->ode_steps : 1);
+    size_t nsq = (size_t)m->nlogical * ode_slots(c);
     m->ode_sums = calloc(nsq ? nsq : 1, sizeof *m->ode_sums);
     m->ode_sq = be->core.mem_alloc((nsq ? nsq : 1) * sizeof(double));
     /* L_bal slots (written by an op) and, off the host, the batch's staging area. */
@@ -555,7 +560,7 @@ static void layer_forward(tb_model *m, const tb_batch *bt, int l, real *out, int
     case TB_MIXER_ODE: {
         /* a replay writes the same sums again */
         ode_forward(be, s->h, s->mact, m->scratch, s->u, &b->ode, bt->key_mask, &dl, B, T,
-                    m->ode_sq + (size_t)l * (size_t)(c->ode_steps > 0 ? c->ode_steps : 1));
+                    m->ode_sq + (size_t)l * ode_slots(c));
         break;
     }
     case TB_MIXER_RETNET:
@@ -635,7 +640,7 @@ int tb_model_forward(tb_model *m, const tb_batch *bt, const tb_dropout_ctx *d,
     }
     /* L_ode's per-step sums of every ODE layer, likewise in one copy; summed in layer order */
     if (m->n_ode_evals) {
-        size_t S = (size_t)(c->ode_steps > 0 ? c->ode_steps : 1);
+        size_t S = ode_slots(c);
         be->core.to_host(m->ode_sums, m->ode_sq, (size_t)m->nlogical * S * sizeof(double));
         for (int l = 0; l < m->nlogical; l++) {
             const tb_block *b = &m->blocks[l % c->num_layers];
