@@ -50,8 +50,11 @@ __device__ __forceinline__ void tc_dropmask_words(uint64_t *dm, const tbc_drop &
 /* The dropout factor of a key bit c of word wd. */
 __device__ __forceinline__ float tc_keep(uint64_t wd, int c, float scale) { return (wd >> c) & 1 ? scale : 0.0f; }
 
-/* Queries per tile of k_fat_bwd_kv (fewer registers and less shared memory for HS 128). */
-static constexpr int tc_fat_bq(int HS) { return HS > 64 ? 32 : 64; }
+/* Queries per tile of k_fat_bwd_kv: 32 at every head size. At 64 (HS 64) a block took 254
+ * registers and 111 KiB of shared memory, two blocks an SM; at 32, 168 registers and 74
+ * KiB, three blocks: the kernel waits on the latency of its mma chains and loads, and the
+ * third block hides more of it (frankenstein 258.1 -> 226.1 µs a call, 2026-11-24). */
+static constexpr int tc_fat_bq(int) { return 32; }
 /* Rows of the staged tensors: T padded to whole tiles. */
 static inline int tc_fat_tp(int T) { return (T + TC_BC - 1) / TC_BC * TC_BC; }
 
@@ -393,7 +396,7 @@ __global__ void __launch_bounds__(TC_THREADS)
 
 /* BQ queries per tile (fewer registers and less shared memory for HS 128). */
 template <int HS, int BQ, int SPLIT>
-__global__ void __launch_bounds__(TC_THREADS)
+__global__ void __launch_bounds__(TC_THREADS, HS <= 64 ? 3 : 1)
     k_fat_bwd_kv(float *dk, float *dv, tc_bf16 *dst, const float *lse, const float *Dg, tc_fat_ws ws, size_t ldkv,
                  const uint8_t *mask, const uint64_t *dm, float dscale, int T, int Tp, int H, int Hkv, int hs,
                  float scale, int set) {
