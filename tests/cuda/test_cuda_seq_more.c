@@ -251,9 +251,11 @@ static void moe_padded_match_cpu(int32_t *order, int32_t *gorder, int32_t *off, 
 
 static void test_moe_route_gather_scatter_match_cpu(void **state) {
     (void)state;
-    /* ntok, E, K, renorm, cf·100, C */
-    static const int sh[][6] = {{1, 1, 1, 1, 0, 1}, {7, 4, 2, 1, 100, 5}, {100, 8, 2, 1, 125, 37},
-                                {257, 16, 4, 0, 50, 64}, {50, 256, 3, 1, 0, 3}, {600, 8, 2, 1, 20, 17}};
+    /* ntok, E, K, renorm, cf·100, C (64 and 1028: the row kernels' 16-byte form, 1028 with
+     * two blocks over a row's columns) */
+    static const int sh[][6] = {{1, 1, 1, 1, 0, 1},      {7, 4, 2, 1, 100, 5},    {100, 8, 2, 1, 125, 37},
+                                {257, 16, 4, 0, 50, 64}, {50, 256, 3, 1, 0, 3},   {600, 8, 2, 1, 20, 17},
+                                {96, 4, 2, 1, 125, 1028}};
     for (size_t s = 0; s < sizeof sh / sizeof sh[0]; s++) {
         int ntok = sh[s][0], E = sh[s][1], K = sh[s][2], renorm = sh[s][3], C = sh[s][5];
         double cf = sh[s][4] / 100.0;

@@ -501,11 +501,30 @@ static double reduce_to_host(const float *x, size_t n, int kind) {
          i += (size_t)gridDim.x * blockDim.x)
 
 __global__ void k_fill(float *x, float v, size_t n) { GRID_STRIDE(i, n) x[i] = v; }
-__global__ void k_axpy(float *y, float a, const float *x, size_t n) { GRID_STRIDE(i, n) y[i] += a * x[i]; }
+/* V: four values a thread (tbc_vec4), n then counts float4s. */
+template <bool V>
+__global__ void k_axpy(float *y, float a, const float *x, size_t n) {
+    if (V)
+        GRID_STRIDE(q, n) {
+            float4 u = reinterpret_cast<float4 *>(y)[q], v = reinterpret_cast<const float4 *>(x)[q];
+            u.x += a * v.x, u.y += a * v.y, u.z += a * v.z, u.w += a * v.w;
+            reinterpret_cast<float4 *>(y)[q] = u;
+        }
+    else
+        GRID_STRIDE(i, n) y[i] += a * x[i];
+}
 __global__ void k_scale(float *x, float a, size_t n) { GRID_STRIDE(i, n) x[i] *= a; }
 /* Built with --fmad=false: two roundings of the products and one of the sum, as the CPU. */
+template <bool V>
 __global__ void k_axpby(float *z, float a, const float *x, float b, const float *y, size_t n) {
-    GRID_STRIDE(i, n) z[i] = a * x[i] + b * y[i];
+    if (V)
+        GRID_STRIDE(q, n) {
+            float4 u = reinterpret_cast<const float4 *>(x)[q], v = reinterpret_cast<const float4 *>(y)[q], r;
+            r.x = a * u.x + b * v.x, r.y = a * u.y + b * v.y, r.z = a * u.z + b * v.z, r.w = a * u.w + b * v.w;
+            reinterpret_cast<float4 *>(z)[q] = r;
+        }
+    else
+        GRID_STRIDE(i, n) z[i] = a * x[i] + b * y[i];
 }
 
 __global__ void k_adamw(float *w, float *m, float *v, const float *g, size_t n, float rb1, float rb2,
@@ -539,7 +558,8 @@ static void cu_copy(real *y, const real *x, size_t n) {
 
 static void cu_axpy(real *y, real a, const real *x, size_t n) {
     if (!n) return;
-    k_axpy<<<tbc_blocks(n, 256), 256, 0, tbc_g->stream>>>(y, a, x, n);
+    if (tbc_vec4(n, y, x, x)) k_axpy<true><<<tbc_blocks(n / 4, 256), 256, 0, tbc_g->stream>>>(y, a, x, n / 4);
+    else k_axpy<false><<<tbc_blocks(n, 256), 256, 0, tbc_g->stream>>>(y, a, x, n);
     TBC_LAUNCHED();
 }
 
@@ -551,7 +571,10 @@ static void cu_scale(real *x, real a, size_t n) {
 
 static void cu_axpby(real *z, real a, const real *x, real b, const real *y, size_t n) {
     if (!n) return;
-    k_axpby<<<tbc_blocks(n, 256), 256, 0, tbc_g->stream>>>(z, a, x, b, y, n);
+    if (tbc_vec4(n, z, x, y))
+        k_axpby<true><<<tbc_blocks(n / 4, 256), 256, 0, tbc_g->stream>>>(z, a, x, b, y, n / 4);
+    else
+        k_axpby<false><<<tbc_blocks(n, 256), 256, 0, tbc_g->stream>>>(z, a, x, b, y, n);
     TBC_LAUNCHED();
 }
 

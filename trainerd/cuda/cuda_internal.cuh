@@ -174,6 +174,12 @@ static inline unsigned tbc_blocks(size_t n, unsigned threads) {
     return (unsigned)(b > 65535u * 16u ? 65535u * 16u : (b ? b : 1));
 }
 
+/* Element-wise kernels four values a thread (16-byte loads and stores) when the length is a
+ * multiple of 4 and every pointer is 16-byte aligned; the same values either way. */
+static inline bool tbc_vec4(size_t n, const void *a, const void *b, const void *c) {
+    return n % 4 == 0 && (((uintptr_t)a | (uintptr_t)b | (uintptr_t)c) & 15) == 0;
+}
+
 #include "cuda_drop.cuh"
 
 /* Stable sort of (key, value) int32 pairs by the key's bits [0, end_bit) (keys >= 0),

@@ -960,13 +960,23 @@ static void cu_xent_bwd(real *dlogits, const real *logits, const real *lse, cons
 
 /* ---- element-wise helpers ------------------------------------------------------- */
 
+/* V: four values a thread (tbc_vec4), n then counts float4s. */
+template <bool V>
 __global__ void k_axpy3(float *y, const float *x, float a, const float *z, size_t n) {
-    GRID_STRIDE(i, n) y[i] = x[i] + a * z[i];
+    if (V)
+        GRID_STRIDE(q, n) {
+            float4 u = reinterpret_cast<const float4 *>(x)[q], v = reinterpret_cast<const float4 *>(z)[q];
+            u.x = u.x + a * v.x, u.y = u.y + a * v.y, u.z = u.z + a * v.z, u.w = u.w + a * v.w;
+            reinterpret_cast<float4 *>(y)[q] = u;
+        }
+    else
+        GRID_STRIDE(i, n) y[i] = x[i] + a * z[i];
 }
 
 static void cu_axpy(real *y, const real *x, real a, const real *z, size_t n) {
     if (!n) return;
-    k_axpy3<<<tbc_blocks(n, 256), 256, 0, S()>>>(y, x, a, z, n);
+    if (tbc_vec4(n, y, x, z)) k_axpy3<true><<<tbc_blocks(n / 4, 256), 256, 0, S()>>>(y, x, a, z, n / 4);
+    else k_axpy3<false><<<tbc_blocks(n, 256), 256, 0, S()>>>(y, x, a, z, n);
     TBC_LAUNCHED();
 }
 

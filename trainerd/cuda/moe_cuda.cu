@@ -183,11 +183,30 @@ static void cu_moe_route_backward(real *dlogits, const real *dgate, const real *
     TBC_LAUNCHED();
 }
 
+/* Row copies of the MoE ops: a block row (blockIdx.y, grid-striding) per row, threads over
+ * its columns, 16 bytes a thread where the row length and the bases allow (tbc_vec4): no
+ * 64-bit division per element (what the element-per-thread forms spent most of their time
+ * on), the same values. */
+static dim3 moe_row_grid(int rows, int cols) {
+    unsigned gx = (unsigned)((cols + EW - 1) / EW);
+    return dim3(gx < 64 ? gx : 64, (unsigned)(rows < 65535 ? rows : 65535));
+}
+
+/* xe[j, ·] = x[order[j] / K, ·], or zero for a padding row (order[j] < 0). */
+template <bool V4>
 __global__ void k_moe_gather(float *xe, const float *x, const int32_t *order, int n, int K, int C) {
-    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < (size_t)n * C; e += (size_t)gridDim.x * blockDim.x) {
-        size_t j = e / C;
+    int nc = V4 ? C / 4 : C;
+    for (int j = blockIdx.y; j < n; j += gridDim.y) {
         int a = order[j];
-        xe[e] = a < 0 ? 0.0f : x[(size_t)(a / K) * C + (e - j * C)]; /* a < 0: padding */
+        const float *src = a < 0 ? NULL : x + (size_t)(a / K) * C;
+        float *dst = xe + (size_t)j * C;
+        for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < nc; c += gridDim.x * blockDim.x) {
+            if (V4)
+                reinterpret_cast<float4 *>(dst)[c] =
+                    src ? reinterpret_cast<const float4 *>(src)[c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            else
+                dst[c] = src ? src[c] : 0.0f;
+        }
     }
 }
 
@@ -195,7 +214,10 @@ static void cu_moe_gather(real *xe, const real *x, const int32_t *order, int n, 
                           const struct tb_backend *be) {
     (void)be;
     if (n <= 0 || C <= 0) return;
-    k_moe_gather<<<tbc_blocks((size_t)n * C, EW), EW, 0, S()>>>(xe, x, order, n, K, C);
+    if (tbc_vec4((size_t)C, xe, x, x))
+        k_moe_gather<true><<<moe_row_grid(n, C / 4), EW, 0, S()>>>(xe, x, order, n, K, C);
+    else
+        k_moe_gather<false><<<moe_row_grid(n, C), EW, 0, S()>>>(xe, x, order, n, K, C);
     TBC_LAUNCHED();
 }
 
@@ -234,46 +256,80 @@ static void cu_moe_pad_order(int32_t *pad, int32_t *slot, const int32_t *order, 
 
 /* dst[t, c] += Σ (gate[a] ·) src[slot[a], c] over token t's kept assignments a (sel[a] >= 0)
  * in ascending slot order (expert order; the next smallest slot found by a scan of the K,
- * which are distinct): the CPU's sequence of adds, a thread per element, no sort. */
-template <bool GATED>
+ * which are distinct): the CPU's sequence of adds, no sort. A block row per token (the
+ * ordered slots and gates found once, by thread 0, into shared memory), threads over the
+ * columns as in k_moe_gather. */
+template <bool GATED, bool V4>
 __global__ void k_moe_slots_sum(float *dst, const float *src, const float *gate, const int32_t *sel,
                                 const int32_t *slot, int ntok, int K, int C) {
-    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < (size_t)ntok * C;
-         e += (size_t)gridDim.x * blockDim.x) {
-        size_t t = e / C, c = e - t * C;
-        const int32_t *st = sel + t * K, *sl = slot + t * K;
-        float acc = dst[e];
-        int prev = -1;
-        for (int j = 0; j < K; j++) {
-            int best = -1, bs = 0;
-            for (int k = 0; k < K; k++) {
-                if (st[k] < 0) continue;
-                int v = sl[k];
-                if (v > prev && (best < 0 || v < bs)) best = k, bs = v;
+    __shared__ int rs[TB_MOE_MAX_EXPERTS];
+    __shared__ float rg[TB_MOE_MAX_EXPERTS];
+    __shared__ int nr;
+    int nc = V4 ? C / 4 : C;
+    for (int t = blockIdx.y; t < ntok; t += gridDim.y) {
+        if (threadIdx.x == 0) {
+            const int32_t *st = sel + (size_t)t * K, *sl = slot + (size_t)t * K;
+            int prev = -1, m = 0;
+            for (int j = 0; j < K; j++) {
+                int best = -1, bs = 0;
+                for (int k = 0; k < K; k++) {
+                    if (st[k] < 0) continue;
+                    int v = sl[k];
+                    if (v > prev && (best < 0 || v < bs)) best = k, bs = v;
+                }
+                if (best < 0) break;
+                rs[m] = bs;
+                rg[m++] = GATED ? gate[(size_t)t * K + best] : 1.0f;
+                prev = bs;
             }
-            if (best < 0) break;
-            float x = src[(size_t)bs * C + c];
-            acc += GATED ? gate[t * K + best] * x : x;
-            prev = bs;
+            nr = m;
         }
-        dst[e] = acc;
+        __syncthreads();
+        float *d = dst + (size_t)t * C;
+        for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < nc; c += gridDim.x * blockDim.x) {
+            if (V4) {
+                float4 acc = reinterpret_cast<const float4 *>(d)[c];
+                for (int r = 0; r < nr; r++) {
+                    float4 x = reinterpret_cast<const float4 *>(src + (size_t)rs[r] * C)[c];
+                    float g = rg[r];
+                    acc.x += GATED ? g * x.x : x.x, acc.y += GATED ? g * x.y : x.y;
+                    acc.z += GATED ? g * x.z : x.z, acc.w += GATED ? g * x.w : x.w;
+                }
+                reinterpret_cast<float4 *>(d)[c] = acc;
+            } else {
+                float acc = d[c];
+                for (int r = 0; r < nr; r++) {
+                    float x = src[(size_t)rs[r] * C + c];
+                    acc += GATED ? rg[r] * x : x;
+                }
+                d[c] = acc;
+            }
+        }
+        __syncthreads(); /* every thread is done with this token's slots */
     }
+}
+
+template <bool GATED>
+static void moe_slots_sum(float *dst, const float *src, const float *gate, const int32_t *sel, const int32_t *slot,
+                          int ntok, int K, int C) {
+    if (ntok <= 0 || C <= 0) return;
+    if (tbc_vec4((size_t)C, dst, src, src))
+        k_moe_slots_sum<GATED, true><<<moe_row_grid(ntok, C / 4), EW, 0, S()>>>(dst, src, gate, sel, slot, ntok, K, C);
+    else
+        k_moe_slots_sum<GATED, false><<<moe_row_grid(ntok, C), EW, 0, S()>>>(dst, src, gate, sel, slot, ntok, K, C);
+    TBC_LAUNCHED();
 }
 
 static void cu_moe_scatter_slots(real *out, const real *ye, const real *gate, const int32_t *sel, const int32_t *slot,
                                  int ntok, int K, int C, const struct tb_backend *be) {
     (void)be;
-    if (ntok <= 0 || C <= 0) return;
-    k_moe_slots_sum<true><<<tbc_blocks((size_t)ntok * C, EW), EW, 0, S()>>>(out, ye, gate, sel, slot, ntok, K, C);
-    TBC_LAUNCHED();
+    moe_slots_sum<true>(out, ye, gate, sel, slot, ntok, K, C);
 }
 
 static void cu_moe_gather_backward_slots(real *dx, const real *dxe, const int32_t *sel, const int32_t *slot,
                                          int ntok, int K, int C, const struct tb_backend *be) {
     (void)be;
-    if (ntok <= 0 || C <= 0) return;
-    k_moe_slots_sum<false><<<tbc_blocks((size_t)ntok * C, EW), EW, 0, S()>>>(dx, dxe, NULL, sel, slot, ntok, K, C);
-    TBC_LAUNCHED();
+    moe_slots_sum<false>(dx, dxe, NULL, sel, slot, ntok, K, C);
 }
 
 static void moe_token_sum(float *dst, const float *src, const int32_t *order, const float *gate, int n, int K, int C) {
