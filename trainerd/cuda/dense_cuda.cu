@@ -285,7 +285,8 @@ static void ln0_bwd(real *dx, const real *g, const real *x, const real *stats, s
 }
 
 /* The bf16 mode's operands: dy, x̃ and Ŵ rounded to bf16 (the rounding FAST_16BF allows;
- * x̃ and Ŵ are the float expressions of k_xtilde / k_wtilde, then rounded), all three in
+ * x̃ and Ŵ are the float expressions of k_xtilde / k_wtilde, then rounded; on the eight-code
+ * path x̃ is c · (1 / s_x), see there), all three in
  * one launch (fewer launches on a path where the host sets the pace): blocks [0, b1) take
  * dy, [b1, b2) x̃, [b2, gridDim.x) Ŵ, each range grid-striding over its own values, four
  * at a time where its vec bit (1 dy, 2 x̃, 4 Ŵ) says the sizes and alignments allow. */
@@ -316,17 +317,23 @@ __global__ void k_bl_bf16_operands(bl_ops o) {
         else
             for (size_t i = start; i < o.nout; i += stride) o.dyb[i] = __float2bfloat16_rn(o.dy[i]);
     } else if (b < o.b2) {
-        if (o.vec & 8) /* eight codes a thread: an 8-byte load, a 16-byte store */
+        if (o.vec & 8) { /* eight codes a thread: an 8-byte load, a 16-byte store */
+            /* The row in 32 bits where the codes allow (a 64-bit division per thread was
+             * most of this range's instructions), and x̃ = c · (1 / s_x): one division per
+             * eight codes, within an fp32 ulp of c / s_x before the bf16 rounding. */
+            bool narrow = o.nin < ((size_t)1 << 32);
+            unsigned in8 = (unsigned)o.in / 8;
             for (size_t q = start; q < o.nin / 8; q += stride) {
                 uint2 w = reinterpret_cast<const uint2 *>(o.xq)[q];
                 const int8_t *c = reinterpret_cast<const int8_t *>(&w);
-                float sx = o.stats[3 * (q * 8 / o.in) + 2];
+                size_t row = narrow ? (size_t)((unsigned)q / in8) : q / in8;
+                float r = 1.0f / o.stats[3 * row + 2];
                 __nv_bfloat162 h[4];
 #pragma unroll
-                for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn((float)c[2 * k] / sx, (float)c[2 * k + 1] / sx);
+                for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn((float)c[2 * k] * r, (float)c[2 * k + 1] * r);
                 reinterpret_cast<uint4 *>(o.xtb)[q] = *reinterpret_cast<uint4 *>(h);
             }
-        else if (o.vec & 2)
+        } else if (o.vec & 2)
             for (size_t q = start; q < o.nin / 4; q += stride) {
                 char4 c = reinterpret_cast<const char4 *>(o.xq)[q];
                 float sx = o.stats[3 * (q * 4 / o.in) + 2];
@@ -540,7 +547,9 @@ __global__ void __launch_bounds__(512) k_dyt_fwd_vec(float *y, float *stats, con
 }
 
 /* Backward, fused with the column sums: block b takes rows [b·R, b·R + R) in order (the
- * next row's x and dy loaded before the current row's sums), adds dx, and keeps per
+ * next row's x, dy, statistics and old dx loaded before the current row's sums and store:
+ * with the statistics and dx read after the block sum, each row had waited for two memory
+ * round trips in a row), adds dx, and keeps per
  * column Σ dz·x̂ and Σ dz (dz = dy (1 - y²)) in double over its rows; part[b][0|1][j]
  * then go to k_norm_bwd_cols_final (chunks in order). */
 #define DYT_BWD_ROWS 8
@@ -552,27 +561,36 @@ __device__ __forceinline__ void dyt_col(float x, float g, float a, float b, floa
     *dz = g * (1.0f - yv * yv);
 }
 
-__global__ void __launch_bounds__(512) k_dyt_bwd_vec(float *dx, double *part, const float *dy, const float *stats, const float *x,
-                              const float *al, const float *be, size_t n, int C) {
+/* MAXT: the block size bound (256: three blocks an SM, the register cap that keeps them). */
+template <int MAXT>
+__global__ void __launch_bounds__(MAXT, MAXT <= 256 ? 3 : 1)
+    k_dyt_bwd_vec(float *dx, double *part, const float *dy, const float *stats, const float *x, const float *al,
+                  const float *be, size_t n, int C) {
     __shared__ double2 sh[33];
     int j = 4 * threadIdx.x;
     bool in = j < C;
     size_t t0 = (size_t)blockIdx.x * DYT_BWD_ROWS, t1 = t0 + DYT_BWD_ROWS < n ? t0 + DYT_BWD_ROWS : n;
-    float4 a = make_float4(0, 0, 0, 0), b = a, xv = a, gv = a;
+    float4 a = make_float4(0, 0, 0, 0), b = a, xv = a, gv = a, ov = a;
     if (in) {
         a = *reinterpret_cast<const float4 *>(al + j);
         b = *reinterpret_cast<const float4 *>(be + j);
         xv = *reinterpret_cast<const float4 *>(x + t0 * C + j);
         gv = *reinterpret_cast<const float4 *>(dy + t0 * C + j);
+        ov = *reinterpret_cast<const float4 *>(dx + t0 * C + j);
     }
+    float2 sv = t0 < t1 ? make_float2(stats[2 * t0], stats[2 * t0 + 1]) : make_float2(0, 0);
     double c0[4] = {0, 0, 0, 0}, c1[4] = {0, 0, 0, 0};
     for (size_t t = t0; t < t1; t++) {
-        float4 xc = xv, gc = gv;
-        if (in && t + 1 < t1) { /* the next row in flight during this one's sums */
-            xv = *reinterpret_cast<const float4 *>(x + (t + 1) * C + j);
-            gv = *reinterpret_cast<const float4 *>(dy + (t + 1) * C + j);
+        float4 xc = xv, gc = gv, o = ov;
+        float mean = sv.x, sd = sv.y;
+        if (t + 1 < t1) { /* the next row in flight during this one's sums */
+            sv = make_float2(stats[2 * t + 2], stats[2 * t + 3]);
+            if (in) {
+                xv = *reinterpret_cast<const float4 *>(x + (t + 1) * C + j);
+                gv = *reinterpret_cast<const float4 *>(dy + (t + 1) * C + j);
+                ov = *reinterpret_cast<const float4 *>(dx + (t + 1) * C + j);
+            }
         }
-        float mean = stats[2 * t], sd = stats[2 * t + 1];
         float r = 1.0f / (sd + (float)DT_EPS);
         float dz[4], xm[4], xh[4], dxh[4];
         dyt_col(xc.x, gc.x, a.x, b.x, mean, r, &dz[0], &xm[0], &xh[0]);
@@ -594,12 +612,11 @@ __global__ void __launch_bounds__(512) k_dyt_bwd_vec(float *dx, double *part, co
         float mg = (float)(sums.x / C);
         float coef = sd > 0 ? (float)((double)r * r * sums.y / ((C - 1) * (double)sd)) : 0.0f;
         if (in) {
-            float4 *dr = reinterpret_cast<float4 *>(dx + t * C + j), o = *dr;
             o.x += r * (dxh[0] - mg) - coef * xm[0];
             o.y += r * (dxh[1] - mg) - coef * xm[1];
             o.z += r * (dxh[2] - mg) - coef * xm[2];
             o.w += r * (dxh[3] - mg) - coef * xm[3];
-            *dr = o;
+            *reinterpret_cast<float4 *>(dx + t * C + j) = o;
         }
     }
     if (in) {
@@ -826,7 +843,8 @@ static void cu_norm_bwd(real *dx, real *const *dprm, const real *dy, const real 
         /* the rows and the column sums in one pass (k_dyt_bwd_vec) */
         int nchunks = (int)((n + DYT_BWD_ROWS - 1) / DYT_BWD_ROWS);
         double *part = (double *)tbc_scratch(TBC_SCR_NORM_COLS, (size_t)nchunks * 2 * C * sizeof(double));
-        k_dyt_bwd_vec<<<(unsigned)nchunks, th, 0, S()>>>(dx, part, dy, stats, x, P.p[0], P.p[1], n, C);
+        if (th <= 256) k_dyt_bwd_vec<256><<<(unsigned)nchunks, th, 0, S()>>>(dx, part, dy, stats, x, P.p[0], P.p[1], n, C);
+        else k_dyt_bwd_vec<512><<<(unsigned)nchunks, th, 0, S()>>>(dx, part, dy, stats, x, P.p[0], P.p[1], n, C);
         TBC_LAUNCHED();
         norm_cols_final(dprm[0], dprm[1], part, nchunks, C);
         return;
