@@ -193,9 +193,13 @@ __global__ void k_dyt_norm_bwd_warp(float *dx, const float *dy, const float *sta
 __global__ void k_bitlinear_scale4(float *y, const float *stats, const float *sw, size_t n, int out) {
     float s_w = *sw;
     size_t n4 = n * (size_t)out / 4;
+    /* the row by a 32-bit division where the quads allow (a 64-bit one is tens of instructions) */
+    bool narrow = n4 < ((size_t)1 << 32);
+    unsigned o4 = (unsigned)out / 4;
     for (size_t q = (size_t)blockIdx.x * blockDim.x + threadIdx.x; q < n4; q += (size_t)gridDim.x * blockDim.x) {
         int4 a = reinterpret_cast<const int4 *>(y)[q];
-        float d = stats[3 * (q * 4 / out) + 2] * s_w;
+        size_t row = narrow ? (size_t)((unsigned)q / o4) : q / o4;
+        float d = stats[3 * row + 2] * s_w;
         float4 r;
         r.x = (float)a.x / d, r.y = (float)a.y / d, r.z = (float)a.z / d, r.w = (float)a.w / d;
         reinterpret_cast<float4 *>(y)[q] = r;

@@ -140,17 +140,33 @@ __global__ void __launch_bounds__(FA_THREADS)
 }
 
 /* D[(b·H + h)·T + i] = Σ_c dO ∘ O over the head's channels: one warp per row. */
+/* Four rows a warp at a time, their loads issued before any sum (one row's two loads a lane
+ * left the warp waiting a memory round trip per row); row indices in 32 bits where they
+ * fit. Each row's sum is the same expression as before (lane c: fma over c, c + 32, ...;
+ * then the fixed xor tree). */
 __global__ void k_fa_rowdot(float *D, const float *dout, const float *out, int B, int T, int H, int hs) {
+    constexpr int RW = 4;
     int lane = threadIdx.x % 32;
     size_t rows = (size_t)B * H * T, warps = (size_t)gridDim.x * (blockDim.x / 32);
-    for (size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; row < rows; row += warps) {
-        int i = (int)(row % T), h = (int)(row / T % H), b = (int)(row / ((size_t)T * H));
-        size_t off = ((size_t)b * T + i) * ((size_t)H * hs) + (size_t)h * hs;
-        float s = 0;
-        for (int c = lane; c < hs; c += 32) s = fmaf(dout[off + c], out[off + c], s);
+    bool narrow = rows < ((size_t)1 << 32);
+    for (size_t r0 = ((size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * RW; r0 < rows; r0 += warps * RW) {
+        float s[RW];
 #pragma unroll
-        for (int w = 16; w > 0; w >>= 1) s += __shfl_xor_sync(0xffffffffu, s, w);
-        if (lane == 0) D[row] = s;
+        for (int k = 0; k < RW; k++) {
+            size_t row = r0 + k;
+            s[k] = 0;
+            if (row >= rows) continue;
+            size_t bh = narrow ? (size_t)((unsigned)row / (unsigned)T) : row / T;
+            int i = (int)(row - bh * T), h = (int)(bh % H);
+            size_t b = bh / H, off = (b * T + i) * ((size_t)H * hs) + (size_t)h * hs;
+            for (int c = lane; c < hs; c += 32) s[k] = fmaf(dout[off + c], out[off + c], s[k]);
+        }
+#pragma unroll
+        for (int k = 0; k < RW; k++) {
+#pragma unroll
+            for (int w = 16; w > 0; w >>= 1) s[k] += __shfl_xor_sync(0xffffffffu, s[k], w);
+            if (lane == 0 && r0 + k < rows) D[r0 + k] = s[k];
+        }
     }
 }
 
@@ -435,7 +451,7 @@ void tbc_flash_bwd(float *dq, float *dk, float *dv, const float *dout, const flo
     tbc_drop dd = tbc_drop_make(d);
     size_t rows = (size_t)B * H * T;
     float *D = (float *)tbc_scratch(TBC_SCR_ATTN_D, rows * sizeof(float));
-    k_fa_rowdot<<<tbc_blocks(rows, 8), 256, 0, S()>>>(D, dout, out, B, T, H, hs);
+    k_fa_rowdot<<<tbc_blocks((rows + 3) / 4, 8), 256, 0, S()>>>(D, dout, out, B, T, H, hs);
     TBC_LAUNCHED();
     if (tbc_flash_tc_fits(hs)) {
         tbc_flash_tc_bwd(dq, dk, dv, dout, lse, D, q, k, v, ldq, ldkv, mask, dd, site, B, T, H, Hkv, hs, set);
