@@ -384,30 +384,122 @@ __global__ void k_decay_rows(float *out, double *part, const float *a, const flo
 
 /* k_decay_rows with proj (the dq and dk passes) in tiles: block per (64 rows r, head,
  * batch) of 128 threads, 32-row tiles of o inside the range; per tile S = a bᵀ and
- * SC = proj cvᵀ (each thread 4 rows x 4 o), w = c γ^n S, acc += w cv, beta += w SC and,
- * with part, the dc / dγ partials in double; the row sums over the 8 lanes of a row by
- * fixed xor shuffles. Same results as the row kernel up to summation order. */
+ * SC = proj cvᵀ, w = c γ^n S, acc += w cv, beta += w SC and, with part, the dc / dγ
+ * partials in double; the row sums over the 8 lanes of a row by fixed xor shuffles. Same
+ * results as the row kernel up to summation order.
+ *
+ * Thread (ty, tx) = (tid / 8, tid % 8) owns rows 4 ty + i (i < 4): o = o0 + tx + 8 j
+ * (j < 4) of S and SC, channels 32 m + 4 tx + e (e < 4) of acc. Every operand it reads
+ * per step is one 16-byte shared load (a float4 feeds 16 or 32 fmaf, not 4), which is why
+ * the shared tiles are laid out as below; the o a thread owns and the order of every sum
+ * (c ascending per S / SC entry, o ascending per acc entry, this thread's o then the xor
+ * tree per beta / pc / pg) are those of the plain 4 x 4 tiling, so the bits are too.
+ * Layouts (float offsets; the XORs keep 16-byte groups whole and make the loaders'
+ * transposing stores and the products' loads free of bank conflicts):
+ *   AT, PT [HS][64]:  (c, r) at c·64 + (r ^ 4 (c & 7))
+ *   BT, CT [HS][32]:  (c, o) at c·32 + ((4 (o & 7) + o / 8) ^ 4 (c & 7)), so that o = tx + 8 j
+ *                     (j < 4) are one float4
+ *   Cs     [32][HS]:  (o, c) at o·HS + (c ^ 8 ((o / 8) & 3))
+ *   Wt     [32][68]:  (o, r) at o·68 + r (the pad spreads the epilogue's float4 stores)
+ * A warp whose 16 rows the tile masks entirely skips its S / SC products (their w is 0
+ * either way); the weighted sum runs all 32 o: w and cv are 0 past T, fmaf(0, 0, acc)
+ * is acc. */
 #define TT_BR 64
 #define TT_BC 32
-#define TT_LD (TT_BC + 1)
+#define TT_LW (TT_BR + 4)
+__device__ __forceinline__ int tt_rix(int c, int r) { return c * TT_BR + (r ^ ((c & 7) << 2)); }
+__device__ __forceinline__ int tt_cix(int c, int o) {
+    return c * TT_BC + ((((o & 7) << 2) | (o >> 3)) ^ ((c & 7) << 2));
+}
+template <int HS>
+__device__ __forceinline__ int tt_six(int o, int c) {
+    return o * HS + (c ^ (((o >> 3) & 3) << 3));
+}
+
+/* The tile loaders: a thread issues a chunk of 8 global loads (per tensor) before its
+ * first shared store, so that a chunk costs one L2 round trip rather than one per load.
+ * A warp reads 4 rows x 8 channels 8 cb + x (x < 8; full 32-byte sectors) and stores
+ * to 32 banks; every shared offset a thread stores to is a per-thread base plus a
+ * constant, nothing for the compiler to keep in registers across the o loop. */
+#define TT_CHUNK(HS) ((HS) / 8 < 8 ? (HS) / 8 : 8)
+
+/* 64 rows x HS of a (tokens, ld) tensor from row r0 into AT's layout, zero outside; a
+ * thread's rows are 4 rb + rr (rb = warp + 4 k, k < 4), channels x + 8 cb. */
+template <int HS>
+__device__ __forceinline__ void tt_load_rows(float *dst, const float *src, size_t ld, int r0, int T, int hs) {
+    constexpr int CH = TT_CHUNK(HS);
+    int w = threadIdx.x >> 5, x = threadIdx.x & 7, rr = (threadIdx.x >> 3) & 3;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        int rb = w + 4 * k, r = 4 * rb + rr;
+        bool rin = r0 + r < T;
+        const float *row = src + (size_t)(r0 + (rin ? r : 0)) * ld + x;
+        int t = 64 * x + 4 * (rb ^ x) + rr; /* tt_rix(8 cb + x, r) - 512 cb */
+#pragma unroll
+        for (int cb0 = 0; cb0 < HS / 8; cb0 += CH) {
+            float v[CH];
+#pragma unroll
+            for (int q = 0; q < CH; q++) v[q] = rin && 8 * (cb0 + q) + x < hs ? row[8 * (cb0 + q)] : 0.0f;
+#pragma unroll
+            for (int q = 0; q < CH; q++) dst[t + 512 * (cb0 + q)] = v[q];
+        }
+    }
+}
+
+/* 32 rows of b into BT's layout and of cv into CT's and Cs's, zero outside; a thread's
+ * rows are u + 8 jj (u = warp, warp + 4), channels x + 8 cb. */
+template <int HS>
+__device__ __forceinline__ void tt_load_cols(float *BT, float *CT, float *Cs, const float *b, const float *cv,
+                                             size_t ld, int o0, int T, int hs) {
+    constexpr int CH = TT_CHUNK(HS);
+    int w = threadIdx.x >> 5, x = threadIdx.x & 7, jj = (threadIdx.x >> 3) & 3;
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        int u = w + 4 * half, o = u + 8 * jj;
+        bool rin = o0 + o < T;
+        size_t row = (size_t)(o0 + (rin ? o : 0)) * ld + x;
+        int t = 32 * x + 4 * (u ^ x) + jj; /* tt_cix(8 cb + x, o) - 256 cb */
+#pragma unroll
+        for (int cb0 = 0; cb0 < HS / 8; cb0 += CH) {
+            float xb[CH], xc[CH];
+#pragma unroll
+            for (int q = 0; q < CH; q++) {
+                bool in = rin && 8 * (cb0 + q) + x < hs;
+                xb[q] = in ? b[row + 8 * (cb0 + q)] : 0.0f;
+                xc[q] = in ? cv[row + 8 * (cb0 + q)] : 0.0f;
+            }
+#pragma unroll
+            for (int q = 0; q < CH; q++) {
+                BT[t + 256 * (cb0 + q)] = xb[q];
+                CT[t + 256 * (cb0 + q)] = xc[q];
+                Cs[tt_six<HS>(o, 8 * (cb0 + q) + x)] = xc[q];
+            }
+        }
+    }
+}
+
 template <int HS>
 __global__ void __launch_bounds__(128)
     k_titan_proj_tiled(float *out, double *part, const float *a, const float *b, const float *cv, const float *proj,
                        const float *raw, const float *gam, const float *cc, int T, int H, int hs, int range) {
     constexpr int NC = HS / 8;
-    extern __shared__ float sm[];
-    float *AT = sm;               /* [HS][TT_BR] */
-    float *PT = AT + HS * TT_BR;  /* proj: [HS][TT_BR] */
-    float *BT = PT + HS * TT_BR;  /* [HS][TT_LD] */
-    float *CT = BT + HS * TT_LD;  /* cv transposed: [HS][TT_LD] */
-    float *Cs = CT + HS * TT_LD;  /* cv: [TT_BC][HS] */
-    float *Ws = Cs + TT_BC * HS;  /* [TT_BR][TT_LD] */
+    extern __shared__ __align__(16) float sm[];
+    float *AT = sm;              /* [HS][TT_BR] */
+    float *PT = AT + HS * TT_BR; /* proj: [HS][TT_BR] */
+    float *BT = PT + HS * TT_BR; /* [HS][TT_BC] */
+    float *CT = BT + HS * TT_BC; /* cv transposed: [HS][TT_BC] */
+    float *Cs = CT + HS * TT_BC; /* cv: [TT_BC][HS] */
+    float *Wt = Cs + TT_BC * HS; /* w transposed: [TT_BC][TT_LW] */
     int tid = threadIdx.x, ty = tid / 8, tx = tid % 8;
-    int r0 = blockIdx.x * TT_BR, h = blockIdx.y, bb = blockIdx.z;
+    /* Blocks start x (head) fastest, then y (batch), then z: the row tiles with the most
+     * o tiles (the last for range 0, the first for range 1) first, the short ones last to
+     * fill the tail. */
+    int rb = range == 0 ? (int)(gridDim.z - 1 - blockIdx.z) : (int)blockIdx.z;
+    int r0 = rb * TT_BR, h = blockIdx.x, bb = blockIdx.y;
     size_t ld = (size_t)H * hs, base = (size_t)bb * T * ld + (size_t)h * hs;
     float g = gam[h], c = cc[h];
-    tbc_load_tile_t<HS, 128>(AT, TT_BR, a + base, ld, r0, TT_BR, T, hs);
-    tbc_load_tile_t<HS, 128>(PT, TT_BR, proj + base, ld, r0, TT_BR, T, hs);
+    tt_load_rows<HS>(AT, a + base, ld, r0, T, hs);
+    tt_load_rows<HS>(PT, proj + base, ld, r0, T, hs);
     float acc[4][NC], beta[4];
     double pc[4], pg[4];
 #pragma unroll
@@ -418,29 +510,46 @@ __global__ void __launch_bounds__(128)
     }
     int rlast = r0 + TT_BR - 1 < T - 1 ? r0 + TT_BR - 1 : T - 1;
     int o_begin = range == 1 ? r0 : 0, o_end = range == 0 ? rlast + 1 : T;
+    /* This warp's rows [rw, rw + 15]. */
+    int rw = r0 + 16 * (tid / 32);
     /* γ^n and γ^(n-1), n = |o - r|, by o - r - (o0 - r0) + TT_BR - 1 (the offsets a tile
      * pair spans): one powf each per offset instead of per element, the same values. */
     __shared__ float pwt[TT_BR + TT_BC], pw1t[TT_BR + TT_BC];
     for (int o0 = o_begin; o0 < o_end; o0 += TT_BC) {
         __syncthreads();
-        tbc_load_tile_t<HS, 128>(BT, TT_LD, b + base, ld, o0, TT_BC, T, hs);
-        tbc_load_tile_t<HS, 128>(CT, TT_LD, cv + base, ld, o0, TT_BC, T, hs);
+        tt_load_cols<HS>(BT, CT, Cs, b + base, cv + base, ld, o0, T, hs);
         for (int k = tid; k < TT_BR + TT_BC - 1; k += 128) {
             int d = o0 - r0 + k - (TT_BR - 1), n = d < 0 ? -d : d;
             pwt[k] = powf(g, (float)n);
             pw1t[k] = n > 0 ? powf(g, (float)(n - 1)) : 0.0f;
         }
-        for (int e = tid; e < TT_BC * HS; e += 128) {
-            int o = e / HS, d = e % HS;
-            Cs[e] = (o0 + o < T && d < hs) ? cv[base + (size_t)(o0 + o) * ld + d] : 0.0f;
-        }
         __syncthreads();
         float sv[4][4], sc[4][4];
-        tbc_tile_dot<HS, 4>(sv, AT, TT_BR, BT, TT_LD, ty, tx);
-        tbc_tile_dot<HS, 4>(sc, PT, TT_BR, CT, TT_LD, ty, tx);
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) sv[i][j] = 0, sc[i][j] = 0;
+        bool masked = rw >= T || (range == 0 ? o0 > rw + 15 : o0 + TT_BC - 1 < rw);
+        if (!masked) {
+#pragma unroll 8
+            for (int k = 0; k < HS; k++) {
+                float4 av = *(const float4 *)&AT[tt_rix(k, 4 * ty)], pv = *(const float4 *)&PT[tt_rix(k, 4 * ty)];
+                float4 bv = *(const float4 *)&BT[tt_cix(k, tx)], cw = *(const float4 *)&CT[tt_cix(k, tx)];
+                const float ar[4] = {av.x, av.y, av.z, av.w}, pr[4] = {pv.x, pv.y, pv.z, pv.w};
+                const float br[4] = {bv.x, bv.y, bv.z, bv.w}, cr[4] = {cw.x, cw.y, cw.z, cw.w};
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        sv[i][j] = fmaf(ar[i], br[j], sv[i][j]);
+                        sc[i][j] = fmaf(pr[i], cr[j], sc[i][j]);
+                    }
+            }
+        }
+        float wr[4][4];
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            int r = r0 + ty + 16 * i;
+            int r = r0 + 4 * ty + i;
 #pragma unroll
             for (int j = 0; j < 4; j++) {
                 int o = o0 + tx + 8 * j;
@@ -455,15 +564,31 @@ __global__ void __launch_bounds__(128)
                         if (n > 0) pg[i] += (double)(c * (float)n * pw1t[k] * sc[i][j] * sv[i][j]);
                     }
                 }
-                Ws[(ty + 16 * i) * TT_LD + tx + 8 * j] = w;
+                wr[j][i] = w;
             }
         }
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            *(float4 *)&Wt[(tx + 8 * j) * TT_LW + 4 * ty] = make_float4(wr[j][0], wr[j][1], wr[j][2], wr[j][3]);
         __syncthreads();
-        tbc_tile_wv<HS>(acc, Ws, TT_LD, Cs, T - o0 < TT_BC ? T - o0 : TT_BC, ty, tx);
+#pragma unroll 8
+        for (int o = 0; o < TT_BC; o++) {
+            float4 wv = *(const float4 *)&Wt[o * TT_LW + 4 * ty];
+            const float wq[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+            for (int m = 0; m < HS / 32; m++) {
+                float4 vv = *(const float4 *)&Cs[tt_six<HS>(o, 32 * m + 4 * tx)];
+                const float vq[4] = {vv.x, vv.y, vv.z, vv.w};
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) acc[i][4 * m + e] = fmaf(wq[i], vq[e], acc[i][4 * m + e]);
+            }
+        }
     }
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-        int rl = ty + 16 * i, r = r0 + rl;
+        int rl = 4 * ty + i, r = r0 + rl;
         float bsum = beta[i], nsq = 0;
         double c1 = pc[i], c2 = pg[i];
         size_t off = base + (size_t)(r < T ? r : 0) * ld;
@@ -486,8 +611,8 @@ __global__ void __launch_bounds__(128)
         if (!(nrm > TI_EPS)) bsum = 0;
 #pragma unroll
         for (int k = 0; k < NC; k++) {
-            int d = tx + 8 * k;
-            if (d < hs) out[off + d] += inv * acc[i][k] - inv * bsum * PT[d * TT_BR + rl];
+            int d = 32 * (k / 4) + 4 * tx + k % 4;
+            if (d < hs) out[off + d] += inv * acc[i][k] - inv * bsum * PT[tt_rix(d, rl)];
         }
         if (part && tx == 0) {
             size_t row = ((size_t)bb * T + r) * H + h;
@@ -498,7 +623,7 @@ __global__ void __launch_bounds__(128)
 }
 
 static size_t tt_smem(int HS) {
-    return (size_t)4 * (2 * HS * TT_BR + 2 * HS * TT_LD + TT_BC * HS + TT_BR * TT_LD);
+    return (size_t)4 * (2 * HS * TT_BR + 3 * HS * TT_BC + TT_BC * TT_LW);
 }
 
 template <int HS>
@@ -506,8 +631,9 @@ static int tt_launch(float *out, double *part, const float *a, const float *b, c
                      const float *raw, const float *gam, const float *cc, int B, int T, int H, int hs, int range) {
     static int state;
     size_t smem = tt_smem(HS);
-    if (!tbc_smem_allow(k_titan_proj_tiled<HS>, smem, 1024, &state) || B > 65535 || H > 65535) return -1;
-    dim3 grid((unsigned)((T + TT_BR - 1) / TT_BR), (unsigned)H, (unsigned)B);
+    int nr = (T + TT_BR - 1) / TT_BR;
+    if (!tbc_smem_allow(k_titan_proj_tiled<HS>, smem, 1024, &state) || B > 65535 || nr > 65535) return -1;
+    dim3 grid((unsigned)H, (unsigned)B, (unsigned)nr);
     k_titan_proj_tiled<HS><<<grid, 128, smem, S()>>>(out, part, a, b, cv, proj, raw, gam, cc, T, H, hs, range);
     TBC_LAUNCHED();
     return 0;
