@@ -92,12 +92,33 @@ static inline size_t tc_fat_smem_kv(int HS, int split) {
     return (size_t)(3 + dp) * tc_fat_tile(HS, TC_BR) + (size_t)2 * (3 + dp) * tc_fat_tile(HS, tc_fat_bq(HS));
 }
 
-/* Up to four staging jobs of one k_fat_prep launch (blockIdx.y picks one). */
+/* n / d for n < 2^31 by a multiply and a shift (the staging's row and head indices: two
+ * run-time 32-bit divisions per quad were a fifth of k_fat_prep's instructions): s =
+ * ceil(log2 d), M = ceil(2^(31 + s) / d) < 2^32; exact since n (M d - 2^(31 + s)) < 2^31
+ * d <= 2^(31 + s). */
+struct tc_fdiv {
+    uint32_t m;
+    int k;
+};
+static inline tc_fdiv tc_fdiv_make(unsigned d) {
+    int s = 0;
+    while ((1ull << s) < d) s++;
+    tc_fdiv f;
+    f.k = 31 + s;
+    f.m = (uint32_t)(((1ull << f.k) + d - 1) / d);
+    return f;
+}
+__device__ __forceinline__ unsigned tc_fdiv_q(unsigned n, const tc_fdiv &f) {
+    return (unsigned)(((uint64_t)n * f.m) >> f.k);
+}
+
+/* Up to four staging jobs of one k_fat_prep launch (block b % ntask picks one). */
 struct tc_prep_job {
     const float *x;     /* (B, T, heads · hs) with row stride ld, head h at column h · hs */
     tc_bf16 *hi, *lo;   /* [B][heads][Tp][HS]; lo may be NULL */
     size_t ld;
     int heads;
+    tc_fdiv by_heads;
 };
 struct tc_prep_jobs {
     tc_prep_job j[4];
@@ -108,6 +129,7 @@ struct tc_prep_jobs {
     uint32_t site;
     size_t rows;
     int W;
+    tc_fdiv by_tp; /* division by the staged rows Tp (set with the dropout task) */
 };
 
 /* The jobs of a call (host side; the CUDA launchers and the CPU emulation): the forward
@@ -115,6 +137,7 @@ struct tc_prep_jobs {
 static inline void tc_prep_add(tc_prep_jobs &J, const float *x, tc_bf16 *hi, tc_bf16 *lo, size_t ld, int heads) {
     tc_prep_job &j = J.j[J.n++];
     j.x = x, j.hi = hi, j.lo = lo, j.ld = ld, j.heads = heads;
+    j.by_heads = tc_fdiv_make((unsigned)heads);
 }
 static inline tc_prep_jobs tc_prep_fwd_jobs(const tc_fat_ws &ws, int split, const float *q, const float *k,
                                             const float *v, size_t ldq, size_t ldkv, int H, int Hkv) {
@@ -137,7 +160,7 @@ static inline tc_prep_jobs tc_prep_bwd_jobs(const tc_fat_ws &ws, int split, cons
     return J;
 }
 /* The dropout words of a call (rows x W), and the jobs' dropout task with its buffer dm
- * (left off when d is not active). */
+ * (left off when d is not active), and their divisor by Tp. */
 static inline size_t tc_drop_words(int B, int T, int H) { return (size_t)B * H * T * (tc_fat_tp(T) / TC_BC); }
 static inline void tc_prep_drop(tc_prep_jobs &J, const tbc_drop &d, uint32_t site, int B, int T, int H,
                                 uint64_t *dm) {
@@ -145,6 +168,7 @@ static inline void tc_prep_drop(tc_prep_jobs &J, const tbc_drop &d, uint32_t sit
     J.rows = (size_t)B * H * T;
     J.W = tc_fat_tp(T) / TC_BC;
     J.d = d, J.site = site;
+    J.by_tp = tc_fdiv_make((unsigned)tc_fat_tp(T));
 }
 /* Blocks a task of k_fat_prep needs: the largest job's quads (H >= Hkv) over 256 threads. */
 static inline size_t tc_prep_blocks(int B, int T, int H, int HS) {
@@ -175,8 +199,8 @@ __global__ void k_fat_prep(tc_prep_jobs jobs, int T, int Tp, int hs, int B) {
     unsigned n = (unsigned)B * (unsigned)J.heads * (unsigned)Tp * (HS / 4), heads = (unsigned)J.heads;
     bool vec = hs % 4 == 0 && J.ld % 4 == 0 && ((uintptr_t)J.x & 15) == 0;
     for (unsigned p = bx * blockDim.x + threadIdx.x; p < n; p += nb * blockDim.x) {
-        unsigned e = 4 * p, rr = e / HS, c = e % HS, r = rr % (unsigned)Tp, bh = rr / (unsigned)Tp;
-        unsigned b = bh / heads, h = bh - b * heads;
+        unsigned e = 4 * p, rr = e / HS, c = e % HS, bh = tc_fdiv_q(rr, jobs.by_tp), r = rr - bh * (unsigned)Tp;
+        unsigned b = tc_fdiv_q(bh, J.by_heads), h = bh - b * heads;
         float x[4] = {0, 0, 0, 0};
         if (r < (unsigned)T) {
             const float *px = J.x + ((size_t)b * T + r) * J.ld + (size_t)h * hs + c;
