@@ -7,13 +7,21 @@
  * += W cv with W taken from the accumulator registers. Operands rounded to bf16 as they
  * are staged (a, b, cv) or enter a product (W); sums in fp32; one writer per out element,
  * fixed order. Used in the bf16 mode when the tensor-core tiles are on (tbc_decay_tiled).
- * Device code only, also built by the CPU emulation of tests/cuda_emu. */
+ *
+ * Staging: the fp32 b and cv rows of the next o-tile are copied into a raw fp32 buffer by
+ * cp.async while the warps multiply the current one, so the load latency hides behind the
+ * products but for the first tile (a synchronous load -> convert -> store staging per tile
+ * left the kernel waiting on loads most of its time). Each tile is then rounded to bf16 in shared
+ * memory (Bs, Cs row-major; the products read them by ldmatrix) in one pass. a is staged
+ * once the same way and kept as the warp's A fragments in registers, which leaves room for
+ * the raw buffer at two blocks per SM at HS 128. Blocks run the longest rows first (see
+ * rtc_tile). Device code only, also built by the CPU emulation of tests/cuda_emu. */
 #ifndef TB_RET_TC_KERNELS_CUH
 #define TB_RET_TC_KERNELS_CUH
 #include "tc_tiles.cuh"
 
 #define RTC_BR 64 /* rows r per block */
-#define RTC_BC 64 /* rows o per tile */
+#define RTC_BC 64 /* rows o per tile (= RTC_BR: a is staged through the o-tile buffers) */
 
 /* γ_h of MODEL.md's retnet (head h of H), in double as the CPU derives it. */
 __device__ __forceinline__ float tbc_ret_gamma(int h, int H) {
@@ -22,42 +30,141 @@ __device__ __forceinline__ float tbc_ret_gamma(int h, int H) {
     return (float)(1.0 - exp(l0 + (l1 - l0) * (double)h / (double)(H - 1)));
 }
 
+/* 4 bytes global -> shared, asynchronously as tc_cp16 (cp.async.ca: the 16-byte form
+ * needs 16-byte aligned rows, which odd head sizes or offset tensors do not give). */
+__device__ __forceinline__ void rtc_cp4(void *dst, const void *src) {
+#if defined(TBC_EMU)
+    memcpy(dst, src, 4);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    *reinterpret_cast<float *>(dst) = *reinterpret_cast<const float *>(src);
+#else
+    unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(src));
+#endif
+}
+
+/* Rows r0 .. r0 + RTC_BC - 1 (those below T), columns < hs of a (tokens, ld) fp32 tensor
+ * into the raw tile R[RTC_BC][HS] by asynchronous copies (16 bytes where v4: hs % 4 == 0
+ * and 16-byte aligned rows); the rest of R is left as it is (rtc_round zeroes it). */
+template <int HS>
+__device__ __forceinline__ void rtc_fetch(float *R, const float *src, size_t ld, int r0, int T, int hs, bool v4) {
+    /* thread tid takes columns d .. d + 3 of rows tid / CPR + i·RS: one column test, and
+     * the row pointer advanced rather than recomputed (registers are short at HS 128) */
+    constexpr int CPR = HS / 4, RS = TC_THREADS / CPR;
+    static_assert(RS * CPR == TC_THREADS && RTC_BC % RS == 0, "tile not a multiple of the block");
+    int d = ((int)threadIdx.x % CPR) * 4, r = (int)threadIdx.x / CPR;
+    if (d >= hs) return;
+    const float *p = src + (size_t)(r0 + r) * ld + d;
+    float *q = R + r * HS + d;
+#pragma unroll 4
+    for (int i = 0; i < RTC_BC / RS && r0 + r + i * RS < T; i++, p += RS * ld, q += RS * HS) {
+        if (v4) tc_cp16(q, p);
+        else
+            for (int e = 0; e < 4 && d + e < hs; e++) rtc_cp4(q + e, p + e);
+    }
+}
+
+/* The raw tile R (rows from r0) rounded to bf16 into S[RTC_BC][HS + 8], zero at rows >= T
+ * and columns >= hs: the values tc_stage gave (round to nearest even, one element each). */
+template <int HS>
+__device__ __forceinline__ void rtc_round(tc_bf16 *S, const float *R, int r0, int T, int hs) {
+    constexpr int CPR = HS / 4, RS = TC_THREADS / CPR;
+    int d = ((int)threadIdx.x % CPR) * 4, r = (int)threadIdx.x / CPR;
+    bool d0 = d < hs, d1 = d + 1 < hs, d2 = d + 2 < hs, d3 = d + 3 < hs;
+#pragma unroll 4
+    for (int i = 0; i < RTC_BC / RS; i++) {
+        int ri = r + i * RS;
+        float4 x = *reinterpret_cast<const float4 *>(R + ri * HS + d);
+        bool rin = r0 + ri < T;
+        uint32_t *o = reinterpret_cast<uint32_t *>(S + ri * (HS + 8) + d);
+        o[0] = tc_pack(rin && d0 ? x.x : 0.0f, rin && d1 ? x.y : 0.0f);
+        o[1] = tc_pack(rin && d2 ? x.z : 0.0f, rin && d3 ? x.w : 0.0f);
+    }
+}
+
+/* The block's row tile, head and batch. Blocks are taken from a linear index whose slowest
+ * part is the row tile, so that the GPU, which starts blocks roughly in that order, starts
+ * the tiles with the most o-tiles (the last rows of a causal range, the first of an
+ * anti-causal one) first and the short ones fill the tail of the last wave. */
+__device__ __forceinline__ void rtc_tile(int range, int H, int &rt, int &h, int &bb) {
+    unsigned nhb = gridDim.y * gridDim.z, l = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    unsigned i = l / nhb, hb = l % nhb;
+    rt = (int)(range == 0 ? gridDim.x - 1 - i : i);
+    h = (int)(hb % (unsigned)H), bb = (int)(hb / (unsigned)H);
+}
+
 template <int HS>
 __global__ void __launch_bounds__(TC_THREADS)
     k_ret_tc(float *out, const float *a, const float *b, const float *cv, const float *gam, const float *cc, int T,
              int H, int hs, int range, int accumulate, float c) {
-    constexpr int LH = HS + 8, LC = RTC_BC + 8, NT = RTC_BC / 8, NO = HS / 8;
+    constexpr int LH = HS + 8, NT = RTC_BC / 8, NO = HS / 8, KA = HS / 16;
+    static_assert(RTC_BR == RTC_BC, "a is staged through the o-tile buffers");
     TC_DYN_SMEM(tc_sm);
-    tc_bf16 *As = (tc_bf16 *)tc_sm;  /* [RTC_BR][LH] */
-    tc_bf16 *Bs = As + RTC_BR * LH;  /* [RTC_BC][LH] */
-    tc_bf16 *Ct = Bs + RTC_BC * LH;  /* cv transposed: [HS][LC] */
-    int tid = threadIdx.x, w = tid / 32, g = (tid % 32) / 4, t = tid % 4;
-    int r0 = blockIdx.x * RTC_BR, h = blockIdx.y, bb = blockIdx.z;
+    tc_bf16 *Bs = (tc_bf16 *)tc_sm;            /* b, bf16: [RTC_BC][LH] */
+    tc_bf16 *Cs = Bs + RTC_BC * LH;            /* cv (a before the loop), bf16: [RTC_BC][LH] */
+    float *Rb = (float *)(Cs + RTC_BC * LH);   /* the next tile's raw b: [RTC_BC][HS] */
+    float *Rc = Rb + RTC_BC * HS;              /* raw cv (a before the loop): [RTC_BC][HS] */
+    int tid = threadIdx.x, w = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+    int rt, h, bb;
+    rtc_tile(range, H, rt, h, bb);
+    int r0 = rt * RTC_BR;
     size_t ld = (size_t)H * hs, base = (size_t)bb * T * ld + (size_t)h * hs;
+    bool v4 = hs % 4 == 0 && (((uintptr_t)a | (uintptr_t)b | (uintptr_t)cv) & 15) == 0;
     float gm = gam ? gam[h] : tbc_ret_gamma(h, H);
     if (cc) c = cc[h];
-    tc_stage<HS, RTC_BR>(As, NULL, a + base, ld, r0, T, hs);
-    float acc[NO][4];
-    tc_zero(acc);
     int r[2] = {r0 + w * 16 + g, r0 + w * 16 + g + 8}; /* the thread's two rows */
     int rlast = r0 + RTC_BR - 1 < T - 1 ? r0 + RTC_BR - 1 : T - 1;
     int o_begin = range == 1 ? r0 : 0, o_end = range == 0 ? rlast + 1 : T; /* r0 % RTC_BC == 0 */
+    /* a and the first tile's b in flight together; a rounded through Cs into the warp's A
+     * fragments, then the first cv fetched into the raw buffer a leaves free */
+    rtc_fetch<HS>(Rc, a + base, ld, r0, T, hs, v4);
+    rtc_fetch<HS>(Rb, b + base, ld, o_begin, T, hs, v4);
+    tc_cp_commit();
+    tc_cp_wait<0>();
+    __syncthreads();
+    rtc_round<HS>(Cs, Rc, r0, T, hs);
+    __syncthreads();
+    rtc_fetch<HS>(Rc, cv + base, ld, o_begin, T, hs, v4);
+    tc_cp_commit();
+    uint32_t af[KA][4];
+#pragma unroll
+    for (int kc = 0; kc < KA; kc++) tc_frag_a(af[kc], Cs + w * 16 * LH, LH, kc, lane);
+    float acc[NO][4];
+    tc_zero(acc);
     /* c γ^|o - r| of the tile pair, by o - r - (o0 - r0) + RTC_BC - 1 (the 2 RTC_BC - 1
      * offsets a 64 x 64 tile pair spans): one powf per offset instead of per element, the
      * same values (c * powf(γ, |d|), then times s, as before). */
     __shared__ float dec[2 * RTC_BC];
     for (int o0 = o_begin; o0 < o_end; o0 += RTC_BC) {
+        /* this tile's raw rows have landed and every warp is done with the last tile's
+         * bf16 tiles (and with the A fragments' reads of Cs) */
+        tc_cp_wait<0>();
         __syncthreads();
-        tc_stage<HS, RTC_BC>(Bs, NULL, b + base, ld, o0, T, hs);
-        tc_stage<HS, RTC_BC>(NULL, Ct, cv + base, ld, o0, T, hs);
+        rtc_round<HS>(Bs, Rb, o0, T, hs);
+        rtc_round<HS>(Cs, Rc, o0, T, hs);
         for (int k = tid; k < 2 * RTC_BC - 1; k += TC_THREADS) {
             int d = o0 - r0 + k - (RTC_BC - 1);
             dec[k] = c * powf(gm, (float)(d < 0 ? -d : d));
         }
         __syncthreads();
+        /* the next tile's copies run during this tile's products */
+        if (o0 + RTC_BC < o_end) {
+            rtc_fetch<HS>(Rb, b + base, ld, o0 + RTC_BC, T, hs, v4);
+            rtc_fetch<HS>(Rc, cv + base, ld, o0 + RTC_BC, T, hs, v4);
+            tc_cp_commit();
+        }
         float s[NT][4];
         tc_zero(s);
-        tc_gemm_ss<HS, NT>(s, As + w * 16 * LH, LH, Bs, LH, g, t);
+        /* S = a bᵀ, each accumulator summed over k-chunks in order as tc_gemm_ss did */
+#pragma unroll
+        for (int kc = 0; kc < KA; kc++)
+#pragma unroll
+            for (int p = 0; p < NT / 2; p++) {
+                uint32_t bf[4];
+                tc_frag_bn(bf, Bs, LH, p, kc, lane);
+                tc_mma(s[2 * p], af[kc][0], af[kc][1], af[kc][2], af[kc][3], bf[0], bf[1]);
+                tc_mma(s[2 * p + 1], af[kc][0], af[kc][1], af[kc][2], af[kc][3], bf[2], bf[3]);
+            }
 #pragma unroll
         for (int n = 0; n < NT; n++)
 #pragma unroll
@@ -66,7 +173,7 @@ __global__ void __launch_bounds__(TC_THREADS)
                 bool in = rr < T && o < T && (range == 2 || (range == 0 ? o <= rr : o >= rr));
                 s[n][e] = in ? dec[o - rr - (o0 - r0) + RTC_BC - 1] * s[n][e] : 0.0f;
             }
-        tc_gemm_rs<RTC_BC / 16, NO>(acc, s, Ct, LC, g, t);
+        tc_mm_rs<RTC_BC / 16, NO>(acc, s, Cs, LH, lane); /* cv k-major: tc_frag_bk */
     }
 #pragma unroll
     for (int ai = 0; ai < 2; ai++) {
@@ -82,8 +189,9 @@ __global__ void __launch_bounds__(TC_THREADS)
     }
 }
 
-/* Dynamic shared memory of k_ret_tc<HS> (bytes). */
+/* Dynamic shared memory of k_ret_tc<HS> (bytes): the bf16 b and cv tiles and their raw
+ * fp32 copies. */
 static inline size_t tbc_ret_tc_smem(int HS) {
-    return 2 * ((size_t)(RTC_BR + RTC_BC) * (HS + 8) + (size_t)HS * (RTC_BC + 8));
+    return (size_t)RTC_BC * (2 * 2 * (HS + 8) + 2 * 4 * HS);
 }
 #endif
