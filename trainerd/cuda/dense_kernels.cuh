@@ -84,19 +84,24 @@ __global__ void k_quant_x_warp(int8_t *xq, float *stats, const float *x, size_t 
 /* LN0ᵀ per token row (a warp): dx += rstd (g - mean(g) - x̂ mean(g ⊙ x̂)) (SET: dx = ...,
  * dx not read: a template argument, since with a run-time flag the compiler may load dx
  * anyway, the address being one it stores to), the sums in double as lane partials and a
- * fixed xor tree. */
-template <int NV, bool SET>
-__global__ void k_ln0_bwd_warp(float *dx, const float *g_all, const float *x, const float *stats, size_t n, int in) {
+ * fixed xor tree. For +=, rows up to 1024 load dx with g and x (PRE), so its round trip
+ * overlaps theirs instead of following the sums; wider rows lack the registers. */
+template <int NV, bool SET> /* 256 threads (dense_cuda.cu); PRE: two blocks an SM on sm_80 too */
+__global__ void __launch_bounds__(256, !SET && NV <= 32 ? 2 : 1)
+    k_ln0_bwd_warp(float *dx, const float *g_all, const float *x, const float *stats, size_t n, int in) {
     int lane = threadIdx.x % 32;
     size_t t = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (t >= n) return;
     const float *g = g_all + t * in, *xr = x + t * in;
     float mean = stats[3 * t], rstd = stats[3 * t + 1];
-    float gv[NV], xh[NV];
+    constexpr bool PRE = !SET && NV <= 32;
+    float *dxr = dx + t * in;
+    float gv[NV], xh[NV], dv[PRE ? NV : 1];
     double sg = 0, sgx = 0;
 #pragma unroll
     for (int k = 0; k < NV; k++) {
         int j = lane + 32 * k;
+        if constexpr (PRE) dv[k] = j < in ? dxr[j] : 0.0f;
         gv[k] = j < in ? g[j] : 0.0f;
         xh[k] = j < in ? (xr[j] - mean) * rstd : 0.0f;
         if (j < in) {
@@ -107,13 +112,13 @@ __global__ void k_ln0_bwd_warp(float *dx, const float *g_all, const float *x, co
     sg = dk_warp_sum_d(sg);
     sgx = dk_warp_sum_d(sgx);
     float mg = (float)(sg / in), mgx = (float)(sgx / in);
-    float *dxr = dx + t * in;
 #pragma unroll
     for (int k = 0; k < NV; k++) {
         int j = lane + 32 * k;
         if (j < in) {
             float v = rstd * (gv[k] - mg - xh[k] * mgx);
             if (SET) dxr[j] = v;
+            else if constexpr (PRE) dxr[j] = dv[k] + v;
             else dxr[j] += v;
         }
     }
