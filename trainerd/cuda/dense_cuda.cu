@@ -522,25 +522,42 @@ __device__ __forceinline__ double2 dv_block_sum2(double a, double b, double2 *sh
     return sh[32];
 }
 
+/* One value through dv_block_sum2's tree (its .x): the forward's two sums have no second
+ * value, and shuffling a zero alongside cost as many shuffles again. */
+__device__ __forceinline__ double dv_block_sum(double a, double *sh) {
+    for (int s = 16; s > 0; s >>= 1) a += __shfl_xor_sync(0xffffffffu, a, s);
+    int w = threadIdx.x / 32, nw = blockDim.x / 32, lane = threadIdx.x % 32;
+    __syncthreads(); /* sh free from the previous call */
+    if (lane == 0) sh[w] = a;
+    __syncthreads();
+    if (w == 0) {
+        a = lane < nw ? sh[lane] : 0.0;
+        for (int s = 16; s > 0; s >>= 1) a += __shfl_xor_sync(0xffffffffu, a, s);
+        if (lane == 0) sh[32] = a;
+    }
+    __syncthreads();
+    return sh[32];
+}
+
+/* x - mean is computed once and kept in v (no extra registers: 32 on sm_90, as before). */
 __global__ void __launch_bounds__(512) k_dyt_fwd_vec(float *y, float *stats, const float *x, const float *al, const float *be, int C) {
-    __shared__ double2 sh[33];
+    __shared__ double sh[33];
     size_t t = blockIdx.x;
     int j = 4 * threadIdx.x;
     bool in = j < C;
     float4 v = in ? *reinterpret_cast<const float4 *>(x + t * C + j) : make_float4(0, 0, 0, 0);
-    double s = in ? (((double)v.x + v.y) + v.z) + v.w : 0.0;
-    float mu = (float)(dv_block_sum2(s, 0.0, sh).x / C);
-    double d0 = (double)(v.x - mu), d1 = (double)(v.y - mu), d2 = (double)(v.z - mu), d3 = (double)(v.w - mu);
-    double q = in ? ((d0 * d0 + d1 * d1) + d2 * d2) + d3 * d3 : 0.0;
-    double m2 = dv_block_sum2(q, 0.0, sh).x;
+    float mu = (float)(dv_block_sum(in ? (((double)v.x + v.y) + v.z) + v.w : 0.0, sh) / C);
+    v.x -= mu, v.y -= mu, v.z -= mu, v.w -= mu;
+    double d0 = (double)v.x, d1 = (double)v.y, d2 = (double)v.z, d3 = (double)v.w;
+    double m2 = dv_block_sum(in ? ((d0 * d0 + d1 * d1) + d2 * d2) + d3 * d3 : 0.0, sh);
     float sd = (float)sqrt(m2 / (C - 1));
     float r = 1.0f / (sd + (float)DT_EPS);
     if (in) {
         float4 a = *reinterpret_cast<const float4 *>(al + j), b = *reinterpret_cast<const float4 *>(be + j), o;
-        o.x = tanhf(a.x * ((v.x - mu) * r) + b.x);
-        o.y = tanhf(a.y * ((v.y - mu) * r) + b.y);
-        o.z = tanhf(a.z * ((v.z - mu) * r) + b.z);
-        o.w = tanhf(a.w * ((v.w - mu) * r) + b.w);
+        o.x = tanhf(a.x * (v.x * r) + b.x);
+        o.y = tanhf(a.y * (v.y * r) + b.y);
+        o.z = tanhf(a.z * (v.z * r) + b.z);
+        o.w = tanhf(a.w * (v.w * r) + b.w);
         *reinterpret_cast<float4 *>(y + t * C + j) = o;
     }
     if (threadIdx.x == 0) stats[2 * t] = mu, stats[2 * t + 1] = sd;
