@@ -28,6 +28,8 @@ prepare)
         while read -r name path; do cp -L "$path" ".carry/train/lib/$name" || exit 1; done || exit 1
     cp var/corpus/shard-00000.jsonl.gz var/corpus/shard-00001.jsonl.gz .carry/train/ || exit 1
     cp var/tokenizer/es8k.model .carry/train/ || exit 1
+    # the 50,000-piece tokenizer of bench/train_step's frankenstein_bf16_v50k, when built
+    [ ! -f var/tokenizer/es50k.model ] || cp var/tokenizer/es50k.model .carry/train/ || exit 1
     # the per-kernel time table of bench/gpu/kernels.sh (CUPTI; its library goes to tools/,
     # used only where the device's CUDA has none)
     cuda=${CUDA_HOME:-/usr/local/cuda}

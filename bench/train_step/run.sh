@@ -75,6 +75,12 @@ device)
         --set training.precision=bf16
     run frankenstein_bf16_nodrop 10 --preset frankenstein --seq-len 512 --batch 8 --set training.precision=bf16 \
         --set model.dropout=0
+    # the reference's vocabulary: a 50,000-piece demo tokenizer (es50k.model, carried when
+    # var/tokenizer has it: deploy/spm-train.sh --vocab 50000); head and logits 6x the
+    # default runs' (the later --set and --tokenizer win)
+    [ -f "$c/es50k.model" ] &&
+        run frankenstein_bf16_v50k 10 --preset frankenstein --seq-len 512 --batch 8 --set training.precision=bf16 \
+            --set model.vocab_size=50000 --tokenizer "$c/es50k.model"
     run mini_fp32 20 --preset mini --seq-len 128 --batch 32 --set training.precision=fp32
     run mini_bf16 20 --preset mini --seq-len 128 --batch 32 --set training.precision=bf16
     TB_CUDA_TC=0 run mini_bf16_cc 20 --preset mini --seq-len 128 --batch 32 --set training.precision=bf16
