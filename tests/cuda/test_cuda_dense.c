@@ -272,6 +272,8 @@ static void test_xent_fwd_bwd_match_cpu_with_ignored_labels_and_ties(void **stat
         ct_gpu->dense.xent_bwd(gdz, gz, glse, glab, 0.37f, n, V);
         ct_cpu->dense.xent_bwd(dz, z, lse, lab, 0.37f, n, V);
         check_dev("dense.xent_bwd dlogits", gdz, dz, n * V);
+        ct_gpu->dense.xent_bwd(gz, gz, glse, glab, 0.37f, n, V); /* in place over the logits */
+        check_dev("dense.xent_bwd in place", gz, dz, n * V);
         tb_cuda_free(gz), tb_cuda_free(gdz), tb_cuda_free(glse), tb_cuda_free(glab);
         free(z), free(dz), free(lse), free(lab);
     }

@@ -173,11 +173,14 @@ void dense_cpu_xent_bwd(real *dlogits, const real *logits, const real *lse,
                         const int32_t *labels, real scale, size_t n, int V) {
     for (size_t t = 0; t < n; t++) {
         int32_t y = labels[t];
-        if (y < 0 || y >= V) continue;
         const real *z = logits + t * V;
-        real *g = dlogits + t * V;
+        real *g = dlogits + t * V; /* may be z: element j is read, then written */
+        if (y < 0 || y >= V) {
+            for (int j = 0; j < V; j++) g[j] = 0;
+            continue;
+        }
         real l = lse[t];
-        for (int j = 0; j < V; j++) g[j] += scale * r_exp(z[j] - l);
+        for (int j = 0; j < V; j++) g[j] = scale * r_exp(z[j] - l);
         g[y] -= scale;
     }
 }

@@ -979,9 +979,11 @@ __global__ void k_xent_bwd(float *dlogits, const float *logits, const float *lse
         size_t t = i / V;
         int j = (int)(i % V);
         int32_t y = labels[t];
-        if (y < 0 || y >= V) continue;
-        float v = dlogits[i] + scale * expf(logits[i] - lse[t]);
-        if (j == y) v -= scale;
+        float v = 0.0f; /* unsupervised rows: 0 (dlogits may be logits: read, then written) */
+        if (y >= 0 && y < V) {
+            v = scale * expf(logits[i] - lse[t]);
+            if (j == y) v -= scale;
+        }
         dlogits[i] = v;
     }
 }

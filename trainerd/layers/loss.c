@@ -28,6 +28,9 @@ void loss_forward(const tb_backend *be, tb_ce_result *res, real *act, const real
 
 void loss_backward(const tb_backend *be, real *dlogits, const real *act, const real *logits,
                    const int32_t *labels, int64_t count, real dloss, size_t ntok, int V) {
-    if (count == 0) return;
+    if (count == 0) { /* no supervised row: a zero gradient (dlogits may hold the logits) */
+        be->core.fill(dlogits, R(0.0), ntok * (size_t)V);
+        return;
+    }
     be->dense.xent_bwd(dlogits, logits, act, labels, dloss / (real)count, ntok, V);
 }

@@ -35,10 +35,10 @@ void loss_forward(const struct tb_backend *be, tb_ce_result *res,
                   const real *logits,     // (ntok, V)
                   const int32_t *labels,  // (ntok)
                   size_t ntok, int V);
-/* dlogits += dloss · dCE/dlogits (dloss = dL/dCE; nothing when count = 0), count =
- * loss_count_labels of the same labels. */
+/* dlogits = dloss · dCE/dlogits (dloss = dL/dCE; zeros when count = 0), count =
+ * loss_count_labels of the same labels. dlogits may be logits (the model's one buffer). */
 void loss_backward(const struct tb_backend *be,
-                   real *dlogits,          // (ntok, V) +=
+                   real *dlogits,          // (ntok, V) =, may equal logits
                    const real *act, const real *logits,
                    const int32_t *labels,  // (ntok)
                    int64_t count, real dloss, size_t ntok, int V);

@@ -374,7 +374,8 @@ int tb_model_create(tb_model *m, const tb_model_config *mc, const tb_backend *be
     size_t o_logits = off; off += n * V;
     size_t o_loss = off; off += loss_act_count(n);
     part[TB_ARENA_HEAD] = off - part[TB_ARENA_HEAD] + (o_layers - o_emb);
-    size_t o_dlogits = off; off += n * V;
+    /* dlogits: the logits' own buffer (dense.xent_bwd writes it in place: the logits are
+     * not read after the loss's backward) */
     size_t o_d = off; off += 4 * n * C;
     size_t scr = max_sz(embedding_scratch_count(&m->emb, B, T), linear_scratch_count(&m->head, n));
     for (int i = 0; i < c->num_layers; i++) {
@@ -383,7 +384,7 @@ int tb_model_create(tb_model *m, const tb_model_config *mc, const tb_backend *be
     }
     off = (off + 3) & ~(size_t)3; /* 16-byte aligned: the MoE's expert operands live there */
     size_t o_scr = off; off += scr;
-    part[TB_ARENA_BACKWARD] = off - o_dlogits;
+    part[TB_ARENA_BACKWARD] = off - o_d;
     m->arena_count = off;
     m->arena = be->core.mem_alloc((off ? off : 1) * sizeof(real));
     if (!m->arena) {
@@ -415,7 +416,7 @@ int tb_model_create(tb_model *m, const tb_model_config *mc, const tb_backend *be
     m->head_act = a + o_head;
     m->logits = a + o_logits;
     m->loss_act = a + o_loss;
-    m->dlogits = a + o_dlogits;
+    m->dlogits = m->logits;
     m->dx = a + o_d;
     m->dh = m->dx + n * C;
     m->du = m->dh + n * C;
@@ -673,7 +674,6 @@ void tb_model_backward(tb_model *m, const tb_batch *bt, double grad_scale) {
     const tb_batch bv = batch_view(m, bt);
     bt = &bv;
     double tp = m->profile ? tb_clock_mono_s() : 0;
-    be->core.fill(m->dlogits, R(0.0), n * (size_t)V);
     loss_backward(be, m->dlogits, m->loss_act, m->logits, bt->labels, nsup, (real)grad_scale, n,
                   V);
     linear_backward_set(be, m->dh, m->scratch, m->dlogits, m->head_act, m->y_final, &m->head, n);

@@ -171,14 +171,16 @@ typedef struct tb_ops_dense {
 
     /* Masked cross-entropy and accuracy (layers/loss.h). Labels -100 are ignored, others
      * lie in [0, V). fwd: lse[t] = logsumexp(logits[t]) for supervised rows, *sum = Σ CE
-     * (double), *count, *correct (argmax, lowest index on ties). bwd: dlogits[t] +=
-     * scale · (softmax(logits[t]) - onehot(label)) for supervised rows. */
+     * (double), *count, *correct (argmax, lowest index on ties). bwd: dlogits[t] =
+     * scale · (softmax(logits[t]) - onehot(label)) for supervised rows, 0 for the others
+     * (written, not added: dlogits may be logits itself, each element read before it is
+     * written, so the model keeps one (n, V) buffer for both). */
     void (*xent_fwd)(real *lse,           // (n)
                      double *sum, int64_t *count, int64_t *correct,
                      const real *logits,  // (n, V)
                      const int32_t *labels, // (n)
                      size_t n, int V);
-    void (*xent_bwd)(real *dlogits,       // (n, V) +=
+    void (*xent_bwd)(real *dlogits,       // (n, V) =, may equal logits
                      const real *logits, const real *lse, const int32_t *labels, real scale,
                      size_t n, int V);
 
