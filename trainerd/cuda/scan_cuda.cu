@@ -4,11 +4,14 @@
  * lane n of a group per state component (N <= 32), time sequential (scan_kernels.cuh).
  * Chunked recompute: the forward keeps the state only at chunk ends (t ≡ SC_L - 1 mod
  * SC_L), row b·ceil(T / SC_L) + t / SC_L of `states` (scan_state_every = SC_L: the model
- * allocates an eighth of the per-token states); the backward walks
- * the chunks in reverse, recomputes the chunk's SC_L states from the previous checkpoint
- * into shared memory, and runs the reverse-time recurrence. Bm / Cm gradients (summed over
- * channels) are reduced across the block's warps in shared memory and across blocks by a
- * second kernel in a fixed order; A_log and D gradients (summed over the batch) likewise.
+ * allocates an eighth of the per-token states); the backward walks the chunks in reverse,
+ * recomputes the chunk's SC_L states from the previous checkpoint in registers, and runs
+ * the reverse-time recurrence. Both kernels stage a chunk's inputs in shared memory one
+ * chunk ahead and keep the chunk in registers (scan_kernels.cuh), so the sequential steps
+ * wait on no memory load; results are bit-identical to the step-by-step formulation (same
+ * operations, same order, same xor trees). Bm / Cm gradients (summed over channels) are
+ * reduced across the block's warps in shared memory and across blocks by a second kernel
+ * in a fixed order; A_log and D gradients (summed over the batch) likewise.
  * No atomics. */
 #include "cuda_internal.cuh"
 #include "scan_kernels.cuh"
