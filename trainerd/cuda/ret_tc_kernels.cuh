@@ -30,19 +30,6 @@ __device__ __forceinline__ float tbc_ret_gamma(int h, int H) {
     return (float)(1.0 - exp(l0 + (l1 - l0) * (double)h / (double)(H - 1)));
 }
 
-/* 4 bytes global -> shared, asynchronously as tc_cp16 (cp.async.ca: the 16-byte form
- * needs 16-byte aligned rows, which odd head sizes or offset tensors do not give). */
-__device__ __forceinline__ void rtc_cp4(void *dst, const void *src) {
-#if defined(TBC_EMU)
-    memcpy(dst, src, 4);
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-    *reinterpret_cast<float *>(dst) = *reinterpret_cast<const float *>(src);
-#else
-    unsigned s = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(src));
-#endif
-}
-
 /* Rows r0 .. r0 + RTC_BC - 1 (those below T), columns < hs of a (tokens, ld) fp32 tensor
  * into the raw tile R[RTC_BC][HS] by asynchronous copies (16 bytes where v4: hs % 4 == 0
  * and 16-byte aligned rows); the rest of R is left as it is (rtc_round zeroes it). */
@@ -60,7 +47,7 @@ __device__ __forceinline__ void rtc_fetch(float *R, const float *src, size_t ld,
     for (int i = 0; i < RTC_BC / RS && r0 + r + i * RS < T; i++, p += RS * ld, q += RS * HS) {
         if (v4) tc_cp16(q, p);
         else
-            for (int e = 0; e < 4 && d + e < hs; e++) rtc_cp4(q + e, p + e);
+            for (int e = 0; e < 4 && d + e < hs; e++) tc_cp<4>(q + e, p + e);
     }
 }
 

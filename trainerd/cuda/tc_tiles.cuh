@@ -42,22 +42,29 @@ __device__ __forceinline__ void tc_mma(float (&c)[4], uint32_t a0, uint32_t a1, 
 #endif
 }
 
-/* Asynchronous copies and ldmatrix (sm_80+; the fused attention's staging). tc_cp16: 16
- * bytes global -> shared (cp.async.cg: through L2 only), in flight until tc_cp_wait<N>
+/* Asynchronous copies and ldmatrix (sm_80+; the fused attention's staging). tc_cp<N>: N
+ * bytes global -> shared, 16 (tc_cp16; cp.async.cg: through L2 only) or 4 (cp.async.ca:
+ * for rows whose addresses are not 16-byte aligned, e.g. odd head sizes or offset
+ * tensors), in flight until tc_cp_wait<N>
  * leaves at most N of the committed groups pending; the barrier after it makes the data
  * visible to the other threads. tc_ldsm4 (.trans: tc_ldsm4t): four 8 x 8 bf16 matrices
  * whose rows the warp's lanes address (lanes 8i .. 8i + 7 the rows of matrix i); lane 4 g +
  * t gets row g, columns 2t, 2t + 1 of each (transposed: rows 2t, 2t + 1 of column g). */
-__device__ __forceinline__ void tc_cp16(void *dst, const void *src) {
+template <int N>
+__device__ __forceinline__ void tc_cp(void *dst, const void *src) {
+    static_assert(N == 4 || N == 16, "tc_cp copies 4 or 16 bytes");
 #if defined(TBC_EMU)
-    memcpy(dst, src, 16);
+    memcpy(dst, src, N);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-    *reinterpret_cast<int4 *>(dst) = *reinterpret_cast<const int4 *>(src);
+    if constexpr (N == 16) *reinterpret_cast<int4 *>(dst) = *reinterpret_cast<const int4 *>(src);
+    else *reinterpret_cast<float *>(dst) = *reinterpret_cast<const float *>(src);
 #else
     unsigned s = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
+    if constexpr (N == 16) asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
+    else asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(src));
 #endif
 }
+__device__ __forceinline__ void tc_cp16(void *dst, const void *src) { tc_cp<16>(dst, src); }
 __device__ __forceinline__ void tc_cp_commit(void) {
 #if !defined(TBC_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("cp.async.commit_group;\n" ::);
