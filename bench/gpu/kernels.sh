@@ -24,6 +24,14 @@ args=(--data "$c/shard-00000.jsonl.gz" --tokenizer "$c/es8k.model" --seed 1234 -
 LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$root/$c/tools" CUDA_INJECTION64_PATH="$root/$c/libtbktrace.so" \
     TB_KTRACE_TAIL_MS="${TB_KTRACE_TAIL_MS:-660}" TB_KTRACE_OUT="$out/kernels.txt" "$c/tb-train-local" "${args[@]}" > "$out/ktrace_run.log" 2>&1 ||
     echo "ktrace run failed (see ktrace_run.log)" >> "$out/kernels.txt"
+# TB_TIMELINE=1: a second traced run that writes every record of the tail in order, with
+# its lag behind the host call that launched it (timeline.txt; see ktrace.c)
+if [ "${TB_TIMELINE:-0}" = 1 ]; then
+    LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$root/$c/tools" CUDA_INJECTION64_PATH="$root/$c/libtbktrace.so" \
+        TB_KTRACE_TAIL_MS="${TB_KTRACE_TAIL_MS:-660}" TB_KTRACE_OUT="$out/kernels_tl.txt" \
+        TB_KTRACE_TIMELINE="$out/timeline.txt" "$c/tb-train-local" "${args[@]}" > "$out/ktrace_tl.log" 2>&1 ||
+        echo "timeline run failed (see ktrace_tl.log)" >> "$out/kernels_tl.txt"
+fi
 "$c/tb-train-local" "${args[@]}" --profile > "$out/phases.txt" 2>&1
 head -70 "$out/kernels.txt"
 grep profile: "$out/phases.txt"

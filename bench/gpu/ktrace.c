@@ -35,9 +35,13 @@ static uint64_t dropped;
 /* every kernel's interval, for the idle table */
 #define KT_EV_MAX (1u << 21)
 struct kt_ev {
-    uint64_t start, end;
+    uint64_t start, end, bytes;
+    uint32_t corr;
     int row;
 };
+/* host API calls (runtime and driver) by correlation id: when the launch returned */
+#define KT_API_MAX (1u << 23)
+static uint64_t *api_end;
 static struct kt_ev *evs;
 static size_t nevs;
 static uint64_t idle_total, idle_span, idle_busy;
@@ -56,21 +60,22 @@ static void CUPTIAPI kt_request(uint8_t **buf, size_t *size, size_t *max_records
     *max_records = 0;
 }
 
-static void kt_ev_add(int row, uint64_t start, uint64_t end) {
+static void kt_ev_add(int row, uint64_t start, uint64_t end, uint32_t corr, uint64_t bytes) {
     if (!evs) evs = malloc(KT_EV_MAX * sizeof *evs);
     if (!evs || nevs == KT_EV_MAX) return;
     evs[nevs].start = start, evs[nevs].end = end, evs[nevs].row = row;
+    evs[nevs].corr = corr, evs[nevs].bytes = bytes;
     nevs++;
 }
 
-static void kt_add(const char *name, uint64_t start, uint64_t end) {
+static void kt_add(const char *name, uint64_t start, uint64_t end, uint32_t corr, uint64_t bytes) {
     char key[112];
     snprintf(key, sizeof key, "%.100s", name ? name : "?");
     for (int i = 0; i < nrows; i++)
         if (!strcmp(rows[i].name, key)) {
             rows[i].ns += end - start;
             rows[i].calls++;
-            kt_ev_add(i, start, end);
+            kt_ev_add(i, start, end, corr, bytes);
             return;
         }
     if (nrows == KT_MAX) {
@@ -80,7 +85,7 @@ static void kt_add(const char *name, uint64_t start, uint64_t end) {
     memcpy(rows[nrows].name, key, sizeof key);
     rows[nrows].ns = end - start;
     rows[nrows].calls = 1;
-    kt_ev_add(nrows, start, end);
+    kt_ev_add(nrows, start, end, corr, bytes);
     nrows++;
 }
 
@@ -92,17 +97,22 @@ static void CUPTIAPI kt_complete(CUcontext ctx, uint32_t stream, uint8_t *buf, s
     while (cuptiActivityGetNextRecord(buf, valid, &rec) == CUPTI_SUCCESS) {
         if (rec->kind == CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL || rec->kind == CUPTI_ACTIVITY_KIND_KERNEL) {
             const CUpti_ActivityKernel10 *k = (const CUpti_ActivityKernel10 *)rec;
-            kt_add(k->name, k->start, k->end);
+            kt_add(k->name, k->start, k->end, k->correlationId, 0);
         } else if (rec->kind == CUPTI_ACTIVITY_KIND_MEMCPY) {
             const CUpti_ActivityMemcpy6 *c = (const CUpti_ActivityMemcpy6 *)rec;
             kt_add(c->copyKind == CUPTI_ACTIVITY_MEMCPY_KIND_DTOD   ? "[memcpy device to device]"
                    : c->copyKind == CUPTI_ACTIVITY_MEMCPY_KIND_HTOD ? "[memcpy host to device]"
                    : c->copyKind == CUPTI_ACTIVITY_MEMCPY_KIND_DTOH ? "[memcpy device to host]"
                                                                     : "[memcpy other]",
-                   c->start, c->end);
+                   c->start, c->end, c->correlationId, c->bytes);
         } else if (rec->kind == CUPTI_ACTIVITY_KIND_MEMSET) {
             const CUpti_ActivityMemset4 *m = (const CUpti_ActivityMemset4 *)rec;
-            kt_add("[memset]", m->start, m->end);
+            kt_add("[memset]", m->start, m->end, m->correlationId, m->bytes);
+        } else if (rec->kind == CUPTI_ACTIVITY_KIND_RUNTIME || rec->kind == CUPTI_ACTIVITY_KIND_DRIVER) {
+            const CUpti_ActivityAPI *a = (const CUpti_ActivityAPI *)rec;
+            if (!api_end) api_end = calloc(KT_API_MAX, sizeof *api_end);
+            if (api_end && a->correlationId < KT_API_MAX && a->end > api_end[a->correlationId])
+                api_end[a->correlationId] = a->end;
         }
     }
     free(buf);
@@ -124,8 +134,21 @@ static void kt_idle(void) {
         if (evs[i].end > last) last = evs[i].end;
     uint64_t tail = (uint64_t)((tl ? atof(tl) : 0) * 1e6);
     uint64_t t0 = tail && tail < last - evs[0].start ? last - tail : evs[0].start;
+    /* TB_KTRACE_TIMELINE: every record of the tail in order: start (µs from the tail's
+     * start), duration, the idle gap before it, its lag behind the host call that
+     * launched it (GPU start - API return; near zero after a gap: the host set the pace),
+     * bytes (copies and fills), name */
+    const char *tp = getenv("TB_KTRACE_TIMELINE");
+    FILE *tf = tp && *tp ? fopen(tp, "w") : NULL;
+    if (tf) fprintf(tf, "start_us dur_us gap_us lag_us bytes name\n");
     for (size_t i = 0; i < nevs; i++) {
         const struct kt_ev *e = &evs[i];
+        if (tf && e->start >= t0) {
+            uint64_t ae = api_end && e->corr < KT_API_MAX ? api_end[e->corr] : 0;
+            double gap = frontier && e->start > frontier ? (e->start - frontier) / 1e3 : 0;
+            fprintf(tf, "%.1f %.1f %.1f %.1f %llu %.60s\n", (e->start - t0) / 1e3, (e->end - e->start) / 1e3, gap,
+                    ae ? ((double)e->start - (double)ae) / 1e3 : -1.0, (unsigned long long)e->bytes, rows[e->row].name);
+        }
         if (e->start >= t0) {
             if (!first) first = frontier && frontier < e->start ? frontier : e->start;
             if (frontier && e->start > frontier) {
@@ -139,6 +162,7 @@ static void kt_idle(void) {
         if (e->end > frontier) frontier = e->end;
     }
     idle_span = first && frontier > first ? frontier - first : 0;
+    if (tf) fclose(tf);
 }
 
 static void kt_idle_print(FILE *f) {
@@ -190,6 +214,10 @@ int InitializeInjection(void) {
     kt_check(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL), "cuptiActivityEnable");
     kt_check(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_MEMCPY), "cuptiActivityEnable (memcpy)");
     kt_check(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_MEMSET), "cuptiActivityEnable (memset)");
+    if (getenv("TB_KTRACE_TIMELINE")) {
+        kt_check(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_RUNTIME), "cuptiActivityEnable (runtime)");
+        kt_check(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_DRIVER), "cuptiActivityEnable (driver)");
+    }
     atexit(kt_report);
     return 1;
 }

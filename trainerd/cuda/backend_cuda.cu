@@ -69,6 +69,10 @@ static int ctx_create(tb_err *err) {
      * (flash_tc_kernels.cuh); anything else, the default 7. */
     const char *split = getenv("TB_CUDA_TC_SPLIT");
     c->tc_split = split && (!strcmp(split, "0") || !strcmp(split, "1") || !strcmp(split, "3")) ? split[0] - '0' : 7;
+    const char *tune = getenv("TB_CUDA_GEMM_TUNE");
+    c->gemm_tune = tune && (!strcmp(tune, "0") || !strcmp(tune, "1")) ? tune[0] - '0' : 2;
+    const char *tlog = getenv("TB_CUDA_GEMM_TUNE_LOG");
+    c->gemm_tune_log = tlog && !strcmp(tlog, "1");
     const char *g32 = getenv("TB_CUDA_FP32_GEMM");
     c->fp32_cublas = g32 && strcmp(g32, "cublas") == 0;
     /* Asynchronous by default: every host read goes through an op that waits (to_host,
@@ -164,6 +168,11 @@ extern "C" void tb_cuda_gemm_cache_stats(int *entries, long *hits, long *misses)
     *misses = tbc_g ? tbc_g->gemm_misses : 0;
 }
 
+extern "C" void tb_cuda_gemm_tune_stats(long *tuned, long *changed) {
+    *tuned = tbc_g ? tbc_g->gemm_tuned : 0;
+    *changed = tbc_g ? tbc_g->gemm_tune_faster : 0;
+}
+
 extern "C" void tb_cuda_gemm_cache_more(int *capacity, long *evictions, long *bucket_uses) {
     *capacity = TBC_GEMM_CACHE;
     *evictions = tbc_g ? tbc_g->gemm_evictions : 0;
@@ -207,8 +216,10 @@ static void gemm_entry_layouts(tbc_gemm_entry *e) {
     TBC_CHECK_LT(cublasLtMatrixLayoutCreate(&e->lc, CUDA_R_32F, e->N, e->cm, e->ldc));
 }
 
-/* cuBLASLt's first choice for the entry's descriptor and layouts; -1 when it offers none. */
-static int gemm_heuristic(tbc_gemm_entry *e) {
+/* cuBLASLt's first choice for the entry's descriptor and layouts (into e->algo), and with
+ * out, its first `want` choices in its order (how many came back: the return value); -1
+ * when it offers none. */
+static int gemm_heuristic(tbc_gemm_entry *e, int want, cublasLtMatmulHeuristicResult_t *out) {
     cublasLtMatmulPreference_t pref = NULL;
     if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return -1;
     size_t ws = tbc_g->workspace_bytes;
@@ -218,15 +229,15 @@ static int gemm_heuristic(tbc_gemm_entry *e) {
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof al);
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al);
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al);
-    cublasLtMatmulHeuristicResult_t res;
+    cublasLtMatmulHeuristicResult_t one, *res = out ? out : &one;
     int nres = 0;
-    if (cublasLtMatmulAlgoGetHeuristic(tbc_g->lt, e->desc, e->la, e->lb, e->lc, e->lc, pref, 1, &res, &nres) !=
-        CUBLAS_STATUS_SUCCESS)
+    if (cublasLtMatmulAlgoGetHeuristic(tbc_g->lt, e->desc, e->la, e->lb, e->lc, e->lc, pref, out ? want : 1, res,
+                                       &nres) != CUBLAS_STATUS_SUCCESS)
         nres = 0;
     cublasLtMatmulPreferenceDestroy(pref);
     if (nres < 1) return -1;
-    e->algo = res.algo;
-    return 0;
+    e->algo = res[0].algo;
+    return out ? nres : 0;
 }
 
 static void gemm_entry_destroy(tbc_gemm_entry *e) {
@@ -313,26 +324,33 @@ static int gemm_entry_layouts_s8(tbc_gemm_entry *e) {
  * an uninterrupted one. Where the bucket gets none (e->unsupported), or cuBLASLt refuses
  * it for a call's exact shape, gemm_enqueue asks for that shape's own. Returns -1 when the
  * layouts cannot be made (int8). */
+static void gemm_bucket_key(const tbc_gemm_entry *e, int bkey[10]);
 static int gemm_entry_build(tbc_gemm_entry *e) {
     int s8 = e->prec == TBC_PREC_S8;
     if (s8 ? gemm_entry_layouts_s8(e) : (gemm_entry_layouts(e), 0)) return -1;
-    /* the key's M and K are rounded already (gemm_entry_for) */
-    int bkey[10] = {e->M, e->N, e->K, e->ta, e->tb, e->lda, e->ldb, e->ldc, e->align, e->prec + TBC_BUCKET_MARK};
-    if (!s8) { /* leading dimensions that hold the rounded rows (see gemm_entry_layouts) */
-        int rb = e->ta ? bkey[0] : bkey[2], ra = e->tb ? bkey[2] : e->N;
-        if (bkey[5] < rb) bkey[5] = rb;
-        if (bkey[6] < ra) bkey[6] = ra;
-    }
-    int hit;
+    int bkey[10], hit;
+    gemm_bucket_key(e, bkey);
     tbc_gemm_entry *b = gemm_slot(tbc_g->bucket, TBC_BUCKETS, bkey, &hit);
     if (!hit) {
         gemm_slot_fill(b, bkey);
-        b->unsupported = (s8 ? gemm_entry_layouts_s8(b) : (gemm_entry_layouts(b), 0)) || gemm_heuristic(b);
+        b->unsupported = (s8 ? gemm_entry_layouts_s8(b) : (gemm_entry_layouts(b), 0)) || gemm_heuristic(b, 1, NULL);
         b->used = 1;
     }
     e->unsupported = b->unsupported;
     if (!b->unsupported) e->algo = b->algo;
+    e->tune_pending = !b->unsupported && !b->tuned && (tbc_g->gemm_tune == 2 || (tbc_g->gemm_tune == 1 && s8));
     return 0;
+}
+
+/* The bucket key of an entry (its key's M and K are rounded already, gemm_entry_for). */
+static void gemm_bucket_key(const tbc_gemm_entry *e, int bkey[10]) {
+    int k[10] = {e->M, e->N, e->K, e->ta, e->tb, e->lda, e->ldb, e->ldc, e->align, e->prec + TBC_BUCKET_MARK};
+    memcpy(bkey, k, sizeof k);
+    if (e->prec != TBC_PREC_S8) { /* leading dimensions that hold the rounded rows (see gemm_entry_layouts) */
+        int rb = e->ta ? bkey[0] : bkey[2], ra = e->tb ? bkey[2] : e->N;
+        if (bkey[5] < rb) bkey[5] = rb;
+        if (bkey[6] < ra) bkey[6] = ra;
+    }
 }
 
 /* The entry's matmul at its current shape (D = C): the bucket's algorithm, or where there
@@ -349,13 +367,131 @@ static cublasStatus_t gemm_enqueue(tbc_gemm_entry *e, const void *alpha, const v
                             g->workspace, g->workspace_bytes, g->stream);
     if (st == CUBLAS_STATUS_SUCCESS) return st;
     cublasLtMatmulAlgo_t bucket = e->algo;
-    if (gemm_heuristic(e) == 0) {
+    if (gemm_heuristic(e, 1, NULL) == 0) {
         g->gemm_exact_uses++;
         st = cublasLtMatmul(g->lt, e->desc, alpha, A, e->la, B, e->lb, beta, C, e->lc, C, e->lc, &e->algo,
                             g->workspace, g->workspace_bytes, g->stream);
     }
     e->algo = bucket;
     return st;
+}
+
+/* An order-free 64-bit digest of the bits of a column-major (rows, cols) output: the
+ * wrapping sum of a mixed hash of each (index, bits), so the atomics' order does not
+ * matter (it feeds gemm_tune's comparison only, never training state). */
+__global__ void k_gemm_digest(unsigned long long *out, const uint32_t *c, int rows, int cols, int ldc) {
+    unsigned long long s = 0;
+    size_t n = (size_t)rows * cols;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        size_t col = i / (size_t)rows, row = i % (size_t)rows;
+        unsigned long long z = ((unsigned long long)i << 32 | c[col * (size_t)ldc + row]) + 0x9e3779b97f4a7c15ull;
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        s += z ^ (z >> 31);
+    }
+    for (int o = 16; o; o >>= 1) s += __shfl_down_sync(0xffffffffu, s, o);
+    if ((threadIdx.x & 31) == 0) atomicAdd(out, s);
+}
+
+/* The bucket holding key, or NULL (a lookup that never evicts). */
+static tbc_gemm_entry *gemm_find(tbc_gemm_entry *table, int size, const int key[10]) {
+    unsigned h = gemm_hash(key, 10) % (unsigned)size;
+    for (int p = 0; p < size; p++) {
+        tbc_gemm_entry *x = &table[(h + p) % (unsigned)size];
+        if (!x->used) return NULL;
+        if (x->M == key[0] && x->N == key[1] && x->K == key[2] && x->ta == key[3] && x->tb == key[4] &&
+            x->lda == key[5] && x->ldb == key[6] && x->ldc == key[7] && x->align == key[8] && x->prec == key[9])
+            return x;
+    }
+    return NULL;
+}
+
+#define TBC_TUNE_MAX 8
+#define TBC_TUNE_REPS 5
+#define TBC_TUNE_SAVE_MAX ((size_t)64 << 20) /* outputs to restore (beta != 0) above this: not timed */
+
+/* The algorithm of e's bucket chosen by timing, on this call's operands, before the call
+ * itself runs: cuBLASLt's first TBC_TUNE_MAX choices for the bucket, each run once (C
+ * restored first where beta != 0) and its output's digest compared with its first
+ * choice's; those with the same bits (int8: all of them, integer sums are exact in any
+ * order; float: the same products summed in the same order, so a run's losses do not
+ * depend on which one wins) timed over TBC_TUNE_REPS back-to-back calls, the fastest
+ * kept for every later call of the bucket. C is left as it was. Once per bucket, in a
+ * run's first step (it waits for the stream). */
+static void gemm_tune(tbc_gemm_entry *e, const void *alpha, const void *A, const void *B, const void *beta, void *C,
+                      int beta_zero) {
+    tbc_ctx *g = tbc_g;
+    e->tune_pending = 0;
+    int bkey[10];
+    gemm_bucket_key(e, bkey);
+    tbc_gemm_entry *b = gemm_find(g->bucket, TBC_BUCKETS, bkey);
+    if (!b || b->unsupported || b->tuned) return;
+    b->tuned = 1;
+    size_t cbytes = ((size_t)e->ldc * (size_t)(e->cm - 1) + (size_t)e->N) * 4;
+    if (!beta_zero && cbytes > TBC_TUNE_SAVE_MAX) return;
+    cublasLtMatmulHeuristicResult_t cand[TBC_TUNE_MAX];
+    cublasLtMatmulAlgo_t first = b->algo;
+    int n = gemm_heuristic(b, TBC_TUNE_MAX, cand);
+    b->algo = first;
+    if (n < 2) return;
+    void *c0 = NULL;
+    unsigned long long *dig = NULL;
+    if ((!beta_zero && cudaMalloc(&c0, cbytes) != cudaSuccess) || cudaMalloc(&dig, sizeof *dig) != cudaSuccess) {
+        (void)cudaGetLastError();
+        if (c0) TBC_CHECK(cudaFree(c0));
+        return;
+    }
+    cudaEvent_t t0, t1;
+    TBC_CHECK(cudaEventCreate(&t0));
+    TBC_CHECK(cudaEventCreate(&t1));
+    if (c0) TBC_CHECK(cudaMemcpyAsync(c0, C, cbytes, cudaMemcpyDeviceToDevice, g->stream));
+    unsigned long long ref = 0;
+    float ms[TBC_TUNE_MAX];
+    int best = -1;
+    for (int i = 0; i < n; i++) {
+        ms[i] = -1;
+        if (c0) TBC_CHECK(cudaMemcpyAsync(C, c0, cbytes, cudaMemcpyDeviceToDevice, g->stream));
+        cublasStatus_t st = cublasLtMatmul(g->lt, e->desc, alpha, A, e->la, B, e->lb, beta, C, e->lc, C, e->lc,
+                                           &cand[i].algo, g->workspace, g->workspace_bytes, g->stream);
+        if (st != CUBLAS_STATUS_SUCCESS) {
+            if (i == 0) break; /* the first choice refused at this shape: leave the bucket as it is */
+            continue;
+        }
+        unsigned long long h = 0;
+        TBC_CHECK(cudaMemsetAsync(dig, 0, sizeof *dig, g->stream));
+        k_gemm_digest<<<tbc_blocks((size_t)e->N * e->cm, 256), 256, 0, g->stream>>>(dig, (const uint32_t *)C, e->N,
+                                                                                     e->cm, e->ldc);
+        TBC_LAUNCHED();
+        TBC_CHECK(cudaMemcpyAsync(&h, dig, sizeof h, cudaMemcpyDeviceToHost, g->stream));
+        TBC_CHECK(cudaStreamSynchronize(g->stream));
+        if (i == 0) ref = h;
+        else if (h != ref) continue;
+        TBC_CHECK(cudaEventRecord(t0, g->stream));
+        for (int r = 0; r < TBC_TUNE_REPS; r++)
+            (void)cublasLtMatmul(g->lt, e->desc, alpha, A, e->la, B, e->lb, beta, C, e->lc, C, e->lc, &cand[i].algo,
+                                 g->workspace, g->workspace_bytes, g->stream);
+        TBC_CHECK(cudaEventRecord(t1, g->stream));
+        TBC_CHECK(cudaEventSynchronize(t1));
+        TBC_CHECK(cudaEventElapsedTime(&ms[i], t0, t1));
+        ms[i] /= TBC_TUNE_REPS;
+        if (best < 0 || ms[i] < ms[best]) best = i;
+    }
+    if (c0) TBC_CHECK(cudaMemcpyAsync(C, c0, cbytes, cudaMemcpyDeviceToDevice, g->stream));
+    TBC_CHECK(cudaStreamSynchronize(g->stream));
+    if (c0) TBC_CHECK(cudaFree(c0));
+    TBC_CHECK(cudaFree(dig));
+    TBC_CHECK(cudaEventDestroy(t0));
+    TBC_CHECK(cudaEventDestroy(t1));
+    if (best < 0) return;
+    b->algo = e->algo = cand[best].algo;
+    g->gemm_tuned++;
+    if (best) g->gemm_tune_faster++;
+    if (g->gemm_tune_log) {
+        fprintf(stderr, "cuda gemm tune: M %d N %d K %d ta %d tb %d prec %d beta %s:", e->cm, e->N, e->ck, e->ta,
+                e->tb, e->prec, beta_zero ? "0" : "1");
+        for (int i = 0; i < n; i++) fprintf(stderr, " %.1f", ms[i] * 1e3);
+        fprintf(stderr, " us (-1: other bits or refused); chosen %d\n", best);
+    }
 }
 
 /* The cache entry for this call's key (M and K rounded up to TBC_BUCKET), its layouts at
@@ -405,6 +541,7 @@ static void gemm_run(float *c, const void *a, const void *b, int M, int N, int K
     if (ac < align) align = ac;
     int key[10] = {M, N, K, ta, tb, lda, ldb, ldc, align, prec};
     tbc_gemm_entry *e = gemm_entry_for(key, M, K, 0);
+    if (e->tune_pending) gemm_tune(e, &alpha, b, a, &beta, c, beta == 0.0f);
     if (gemm_enqueue(e, &alpha, b, a, &beta, c) != CUBLAS_STATUS_SUCCESS)
         tbc_fatal("cublasLtMatmul", __FILE__, __LINE__, "no algorithm for this GEMM");
     tbc_op_sync();
@@ -437,6 +574,7 @@ int tbc_gemm_s8(int32_t *c, const int8_t *x, const int8_t *w, int n, int in, int
     int key[10] = {n, out, in, 0, 1, in, in, out, align, TBC_PREC_S8};
     tbc_gemm_entry *e = gemm_entry_for(key, n, in, 1);
     int32_t one = 1, zero = 0;
+    if (e->tune_pending) gemm_tune(e, &one, w, x, &zero, c, 1);
     if (gemm_enqueue(e, &one, w, x, &zero, c) != CUBLAS_STATUS_SUCCESS) return -1;
     tbc_op_sync();
     return 0;

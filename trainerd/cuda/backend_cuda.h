@@ -58,6 +58,9 @@ void tb_cuda_gemm_cache_stats(int *entries, long *hits, long *misses);
 /* The cache's slot count, how many entries a full table evicted so far, and how many
  * calls cuBLASLt refused the bucket's algorithm and ran their exact shape's own. */
 void tb_cuda_gemm_cache_more(int *capacity, long *evictions, long *bucket_uses);
+/* Algorithm buckets chosen by timing (TB_CUDA_GEMM_TUNE), and of those, how many did not
+ * keep cuBLASLt's first choice. */
+void tb_cuda_gemm_tune_stats(long *tuned, long *changed);
 
 #ifdef __cplusplus
 }

@@ -85,6 +85,8 @@ typedef struct tbc_gemm_entry {
     cublasLtMatmulAlgo_t algo;
     int unsupported; /* 1: the bucket got no algorithm (each call asks for its exact shape's);
                       * 2: int8 layouts refused (the callers fall back) */
+    int tuned;       /* bucket: its algorithm chosen by timing (gemm_tune) */
+    int tune_pending; /* entry: its bucket's algorithm is still to be timed, at this call */
 } tbc_gemm_entry;
 
 typedef struct tbc_ctx {
@@ -110,6 +112,11 @@ typedef struct tbc_ctx {
                      * bf16 tensor cores (flash_tc_cuda.cu, ret_tc_kernels.cuh; TB_CUDA_TC,
                      * tb_cuda_tensor_core_tiles; both by default); 0: fp32 CUDA cores */
     double held_bytes; /* mem_alloc + scratch + workspace, for mem_info */
+    int gemm_tune;   /* TB_CUDA_GEMM_TUNE: 0 cuBLASLt's first choice for every bucket; 1 int8
+                      * buckets timed; 2 (default) every bucket timed, float ones among the
+                      * candidates whose output has the first choice's bits (gemm_tune) */
+    int gemm_tune_log; /* TB_CUDA_GEMM_TUNE_LOG=1: each timing to stderr */
+    long gemm_tuned, gemm_tune_faster;
     int fp32_cublas; /* 1: fp32 GEMMs through cuBLASLt (TB_CUDA_FP32_GEMM=cublas), not in the
                       * CPU's order (gemm_ordered_cuda.cu) */
 } tbc_ctx;

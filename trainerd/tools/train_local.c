@@ -751,12 +751,14 @@ int main(int argc, char **argv) {
 #ifdef TB_HAVE_CUDA_BACKEND
     if (!strcmp(be->name, "cuda")) {
         int ent, cap;
-        long hits, misses, evict, bucket;
+        long hits, misses, evict, bucket, tuned, changed;
         tb_cuda_gemm_cache_stats(&ent, &hits, &misses);
         tb_cuda_gemm_cache_more(&cap, &evict, &bucket);
+        tb_cuda_gemm_tune_stats(&tuned, &changed);
         printf("tb-train-local: cuBLASLt descriptor cache: %d of %d slots, %ld hits, %ld misses "
-               "(%ld calls ran their exact shape's algorithm), %ld evictions\n", ent, cap, hits, misses,
-               bucket, evict);
+               "(%ld calls ran their exact shape's algorithm), %ld evictions; %ld algorithms chosen by "
+               "timing, %ld of them not cuBLASLt's first choice\n", ent, cap, hits, misses, bucket, evict,
+               tuned, changed);
     }
 #endif
 done:
