@@ -234,6 +234,17 @@ static void test_norms_fwd_bwd_match_cpu_all_five(void **state) {
             check_dev("dense.norm_bwd dx", gdx, dx, n * C);
             for (int i = 0; i < np; i++)
                 check_dev("dense.norm_bwd dparam", gdp[i], hdp[i], norm_param_size((tb_norm_type)type, i, C));
+            /* the writing forms: from zeros (dx poisoned: not read) and from another buffer */
+            for (int form = 0; form < 2; form++) {
+                float *gto = ct_poisoned(n * C * 4), *gbase = form ? ct_up(dy, n * C * 4) : NULL;
+                ct_gpu->dense.norm_bwd_to(gto, gbase, gdp, gdy, gst, gx, (const real *const *)gp, type, n, C);
+                ct_cpu->dense.norm_bwd_to(dx, form ? dy : NULL, hdp, dy, st, x, (const real *const *)hp, type, n, C);
+                check_dev(form ? "dense.norm_bwd_to dx (base)" : "dense.norm_bwd_to dx (zeros)", gto, dx, n * C);
+                for (int i = 0; i < np; i++)
+                    check_dev("dense.norm_bwd_to dparam", gdp[i], hdp[i], norm_param_size((tb_norm_type)type, i, C));
+                tb_cuda_free(gto);
+                if (gbase) tb_cuda_free(gbase);
+            }
             for (int i = 0; i < np; i++) tb_cuda_free(gp[i]), tb_cuda_free(gdp[i]), free(hp[i]), free(hdp[i]);
             tb_cuda_free(gx), tb_cuda_free(gdy), tb_cuda_free(gdx), tb_cuda_free(gy), tb_cuda_free(gst);
             free(x), free(dy), free(dx), free(y), free(st);

@@ -88,6 +88,54 @@ static void check_type(tb_norm_type type) {
     printf("%s: max rel err %.3e\n", norm_type_name(type), worst);
 }
 
+/* norm_backward_to: base NULL gives the bits of a zero fill then norm_backward, without
+ * reading dx (NaN there stays out); a base buffer the bits of a copy then norm_backward;
+ * base == dx is norm_backward; the parameter gradients add the same either way. */
+static void test_backward_to_matches_fill_or_copy_then_backward(void **state) {
+    (void)state;
+    const size_t n = 9;
+    const int C = 13;
+    for (int type = 0; type < 5; type++) {
+        tb_norm p;
+        memset(&p, 0, sizeof p);
+        p.type = (tb_norm_type)type, p.C = C;
+        int np = norm_param_count(p.type);
+        real *dpa[TB_NORM_MAX_PARAMS], *dpb[TB_NORM_MAX_PARAMS];
+        for (int i = 0; i < np; i++) {
+            size_t sz = norm_param_size(p.type, i, C);
+            p.p[i] = malloc(sizeof(real) * sz);
+            gc_fill_uniform(p.p[i], sz, 0.4, 11, (uint32_t)(type * 8 + i));
+            for (size_t j = 0; j < sz; j++) p.p[i][j] += R(1.0);
+            dpa[i] = calloc(sz, sizeof(real)), dpb[i] = calloc(sz, sizeof(real));
+        }
+        real *x = malloc(sizeof(real) * n * C), *y = malloc(sizeof(real) * n * C),
+             *g = malloc(sizeof(real) * n * C), *base = malloc(sizeof(real) * n * C),
+             *act = malloc(sizeof(real) * (norm_act_count(p.type, n) + 1)),
+             *want = malloc(sizeof(real) * n * C), *got = malloc(sizeof(real) * n * C);
+        gc_fill_uniform(x, n * C, 1.5, 12, (uint32_t)type);
+        gc_fill_uniform(g, n * C, 1.0, 13, (uint32_t)type);
+        gc_fill_uniform(base, n * C, 1.0, 14, (uint32_t)type);
+        norm_forward(tb_backend_cpu(), y, act, x, &p, n);
+        for (int form = 0; form < 3; form++) { /* base NULL, another buffer, dx itself */
+            for (int i = 0; i < np; i++) p.dp[i] = dpa[i];
+            if (form == 1) memcpy(want, base, sizeof(real) * n * C);
+            else if (form == 2) memcpy(want, g, sizeof(real) * n * C);
+            else memset(want, 0, sizeof(real) * n * C);
+            norm_backward(tb_backend_cpu(), want, g, act, x, &p, n);
+            for (int i = 0; i < np; i++) p.dp[i] = dpb[i];
+            if (form == 2) memcpy(got, g, sizeof(real) * n * C);
+            else for (size_t j = 0; j < n * C; j++) got[j] = (real)NAN;
+            norm_backward_to(tb_backend_cpu(), got, form == 0 ? NULL : form == 1 ? base : got, g, act, x,
+                             &p, n);
+            assert_memory_equal(got, want, sizeof(real) * n * C);
+            for (int i = 0; i < np; i++)
+                assert_memory_equal(dpb[i], dpa[i], sizeof(real) * norm_param_size(p.type, i, C));
+        }
+        for (int i = 0; i < np; i++) free(p.p[i]), free(dpa[i]), free(dpb[i]);
+        free(x), free(y), free(g), free(base), free(act), free(want), free(got);
+    }
+}
+
 static void test_dynamic_tanh_gradcheck(void **s) { (void)s; check_type(TB_NORM_DYNAMIC_TANH); }
 static void test_dyt_gradcheck(void **s) { (void)s; check_type(TB_NORM_DYT); }
 static void test_derf_gradcheck(void **s) { (void)s; check_type(TB_NORM_DERF); }
@@ -127,6 +175,7 @@ int main(void) {
         cmocka_unit_test(test_rms_norm_gradcheck),
         cmocka_unit_test(test_dynamic_tanh_unbiased_std_eps_outside_sqrt),
         cmocka_unit_test(test_norm_names_and_counts),
+        cmocka_unit_test(test_backward_to_matches_fill_or_copy_then_backward),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

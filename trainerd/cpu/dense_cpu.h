@@ -17,6 +17,9 @@ void dense_cpu_norm_fwd(real *y, real *stats, const real *x, const real *const *
                         size_t n, int C);
 void dense_cpu_norm_bwd(real *dx, real *const *dprm, const real *dy, const real *stats,
                         const real *x, const real *const *prm, int type, size_t n, int C);
+void dense_cpu_norm_bwd_to(real *dx, const real *base, real *const *dprm, const real *dy,
+                           const real *stats, const real *x, const real *const *prm, int type,
+                           size_t n, int C);
 void dense_cpu_dropout_fwd(real *y, const real *x, const tb_dropout *d, uint32_t site,
                            size_t n);
 void dense_cpu_dropout_bwd(real *dx, const real *dy, const tb_dropout *d, uint32_t site,

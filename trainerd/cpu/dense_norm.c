@@ -1,6 +1,7 @@
 /* The five norms of MODEL.md section 3 (types of layers/norm.h). Per-token statistics in
  * double; scalar-parameter gradients (dyt alpha, derf alpha and s) summed in double. */
 #include <math.h>
+#include <string.h>
 #include "dense_cpu.h"
 #include "vmath.h"
 #include "../layers/norm.h"
@@ -213,4 +214,14 @@ void dense_cpu_norm_bwd(real *dx, real *const *dprm, const real *dy, const real 
         dprm[0][0] += (real)ga;
         dprm[1][0] += (real)gs;
     }
+}
+
+void dense_cpu_norm_bwd_to(real *dx, const real *base, real *const *dprm, const real *dy,
+                           const real *stats, const real *x, const real *const *prm, int type,
+                           size_t n, int C) {
+    if (base != dx) {
+        if (base) memmove(dx, base, n * (size_t)C * sizeof *dx);
+        else memset(dx, 0, n * (size_t)C * sizeof *dx); /* +0.0: all zero bits */
+    }
+    dense_cpu_norm_bwd(dx, dprm, dy, stats, x, prm, type, n, C);
 }

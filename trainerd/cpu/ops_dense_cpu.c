@@ -10,6 +10,7 @@ void tb_cpu_ops_dense_init(tb_ops_dense *ops) {
     ops->bitlinear_bwd = dense_cpu_bitlinear_bwd;
     ops->norm_fwd = dense_cpu_norm_fwd;
     ops->norm_bwd = dense_cpu_norm_bwd;
+    ops->norm_bwd_to = dense_cpu_norm_bwd_to;
     ops->dropout_fwd = dense_cpu_dropout_fwd;
     ops->dropout_bwd = dense_cpu_dropout_bwd;
     ops->embed_fwd = dense_cpu_embed_fwd;

@@ -581,8 +581,8 @@ __device__ __forceinline__ void dyt_col(float x, float g, float a, float b, floa
 /* MAXT: the block size bound (256: three blocks an SM, the register cap that keeps them). */
 template <int MAXT>
 __global__ void __launch_bounds__(MAXT, MAXT <= 256 ? 3 : 1)
-    k_dyt_bwd_vec(float *dx, double *part, const float *dy, const float *stats, const float *x, const float *al,
-                  const float *be, size_t n, int C) {
+    k_dyt_bwd_vec(float *dx, const float *base, double *part, const float *dy, const float *stats, const float *x,
+                  const float *al, const float *be, size_t n, int C) {
     __shared__ double2 sh[33];
     int j = 4 * threadIdx.x;
     bool in = j < C;
@@ -593,7 +593,7 @@ __global__ void __launch_bounds__(MAXT, MAXT <= 256 ? 3 : 1)
         b = *reinterpret_cast<const float4 *>(be + j);
         xv = *reinterpret_cast<const float4 *>(x + t0 * C + j);
         gv = *reinterpret_cast<const float4 *>(dy + t0 * C + j);
-        ov = *reinterpret_cast<const float4 *>(dx + t0 * C + j);
+        if (base) ov = *reinterpret_cast<const float4 *>(base + t0 * C + j);
     }
     float2 sv = t0 < t1 ? make_float2(stats[2 * t0], stats[2 * t0 + 1]) : make_float2(0, 0);
     double c0[4] = {0, 0, 0, 0}, c1[4] = {0, 0, 0, 0};
@@ -605,7 +605,7 @@ __global__ void __launch_bounds__(MAXT, MAXT <= 256 ? 3 : 1)
             if (in) {
                 xv = *reinterpret_cast<const float4 *>(x + (t + 1) * C + j);
                 gv = *reinterpret_cast<const float4 *>(dy + (t + 1) * C + j);
-                ov = *reinterpret_cast<const float4 *>(dx + (t + 1) * C + j);
+                if (base) ov = *reinterpret_cast<const float4 *>(base + (t + 1) * C + j);
             }
         }
         float r = 1.0f / (sd + (float)DT_EPS);
@@ -847,8 +847,10 @@ __global__ void k_norm_bwd_scalars(float *da, float *ds, const double *rowpart, 
     }
 }
 
-static void cu_norm_bwd(real *dx, real *const *dprm, const real *dy, const real *stats,
-                        const real *x, const real *const *prm, int type, size_t n, int C) {
+/* base: dx's start (NULL: zeros; dx: the += form), read by the fused dynamic_tanh kernel
+ * as it goes, else put in dx first (cu_norm_bwd_to). */
+static void norm_bwd_any(real *dx, const real *base, real *const *dprm, const real *dy, const real *stats,
+                         const real *x, const real *const *prm, int type, size_t n, int C) {
     if (!n) return;
     norm_prm P = {{NULL, NULL, NULL, NULL}};
     for (int i = 0; i < norm_nprm(type); i++) P.p[i] = prm[i];
@@ -856,15 +858,20 @@ static void cu_norm_bwd(real *dx, real *const *dprm, const real *dy, const real 
     double *rowpart = scal ? (double *)tbc_scratch(TBC_SCR_NORM_ROWS, 2 * n * sizeof(double)) : NULL;
     unsigned th = 0;
     if (type == TB_NORM_DYNAMIC_TANH && n / DYT_BWD_ROWS < 0x7fffffffu &&
-        (th = dyt_vec_threads(C, dx, dy, x, P.p[0], P.p[1]))) {
+        (th = dyt_vec_threads(C, dx, dy, x, P.p[0], P.p[1])) && (!base || !((uintptr_t)base & 15))) {
         /* the rows and the column sums in one pass (k_dyt_bwd_vec) */
         int nchunks = (int)((n + DYT_BWD_ROWS - 1) / DYT_BWD_ROWS);
         double *part = (double *)tbc_scratch(TBC_SCR_NORM_COLS, (size_t)nchunks * 2 * C * sizeof(double));
-        if (th <= 256) k_dyt_bwd_vec<256><<<(unsigned)nchunks, th, 0, S()>>>(dx, part, dy, stats, x, P.p[0], P.p[1], n, C);
-        else k_dyt_bwd_vec<512><<<(unsigned)nchunks, th, 0, S()>>>(dx, part, dy, stats, x, P.p[0], P.p[1], n, C);
+        if (th <= 256)
+            k_dyt_bwd_vec<256><<<(unsigned)nchunks, th, 0, S()>>>(dx, base, part, dy, stats, x, P.p[0], P.p[1], n, C);
+        else k_dyt_bwd_vec<512><<<(unsigned)nchunks, th, 0, S()>>>(dx, base, part, dy, stats, x, P.p[0], P.p[1], n, C);
         TBC_LAUNCHED();
         norm_cols_final(dprm[0], dprm[1], part, nchunks, C);
         return;
+    }
+    if (base != dx) { /* the other kernels add into dx */
+        if (base) TBC_CHECK(cudaMemcpyAsync(dx, base, n * C * sizeof(real), cudaMemcpyDeviceToDevice, S()));
+        else TBC_CHECK(cudaMemsetAsync(dx, 0, n * C * sizeof(real), S()));
     }
     if (type == TB_NORM_DYNAMIC_TANH && C <= 2048 && n / DK_ROWS < 65535u * 1024u) {
         unsigned g = dk_blocks(n), th = 32 * DK_ROWS;
@@ -898,6 +905,16 @@ static void cu_norm_bwd(real *dx, real *const *dprm, const real *dy, const real 
                                                       rowpart, n);
         TBC_LAUNCHED();
     }
+}
+
+static void cu_norm_bwd(real *dx, real *const *dprm, const real *dy, const real *stats, const real *x,
+                        const real *const *prm, int type, size_t n, int C) {
+    norm_bwd_any(dx, dx, dprm, dy, stats, x, prm, type, n, C);
+}
+
+static void cu_norm_bwd_to(real *dx, const real *base, real *const *dprm, const real *dy, const real *stats,
+                           const real *x, const real *const *prm, int type, size_t n, int C) {
+    norm_bwd_any(dx, base, dprm, dy, stats, x, prm, type, n, C);
 }
 
 /* ---- masked cross-entropy ------------------------------------------------------- */
@@ -1039,6 +1056,7 @@ void tbc_ops_dense_init(tb_ops_dense *ops) {
     ops->bitlinear_bwd_set = cu_bitlinear_bwd_set;
     ops->norm_fwd = cu_norm_fwd;
     ops->norm_bwd = cu_norm_bwd;
+    ops->norm_bwd_to = cu_norm_bwd_to;
     ops->xent_fwd = cu_xent_fwd;
     ops->xent_bwd = cu_xent_bwd;
     ops->axpy = cu_axpy;

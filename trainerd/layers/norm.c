@@ -69,3 +69,9 @@ void norm_backward(const tb_backend *be, real *dx, const real *dy, const real *a
     const real *prm[TB_NORM_MAX_PARAMS] = {p->p[0], p->p[1], p->p[2], p->p[3]};
     be->dense.norm_bwd(dx, p->dp, dy, act, x, prm, (int)p->type, ntok, p->C);
 }
+
+void norm_backward_to(const tb_backend *be, real *dx, const real *base, const real *dy,
+                      const real *act, const real *x, const tb_norm *p, size_t ntok) {
+    const real *prm[TB_NORM_MAX_PARAMS] = {p->p[0], p->p[1], p->p[2], p->p[3]};
+    be->dense.norm_bwd_to(dx, base, p->dp, dy, act, x, prm, (int)p->type, ntok, p->C);
+}

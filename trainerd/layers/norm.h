@@ -62,4 +62,9 @@ void norm_backward(const struct tb_backend *be,
                    const real *x,   // (ntok, C)
                    const tb_norm *p, size_t ntok);
 
+/* dx = base + ... (base NULL: 0 + ...; base == dx: norm_backward), p->dp[i] += ...: the
+ * bits of filling or copying dx first and norm_backward, without that pass. */
+void norm_backward_to(const struct tb_backend *be, real *dx, const real *base, const real *dy,
+                      const real *act, const real *x, const tb_norm *p, size_t ntok);
+
 #endif

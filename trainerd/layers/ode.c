@@ -131,7 +131,8 @@ void ode_forward(const tb_backend *be, real *out, real *act, real *scratch, cons
     for (int s = 0; s < p->steps; s++) be->dense.sum_squares_dev(k1_sq + s, act + k1_at(&l, nc, s), nc);
 }
 
-/* gin += fᵀ(gk) for the evaluation at e (xn rebuilt from zin in w->xn). */
+/* gin = fᵀ(gk) for the evaluation at e (xn rebuilt from zin in w->xn), the bits of
+ * zeroing gin and adding. */
 static void f_backward(const tb_backend *be, real *gin, const real *gk, const real *e,
                        const ode_layout *l, const tb_ode *p, const uint8_t *key_mask,
                        const tb_dropout *d, uint32_t site, const ode_scr *w, int B, int T) {
@@ -146,7 +147,7 @@ static void f_backward(const tb_backend *be, real *gin, const real *gk, const re
                        p->H, hs);
     norm_forward(be, w->xn, w->nact, e + l->zin, &p->norm, n);
     linear_backward_set(be, dxn, w->lin, dqkv, e + l->qact, w->xn, &p->qkv, n);
-    norm_backward(be, gin, dxn, e + l->nact, e + l->zin, &p->norm, n);
+    norm_backward_to(be, gin, NULL, dxn, e + l->nact, e + l->zin, &p->norm, n);
 }
 
 void ode_backward(const tb_backend *be, real *du, real *scratch, const real *dout,
@@ -174,11 +175,10 @@ void ode_backward(const tb_backend *be, real *du, real *scratch, const real *dou
             for (int st = 3; st >= 0; st--) {
                 /* gk = w_st gz + c_{st+1} gin (gin of stage st+1). Stage 3 has no
                  * successor: 0 times a zeroed gin adds +0, so w_3 gz + 0 keeps its bits
-                 * (a -0 product becomes +0). gin is then the zeroed output of f_backward. */
+                 * (a -0 product becomes +0). f_backward then writes gin. */
                 if (st == 3) be->core.fill(gin, R(0.0), nc);
                 be->core.axpby(gk, wt[st], gz, st < 3 ? c[st + 1] : R(0.0), gin, nc);
                 if (st == 0 && g_ode != 0) be->dense.axpy(gk, gk, kscale, k1, nc);
-                if (st < 3) be->core.fill(gin, R(0.0), nc);
                 f_backward(be, gin, gk, ev[st], &l, p, key_mask, d, site + (uint32_t)st, &w, B, T);
                 be->dense.axpy(acc, acc, R(1.0), gin, nc);
             }
@@ -186,7 +186,6 @@ void ode_backward(const tb_backend *be, real *du, real *scratch, const real *dou
             be->core.copy(gk, gz, nc);
             be->core.scale(gk, dt, nc); /* gk = dt gz */
             if (g_ode != 0) be->dense.axpy(gk, gk, kscale, k1, nc);
-            be->core.fill(gin, R(0.0), nc);
             f_backward(be, gin, gk, ev[0], &l, p, key_mask, d, site, &w, B, T);
             be->dense.axpy(acc, acc, R(1.0), gin, nc);
         }

@@ -76,8 +76,7 @@ void retention_backward(const tb_backend *be, real *du, real *scratch, const rea
     be->seq.mul_silu_backward(dyn, dg, dz, a.yn, a.g, ntok, C, C, C, be);
     /* yn = Nr(y) */
     real *dy = s0;
-    be->core.fill(dy, 0, n);
-    norm_backward(be, dy, dyn, a.nr, a.y, &p->norm, ntok);
+    norm_backward_to(be, dy, NULL, dyn, a.nr, a.y, &p->norm, ntok);
     /* y = Retention(q, k, v) */
     real *dq = s1, *dk = s3, *dv = s4;
     be->core.fill(dq, 0, n);

@@ -677,8 +677,7 @@ void tb_model_backward(tb_model *m, const tb_batch *bt, double grad_scale) {
     loss_backward(be, m->dlogits, m->loss_act, m->logits, bt->labels, nsup, (real)grad_scale, n,
                   V);
     linear_backward_set(be, m->dh, m->scratch, m->dlogits, m->head_act, m->y_final, &m->head, n);
-    be->core.fill(m->dx, R(0.0), n * C);
-    norm_backward(be, m->dx, m->dh, m->fn_act, m->x_final, &m->final_norm, n);
+    norm_backward_to(be, m->dx, NULL, m->dh, m->fn_act, m->x_final, &m->final_norm, n);
     phase_end(m, 1, TB_PHASE_HEAD, &tp);
     real g_ode = m->n_ode_evals
                      ? (real)(grad_scale * c->lambda_ode / ((double)m->n_ode_evals * (double)c->ode_steps))
@@ -707,8 +706,7 @@ void tb_model_backward(tb_model *m, const tb_batch *bt, double grad_scale) {
         else
             ffn_backward(be, m->dv, m->scratch, m->dx, s->fact, s->v, &b->ffn, n);
         phase_end(m, 1, TB_PHASE_FFN, &tp);
-        be->core.copy(m->dh, m->dx, n * C);
-        norm_backward(be, m->dh, m->dv, s->n2act, s->h, &b->n2, n);
+        norm_backward_to(be, m->dh, m->dx, m->dv, s->n2act, s->h, &b->n2, n);
         phase_end(m, 1, TB_PHASE_NORMS, &tp);
         /* h = x + Mixer(N1(x)) */
         be->core.fill(m->du, R(0.0), n * C);
@@ -730,8 +728,7 @@ void tb_model_backward(tb_model *m, const tb_batch *bt, double grad_scale) {
             break;
         }
         phase_end(m, 1, mixer_phase(b->mixer), &tp);
-        be->core.copy(m->dx, m->dh, n * C);
-        norm_backward(be, m->dx, m->du, s->n1act, s->x, &b->n1, n);
+        norm_backward_to(be, m->dx, m->dh, m->du, s->n1act, s->x, &b->n1, n);
         phase_end(m, 1, TB_PHASE_NORMS, &tp);
     }
     tb_dropout de = layer_drop(m, TB_DROPOUT_LAYER_EMB);

@@ -101,6 +101,12 @@ typedef struct tb_ops_dense {
                      const real *stats,      // (n, 2) or unused
                      const real *x,          // (n, C)
                      const real *const *prm, int type, size_t n, int C);
+    /* norm_bwd from base into dx: dx = base + the input gradient, with the bits of
+     * dx <- base (base NULL: a zero fill) then norm_bwd; base may be dx (norm_bwd itself).
+     * Saves the fill or copy pass and, with base NULL, the read of dx. */
+    void (*norm_bwd_to)(real *dx, const real *base, real *const *dprm, const real *dy,
+                        const real *stats, const real *x, const real *const *prm, int type,
+                        size_t n, int C);
 
     /* Dropout (layers/dropout.h): fwd overwrites y (y may equal x), bwd accumulates. */
     void (*dropout_fwd)(real *y, const real *x, const tb_dropout *d, uint32_t site, size_t n);
