@@ -46,19 +46,19 @@ static size_t lin_scratch(const tb_ode *p, size_t n) {
 }
 
 /* Scratch (n, C) parts: xn = Nf(zin) and its norm stats (forward and backward); the
- * forward's z and stage k; the backward's gz, acc, gk, gin, da, dxn, dqkv (3C), linear
- * scratch, work (T). */
+ * forward's stage k; the backward's gz, acc, gk, gin, da, dxn, dqkv (3C), linear scratch,
+ * work (T). */
 typedef struct ode_scr {
-    real *xn, *nact, *z, *k, *gz, *acc, *gk, *gin, *da, *dxn, *dqkv, *lin, *work;
+    real *xn, *nact, *k, *gz, *acc, *gk, *gin, *da, *dxn, *dqkv, *lin, *work;
     size_t total;
 } ode_scr;
 
 static ode_scr scr_layout(real *base, const tb_ode *p, int B, int T) {
     size_t n = (size_t)B * T, nc = n * (size_t)p->C, off = 0;
     ode_scr s;
-    real **part[12] = {&s.xn, &s.nact, &s.z, &s.k, &s.gz, &s.acc, &s.gk, &s.gin, &s.da, &s.dxn, &s.dqkv, &s.lin};
-    size_t len[12] = {nc, norm_act_count(p->norm.type, n), nc, nc, nc, nc, nc, nc, nc, nc, 3 * nc, lin_scratch(p, n)};
-    for (int i = 0; i < 12; i++) {
+    real **part[11] = {&s.xn, &s.nact, &s.k, &s.gz, &s.acc, &s.gk, &s.gin, &s.da, &s.dxn, &s.dqkv, &s.lin};
+    size_t len[11] = {nc, norm_act_count(p->norm.type, n), nc, nc, nc, nc, nc, nc, nc, 3 * nc, lin_scratch(p, n)};
+    for (int i = 0; i < 11; i++) {
         *part[i] = base ? base + off : NULL;
         off += (len[i] + 3) & ~(size_t)3;
     }
@@ -113,15 +113,16 @@ void ode_forward(const tb_backend *be, real *out, real *act, real *scratch, cons
             be->dense.axpy(out, out, dt, k1, nc);
             continue;
         }
-        /* k2 = f(z + dt/2 k1), k3 = f(z + dt/2 k2), k4 = f(z + dt k3), with z kept in w.z;
-         * z += dt/6 (k1 + 2 k2 + 2 k3 + k4), added stage by stage into out (the same sums
-         * in the same order as adding the four after the last stage) */
+        /* k2 = f(z + dt/2 k1), k3 = f(z + dt/2 k2), k4 = f(z + dt k3), with z the first
+         * evaluation's stored input; z += dt/6 (k1 + 2 k2 + 2 k3 + k4), added stage by
+         * stage into out (the same sums in the same order as adding the four after the
+         * last stage) */
         real c[3] = {dt / 2, dt / 2, dt};
         real wt[4] = {dt / 6, dt / 3, dt / 3, dt / 6};
-        be->core.copy(w.z, out, nc);
+        const real *z = ev[0] + l.zin;
         be->dense.axpy(out, out, wt[0], k1, nc);
         for (int st = 1; st < 4; st++) {
-            be->dense.axpy(ev[st] + l.zin, w.z, c[st - 1], st == 1 ? k1 : w.k, nc);
+            be->dense.axpy(ev[st] + l.zin, z, c[st - 1], st == 1 ? k1 : w.k, nc);
             f_forward(be, w.k, ev[st], w.xn, &l, p, key_mask, d, site + (uint32_t)st, B, T);
             be->dense.axpy(out, out, wt[st], w.k, nc);
         }
@@ -167,7 +168,8 @@ void ode_backward(const tb_backend *be, real *du, real *scratch, const real *dou
         for (int st = 0; st < ns; st++) ev[st] = act + l.per_eval * ((size_t)s * ns + st);
         const real *k1 = act + k1_at(&l, nc, s);
         uint32_t site = TB_DROPOUT_SITE_ATTN + (uint32_t)(s * ns);
-        be->core.copy(acc, gz, nc);
+        /* acc = gz + the stages' gin, the first one added as it is written (the bits of a
+         * copy and an add) */
         if (p->rk4) {
             /* z' = z + Σ w_st k_st, k_st = f(z + c_st k_{st-1}). */
             real wt[4] = {dt / 6, dt / 3, dt / 3, dt / 6};
@@ -180,14 +182,14 @@ void ode_backward(const tb_backend *be, real *du, real *scratch, const real *dou
                 be->core.axpby(gk, wt[st], gz, st < 3 ? c[st + 1] : R(0.0), gin, nc);
                 if (st == 0 && g_ode != 0) be->dense.axpy(gk, gk, kscale, k1, nc);
                 f_backward(be, gin, gk, ev[st], &l, p, key_mask, d, site + (uint32_t)st, &w, B, T);
-                be->dense.axpy(acc, acc, R(1.0), gin, nc);
+                be->dense.axpy(acc, st == 3 ? gz : acc, R(1.0), gin, nc);
             }
         } else {
             be->core.copy(gk, gz, nc);
             be->core.scale(gk, dt, nc); /* gk = dt gz */
             if (g_ode != 0) be->dense.axpy(gk, gk, kscale, k1, nc);
             f_backward(be, gin, gk, ev[0], &l, p, key_mask, d, site, &w, B, T);
-            be->dense.axpy(acc, acc, R(1.0), gin, nc);
+            be->dense.axpy(acc, gz, R(1.0), gin, nc);
         }
         real *t = gz;
         gz = acc;
