@@ -53,7 +53,10 @@ __device__ __forceinline__ float tc_keep(uint64_t wd, int c, float scale) { retu
 /* Queries per tile of k_fat_bwd_kv: 32 at every head size. At 64 (HS 64) a block took 254
  * registers and 111 KiB of shared memory, two blocks an SM; at 32, 168 registers and 74
  * KiB, three blocks: the kernel waits on the latency of its mma chains and loads, and the
- * third block hides more of it (frankenstein 258.1 -> 226.1 µs a call, 2026-11-24). */
+ * third block hides more of it (frankenstein 258.1 -> 226.1 µs a call, 2026-11-24). At 16
+ * (HS 64: 128 registers, 55 KiB, four blocks) it was no faster than 32 once the loop lost
+ * its global-load waits and a barrier (181 vs 176 µs): twice the K and V fragment loads
+ * a query, on a shared-memory pipe already 70-80% busy. */
 static constexpr int tc_fat_bq(int) { return 32; }
 /* Rows of the staged tensors: T padded to whole tiles. */
 static inline int tc_fat_tp(int T) { return (T + TC_BC - 1) / TC_BC * TC_BC; }
@@ -237,6 +240,12 @@ __global__ void k_fat_prep(tc_prep_jobs jobs, int T, int Tp, int hs, int B) {
 /* The streamed tiles of the kernels below: cp.async copies of the staged operands into one
  * of two shared-memory stages, issued a tile ahead of the one the warps compute on. */
 
+/* Per key tile jt: wait for K jt, a barrier (B1), then the copies of V jt (one stage, free
+ * once every warp's P V of jt - 1 is done, which B1 says) and of K jt + 1 (the other
+ * stage, whose S of jt - 1 is done too) with the dropout words of jt + 1; S and the online
+ * softmax; wait for V jt, a barrier (B2), O += P̃ V. Two barriers a tile, no global load
+ * waited on inside the loop (the key flags of tile jt + 1 are read during jt), and an
+ * elementwise part that selects instead of branching. */
 template <int HS, int SPLIT>
 __global__ void __launch_bounds__(TC_THREADS, HS <= 64 ? 3 : 1)
     k_fat_fwd(float *out, float *lse, tc_fat_ws ws, const uint8_t *mask, const uint64_t *dm, float dscale, int T,
@@ -246,47 +255,61 @@ __global__ void __launch_bounds__(TC_THREADS, HS <= 64 ? 3 : 1)
     tc_bf16 *Qs = (tc_bf16 *)tc_sm; /* [TC_BR][LH] */
     tc_bf16 *Ql = Qs + TQ;          /* Q - Qs */
     tc_bf16 *st = Ql + TQ;          /* K stage s at st + 2 s TK: K, K - K ([TC_BC][LH] each) */
-    tc_bf16 *Vs = st + 4 * TK;      /* V, one stage: loaded once the previous tile's P V is done */
+    tc_bf16 *Vs = st + 4 * TK;      /* V, one stage */
     tc_bf16 *Vl = Vs + TK;          /* V - V */
     __shared__ int km[TC_BC];
+    __shared__ uint32_t dws[2][2][TC_BR]; /* K stage s's tile: low and high halves of row r's dropout word */
     int tid = threadIdx.x, lane = tid % 32, w = tid / 32, g = lane / 4, t = lane % 4;
     int i0 = blockIdx.x * TC_BR, h = blockIdx.y, b = blockIdx.z;
     int kh = h / (H / Hkv), nt = Tp / TC_BC;
     size_t qo = (((size_t)b * H + h) * Tp + i0) * HS, ko = ((size_t)b * Hkv + kh) * Tp * HS;
     size_t rowbase = ((size_t)b * H + h) * T;
+    /* K tile jt into stage s, and the dropout words of its rows (threads 0..TC_BR - 1, zero
+     * past T) */
+    auto load_k = [&](int jt, int s) {
+        tc_bf16 *sk = st + s * 2 * TK;
+        size_t off = ko + (size_t)jt * TC_BC * HS;
+        tc_copy_tile<HS, TC_BC>(sk, ws.kh + off);
+        if (SPLIT & 1) tc_copy_tile<HS, TC_BC>(sk + TK, ws.kl + off);
+        if (dm && tid < TC_BR) {
+            if (i0 + tid < T) {
+                const uint32_t *wd = reinterpret_cast<const uint32_t *>(dm + (rowbase + i0 + tid) * nt + jt);
+                tc_cp<4>(&dws[s][0][tid], wd);
+                tc_cp<4>(&dws[s][1][tid], wd + 1);
+            } else dws[s][0][tid] = dws[s][1][tid] = 0;
+        }
+    };
+    /* thread tid's key flag of tile jt (tid < TC_BC) */
+    auto key_in = [&](int jt) {
+        int j = jt * TC_BC + tid;
+        return (int)(j < T && (!mask || mask[(size_t)b * T + j]));
+    };
     tc_copy_tile<HS, TC_BR>(Qs, ws.qh + qo);
     if (SPLIT & 1) tc_copy_tile<HS, TC_BR>(Ql, ws.ql + qo);
-    /* Copy groups, in commit order: Q and K 0; V 0; then per tile jt the K of jt + 1 at its
-     * start and the V of jt + 1 at its end (after every warp's P V of jt). */
-    tc_copy_tile<HS, TC_BC>(st, ws.kh + ko); /* K 0 into stage 0 */
-    if (SPLIT & 1) tc_copy_tile<HS, TC_BC>(st + TK, ws.kl + ko);
+    load_k(0, 0);
     tc_cp_commit();
-    tc_copy_tile<HS, TC_BC>(Vs, ws.vh + ko);
-    if (SPLIT & 2) tc_copy_tile<HS, TC_BC>(Vl, ws.vl + ko);
-    tc_cp_commit();
+    int kn = tid < TC_BC ? key_in(0) : 0; /* the flag for km of the coming tile */
     float o[NO][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};
     tc_zero(o);
     int r[2] = {w * 16 + g, w * 16 + g + 8}; /* the thread's two rows in the tile */
     for (int jt = 0; jt < nt; jt++) {
         int j0 = jt * TC_BC;
+        if (tid < TC_BC) km[tid] = kn; /* every warp is past B2 of jt - 1: done with km */
+        tc_cp_wait<0>();               /* K jt (and Q) have landed */
+        __syncthreads();               /* B1 */
+        tc_copy_tile<HS, TC_BC>(Vs, ws.vh + ko + (size_t)j0 * HS);
+        if (SPLIT & 2) tc_copy_tile<HS, TC_BC>(Vl, ws.vl + ko + (size_t)j0 * HS);
+        tc_cp_commit();
         if (jt + 1 < nt) {
-            tc_bf16 *sn = st + ((jt + 1) & 1) * 2 * TK;
-            size_t off = ko + (size_t)(j0 + TC_BC) * HS;
-            tc_copy_tile<HS, TC_BC>(sn, ws.kh + off);
-            if (SPLIT & 1) tc_copy_tile<HS, TC_BC>(sn + TK, ws.kl + off);
+            load_k(jt + 1, (jt + 1) & 1);
+            if (tid < TC_BC) kn = key_in(jt + 1);
         }
         tc_cp_commit();
-        if (tid < TC_BC) {
-            int j = j0 + tid;
-            km[tid] = j < T && (!mask || mask[(size_t)b * T + j]);
-        }
         uint64_t dw[2] = {0, 0}; /* the dropout words of the thread's rows */
         if (dm)
 #pragma unroll
             for (int a = 0; a < 2; a++)
-                if (i0 + r[a] < T) dw[a] = dm[(rowbase + i0 + r[a]) * nt + jt];
-        tc_cp_wait<2>(); /* this tile's K (and Q) have landed; its V and the next K may not */
-        __syncthreads();
+                dw[a] = (uint64_t)dws[jt & 1][1][r[a]] << 32 | dws[jt & 1][0][r[a]];
         const tc_bf16 *Ks = st + (jt & 1) * 2 * TK, *Kl = Ks + TK;
         float s[NT][4];
         tc_zero(s);
@@ -309,15 +332,16 @@ __global__ void __launch_bounds__(TC_THREADS, HS <= 64 ? 3 : 1)
             alpha[a] = mn[a] == -INFINITY ? 1.0f : exp2f(m[a] - mn[a]);
             m[a] = mn[a];
         }
+        /* P, and P̃ = P m (P m is +0 where P is) */
 #pragma unroll
         for (int n = 0; n < NT; n++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                int a = e >> 1, j = n * 8 + 2 * t + (e & 1), i = i0 + r[a];
-                float p = s[n][e] == -INFINITY ? 0.0f : exp2f(s[n][e] - mn[a]);
+                int a = e >> 1, j = n * 8 + 2 * t + (e & 1);
+                float p = exp2f(s[n][e] - mn[a]);
+                p = s[n][e] == -INFINITY ? 0.0f : p;
                 rs[a] += p;
-                if (dm && p != 0 && i < T) p *= tc_keep(dw[a], j, dscale);
-                s[n][e] = p;
+                s[n][e] = dm && i0 + r[a] < T ? p * tc_keep(dw[a], j, dscale) : p;
             }
 #pragma unroll
         for (int a = 0; a < 2; a++) l[a] = l[a] * alpha[a] + rs[a]; /* per-lane partial, same alpha per row */
@@ -326,17 +350,10 @@ __global__ void __launch_bounds__(TC_THREADS, HS <= 64 ? 3 : 1)
             o[n][0] *= alpha[0], o[n][1] *= alpha[0];
             o[n][2] *= alpha[1], o[n][3] *= alpha[1];
         }
-        tc_cp_wait<1>(); /* this tile's V has landed (only the next K may be in flight) */
-        __syncthreads();
+        tc_cp_wait<1>(); /* V jt has landed (only K jt + 1 may be in flight) */
+        __syncthreads(); /* B2 */
         if (SPLIT & 2) tc_mm_rs3<TC_BC / 16, NO>(o, s, Vs, Vl, LH, lane);
         else tc_mm_rs<TC_BC / 16, NO>(o, s, Vs, LH, lane);
-        __syncthreads(); /* every warp is done with this V, this K stage and km */
-        if (jt + 1 < nt) {
-            size_t off = ko + (size_t)(j0 + TC_BC) * HS;
-            tc_copy_tile<HS, TC_BC>(Vs, ws.vh + off);
-            if (SPLIT & 2) tc_copy_tile<HS, TC_BC>(Vl, ws.vl + off);
-        }
-        tc_cp_commit();
     }
     size_t ldo = (size_t)H * hs;
 #pragma unroll
@@ -418,7 +435,36 @@ __global__ void __launch_bounds__(TC_THREADS)
     }
 }
 
-/* BQ queries per tile (fewer registers and less shared memory for HS 128). */
+/* The split products of Sᵀ = K Qᵀ and dP̃ᵀ = V dOᵀ side by side (tc_mm_ss3 twice, each
+ * accumulator's mma in the same order): twice the independent mma chains between the
+ * fragment loads. */
+template <int HS, int NN>
+__device__ __forceinline__ void tc_mm_ss3x2(float (&s)[NN][4], float (&d)[NN][4], const tc_bf16 *A, const tc_bf16 *Al,
+                                            const tc_bf16 *B, const tc_bf16 *Bl, const tc_bf16 *C, const tc_bf16 *Cl,
+                                            const tc_bf16 *D, const tc_bf16 *Dl, int ld, int lane) {
+#pragma unroll
+    for (int kc = 0; kc < HS / 16; kc++) {
+        uint32_t a[4], l[4], c[4], cl[4];
+        tc_frag_a(a, A, ld, kc, lane);
+        tc_frag_a(l, Al, ld, kc, lane);
+        tc_frag_a(c, C, ld, kc, lane);
+        tc_frag_a(cl, Cl, ld, kc, lane);
+#pragma unroll
+        for (int p = 0; p < NN / 2; p++) {
+            uint32_t bh[4], bl[4], dh[4], dl[4];
+            tc_frag_bn(bh, B, ld, p, kc, lane), tc_frag_bn(bl, Bl, ld, p, kc, lane);
+            tc_frag_bn(dh, D, ld, p, kc, lane), tc_frag_bn(dl, Dl, ld, p, kc, lane);
+            tc_mma3x2(s, p, a, l, bh, bl);
+            tc_mma3x2(d, p, c, cl, dh, dl);
+        }
+    }
+}
+
+/* BQ queries per tile (fewer registers and less shared memory for HS 128). A tile's
+ * statistics (lse, D and the dropout words of its query rows) travel with its Q and dO
+ * tiles by cp.async into the same stage, so no warp waits on a global load inside the
+ * loop; one barrier per tile: after it every warp is done with the other stage, which the
+ * next tile's copies then fill. The elementwise part selects instead of branching. */
 template <int HS, int BQ, int SPLIT>
 __global__ void __launch_bounds__(TC_THREADS, HS <= 64 ? 3 : 1)
     k_fat_bwd_kv(float *dk, float *dv, tc_bf16 *dst, const float *lse, const float *Dg, tc_fat_ws ws, size_t ldkv,
@@ -426,29 +472,51 @@ __global__ void __launch_bounds__(TC_THREADS, HS <= 64 ? 3 : 1)
                  float scale, int set) {
     constexpr int LH = HS + 8, NT = BQ / 8, NO = HS / 8, TK = TC_BR * LH, TQ = BQ * LH;
     constexpr int DP = (SPLIT & 4) != 0, NS = 3 + DP; /* tiles a stage */
+    constexpr bool X2 = (SPLIT & 1) && DP;            /* both products split: tc_mm_ss3x2 */
+    static_assert(3 * BQ <= TC_THREADS, "a thread per statistic copied");
     TC_DYN_SMEM(tc_sm);
     tc_bf16 *Ks = (tc_bf16 *)tc_sm; /* [TC_BR][LH] */
     tc_bf16 *Kl = Ks + TK;          /* K - Ks */
     tc_bf16 *Vs = Kl + TK;
     tc_bf16 *Vl = Vs + TK;          /* V - Vs (DP) */
     tc_bf16 *st = Vs + (1 + DP) * TK; /* stage s at st + NS s TQ: Q, Q - Q, dO, dO - dO (DP) */
-    __shared__ float sl[BQ], sD[BQ];
-    __shared__ uint64_t kw[BQ]; /* the dropout word of each query row for the block's keys */
+    /* per stage: lse and D of the tile's query rows, and the low and high 32 bits of each
+     * row's dropout word for the block's keys (a thread's keys lie in one half) */
+    __shared__ float sl[2][BQ], sD[2][BQ];
+    __shared__ uint32_t kw[2][2][BQ];
     int tid = threadIdx.x, lane = tid % 32, w = tid / 32, g = lane / 4, t = lane % 4;
     int j0 = blockIdx.x * TC_BR, kh = blockIdx.y, b = blockIdx.z;
-    int group = H / Hkv, nqt = Tp / BQ, ntiles = group * nqt;
+    int group = H / Hkv, ntiles = group * (Tp / BQ), W = Tp / TC_BC;
     size_t ko = (((size_t)b * Hkv + kh) * Tp + j0) * HS;
+    /* the copies of query tile (head h, rows i0..) into stage s: Q, dO and the statistics
+     * (threads 0..3 BQ - 1, zero past T) */
+    auto load = [&](int h, int i0, int s) {
+        size_t qo = (((size_t)b * H + h) * Tp + i0) * HS, rowbase = ((size_t)b * H + h) * T;
+        tc_bf16 *sq = st + s * NS * TQ;
+        tc_copy_tile<HS, BQ>(sq, ws.qh + qo);
+        if (SPLIT & 1) tc_copy_tile<HS, BQ>(sq + TQ, ws.ql + qo);
+        tc_copy_tile<HS, BQ>(sq + 2 * TQ, ws.oh + qo);
+        if (DP) tc_copy_tile<HS, BQ>(sq + 3 * TQ, ws.ol + qo);
+        int c = tid % BQ, i = i0 + c;
+        if (tid < BQ) {
+            if (i < T) tc_cp<4>(&sl[s][c], lse + rowbase + i);
+            else sl[s][c] = 0.0f;
+        } else if (tid < 2 * BQ) {
+            if (i < T) tc_cp<4>(&sD[s][c], Dg + rowbase + i);
+            else sD[s][c] = 0.0f;
+        } else if (tid < 3 * BQ && dm) {
+            if (i < T) {
+                const uint32_t *wd = reinterpret_cast<const uint32_t *>(dm + (rowbase + i) * W + blockIdx.x);
+                tc_cp<4>(&kw[s][0][c], wd);
+                tc_cp<4>(&kw[s][1][c], wd + 1);
+            } else kw[s][0][c] = kw[s][1][c] = 0;
+        }
+    };
     tc_copy_tile<HS, TC_BR>(Ks, ws.kh + ko);
     if (SPLIT & 1) tc_copy_tile<HS, TC_BR>(Kl, ws.kl + ko);
     tc_copy_tile<HS, TC_BR>(Vs, ws.vh + ko);
     if (DP) tc_copy_tile<HS, TC_BR>(Vl, ws.vl + ko);
-    {
-        size_t qo = ((size_t)b * H + (size_t)kh * group) * Tp * HS;
-        tc_copy_tile<HS, BQ>(st, ws.qh + qo);
-        if (SPLIT & 1) tc_copy_tile<HS, BQ>(st + TQ, ws.ql + qo);
-        tc_copy_tile<HS, BQ>(st + 2 * TQ, ws.oh + qo);
-        if (DP) tc_copy_tile<HS, BQ>(st + 3 * TQ, ws.ol + qo);
-    }
+    load(kh * group, 0, 0);
     tc_cp_commit();
     int jr[2] = {w * 16 + g, w * 16 + g + 8}; /* the thread's two key rows in the block */
     bool kin[2];
@@ -460,48 +528,47 @@ __global__ void __launch_bounds__(TC_THREADS, HS <= 64 ? 3 : 1)
     float ak[NO][4], av[NO][4];
     tc_zero(ak), tc_zero(av);
     float sl2 = scale * TC_LOG2E;
+    int h = kh * group, i0 = 0; /* the tile's head and first query */
     for (int it = 0; it < ntiles; it++) {
-        int h = kh * group + it / nqt, i0 = (it % nqt) * BQ;
-        size_t rowbase = ((size_t)b * H + h) * T;
-        if (it + 1 < ntiles) {
-            int hn = kh * group + (it + 1) / nqt, in0 = ((it + 1) % nqt) * BQ;
-            size_t qo = (((size_t)b * H + hn) * Tp + in0) * HS;
-            tc_bf16 *sn = st + ((it + 1) & 1) * NS * TQ;
-            tc_copy_tile<HS, BQ>(sn, ws.qh + qo);
-            if (SPLIT & 1) tc_copy_tile<HS, BQ>(sn + TQ, ws.ql + qo);
-            tc_copy_tile<HS, BQ>(sn + 2 * TQ, ws.oh + qo);
-            if (DP) tc_copy_tile<HS, BQ>(sn + 3 * TQ, ws.ol + qo);
-        }
+        int hn = h, in0 = i0 + BQ; /* the next tile's */
+        if (in0 == Tp) hn++, in0 = 0;
+        tc_cp_wait<0>(); /* this tile's copies have landed */
+        __syncthreads(); /* ... for every warp, and every warp is done with the other stage */
+        if (it + 1 < ntiles) load(hn, in0, (it + 1) & 1);
         tc_cp_commit();
-        if (tid < BQ) {
-            int i = i0 + tid;
-            sl[tid] = i < T ? lse[rowbase + i] * TC_LOG2E : 0.0f;
-            sD[tid] = i < T ? Dg[rowbase + i] : 0.0f;
-            kw[tid] = dm && i < T ? dm[(rowbase + i) * (Tp / TC_BC) + blockIdx.x] : 0;
-        }
-        tc_cp_wait<1>();
-        __syncthreads();
-        const tc_bf16 *Qs = st + (it & 1) * NS * TQ, *Ql = Qs + TQ, *Os = Qs + 2 * TQ, *Ol = Qs + 3 * TQ;
+        int cs = it & 1;
+        const tc_bf16 *Qs = st + cs * NS * TQ, *Ql = Qs + TQ, *Os = Qs + 2 * TQ, *Ol = Qs + 3 * TQ;
         float s[NT][4], dp[NT][4];
         tc_zero(s), tc_zero(dp);
-        if (SPLIT & 1) tc_mm_ss3<HS, NT>(s, Ks + w * 16 * LH, Kl + w * 16 * LH, LH, Qs, Ql, LH, lane);
-        else tc_mm_ss<HS, NT>(s, Ks + w * 16 * LH, LH, Qs, LH, lane);
-        if (DP) tc_mm_ss3<HS, NT>(dp, Vs + w * 16 * LH, Vl + w * 16 * LH, LH, Os, Ol, LH, lane);
-        else tc_mm_ss<HS, NT>(dp, Vs + w * 16 * LH, LH, Os, LH, lane);
+        if constexpr (X2) {
+            tc_mm_ss3x2<HS, NT>(s, dp, Ks + w * 16 * LH, Kl + w * 16 * LH, Qs, Ql, Vs + w * 16 * LH,
+                                Vl + w * 16 * LH, Os, Ol, LH, lane);
+        } else {
+            if (SPLIT & 1) tc_mm_ss3<HS, NT>(s, Ks + w * 16 * LH, Kl + w * 16 * LH, LH, Qs, Ql, LH, lane);
+            else tc_mm_ss<HS, NT>(s, Ks + w * 16 * LH, LH, Qs, LH, lane);
+            if (DP) tc_mm_ss3<HS, NT>(dp, Vs + w * 16 * LH, Vl + w * 16 * LH, LH, Os, Ol, LH, lane);
+            else tc_mm_ss<HS, NT>(dp, Vs + w * 16 * LH, LH, Os, LH, lane);
+        }
+        /* P̃ = P m and dS = P (dP̃ m - D) scale, 0 where P is: P m is +0 there as it is, dS
+         * takes a select (P · (±x) would give -0) */
 #pragma unroll
         for (int n = 0; n < NT; n++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int a = e >> 1, ic = n * 8 + 2 * t + (e & 1), i = i0 + ic;
-                float p = kin[a] && i < T ? exp2f(s[n][e] * sl2 - sl[ic]) : 0.0f;
-                float pt = 0, ds = 0;
-                if (p != 0) {
-                    float mf = dm ? tc_keep(kw[ic], jr[a], dscale) : 1.0f;
-                    pt = p * mf;
-                    ds = p * (dp[n][e] * mf - sD[ic]) * scale;
+            for (int c = 0; c < 2; c++) {
+                int ic = n * 8 + 2 * t + c;
+                float slc = sl[cs][ic] * TC_LOG2E, dc = sD[cs][ic];
+                uint32_t kb = dm ? kw[cs][w >> 1][ic] : 0;
+                bool iin = i0 + ic < T;
+#pragma unroll
+                for (int a = 0; a < 2; a++) {
+                    int e = 2 * a + c;
+                    float p = exp2f(s[n][e] * sl2 - slc);
+                    p = kin[a] && iin ? p : 0.0f;
+                    float mf = dm ? ((kb >> (jr[a] & 31)) & 1 ? dscale : 0.0f) : 1.0f;
+                    float ds = p * (dp[n][e] * mf - dc) * scale;
+                    s[n][e] = p * mf;
+                    dp[n][e] = p != 0 ? ds : 0.0f;
                 }
-                s[n][e] = pt;
-                dp[n][e] = ds;
             }
         { /* dSᵀ for k_fat_dq, rounded as the product below rounds it: keys jr, queries i0 + ic */
             tc_bf16 *drow = dst + (((size_t)b * H + h) * Tp + j0) * Tp + i0 + 2 * t;
@@ -514,7 +581,7 @@ __global__ void __launch_bounds__(TC_THREADS, HS <= 64 ? 3 : 1)
         }
         tc_mm_rs<BQ / 16, NO>(av, s, Os, LH, lane);
         tc_mm_rs<BQ / 16, NO>(ak, dp, Qs, LH, lane);
-        __syncthreads();
+        h = hn, i0 = in0;
     }
 #pragma unroll
     for (int a = 0; a < 2; a++) {
