@@ -19,8 +19,11 @@ static attn_layout layout(const tb_attention *p, int B, int T) {
     attn_layout l;
     size_t o = 0;
     l.act_q = o, o += linear_act_count(&p->q, n);
-    l.act_k = o, o += linear_act_count(&p->k, n);
-    l.act_v = o, o += linear_act_count(&p->v, n);
+    /* k and v use q's act where they may (the same input u: linear_same_x) */
+    if (linear_same_x(&p->q, &p->k)) l.act_k = l.act_q;
+    else l.act_k = o, o += linear_act_count(&p->k, n);
+    if (linear_same_x(&p->q, &p->v)) l.act_v = l.act_q;
+    else l.act_v = o, o += linear_act_count(&p->v, n);
     l.q = o, o += n * C;
     l.k = o, o += n * kv;
     l.v = o, o += n * kv;
@@ -131,8 +134,10 @@ void attention_forward(const tb_backend *be, real *out, real *act, const real *u
     int hs = p->C / p->H;
     size_t kv = (size_t)p->Hkv * hs;
     linear_forward(be, act + l.q, act + l.act_q, u, &p->q, n);
-    linear_forward(be, act + l.k, act + l.act_k, u, &p->k, n);
-    linear_forward(be, act + l.v, act + l.act_v, u, &p->v, n);
+    if (l.act_k == l.act_q) linear_forward_same_x(be, act + l.k, act + l.act_q, u, &p->k, n);
+    else linear_forward(be, act + l.k, act + l.act_k, u, &p->k, n);
+    if (l.act_v == l.act_q) linear_forward_same_x(be, act + l.v, act + l.act_q, u, &p->v, n);
+    else linear_forward(be, act + l.v, act + l.act_v, u, &p->v, n);
     if (uses_pos(p)) {
         write_table(be, act + l.tab, p, layer, T, hs);
         posenc_forward(be, act + l.q, act + l.q, act + l.tab, p->pos, B, T, p->H, hs,

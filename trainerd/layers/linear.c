@@ -127,3 +127,18 @@ void linear_backward_groups_set_act(const tb_backend *be, real *dx, real *scratc
                                         stats + 3 * g * rows, p[g].wq, p[g].sw, rows, p[g].in,
                                         p[g].out);
 }
+
+int linear_same_x(const tb_linear *a, const tb_linear *b) {
+    return a->bitnet && b->bitnet && a->in == b->in;
+}
+
+void linear_forward_same_x(const tb_backend *be, real *y, const real *act, const real *x,
+                           const tb_linear *p, size_t ntok) {
+    if (!p->bitnet) {
+        be->dense.linear_fwd(y, x, p->w, ntok, p->in, p->out);
+        return;
+    }
+    const real *stats = act;
+    const int8_t *xq = (const int8_t *)(act + linear_xq_offset(ntok));
+    be->dense.bitlinear_fwd(y, xq, stats, p->wq, p->sw, ntok, p->in, p->out);
+}

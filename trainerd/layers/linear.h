@@ -73,6 +73,13 @@ void linear_backward_set(const struct tb_backend *be, real *dx, real *scratch, c
  * rows) reals. */
 void linear_forward_groups(const struct tb_backend *be, real *y, real *act, const real *x,
                            const tb_linear *p, int G, size_t rows);
+/* Whether b may use a's act for the same input x (both BitLinears of the same width: the
+ * activation codes and scales depend on x alone), and linear_forward of such a b from the
+ * act a linear_forward of a wrote: the values of linear_forward, without quantising x
+ * again. Layers whose projections share an input keep one act for all of them. */
+int linear_same_x(const tb_linear *a, const tb_linear *b);
+void linear_forward_same_x(const struct tb_backend *be, real *y, const real *act, const real *x,
+                           const tb_linear *p, size_t ntok);
 /* The writing backward of linear_forward_groups: dx = ... (all G·rows rows), p[g].dw += ...;
  * the values of linear_backward_set per group. */
 void linear_backward_groups_set(const struct tb_backend *be, real *dx, real *scratch,

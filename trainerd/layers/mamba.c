@@ -45,9 +45,13 @@ static mb_act mb_layout(real *base, const tb_mamba *p, int B, int T) {
     a.l_x = take(base, &off, linear_act_count(&p->x_proj, ntok));
     a.l_dt = take(base, &off, linear_act_count(&p->dt_proj, ntok));
     a.l_out = take(base, &off, linear_act_count(&p->out_proj, ntok));
-    a.l_q = take(base, &off, p->titan ? linear_act_count(&p->mem_q, ntok) : 0);
-    a.l_k = take(base, &off, p->titan ? linear_act_count(&p->mem_k, ntok) : 0);
-    a.l_v = take(base, &off, p->titan ? linear_act_count(&p->mem_v, ntok) : 0);
+    /* the memory projections read u as in_proj does: its act where they may (linear_same_x) */
+    const tb_linear *mem[3] = {&p->mem_q, &p->mem_k, &p->mem_v};
+    real **lm[3] = {&a.l_q, &a.l_k, &a.l_v};
+    for (int i = 0; i < 3; i++)
+        *lm[i] = !p->titan ? take(base, &off, 0)
+                 : linear_same_x(&p->in_proj, mem[i]) ? a.l_in
+                                                      : take(base, &off, linear_act_count(mem[i], ntok));
     a.total = off;
     return a;
 }
@@ -115,9 +119,12 @@ void mamba_forward(const tb_backend *be, real *out, real *act, const real *u, co
     linear_forward(be, out, a.l_out, a.yg, &p->out_proj, ntok);
     if (p->titan) {
         int C = p->C;
-        linear_forward(be, a.qm, a.l_q, u, &p->mem_q, ntok);
-        linear_forward(be, a.km, a.l_k, u, &p->mem_k, ntok);
-        linear_forward(be, a.vm, a.l_v, u, &p->mem_v, ntok);
+        const tb_linear *mem[3] = {&p->mem_q, &p->mem_k, &p->mem_v};
+        real *ym[3] = {a.qm, a.km, a.vm}, *lm[3] = {a.l_q, a.l_k, a.l_v};
+        for (int i = 0; i < 3; i++) {
+            if (lm[i] == a.l_in) linear_forward_same_x(be, ym[i], a.l_in, u, mem[i], ntok);
+            else linear_forward(be, ym[i], lm[i], u, mem[i], ntok);
+        }
         be->seq.titan_forward(a.r, a.qn, a.kn, a.qm, a.km, a.vm, p->mem_decay, B, T, p->H,
                               C / p->H, be);
         be->core.axpy(out, R(1.0), a.r, ntok * (size_t)C);

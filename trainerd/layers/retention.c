@@ -2,7 +2,8 @@
 #include "../backend.h"
 
 /* Activation layout, ntok = B·T rows of C: q, k, v, g, y, yn = Nr(y), z = yn ⊙ silu(g),
- * then the five linears' acts (q, k, v, g, o) and the norm's. */
+ * then the five linears' acts (q, k, v, g, o; k, v and g use q's where they may, the
+ * input u being the same: linear_same_x) and the norm's. */
 typedef struct ret_act {
     real *q, *k, *v, *g, *y, *yn, *z, *lq, *lk, *lv, *lg, *lo, *nr;
     size_t total;
@@ -16,6 +17,10 @@ static ret_act ret_layout(real *base, const tb_retention *p, size_t ntok) {
     const tb_linear *lin[5] = {&p->q, &p->k, &p->v, &p->g, &p->o};
     real **lact[5] = {&a.lq, &a.lk, &a.lv, &a.lg, &a.lo};
     for (int i = 0; i < 5; i++) {
+        if (i >= 1 && i <= 3 && linear_same_x(&p->q, lin[i])) {
+            *lact[i] = a.lq;
+            continue;
+        }
         *lact[i] = base ? base + off : NULL;
         off += linear_act_count(lin[i], ntok);
     }
@@ -50,9 +55,12 @@ void retention_forward(const tb_backend *be, real *out, real *act, const real *u
     int C = p->C;
     ret_act a = ret_layout(act, p, ntok);
     linear_forward(be, a.q, a.lq, u, &p->q, ntok);
-    linear_forward(be, a.k, a.lk, u, &p->k, ntok);
-    linear_forward(be, a.v, a.lv, u, &p->v, ntok);
-    linear_forward(be, a.g, a.lg, u, &p->g, ntok);
+    const tb_linear *kvg[3] = {&p->k, &p->v, &p->g};
+    real *ys[3] = {a.k, a.v, a.g}, *acts[3] = {a.lk, a.lv, a.lg};
+    for (int i = 0; i < 3; i++) {
+        if (acts[i] == a.lq) linear_forward_same_x(be, ys[i], a.lq, u, kvg[i], ntok);
+        else linear_forward(be, ys[i], acts[i], u, kvg[i], ntok);
+    }
     be->seq.retention_forward(a.y, a.q, a.k, a.v, B, T, p->H, C / p->H, p->bidirectional, be);
     norm_forward(be, a.yn, a.nr, a.y, &p->norm, ntok);
     be->seq.mul_silu_forward(a.z, a.yn, a.g, ntok, C, C, C, be);
