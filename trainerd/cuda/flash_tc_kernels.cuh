@@ -16,23 +16,79 @@
  * call, a thread a word (the Philox blocks of four consecutive elements that cover its 64),
  * by the extra block row of k_fat_prep, instead of in each kernel's inner loop. One 64-key
  * tile is one word. Words x = start, start + stride, ... below rows · W. */
+/* Philox4x32-10 (tbc_philox_block) at counter (c0, c1, c2, c3) with c0..c2 and the key
+ * fixed: the first round and half the second depend on them alone, so they are done once
+ * (tc_philox_pre) and each block costs 17 of the 20 multiplies. Same words bit for bit. */
+struct tc_philox_pre {
+    uint32_t v, a, b, c, k0, k1; /* c2 of round 0 is v ^ c3; after round 1 (hi ^ a, lo, b, c) */
+};
+__device__ __forceinline__ tc_philox_pre tc_philox_prep(uint32_t k0, uint32_t k1, uint32_t c0, uint32_t c1,
+                                                        uint32_t c2) {
+    tc_philox_pre P;
+    uint32_t hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
+    uint32_t hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
+    uint32_t u0 = hi1 ^ c1 ^ k0; /* round 0's c0, c1 = lo1, c2 = hi0 ^ c3 ^ k1, c3 = lo0 */
+    P.v = hi0 ^ k1;
+    k0 += 0x9E3779B9u, k1 += 0xBB67AE85u;
+    P.a = lo1 ^ k0; /* round 1: c0 = hi(M1 c2) ^ lo1 ^ k0, c2 = hi(M0 u0) ^ lo0 ^ k1, c3 = lo(M0 u0) */
+    P.b = __umulhi(0xD2511F53u, u0) ^ lo0 ^ k1;
+    P.c = 0xD2511F53u * u0;
+    P.k0 = k0 + 0x9E3779B9u, P.k1 = k1 + 0xBB67AE85u;
+    return P;
+}
+/* (h << 1) | the sign bit of y (a funnel shift) */
+__device__ __forceinline__ uint32_t tc_shl1_in(uint32_t h, uint32_t y) {
+#if defined(TBC_EMU)
+    return h << 1 | y >> 31;
+#else
+    return __funnelshift_l(y, h, 1);
+#endif
+}
+__device__ __forceinline__ void tc_philox_run(const tc_philox_pre &P, uint32_t c3, uint32_t w[4]) {
+    uint32_t x = P.v ^ c3;
+    uint32_t c0 = __umulhi(0xCD9E8D57u, x) ^ P.a, c1 = 0xCD9E8D57u * x, c2 = P.b;
+    c3 = P.c;
+    uint32_t k0 = P.k0, k1 = P.k1;
+#pragma unroll
+    for (int r = 2; r < 10; r++) {
+        uint32_t hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
+        uint32_t hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
+        c0 = hi1 ^ c1 ^ k0;
+        c1 = lo1;
+        c2 = hi0 ^ c3 ^ k1;
+        c3 = lo0;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    w[0] = c0, w[1] = c1, w[2] = c2, w[3] = c3;
+}
 __device__ __forceinline__ void tc_dropmask_words(uint64_t *dm, const tbc_drop &d, uint32_t site, size_t rows,
                                                   int T, int W, size_t start, size_t stride) {
     size_t n = rows * (size_t)W;
+    tc_philox_pre P = tc_philox_prep(d.k0, d.k1, d.step, d.layer, site);
+#if !defined(TBC_EMU)
+    /* in registers: as uniform values the compiler splits P's XORs again and copies
+     * operands per block */
+    asm volatile("" : "+r"(P.v), "+r"(P.a), "+r"(P.b), "+r"(P.c));
+#endif
+    /* element e dropped where (w >> 8) - thr < 0 (thr <= 2^24; none kept above) */
+    uint32_t nthr = 0u - d.thr;
+    uint64_t any = d.thr > 0xFFFFFFu ? 0 : ~(uint64_t)0;
     for (size_t x = start; x < n; x += stride) {
         size_t row = x / W;
         int j0 = (int)(x % W) * 64, jn = T - j0 < 64 ? T - j0 : 64;
         uint64_t e0 = (uint64_t)row * T + j0, e1 = e0 + (uint64_t)jn, bits = 0;
         if (jn == 64 && (e0 & 3) == 0) { /* a whole word of whole blocks: no bounds per element */
-#pragma unroll 4
-            for (int q4 = 0; q4 < 16; q4++) {
+            /* the dropped flags, shifted in from the last element down to the first */
+            uint32_t b0 = (uint32_t)(e0 / 4), half[2] = {0, 0};
+#pragma unroll
+            for (int q4 = 15; q4 >= 0; q4--) {
                 uint32_t w[4];
-                tbc_philox_block(d.k0, d.k1, d.step, d.layer, site, e0 + 4 * (uint64_t)q4, w);
-                uint64_t nib = (uint64_t)((w[0] >> 8) >= d.thr) | (uint64_t)((w[1] >> 8) >= d.thr) << 1 |
-                               (uint64_t)((w[2] >> 8) >= d.thr) << 2 | (uint64_t)((w[3] >> 8) >= d.thr) << 3;
-                bits |= nib << (4 * q4);
+                tc_philox_run(P, b0 + (uint32_t)q4, w);
+#pragma unroll
+                for (int e = 3; e >= 0; e--) half[q4 / 8] = tc_shl1_in(half[q4 / 8], (w[e] >> 8) + nthr);
             }
-            dm[x] = bits;
+            dm[x] = ~((uint64_t)half[1] << 32 | half[0]) & any;
             continue;
         }
         for (uint64_t blk = e0 & ~(uint64_t)3; blk < e1; blk += 4) {
@@ -173,19 +229,22 @@ static inline void tc_prep_drop(tc_prep_jobs &J, const tbc_drop &d, uint32_t sit
     J.d = d, J.site = site;
     J.by_tp = tc_fdiv_make((unsigned)tc_fat_tp(T));
 }
-/* Blocks a task of k_fat_prep needs: the largest job's quads (H >= Hkv) over 256 threads. */
+/* Blocks a task of k_fat_prep needs: the largest job's eights (H >= Hkv) over 256 threads. */
 static inline size_t tc_prep_blocks(int B, int T, int H, int HS) {
-    return ((size_t)B * H * tc_fat_tp(T) * HS / 4 + 255) / 256;
+    return ((size_t)B * H * tc_fat_tp(T) * HS / 8 + 255) / 256;
 }
 static inline unsigned tc_prep_tasks(const tc_prep_jobs &J) { return (unsigned)(J.n + (J.dm != NULL)); }
 
-/* hi / lo of a job, four values a thread per grid-stride step (HS is a multiple of 8), and
+/* hi / lo of a job, eight values a thread per grid-stride step (HS is a multiple of 8), and
  * the dropout bits: block b serves task b % ntask (the jobs, then the bits when jobs.dm is
  * set) as its block b / ntask of gridDim.x / ntask, so the memory-bound staging and the
  * arithmetic-bound draws are interleaved over the machine in one launch. Index arithmetic
  * in 32 bits (tc_prep_fits: a job's B·heads·Tp·HS < 2^32) with HS a template argument: the
- * 64-bit divisions per quad were most of the staging's time. One 16-byte load per quad
- * where the job's row stride, hs and base allow. */
+ * 64-bit divisions per quad were most of the staging's time. 16-byte loads where the
+ * job's row stride, hs and base allow, and one 16-byte store of hi and of lo (eight values
+ * instead of four a step: 56.1 -> 48.2 µs forward, 61.0 -> 53.7 µs backward with dropout
+ * on frankenstein, with tc_dropmask_words' 17-multiply Philox and funnel-shift packing
+ * 42.7 and 51.5 µs; bit-identical, 2026-11-25). */
 static inline bool tc_prep_fits(int B, int T, int H, int HS) {
     return (unsigned long long)B * H * tc_fat_tp(T) * HS < (1ull << 32);
 }
@@ -199,32 +258,36 @@ __global__ void k_fat_prep(tc_prep_jobs jobs, int T, int Tp, int hs, int B) {
         return;
     }
     const tc_prep_job &J = jobs.j[task];
-    unsigned n = (unsigned)B * (unsigned)J.heads * (unsigned)Tp * (HS / 4), heads = (unsigned)J.heads;
+    /* eight values (two quads, one 16-byte store of hi and of lo) a thread a step */
+    unsigned n = (unsigned)B * (unsigned)J.heads * (unsigned)Tp * (HS / 8), heads = (unsigned)J.heads;
     bool vec = hs % 4 == 0 && J.ld % 4 == 0 && ((uintptr_t)J.x & 15) == 0;
     for (unsigned p = bx * blockDim.x + threadIdx.x; p < n; p += nb * blockDim.x) {
-        unsigned e = 4 * p, rr = e / HS, c = e % HS, bh = tc_fdiv_q(rr, jobs.by_tp), r = rr - bh * (unsigned)Tp;
+        unsigned rr = p / (HS / 8), c = p % (HS / 8) * 8, bh = tc_fdiv_q(rr, jobs.by_tp), r = rr - bh * (unsigned)Tp;
         unsigned b = tc_fdiv_q(bh, J.by_heads), h = bh - b * heads;
-        float x[4] = {0, 0, 0, 0};
-        if (r < (unsigned)T) {
+        float x[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        if (r < (unsigned)T && (int)c < hs) {
             const float *px = J.x + ((size_t)b * T + r) * J.ld + (size_t)h * hs + c;
-            if (vec && (int)c + 3 < hs) {
+            if (vec) { /* hs % 4 == 0: c + 3 < hs */
                 float4 q4 = *reinterpret_cast<const float4 *>(px);
                 x[0] = q4.x, x[1] = q4.y, x[2] = q4.z, x[3] = q4.w;
+                if ((int)c + 7 < hs) {
+                    q4 = *reinterpret_cast<const float4 *>(px + 4);
+                    x[4] = q4.x, x[5] = q4.y, x[6] = q4.z, x[7] = q4.w;
+                }
             } else {
 #pragma unroll
-                for (int i = 0; i < 4; i++)
+                for (int i = 0; i < 8; i++)
                     if ((int)c + i < hs) x[i] = px[i];
             }
         }
-        uint32_t hv[2], lv[2];
-        tc_split(x[0], x[1], hv[0], lv[0]);
-        tc_split(x[2], x[3], hv[1], lv[1]);
-        uint32_t *ph = reinterpret_cast<uint32_t *>(J.hi + e);
-        ph[0] = hv[0], ph[1] = hv[1];
-        if (J.lo) {
-            uint32_t *pl = reinterpret_cast<uint32_t *>(J.lo + e);
-            pl[0] = lv[0], pl[1] = lv[1];
-        }
+        int4 hv, lv;
+        uint32_t t0, t1;
+        tc_split(x[0], x[1], t0, t1), hv.x = (int)t0, lv.x = (int)t1;
+        tc_split(x[2], x[3], t0, t1), hv.y = (int)t0, lv.y = (int)t1;
+        tc_split(x[4], x[5], t0, t1), hv.z = (int)t0, lv.z = (int)t1;
+        tc_split(x[6], x[7], t0, t1), hv.w = (int)t0, lv.w = (int)t1;
+        *reinterpret_cast<int4 *>(J.hi + 8 * (size_t)p) = hv;
+        if (J.lo) *reinterpret_cast<int4 *>(J.lo + 8 * (size_t)p) = lv;
     }
 }
 
@@ -389,52 +452,79 @@ __global__ void __launch_bounds__(TC_THREADS)
              int set) {
     constexpr int LH = HS + 8, LD = TC_BR + 8, NO = HS / 8, TD = TC_BC * LD;
     constexpr int KL = SPLIT & 1, TK = TC_BC * LH * (1 + KL);
+    constexpr int NH = NO / 2, KC = TC_BC / 16; /* a warp's n-tiles; k-chunks a tile */
     TC_DYN_SMEM(tc_sm);
-    /* stage s at st + s (TD + TK): dSᵀ [TC_BC][LD], K [TC_BC][LH], with KL its lo half */
-    tc_bf16 *st = (tc_bf16 *)tc_sm;
+    /* two stages of dSᵀ [TC_BC][LD] at ds, then two of K [TC_BC][LH] (and with KL its lo half) */
+    tc_bf16 *ds = (tc_bf16 *)tc_sm, *ks = ds + 2 * TD;
     int tid = threadIdx.x, lane = tid % 32, w = tid / 32, g = lane / 4, t = lane % 4;
+    /* warp w: queries 32 (w & 1) .. + 31 (two m-tiles) x columns NH 8 (w >> 1) .. (half the
+     * n-tiles): the dS fragments serve both K halves and the K fragments both m-tiles, 24
+     * ldmatrix a warp and tile instead of 40 (frankenstein 57.4 -> 56.1 µs; the kernel is
+     * bound by L2 traffic, 78% busy, and latency: 128 queries a block, halving the K reads,
+     * or a third dSᵀ stage were no faster, 2026-11-25) */
+    int wr = (w & 1) * 32, wc = (w >> 1) * NH * 8;
     int i0 = blockIdx.x * TC_BR, h = blockIdx.y, b = blockIdx.z;
     int kh = h / (H / Hkv), nt = Tp / TC_BC;
     const tc_bf16 *db = dst + ((size_t)b * H + h) * Tp * Tp + i0; /* key row j at db + j Tp */
     size_t ko = ((size_t)b * Hkv + kh) * Tp * HS;
-    tc_copy_tile<TC_BR, TC_BC>(st, db, (size_t)Tp);
-    tc_copy_tile<HS, TC_BC>(st + TD, ws.kh + ko);
-    if (KL) tc_copy_tile<HS, TC_BC>(st + TD + TC_BC * LH, ws.kl + ko);
+    auto load = [&](int jt) { /* tile jt into stage jt & 1 */
+        size_t kn = ko + (size_t)jt * TC_BC * HS;
+        tc_bf16 *sk = ks + (jt & 1) * TK;
+        tc_copy_tile<TC_BR, TC_BC>(ds + (jt & 1) * TD, db + (size_t)jt * TC_BC * Tp, (size_t)Tp);
+        tc_copy_tile<HS, TC_BC>(sk, ws.kh + kn);
+        if (KL) tc_copy_tile<HS, TC_BC>(sk + TC_BC * LH, ws.kl + kn);
+    };
+    load(0);
     tc_cp_commit();
-    float acc[NO][4];
-    tc_zero(acc);
+    float acc[2][NH][4];
+    tc_zero(acc[0]), tc_zero(acc[1]);
     for (int jt = 0; jt < nt; jt++) {
-        if (jt + 1 < nt) {
-            tc_bf16 *sn = st + ((jt + 1) & 1) * (TD + TK);
-            size_t kn = ko + (size_t)(jt + 1) * TC_BC * HS;
-            tc_copy_tile<TC_BR, TC_BC>(sn, db + (size_t)(jt + 1) * TC_BC * Tp, (size_t)Tp);
-            tc_copy_tile<HS, TC_BC>(sn + TD, ws.kh + kn);
-            if (KL) tc_copy_tile<HS, TC_BC>(sn + TD + TC_BC * LH, ws.kl + kn);
-        }
+        if (jt + 1 < nt) load(jt + 1);
         tc_cp_commit();
-        tc_cp_wait<1>();
+        tc_cp_wait<1>(); /* tile jt has landed */
         __syncthreads();
-        const tc_bf16 *Ds = st + (jt & 1) * (TD + TK), *Ks = Ds + TD;
-        if (KL) tc_mm<TC_BC, NO, true, true>(acc, Ds + w * 16, LD, Ks + TC_BC * LH, LH, lane);
-        tc_mm<TC_BC, NO, true, true>(acc, Ds + w * 16, LD, Ks, LH, lane);
-        __syncthreads();
+        const tc_bf16 *Ds = ds + (jt & 1) * TD, *Ks = ks + (jt & 1) * TK + wc;
+        uint32_t a[KC][2][4];
+#pragma unroll
+        for (int kc = 0; kc < KC; kc++)
+#pragma unroll
+            for (int m = 0; m < 2; m++) tc_frag_at(a[kc][m], Ds + wr + 16 * m, LD, kc, lane);
+        /* each accumulator: dS Kl over the tile's k-chunks, then dS Kh (as tc_mm twice) */
+#pragma unroll
+        for (int pass = 1 - KL; pass < 2; pass++) {
+            const tc_bf16 *Kp = pass ? Ks : Ks + TC_BC * LH;
+#pragma unroll
+            for (int kc = 0; kc < KC; kc++)
+#pragma unroll
+                for (int p = 0; p < NH / 2; p++) {
+                    uint32_t bf[4];
+                    tc_frag_bk(bf, Kp, LH, p, kc, lane);
+#pragma unroll
+                    for (int m = 0; m < 2; m++) {
+                        const uint32_t(&am)[4] = a[kc][m];
+                        tc_mma(acc[m][2 * p], am[0], am[1], am[2], am[3], bf[0], bf[1]);
+                        tc_mma(acc[m][2 * p + 1], am[0], am[1], am[2], am[3], bf[2], bf[3]);
+                    }
+                }
+        }
+        __syncthreads(); /* every warp is done with the stage the next copies fill */
     }
-    int r[2] = {w * 16 + g, w * 16 + g + 8};
 #pragma unroll
-    for (int a = 0; a < 2; a++) {
-        int i = i0 + r[a];
-        if (i >= T) continue;
-        float *gq = dq + ((size_t)b * T + i) * ldq + (size_t)h * hs;
+    for (int m = 0; m < 2; m++)
 #pragma unroll
-        for (int n = 0; n < NO; n++)
+        for (int a = 0; a < 2; a++) {
+            int i = i0 + wr + 16 * m + g + 8 * a;
+            if (i >= T) continue;
+            float *gq = dq + ((size_t)b * T + i) * ldq + (size_t)h * hs;
 #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                int c = n * 8 + 2 * t + e;
-                if (c < hs) gq[c] = set ? acc[n][2 * a + e] : gq[c] + acc[n][2 * a + e];
-            }
-    }
+            for (int n = 0; n < NH; n++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    int c = wc + n * 8 + 2 * t + e;
+                    if (c < hs) gq[c] = set ? acc[m][n][2 * a + e] : gq[c] + acc[m][n][2 * a + e];
+                }
+        }
 }
-
 /* The split products of Sᵀ = K Qᵀ and dP̃ᵀ = V dOᵀ side by side (tc_mm_ss3 twice, each
  * accumulator's mma in the same order): twice the independent mma chains between the
  * fragment loads. */
