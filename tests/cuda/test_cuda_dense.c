@@ -130,35 +130,6 @@ static void test_bitlinear_quantisers_and_integer_product_bit_identical(void **s
                 check_dev("dense.bitlinear_bwd_set dw", gdw, dw, cnt);
                 tb_cuda_free(sdx);
             }
-            /* bitlinear_bwd_set_act: the input act(h) applied inside, against act_forward
-             * into x then bitlinear_bwd_set on the GPU, bit for bit, both activations, fp32
-             * and bf16 modes */
-            for (int mode = 0; mode < 2 && !edge; mode++) {
-                if (mode && ct_gpu->core.set_precision(TB_PREC_BF16) != TB_PREC_BF16) break;
-                for (int kind = 0; kind < 2; kind++) {
-                    float *h = rnd(n * in, -4, 4);
-                    float *gh = ct_up(h, n * in * 4), *gxa = ct_poisoned(n * in * 4), *gst2 = ct_poisoned(n * 12);
-                    int8_t *gxq2 = ct_poisoned(n * in);
-                    ct_gpu->seq.act_forward(gxa, gh, n * in, kind, ct_gpu);
-                    ct_gpu->dense.bitlinear_quant_x(gxq2, gst2, gxa, n, in);
-                    float *dwa = ct_up(dw, cnt * 4), *dwb = ct_up(dw, cnt * 4);
-                    float *dxa = ct_poisoned(n * in * 4), *dxb = ct_poisoned(n * in * 4);
-                    ct_gpu->dense.bitlinear_bwd_set_act(dxa, dwa, gdxh, gdy, gh, kind, gxq2, gst2, gwq, gsw, n, in, out);
-                    ct_gpu->dense.bitlinear_bwd_set(dxb, dwb, gdxh, gdy, gxa, gxq2, gst2, gwq, gsw, n, in, out);
-                    float *ha = ct_hmalloc(n * in * 4), *hb = ct_hmalloc(n * in * 4);
-                    ct_down(ha, dxa, n * in * 4), ct_down(hb, dxb, n * in * 4);
-                    assert_memory_equal(ha, hb, n * in * 4);
-                    free(ha), free(hb);
-                    ha = ct_hmalloc(cnt * 4), hb = ct_hmalloc(cnt * 4);
-                    ct_down(ha, dwa, cnt * 4), ct_down(hb, dwb, cnt * 4);
-                    assert_memory_equal(ha, hb, cnt * 4);
-                    ct_record("dense.bitlinear_bwd_set_act (bitwise)", 0.0);
-                    free(ha), free(hb), free(h);
-                    tb_cuda_free(gh), tb_cuda_free(gxa), tb_cuda_free(gst2), tb_cuda_free(gxq2);
-                    tb_cuda_free(dwa), tb_cuda_free(dwb), tb_cuda_free(dxa), tb_cuda_free(dxb);
-                }
-                if (mode) ct_gpu->core.set_precision(TB_PREC_FP32);
-            }
             /* The bf16 mode's backward (dy, x̃ and Ŵ rounded to bf16 for both GEMMs):
              * within the bf16 bound, dxhat (overwritten, not accumulated) included. */
             if (ct_gpu->core.set_precision(TB_PREC_BF16) == TB_PREC_BF16) {

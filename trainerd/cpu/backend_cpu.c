@@ -21,17 +21,6 @@ static void cpu_bitlinear_bwd_set(real *dx, real *dw, real *dxhat, const real *d
     cpu_backend.dense.bitlinear_bwd(dx, dw, dxhat, dy, x, xq, stats, wq, sw, n, in, out);
 }
 
-static void cpu_bitlinear_bwd_set_act(real *dx, real *dw, real *dxhat, const real *dy,
-                                      const real *h, int kind, const int8_t *xq,
-                                      const real *stats, const int8_t *wq, const real *sw, size_t n,
-                                      int in, int out) {
-    real *x = malloc(n * (size_t)in * sizeof *x + 1);
-    if (!x) abort(); /* out of host memory in a backward: nothing sane to return */
-    cpu_backend.seq.act_forward(x, h, n * (size_t)in, kind, &cpu_backend);
-    cpu_bitlinear_bwd_set(dx, dw, dxhat, dy, x, xq, stats, wq, sw, n, in, out);
-    free(x);
-}
-
 static void cpu_attn_bwd_set(real *dq, real *dk, real *dv, real *work, const real *dout,
                              const real *out, const real *probs, const real *rowstat,
                              const real *q, const real *k, const real *v, size_t ldq, size_t ldkv,
@@ -73,7 +62,6 @@ static void cpu_backend_init(void) {
     if (!ref || !*ref || *ref == '0') tb_cpu_core_accelerate_dense(&cpu_backend.dense);
     tb_cpu_ops_seq_init(&cpu_backend.seq);
     cpu_backend.dense.bitlinear_bwd_set = cpu_bitlinear_bwd_set;
-    cpu_backend.dense.bitlinear_bwd_set_act = cpu_bitlinear_bwd_set_act;
     cpu_backend.dense.attn_bwd_set = cpu_attn_bwd_set;
     cpu_backend.dense.bitlinear_quant_w_many = cpu_bitlinear_quant_w_many;
     cpu_backend.dense.sum_squares_dev = cpu_backend.dense.sum_squares; /* host memory */

@@ -240,17 +240,16 @@ __global__ void k_wtilde(float *wt, const int8_t *wq, const float *sw, size_t co
     GRID_STRIDE(i, count) wt[i] = wq[i] > 0 ? c : wq[i] < 0 ? -c : 0.0f;
 }
 
-/* LN0ᵀ per row: dx += rstd (g - mean(g) - x̂ mean(g ⊙ x̂)) (SET: dx = ..., ACT: x = act(x),
- * k_ln0_bwd_warp). */
-template <bool SET, bool ACT>
-__global__ void k_ln0_bwd(float *dx, const float *g_all, const float *x, const float *stats, int in, int act) {
+/* LN0ᵀ per row: dx += rstd (g - mean(g) - x̂ mean(g ⊙ x̂)) (SET: dx = ..., k_ln0_bwd_warp). */
+template <bool SET>
+__global__ void k_ln0_bwd(float *dx, const float *g_all, const float *x, const float *stats, int in) {
     __shared__ double sh[ROW_THREADS];
     size_t t = blockIdx.x;
     const float *g = g_all + t * in, *xr = x + t * in;
     float mean = stats[3 * t], rstd = stats[3 * t + 1];
     double sg = 0, sgx = 0;
     for (int j = threadIdx.x; j < in; j += blockDim.x) {
-        float xh = ((ACT ? act_f(xr[j], act) : xr[j]) - mean) * rstd;
+        float xh = (xr[j] - mean) * rstd;
         sg += g[j];
         sgx += (double)(g[j] * xh);
     }
@@ -258,34 +257,31 @@ __global__ void k_ln0_bwd(float *dx, const float *g_all, const float *x, const f
     sgx = tbc_block_sum_d(sgx, sh);
     float mg = (float)(sg / in), mgx = (float)(sgx / in);
     for (int j = threadIdx.x; j < in; j += blockDim.x) {
-        float xh = ((ACT ? act_f(xr[j], act) : xr[j]) - mean) * rstd;
+        float xh = (xr[j] - mean) * rstd;
         float v = rstd * (g[j] - mg - xh * mgx);
         if (SET) dx[t * in + j] = v;
         else dx[t * in + j] += v;
     }
 }
 
-/* LN0ᵀ onto dx from g = dL/dx̂ (the backward's last stage, both precisions); ACT: x holds
- * h, the input being act(h) (act: 1 gelu, 0 silu). */
-template <bool SET, bool ACT>
-static void ln0_bwd_t(real *dx, const real *g, const real *x, const real *stats, size_t n, int in, int act) {
+/* LN0ᵀ onto dx from g = dL/dx̂ (the backward's last stage, both precisions). */
+template <bool SET>
+static void ln0_bwd_t(real *dx, const real *g, const real *x, const real *stats, size_t n, int in) {
     if (n / DK_ROWS < 65535u * 1024u && in <= 2048) {
         unsigned gr = dk_blocks(n), th = 32 * DK_ROWS;
-        if (in <= 256) k_ln0_bwd_warp<8, SET, ACT><<<gr, th, 0, S()>>>(dx, g, x, stats, n, in, act);
-        else if (in <= 512) k_ln0_bwd_warp<16, SET, ACT><<<gr, th, 0, S()>>>(dx, g, x, stats, n, in, act);
-        else if (in <= 1024) k_ln0_bwd_warp<32, SET, ACT><<<gr, th, 0, S()>>>(dx, g, x, stats, n, in, act);
-        else k_ln0_bwd_warp<64, SET, ACT><<<gr, th, 0, S()>>>(dx, g, x, stats, n, in, act);
+        if (in <= 256) k_ln0_bwd_warp<8, SET><<<gr, th, 0, S()>>>(dx, g, x, stats, n, in);
+        else if (in <= 512) k_ln0_bwd_warp<16, SET><<<gr, th, 0, S()>>>(dx, g, x, stats, n, in);
+        else if (in <= 1024) k_ln0_bwd_warp<32, SET><<<gr, th, 0, S()>>>(dx, g, x, stats, n, in);
+        else k_ln0_bwd_warp<64, SET><<<gr, th, 0, S()>>>(dx, g, x, stats, n, in);
     } else {
-        k_ln0_bwd<SET, ACT><<<(unsigned)n, ROW_THREADS, 0, S()>>>(dx, g, x, stats, in, act);
+        k_ln0_bwd<SET><<<(unsigned)n, ROW_THREADS, 0, S()>>>(dx, g, x, stats, in);
     }
     TBC_LAUNCHED();
 }
 
-/* act < 0: x is the input; else x holds h and the input is act(h) (the set form only). */
-static void ln0_bwd(real *dx, const real *g, const real *x, const real *stats, size_t n, int in, int set, int act) {
-    if (act >= 0) ln0_bwd_t<true, true>(dx, g, x, stats, n, in, act);
-    else if (set) ln0_bwd_t<true, false>(dx, g, x, stats, n, in, 0);
-    else ln0_bwd_t<false, false>(dx, g, x, stats, n, in, 0);
+static void ln0_bwd(real *dx, const real *g, const real *x, const real *stats, size_t n, int in, int set) {
+    if (set) ln0_bwd_t<true>(dx, g, x, stats, n, in);
+    else ln0_bwd_t<false>(dx, g, x, stats, n, in);
 }
 
 /* The bf16 mode's operands: dy, x̃ and Ŵ rounded to bf16 (the rounding FAST_16BF allows;
@@ -370,7 +366,7 @@ __global__ void k_bl_bf16_operands(bl_ops o) {
  * untouched when dx is NULL (x̃ lives in scratch here). */
 static void bitlinear_bwd_bf16(real *dx, real *dw, real *dxhat, const real *dy, const real *x, const int8_t *xq,
                                const real *stats, const int8_t *wq, const real *sw, size_t n, int in, int out,
-                               int set, int act) {
+                               int set) {
     size_t nin = n * (size_t)in, nout = n * (size_t)out, cnt = (size_t)out * in;
     bl_ops o;
     memset(&o, 0, sizeof o);
@@ -392,17 +388,16 @@ static void bitlinear_bwd_bf16(real *dx, real *dw, real *dxhat, const real *dy, 
     tbc_gemm_bf16(dw, dyb, xtb, out, in, (int)n, 1, 0, out, in, in, 1.0f, 1.0f);
     if (!dx) return;
     tbc_gemm_bf16(dxhat, dyb, wtb, (int)n, in, out, 0, 0, out, in, in, 1.0f, 0.0f);
-    ln0_bwd(dx, dxhat, x, stats, n, in, set, act);
+    ln0_bwd(dx, dxhat, x, stats, n, in, set);
 }
 
-/* set: dx = LN0ᵀ(dxhat) (bitlinear_bwd_set) instead of dx +=; act >= 0 (with set): x holds
- * h and the input is act(h) (bitlinear_bwd_set_act). */
+/* set: dx = LN0ᵀ(dxhat) (bitlinear_bwd_set) instead of dx +=. */
 static void bitlinear_bwd_any(real *dx, real *dw, real *dxhat, const real *dy, const real *x, const int8_t *xq,
                               const real *stats, const int8_t *wq, const real *sw, size_t n, int in, int out,
-                              int set, int act) {
+                              int set) {
     if (!n) return;
     if (tbc_g->prec == TB_PREC_BF16) {
-        bitlinear_bwd_bf16(dx, dw, dxhat, dy, x, xq, stats, wq, sw, n, in, out, set, act);
+        bitlinear_bwd_bf16(dx, dw, dxhat, dy, x, xq, stats, wq, sw, n, in, out, set);
         return;
     }
     size_t nin = n * (size_t)in, cnt = (size_t)out * in;
@@ -420,25 +415,19 @@ static void bitlinear_bwd_any(real *dx, real *dw, real *dxhat, const real *dy, c
         k_wtilde<<<tbc_blocks(cnt, 256), 256, 0, S()>>>(wt, wq, sw, cnt);
     TBC_LAUNCHED();
     tbc_gemm(dxhat, dy, wt, (int)n, in, out, 0, 0, out, in, in, 1.0f, 0.0f, NULL);
-    ln0_bwd(dx, dxhat, x, stats, n, in, set, act);
+    ln0_bwd(dx, dxhat, x, stats, n, in, set);
 }
 
 static void cu_bitlinear_bwd(real *dx, real *dw, real *dxhat, const real *dy, const real *x,
                              const int8_t *xq, const real *stats, const int8_t *wq,
                              const real *sw, size_t n, int in, int out) {
-    bitlinear_bwd_any(dx, dw, dxhat, dy, x, xq, stats, wq, sw, n, in, out, 0, -1);
+    bitlinear_bwd_any(dx, dw, dxhat, dy, x, xq, stats, wq, sw, n, in, out, 0);
 }
 
 static void cu_bitlinear_bwd_set(real *dx, real *dw, real *dxhat, const real *dy, const real *x,
                                  const int8_t *xq, const real *stats, const int8_t *wq,
                                  const real *sw, size_t n, int in, int out) {
-    bitlinear_bwd_any(dx, dw, dxhat, dy, x, xq, stats, wq, sw, n, in, out, 1, -1);
-}
-
-static void cu_bitlinear_bwd_set_act(real *dx, real *dw, real *dxhat, const real *dy, const real *h, int kind,
-                                     const int8_t *xq, const real *stats, const int8_t *wq, const real *sw, size_t n,
-                                     int in, int out) {
-    bitlinear_bwd_any(dx, dw, dxhat, dy, h, xq, stats, wq, sw, n, in, out, 1, kind == TB_ACT_GELU);
+    bitlinear_bwd_any(dx, dw, dxhat, dy, x, xq, stats, wq, sw, n, in, out, 1);
 }
 
 /* ---- norms ---------------------------------------------------------------------- */
@@ -1065,7 +1054,6 @@ void tbc_ops_dense_init(tb_ops_dense *ops) {
     ops->bitlinear_fwd = cu_bitlinear_fwd;
     ops->bitlinear_bwd = cu_bitlinear_bwd;
     ops->bitlinear_bwd_set = cu_bitlinear_bwd_set;
-    ops->bitlinear_bwd_set_act = cu_bitlinear_bwd_set_act;
     ops->norm_fwd = cu_norm_fwd;
     ops->norm_bwd = cu_norm_bwd;
     ops->norm_bwd_to = cu_norm_bwd_to;

@@ -5,8 +5,6 @@
 #ifndef TB_DENSE_KERNELS_CUH
 #define TB_DENSE_KERNELS_CUH
 
-#include "act_math.cuh"
-
 #define DT_EPS 1e-6 /* dynamic_tanh: 1 / (sd + eps) */
 #define LN_EPS 1e-5
 #define RMS_EPS 1e-6
@@ -88,11 +86,9 @@ __global__ void k_quant_x_warp(int8_t *xq, float *stats, const float *x, size_t 
  * anyway, the address being one it stores to), the sums in double as lane partials and a
  * fixed xor tree. For +=, rows up to 1024 load dx with g and x (PRE), so its round trip
  * overlaps theirs instead of following the sums; wider rows lack the registers. */
-/* ACT (with SET): x is act(h) of the element-wise op (act_math.cuh; act 1 gelu, 0 silu),
- * computed here from h instead of read (bitlinear_bwd_set_act). */
-template <int NV, bool SET, bool ACT = false> /* 256 threads (dense_cuda.cu); PRE: two blocks an SM on sm_80 too */
+template <int NV, bool SET> /* 256 threads (dense_cuda.cu); PRE: two blocks an SM on sm_80 too */
 __global__ void __launch_bounds__(256, !SET && NV <= 32 ? 2 : 1)
-    k_ln0_bwd_warp(float *dx, const float *g_all, const float *x, const float *stats, size_t n, int in, int act = 0) {
+    k_ln0_bwd_warp(float *dx, const float *g_all, const float *x, const float *stats, size_t n, int in) {
     int lane = threadIdx.x % 32;
     size_t t = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (t >= n) return;
@@ -107,7 +103,7 @@ __global__ void __launch_bounds__(256, !SET && NV <= 32 ? 2 : 1)
         int j = lane + 32 * k;
         if constexpr (PRE) dv[k] = j < in ? dxr[j] : 0.0f;
         gv[k] = j < in ? g[j] : 0.0f;
-        xh[k] = j < in ? ((ACT ? act_f(xr[j], act) : xr[j]) - mean) * rstd : 0.0f;
+        xh[k] = j < in ? (xr[j] - mean) * rstd : 0.0f;
         if (j < in) {
             sg += gv[k];
             sgx += (double)(gv[k] * xh[k]);

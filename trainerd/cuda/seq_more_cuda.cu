@@ -5,7 +5,6 @@
  * quadratic form with per-head γ = σ(decay), c = 1 - γ, L2-normalised q and k; dγ and dc
  * per-row partials reduced per head in a fixed order). No atomics. */
 #include "cuda_internal.cuh"
-#include "act_math.cuh"
 
 #define EW 256
 #define GRID_STRIDE(i, n)                                                              \
@@ -14,9 +13,26 @@
 
 static inline cudaStream_t S(void) { return tbc_g->stream; }
 
+__device__ __forceinline__ float sigm(float x) {
+    return x >= 0 ? 1.0f / (1.0f + expf(-x)) : expf(x) / (1.0f + expf(x));
+}
+
 /* ---- element-wise ---------------------------------------------------------------- */
 
-/* The activation and its backward per element: act_math.cuh. */
+/* The activation and its backward per element (the CPU's expressions). */
+__device__ __forceinline__ float act_f(float v, int gelu) {
+    return gelu ? 0.5f * v * (1.0f + erff(v * (float)M_SQRT1_2)) : v * sigm(v);
+}
+__device__ __forceinline__ float act_g(float v, float d, int gelu) {
+    if (gelu) {
+        const float inv_sqrt_2pi = (float)(0.5 * M_2_SQRTPI * M_SQRT1_2);
+        float cdf = 0.5f * (1.0f + erff(v * (float)M_SQRT1_2));
+        float pdf = inv_sqrt_2pi * expf(-0.5f * v * v);
+        return d * (cdf + v * pdf);
+    }
+    float s = sigm(v);
+    return d * s * (1.0f + v * (1.0f - s));
+}
 
 /* VEC: four elements a thread through 16-byte loads and stores (n % 4 == 0, every buffer
  * 16-byte aligned), the same per-element values. */

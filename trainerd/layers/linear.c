@@ -109,25 +109,6 @@ void linear_backward_groups_set(const tb_backend *be, real *dx, real *scratch, c
                                     p[g].wq, p[g].sw, rows, p[g].in, p[g].out);
 }
 
-void linear_backward_groups_set_act(const tb_backend *be, real *dx, real *scratch, const real *dy,
-                                    const real *act, const real *h, int kind, real *x,
-                                    const tb_linear *p, int G, size_t rows) {
-    if (G <= 0 || rows == 0) return;
-    size_t n = (size_t)G * rows, in = (size_t)p[0].in, out = (size_t)p[0].out;
-    if (!p[0].bitnet) { /* the plain linear's weight gradient reads x itself */
-        be->seq.act_forward(x, h, n * in, kind, be);
-        linear_backward_groups_set(be, dx, scratch, dy, act, x, p, G, rows);
-        return;
-    }
-    const real *stats = act;
-    const int8_t *xq = (const int8_t *)(act + linear_xq_offset(n));
-    for (int g = 0; g < G; g++)
-        be->dense.bitlinear_bwd_set_act(dx + g * rows * in, p[g].dw, scratch, dy + g * rows * out,
-                                        h + g * rows * in, kind, xq + g * rows * in,
-                                        stats + 3 * g * rows, p[g].wq, p[g].sw, rows, p[g].in,
-                                        p[g].out);
-}
-
 int linear_same_x(const tb_linear *a, const tb_linear *b) {
     return a->bitnet && b->bitnet && a->in == b->in;
 }

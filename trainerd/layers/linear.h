@@ -85,11 +85,5 @@ void linear_forward_same_x(const struct tb_backend *be, real *y, const real *act
 void linear_backward_groups_set(const struct tb_backend *be, real *dx, real *scratch,
                                 const real *dy, const real *act, const real *x,
                                 const tb_linear *p, int G, size_t rows);
-/* The same with the input x = act(h) (seq.act_forward, kind) not stored: a BitLinear takes
- * h (bitlinear_bwd_set_act); a plain linear gets act(h) written into x (G·rows·in reals)
- * first. The values of act_forward then linear_backward_groups_set. */
-void linear_backward_groups_set_act(const struct tb_backend *be, real *dx, real *scratch,
-                                    const real *dy, const real *act, const real *h, int kind,
-                                    real *x, const tb_linear *p, int G, size_t rows);
 
 #endif

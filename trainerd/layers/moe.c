@@ -204,12 +204,11 @@ static void experts_backward_fixed(const tb_backend *be, real *dv, const moe_scr
     int C = p->C, K = p->K, rows = p->E * (int)a->P;
     size_t rF = (size_t)rows * (size_t)p->F;
     be->seq.moe_gather(s->xe, v, a->pad, rows, K, C, be);
+    be->seq.act_forward(s->ae, a->he, rF, p->act, be);
     be->seq.moe_scatter_backward_set(s->dye, s->dgate, dout, a->ye, a->gate, a->pad, rows, K,
                                      C, be);
-    /* the down projection's input ae = act(he) again: inside its backward (BitLinear), or
-     * written into ae first */
-    linear_backward_groups_set_act(be, s->dae, s->lin, s->dye, a->l_down, a->he, p->act, s->ae,
-                                   p->down, p->E, a->P);
+    linear_backward_groups_set(be, s->dae, s->lin, s->dye, a->l_down, s->ae, p->down, p->E,
+                               a->P);
     be->seq.act_backward_set(s->dhe, s->dae, a->he, rF, p->act, be);
     linear_backward_groups_set(be, s->dxe, s->lin, s->dhe, a->l_up, s->xe, p->up, p->E, a->P);
     be->seq.moe_gather_backward_slots(dv, s->dxe, a->sel, a->slot, (int)ntok, K, C, be);

@@ -87,12 +87,6 @@ typedef struct tb_ops_dense {
     void (*bitlinear_bwd_set)(real *dx, real *dw, real *dxhat, const real *dy, const real *x,
                               const int8_t *xq, const real *stats, const int8_t *wq,
                               const real *sw, size_t n, int in, int out);
-    /* bitlinear_bwd_set whose input x = act(h) (seq.act_forward's values, kind as there) is
-     * not stored: the bits of act_forward into x then bitlinear_bwd_set; CUDA applies act
-     * where the LN0 backward reads x, with no pass of its own. h (n, in). */
-    void (*bitlinear_bwd_set_act)(real *dx, real *dw, real *dxhat, const real *dy,
-                                  const real *h, int kind, const int8_t *xq, const real *stats,
-                                  const int8_t *wq, const real *sw, size_t n, int in, int out);
 
     /* Norms (layers/norm.h); type is a tb_norm_type; prm/dprm in the type's tensor order;
      * stats: norm_act_count(type, n) reals. */
