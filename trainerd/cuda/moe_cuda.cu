@@ -254,12 +254,13 @@ static void cu_moe_pad_order(int32_t *pad, int32_t *slot, const int32_t *order, 
     TBC_LAUNCHED();
 }
 
-/* dst[t, c] += Σ (gate[a] ·) src[slot[a], c] over token t's kept assignments a (sel[a] >= 0)
+/* dst[t, c] += Σ (gate[a] ·) src[slot[a], c] (SET: dst = 0 + Σ ..., dst not read) over token
+ * t's kept assignments a (sel[a] >= 0)
  * in ascending slot order (expert order; the next smallest slot found by a scan of the K,
  * which are distinct): the CPU's sequence of adds, no sort. A block row per token (the
  * ordered slots and gates found once, by thread 0, into shared memory), threads over the
  * columns as in k_moe_gather. */
-template <bool GATED, bool V4>
+template <bool GATED, bool V4, bool SET = false>
 __global__ void k_moe_slots_sum(float *dst, const float *src, const float *gate, const int32_t *sel,
                                 const int32_t *slot, int ntok, int K, int C) {
     __shared__ int rs[TB_MOE_MAX_EXPERTS];
@@ -288,7 +289,7 @@ __global__ void k_moe_slots_sum(float *dst, const float *src, const float *gate,
         float *d = dst + (size_t)t * C;
         for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < nc; c += gridDim.x * blockDim.x) {
             if (V4) {
-                float4 acc = reinterpret_cast<const float4 *>(d)[c];
+                float4 acc = SET ? make_float4(0.0f, 0.0f, 0.0f, 0.0f) : reinterpret_cast<const float4 *>(d)[c];
                 for (int r = 0; r < nr; r++) {
                     float4 x = reinterpret_cast<const float4 *>(src + (size_t)rs[r] * C)[c];
                     float g = rg[r];
@@ -297,7 +298,7 @@ __global__ void k_moe_slots_sum(float *dst, const float *src, const float *gate,
                 }
                 reinterpret_cast<float4 *>(d)[c] = acc;
             } else {
-                float acc = d[c];
+                float acc = SET ? 0.0f : d[c];
                 for (int r = 0; r < nr; r++) {
                     float x = src[(size_t)rs[r] * C + c];
                     acc += GATED ? rg[r] * x : x;
@@ -309,14 +310,15 @@ __global__ void k_moe_slots_sum(float *dst, const float *src, const float *gate,
     }
 }
 
-template <bool GATED>
+template <bool GATED, bool SET = false>
 static void moe_slots_sum(float *dst, const float *src, const float *gate, const int32_t *sel, const int32_t *slot,
                           int ntok, int K, int C) {
     if (ntok <= 0 || C <= 0) return;
     if (tbc_vec4((size_t)C, dst, src, src))
-        k_moe_slots_sum<GATED, true><<<moe_row_grid(ntok, C / 4), EW, 0, S()>>>(dst, src, gate, sel, slot, ntok, K, C);
+        k_moe_slots_sum<GATED, true, SET>
+            <<<moe_row_grid(ntok, C / 4), EW, 0, S()>>>(dst, src, gate, sel, slot, ntok, K, C);
     else
-        k_moe_slots_sum<GATED, false><<<moe_row_grid(ntok, C), EW, 0, S()>>>(dst, src, gate, sel, slot, ntok, K, C);
+        k_moe_slots_sum<GATED, false, SET><<<moe_row_grid(ntok, C), EW, 0, S()>>>(dst, src, gate, sel, slot, ntok, K, C);
     TBC_LAUNCHED();
 }
 
@@ -324,6 +326,12 @@ static void cu_moe_scatter_slots(real *out, const real *ye, const real *gate, co
                                  int ntok, int K, int C, const struct tb_backend *be) {
     (void)be;
     moe_slots_sum<true>(out, ye, gate, sel, slot, ntok, K, C);
+}
+
+static void cu_moe_scatter_slots_set(real *out, const real *ye, const real *gate, const int32_t *sel,
+                                     const int32_t *slot, int ntok, int K, int C, const struct tb_backend *be) {
+    (void)be;
+    moe_slots_sum<true, true>(out, ye, gate, sel, slot, ntok, K, C);
 }
 
 static void cu_moe_gather_backward_slots(real *dx, const real *dxe, const int32_t *sel, const int32_t *slot,
@@ -382,6 +390,7 @@ void tbc_moe_init(tb_ops_seq *ops) {
     ops->moe_route_backward = cu_moe_route_backward;
     ops->moe_pad_order = cu_moe_pad_order;
     ops->moe_scatter_slots = cu_moe_scatter_slots;
+    ops->moe_scatter_slots_set = cu_moe_scatter_slots_set;
     ops->moe_gather_backward_slots = cu_moe_gather_backward_slots;
     ops->moe_gather = cu_moe_gather;
     ops->moe_gather_backward = cu_moe_gather_backward;

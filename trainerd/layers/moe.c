@@ -136,7 +136,6 @@ void moe_forward(const tb_backend *be, real *out, real *lbal, real *act, real *s
     linear_forward(be, a.logits, a.l_router, v, &p->router, ntok);
     be->seq.moe_route_forward(a.probs, a.sel, a.gate, a.order, a.offsets, a.lbal, a.logits,
                               (int)ntok, p->E, K, p->renormalize, p->capacity_factor, be);
-    be->core.fill(out, 0, ntok * (size_t)C);
     if (a.P) { /* fixed capacity: every expert at once, no host synchronisation */
         int rows = p->E * (int)a.P;
         be->seq.moe_pad_order(a.pad, a.slot, a.order, a.offsets, p->E, (int)a.P, be);
@@ -144,10 +143,11 @@ void moe_forward(const tb_backend *be, real *out, real *lbal, real *act, real *s
         linear_forward_groups(be, a.he, a.l_up, s.xe, p->up, p->E, a.P);
         be->seq.act_forward(s.ae, a.he, (size_t)rows * (size_t)F, p->act, be);
         linear_forward_groups(be, a.ye, a.l_down, s.ae, p->down, p->E, a.P);
-        be->seq.moe_scatter_slots(out, a.ye, a.gate, a.sel, a.slot, (int)ntok, K, C, be);
+        be->seq.moe_scatter_slots_set(out, a.ye, a.gate, a.sel, a.slot, (int)ntok, K, C, be);
         be->core.copy(lbal, a.lbal, 1);
         return;
     }
+    be->core.fill(out, 0, ntok * (size_t)C);
     int32_t offsets[TB_MOE_MAX_EXPERTS + 1];
     offsets_to_host(be, offsets, &a, p->E);
     size_t uo = 0, dn = 0;

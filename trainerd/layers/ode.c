@@ -101,31 +101,35 @@ void ode_forward(const tb_backend *be, real *out, real *act, real *scratch, cons
     size_t n = (size_t)B * T, nc = n * (size_t)p->C;
     int ns = stages(p);
     real dt = R(1.0) / (real)p->steps;
-    if (out != u) be->core.copy(out, u, nc);
+    /* z of step s is its first evaluation's stored input; each step's sums go straight
+     * into the next step's (out after the last), the values of keeping z in out and
+     * copying it at each step */
+    real *z = act + l.zin;
+    be->core.copy(z, u, nc);
     for (int s = 0; s < p->steps; s++) {
         real *ev[4];
         for (int st = 0; st < ns; st++) ev[st] = act + l.per_eval * ((size_t)s * ns + st);
         real *k1 = act + k1_at(&l, nc, s);
+        real *dst = s + 1 < p->steps ? act + l.per_eval * ((size_t)(s + 1) * ns) + l.zin : out;
         uint32_t site = TB_DROPOUT_SITE_ATTN + (uint32_t)(s * ns);
-        be->core.copy(ev[0] + l.zin, out, nc);
         f_forward(be, k1, ev[0], w.xn, &l, p, key_mask, d, site, B, T);
         if (!p->rk4) {
-            be->dense.axpy(out, out, dt, k1, nc);
+            be->dense.axpy(dst, z, dt, k1, nc);
+            z = dst;
             continue;
         }
-        /* k2 = f(z + dt/2 k1), k3 = f(z + dt/2 k2), k4 = f(z + dt k3), with z the first
-         * evaluation's stored input; z += dt/6 (k1 + 2 k2 + 2 k3 + k4), added stage by
-         * stage into out (the same sums in the same order as adding the four after the
-         * last stage) */
+        /* k2 = f(z + dt/2 k1), k3 = f(z + dt/2 k2), k4 = f(z + dt k3); z + dt/6 (k1 + 2 k2 +
+         * 2 k3 + k4) added stage by stage into dst (the same sums in the same order as
+         * adding the four after the last stage) */
         real c[3] = {dt / 2, dt / 2, dt};
         real wt[4] = {dt / 6, dt / 3, dt / 3, dt / 6};
-        const real *z = ev[0] + l.zin;
-        be->dense.axpy(out, out, wt[0], k1, nc);
+        be->dense.axpy(dst, z, wt[0], k1, nc);
         for (int st = 1; st < 4; st++) {
             be->dense.axpy(ev[st] + l.zin, z, c[st - 1], st == 1 ? k1 : w.k, nc);
             f_forward(be, w.k, ev[st], w.xn, &l, p, key_mask, d, site + (uint32_t)st, B, T);
-            be->dense.axpy(out, out, wt[st], w.k, nc);
+            be->dense.axpy(dst, dst, wt[st], w.k, nc);
         }
+        z = dst;
     }
     /* L_ode's Σ k1² per step (each step's k1 stays in its own slice of act) into the
      * caller's backend buffer, read later with other results (ode_lode) */
