@@ -407,17 +407,17 @@ static tbc_gemm_entry *gemm_find(tbc_gemm_entry *table, int size, const int key[
 }
 
 #define TBC_TUNE_MAX 8
-#define TBC_TUNE_REPS 5
+#define TBC_TUNE_REPS 3
 #define TBC_TUNE_SAVE_MAX ((size_t)64 << 20) /* outputs to restore (beta != 0) above this: not timed */
 
 /* The algorithm of e's bucket chosen by timing, on this call's operands, before the call
  * itself runs: cuBLASLt's first TBC_TUNE_MAX choices for the bucket, each run once (C
- * restored first where beta != 0) and its output's digest compared with its first
- * choice's; those with the same bits (int8: all of them, integer sums are exact in any
- * order; float: the same products summed in the same order, so a run's losses do not
- * depend on which one wins) timed over TBC_TUNE_REPS back-to-back calls, the fastest
- * kept for every later call of the bucket. C is left as it was. Once per bucket, in a
- * run's first step (it waits for the stream). */
+ * restored first where beta != 0) and, for float outputs, its output's digest compared
+ * with its first choice's; those with the same bits (int8: all of them, integer sums are
+ * exact in any order, so no digest; float: the same products summed in the same order, so
+ * a run's losses do not depend on which one wins) timed over TBC_TUNE_REPS back-to-back
+ * calls, the fastest kept for every later call of the bucket. C is left as it was. Once
+ * per bucket, in a run's first step (it waits for the stream). */
 static void gemm_tune(tbc_gemm_entry *e, const void *alpha, const void *A, const void *B, const void *beta, void *C,
                       int beta_zero) {
     tbc_ctx *g = tbc_g;
@@ -434,11 +434,13 @@ static void gemm_tune(tbc_gemm_entry *e, const void *alpha, const void *A, const
     int n = gemm_heuristic(b, TBC_TUNE_MAX, cand);
     b->algo = first;
     if (n < 2) return;
+    int exact = e->prec == TBC_PREC_S8;
     void *c0 = NULL;
-    unsigned long long *dig = NULL;
-    if ((!beta_zero && cudaMalloc(&c0, cbytes) != cudaSuccess) || cudaMalloc(&dig, sizeof *dig) != cudaSuccess) {
+    static unsigned long long *dig; /* the digest's one word, kept */
+    if ((!beta_zero && cudaMallocAsync(&c0, cbytes, g->stream) != cudaSuccess) ||
+        (!exact && !dig && cudaMalloc(&dig, sizeof *dig) != cudaSuccess)) {
         (void)cudaGetLastError();
-        if (c0) TBC_CHECK(cudaFree(c0));
+        if (c0) TBC_CHECK(cudaFreeAsync(c0, g->stream));
         return;
     }
     cudaEvent_t t0, t1;
@@ -457,15 +459,17 @@ static void gemm_tune(tbc_gemm_entry *e, const void *alpha, const void *A, const
             if (i == 0) break; /* the first choice refused at this shape: leave the bucket as it is */
             continue;
         }
-        unsigned long long h = 0;
-        TBC_CHECK(cudaMemsetAsync(dig, 0, sizeof *dig, g->stream));
-        k_gemm_digest<<<tbc_blocks((size_t)e->N * e->cm, 256), 256, 0, g->stream>>>(dig, (const uint32_t *)C, e->N,
-                                                                                     e->cm, e->ldc);
-        TBC_LAUNCHED();
-        TBC_CHECK(cudaMemcpyAsync(&h, dig, sizeof h, cudaMemcpyDeviceToHost, g->stream));
-        TBC_CHECK(cudaStreamSynchronize(g->stream));
-        if (i == 0) ref = h;
-        else if (h != ref) continue;
+        if (!exact) {
+            unsigned long long h = 0;
+            TBC_CHECK(cudaMemsetAsync(dig, 0, sizeof *dig, g->stream));
+            k_gemm_digest<<<tbc_blocks((size_t)e->N * e->cm, 256), 256, 0, g->stream>>>(dig, (const uint32_t *)C,
+                                                                                         e->N, e->cm, e->ldc);
+            TBC_LAUNCHED();
+            TBC_CHECK(cudaMemcpyAsync(&h, dig, sizeof h, cudaMemcpyDeviceToHost, g->stream));
+            TBC_CHECK(cudaStreamSynchronize(g->stream));
+            if (i == 0) ref = h;
+            else if (h != ref) continue;
+        }
         TBC_CHECK(cudaEventRecord(t0, g->stream));
         for (int r = 0; r < TBC_TUNE_REPS; r++)
             (void)cublasLtMatmul(g->lt, e->desc, alpha, A, e->la, B, e->lb, beta, C, e->lc, C, e->lc, &cand[i].algo,
@@ -476,10 +480,10 @@ static void gemm_tune(tbc_gemm_entry *e, const void *alpha, const void *A, const
         ms[i] /= TBC_TUNE_REPS;
         if (best < 0 || ms[i] < ms[best]) best = i;
     }
-    if (c0) TBC_CHECK(cudaMemcpyAsync(C, c0, cbytes, cudaMemcpyDeviceToDevice, g->stream));
-    TBC_CHECK(cudaStreamSynchronize(g->stream));
-    if (c0) TBC_CHECK(cudaFree(c0));
-    TBC_CHECK(cudaFree(dig));
+    if (c0) {
+        TBC_CHECK(cudaMemcpyAsync(C, c0, cbytes, cudaMemcpyDeviceToDevice, g->stream));
+        TBC_CHECK(cudaFreeAsync(c0, g->stream));
+    }
     TBC_CHECK(cudaEventDestroy(t0));
     TBC_CHECK(cudaEventDestroy(t1));
     if (best < 0) return;

@@ -69,9 +69,12 @@ static tc_fat_ws tc_ws(int B, int T, int H, int Hkv, int HS) {
  * free slot, or into its own key's slot (a recomputed layer's forward draws the same bits
  * again); its backward reads the slot and frees it; a slot of another step whose backward
  * never came (a skipped step) is free again. Slots take at most TB_CUDA_ATTN_KEEP_MB of
- * device memory (default 512; 0: none), allocated as needed and kept; past that a forward
- * draws into scratch as before and its backward draws again. The bits are the same either
- * way, so no result depends on the budget. */
+ * device memory (default 0: off), allocated as needed and kept; past that a forward draws
+ * into scratch as before and its backward draws again. The bits are the same either way,
+ * so no result depends on the budget. Off by default: since the staging draws with the
+ * key-only Philox rounds hoisted, the backward's draws cost about 2.7 µs of its ~52 µs, and
+ * frankenstein ran 29,932 tok/s with the slots against 29,927 without, for 284 MiB more
+ * (H100, 2026-11-24). */
 struct tc_keep_slot {
     uint32_t k0, k1, step, layer, site;
     int B, T, H, held;
@@ -93,7 +96,7 @@ static tc_keep_slot *tc_keep_put(const tbc_drop &d, uint32_t site, int B, int T,
     if (!d.active) return NULL;
     if (tc_keep_budget < 0) {
         const char *e = getenv("TB_CUDA_ATTN_KEEP_MB");
-        tc_keep_budget = (e && *e ? atoll(e) : 512) << 20;
+        tc_keep_budget = (e && *e ? atoll(e) : 0) << 20;
     }
     size_t words = tc_drop_words(B, T, H);
     tc_keep_slot *free_fit = NULL;
