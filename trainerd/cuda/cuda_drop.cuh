@@ -17,12 +17,13 @@ typedef struct tbc_drop {
     int active;
 } tbc_drop;
 
-/* Block i / 4 of the Philox4x32-10 stream (common/tb_rng.c: tb_rng_at): its four words. */
-__device__ __forceinline__ void tbc_philox_block(uint32_t k0, uint32_t k1, uint32_t c0, uint32_t c1,
-                                                 uint32_t c2, uint64_t i, uint32_t w[4]) {
-    uint32_t c3 = (uint32_t)(i / 4);
+/* Rounds R0 .. 9 of Philox4x32-10 on the counter (c0, c1, c2, c3), with the keys k0, k1
+ * of round R0 (bumped R0 times), into w. */
+template <int R0>
+__device__ __forceinline__ void tbc_philox_rounds(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
+                                                  uint32_t k1, uint32_t w[4]) {
 #pragma unroll
-    for (int r = 0; r < 10; r++) {
+    for (int r = R0; r < 10; r++) {
         uint32_t hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
         uint32_t hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
         c0 = hi1 ^ c1 ^ k0;
@@ -33,6 +34,11 @@ __device__ __forceinline__ void tbc_philox_block(uint32_t k0, uint32_t k1, uint3
         k1 += 0xBB67AE85u;
     }
     w[0] = c0, w[1] = c1, w[2] = c2, w[3] = c3;
+}
+/* Block i / 4 of the Philox4x32-10 stream (common/tb_rng.c: tb_rng_at): its four words. */
+__device__ __forceinline__ void tbc_philox_block(uint32_t k0, uint32_t k1, uint32_t c0, uint32_t c1,
+                                                 uint32_t c2, uint64_t i, uint32_t w[4]) {
+    tbc_philox_rounds<0>(c0, c1, c2, (uint32_t)(i / 4), k0, k1, w);
 }
 /* The i-th uint32 of the stream. */
 __device__ __forceinline__ uint32_t tbc_philox_at(uint32_t k0, uint32_t k1, uint32_t c0, uint32_t c1,

@@ -46,21 +46,7 @@ __device__ __forceinline__ uint32_t tc_shl1_in(uint32_t h, uint32_t y) {
 }
 __device__ __forceinline__ void tc_philox_run(const tc_philox_pre &P, uint32_t c3, uint32_t w[4]) {
     uint32_t x = P.v ^ c3;
-    uint32_t c0 = __umulhi(0xCD9E8D57u, x) ^ P.a, c1 = 0xCD9E8D57u * x, c2 = P.b;
-    c3 = P.c;
-    uint32_t k0 = P.k0, k1 = P.k1;
-#pragma unroll
-    for (int r = 2; r < 10; r++) {
-        uint32_t hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
-        uint32_t hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
-        c0 = hi1 ^ c1 ^ k0;
-        c1 = lo1;
-        c2 = hi0 ^ c3 ^ k1;
-        c3 = lo0;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-    w[0] = c0, w[1] = c1, w[2] = c2, w[3] = c3;
+    tbc_philox_rounds<2>(__umulhi(0xCD9E8D57u, x) ^ P.a, 0xCD9E8D57u * x, P.b, P.c, P.k0, P.k1, w);
 }
 __device__ __forceinline__ void tc_dropmask_words(uint64_t *dm, const tbc_drop &d, uint32_t site, size_t rows,
                                                   int T, int W, size_t start, size_t stride) {
