@@ -245,6 +245,19 @@ static void moe_padded_match_cpu(int32_t *order, int32_t *gorder, int32_t *off, 
         ct_cpu->seq.moe_scatter_slots(hz, ye.h, gate.h, sel, slot, ntok, K, C, ct_cpu);
         assert_memory_equal(want, hz, no * 4);
         ct_record("seq.moe_scatter_slots_set (bitwise)", 0.0);
+        /* the same for the token sums of the gradient */
+        tb_cuda_free(gso), tb_cuda_free(gz);
+        gso = ct_poisoned(no * 4), gz = ct_up(zero, no * 4);
+        ct_gpu->seq.moe_gather_backward_slots_set(gso, dxe.d, gsel, gslot, ntok, K, C, ct_gpu);
+        ct_gpu->seq.moe_gather_backward_slots(gz, dxe.d, gsel, gslot, ntok, K, C, ct_gpu);
+        ct_down(hso, gso, no * 4), ct_down(hz, gz, no * 4);
+        assert_memory_equal(hso, hz, no * 4);
+        for (size_t i = 0; i < no; i++) want[i] = (float)NAN;
+        ct_cpu->seq.moe_gather_backward_slots_set(want, dxe.h, sel, slot, ntok, K, C, ct_cpu);
+        memset(hz, 0, no * 4);
+        ct_cpu->seq.moe_gather_backward_slots(hz, dxe.h, sel, slot, ntok, K, C, ct_cpu);
+        assert_memory_equal(want, hz, no * 4);
+        ct_record("seq.moe_gather_backward_slots_set (bitwise)", 0.0);
         tb_cuda_free(gso), tb_cuda_free(gz), free(hso), free(want), free(hz), free(zero);
     }
     ct_gpu->seq.moe_gather_backward_slots(dx.d, dxe.d, gsel, gslot, ntok, K, C, ct_gpu);

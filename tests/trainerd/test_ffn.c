@@ -229,6 +229,27 @@ static void test_moe_layer_bitnet_runs_within_reported_sizes(void **state) {
     destroy(&c, &P);
 }
 
+/* moe_backward_set writes dv (NaN there stays out) with the bits of a zero fill and
+ * moe_backward, with a capacity (the slot sums write) and without (a fill first). */
+static void test_moe_backward_set_equals_fill_then_backward(void **state) {
+    (void)state;
+    for (int cap = 0; cap < 2; cap++) {
+        ctx c;
+        pool P;
+        build(&c, &P, 13, 16, 24, 4, 2, 1, cap ? 1.25 : 0.0, TB_ACT_SILU, 1);
+        const tb_backend *be = tb_backend_cpu();
+        double *dv = calloc(c.n, sizeof(double)), *dv2 = malloc(c.n * sizeof(double));
+        double *scratch = calloc(moe_scratch_count(&c.p, 13), sizeof(double));
+        for (size_t i = 0; i < c.n; i++) dv2[i] = NAN;
+        loss(&c);
+        moe_backward(be, dv, scratch, c.w, c.bal_scale, c.act, c.v, &c.p, 13);
+        moe_backward_set(be, dv2, scratch, c.w, c.bal_scale, c.act, c.v, &c.p, 13);
+        assert_memory_equal(dv2, dv, c.n * sizeof(double));
+        free(dv), free(dv2), free(scratch);
+        destroy(&c, &P);
+    }
+}
+
 /* ---- dense FFN ---- */
 typedef struct fctx {
     tb_ffn p;
@@ -284,6 +305,7 @@ int main(void) {
         cmocka_unit_test(test_moe_layer_forward_equals_direct_evaluation),
         cmocka_unit_test(test_moe_layer_backward_matches_finite_differences),
         cmocka_unit_test(test_moe_layer_bitnet_runs_within_reported_sizes),
+        cmocka_unit_test(test_moe_backward_set_equals_fill_then_backward),
         cmocka_unit_test(test_moe_fixed_rows_equal_host_path),
         cmocka_unit_test(test_dense_ffn_backward_matches_finite_differences),
     };

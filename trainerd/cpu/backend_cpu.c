@@ -54,6 +54,13 @@ static void cpu_moe_scatter_slots_set(real *out, const real *ye, const real *gat
     be->seq.moe_scatter_slots(out, ye, gate, sel, slot, ntok, K, C, be);
 }
 
+static void cpu_moe_gather_backward_slots_set(real *dx, const real *dxe, const int32_t *sel,
+                                              const int32_t *slot, int ntok, int K, int C,
+                                              const struct tb_backend *be) {
+    if (ntok > 0 && C > 0) zero_rows(dx, (size_t)ntok, (size_t)C, (size_t)C);
+    be->seq.moe_gather_backward_slots(dx, dxe, sel, slot, ntok, K, C, be);
+}
+
 static void cpu_bitlinear_quant_w_many(int8_t *codes, real *scales, const real *w,
                                        const tb_quant_w_range *r, int n) {
     for (int i = 0; i < n; i++)
@@ -75,6 +82,7 @@ static void cpu_backend_init(void) {
     cpu_backend.seq.act_backward_set = cpu_act_backward_set;
     cpu_backend.seq.moe_scatter_backward_set = cpu_moe_scatter_backward_set;
     cpu_backend.seq.moe_scatter_slots_set = cpu_moe_scatter_slots_set;
+    cpu_backend.seq.moe_gather_backward_slots_set = cpu_moe_gather_backward_slots_set;
     cpu_backend.impl = NULL;
 }
 

@@ -334,6 +334,12 @@ static void cu_moe_scatter_slots_set(real *out, const real *ye, const real *gate
     moe_slots_sum<true, true>(out, ye, gate, sel, slot, ntok, K, C);
 }
 
+static void cu_moe_gather_backward_slots_set(real *dx, const real *dxe, const int32_t *sel, const int32_t *slot,
+                                             int ntok, int K, int C, const struct tb_backend *be) {
+    (void)be;
+    moe_slots_sum<false, true>(dx, dxe, NULL, sel, slot, ntok, K, C);
+}
+
 static void cu_moe_gather_backward_slots(real *dx, const real *dxe, const int32_t *sel, const int32_t *slot,
                                          int ntok, int K, int C, const struct tb_backend *be) {
     (void)be;
@@ -391,6 +397,7 @@ void tbc_moe_init(tb_ops_seq *ops) {
     ops->moe_pad_order = cu_moe_pad_order;
     ops->moe_scatter_slots = cu_moe_scatter_slots;
     ops->moe_scatter_slots_set = cu_moe_scatter_slots_set;
+    ops->moe_gather_backward_slots_set = cu_moe_gather_backward_slots_set;
     ops->moe_gather_backward_slots = cu_moe_gather_backward_slots;
     ops->moe_gather = cu_moe_gather;
     ops->moe_gather_backward = cu_moe_gather_backward;

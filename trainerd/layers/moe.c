@@ -200,7 +200,7 @@ static void experts_backward_dynamic(const tb_backend *be, real *dv, const moe_s
  * over ae and dxe over dye (moe_scr_layout), each dead by then. */
 static void experts_backward_fixed(const tb_backend *be, real *dv, const moe_scr *s,
                                    const real *dout, const moe_act *a, const real *v,
-                                   const tb_moe *p, size_t ntok) {
+                                   const tb_moe *p, size_t ntok, int set) {
     int C = p->C, K = p->K, rows = p->E * (int)a->P;
     size_t rF = (size_t)rows * (size_t)p->F;
     be->seq.moe_gather(s->xe, v, a->pad, rows, K, C, be);
@@ -211,23 +211,40 @@ static void experts_backward_fixed(const tb_backend *be, real *dv, const moe_scr
                                a->P);
     be->seq.act_backward_set(s->dhe, s->dae, a->he, rF, p->act, be);
     linear_backward_groups_set(be, s->dxe, s->lin, s->dhe, a->l_up, s->xe, p->up, p->E, a->P);
-    be->seq.moe_gather_backward_slots(dv, s->dxe, a->sel, a->slot, (int)ntok, K, C, be);
+    if (set) be->seq.moe_gather_backward_slots_set(dv, s->dxe, a->sel, a->slot, (int)ntok, K, C, be);
+    else be->seq.moe_gather_backward_slots(dv, s->dxe, a->sel, a->slot, (int)ntok, K, C, be);
+}
+
+/* set: dv written (its first write on the fixed-capacity path is the slot sums'; the
+ * dynamic path zeroes it first) */
+static void moe_backward_any(const tb_backend *be, real *dv, real *scratch, const real *dout,
+                             real bal_scale, const real *act, const real *v, const tb_moe *p,
+                             size_t ntok, int set) {
+    moe_act a = moe_layout((real *)act, p, ntok);
+    moe_scr s = moe_scr_layout(scratch, p, ntok);
+    be->core.fill(s.dgate, 0, ntok * (size_t)p->K);
+    if (a.P) {
+        experts_backward_fixed(be, dv, &s, dout, &a, v, p, ntok, set);
+    } else {
+        if (set) be->core.fill(dv, 0, ntok * (size_t)p->C);
+        experts_backward_dynamic(be, dv, &s, dout, &a, v, p);
+    }
+    be->core.fill(s.dlogits, 0, ntok * (size_t)p->E);
+    be->seq.moe_route_backward(s.dlogits, s.dgate, a.probs, a.sel, bal_scale, (int)ntok, p->E,
+                               p->K, p->renormalize, be);
+    linear_backward(be, dv, s.lin, s.dlogits, a.l_router, v, &p->router, ntok);
 }
 
 void moe_backward(const tb_backend *be, real *dv, real *scratch, const real *dout,
                   real bal_scale, const real *act, const real *v, const tb_moe *p,
                   size_t ntok) {
-    moe_act a = moe_layout((real *)act, p, ntok);
-    moe_scr s = moe_scr_layout(scratch, p, ntok);
-    be->core.fill(s.dgate, 0, ntok * (size_t)p->K);
-    if (a.P)
-        experts_backward_fixed(be, dv, &s, dout, &a, v, p, ntok);
-    else
-        experts_backward_dynamic(be, dv, &s, dout, &a, v, p);
-    be->core.fill(s.dlogits, 0, ntok * (size_t)p->E);
-    be->seq.moe_route_backward(s.dlogits, s.dgate, a.probs, a.sel, bal_scale, (int)ntok, p->E,
-                               p->K, p->renormalize, be);
-    linear_backward(be, dv, s.lin, s.dlogits, a.l_router, v, &p->router, ntok);
+    moe_backward_any(be, dv, scratch, dout, bal_scale, act, v, p, ntok, 0);
+}
+
+void moe_backward_set(const tb_backend *be, real *dv, real *scratch, const real *dout,
+                      real bal_scale, const real *act, const real *v, const tb_moe *p,
+                      size_t ntok) {
+    moe_backward_any(be, dv, scratch, dout, bal_scale, act, v, p, ntok, 1);
 }
 
 /* Dense FFN: act layout h (F, pre-activation), a (F), then the two linears' acts. */

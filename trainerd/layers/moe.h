@@ -60,6 +60,10 @@ void moe_backward(const struct tb_backend *be,
                   const real *act,  // from moe_forward
                   const real *v,    // (ntok, C)
                   const tb_moe *p, size_t ntok);
+/* The same with dv written (the bits of a zero fill then moe_backward, without the fill). */
+void moe_backward_set(const struct tb_backend *be, real *dv, real *scratch, const real *dout,
+                      real bal_scale, const real *act, const real *v, const tb_moe *p,
+                      size_t ntok);
 
 typedef struct tb_ffn {
     tb_linear up, down; /* ffn.0 (F, C), ffn.2 (C, F) */

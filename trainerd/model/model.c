@@ -700,11 +700,12 @@ void tb_model_backward(tb_model *m, const tb_batch *bt, double grad_scale) {
             phase_end(m, 1, TB_PHASE_NORMS, &tp);
         }
         /* out = h + FFN(N2(h)) */
-        be->core.fill(m->dv, R(0.0), n * C);
-        if (b->use_moe)
-            moe_backward(be, m->dv, m->scratch, m->dx, bal_scale, s->fact, s->v, &b->moe, n);
-        else
+        if (b->use_moe) {
+            moe_backward_set(be, m->dv, m->scratch, m->dx, bal_scale, s->fact, s->v, &b->moe, n);
+        } else {
+            be->core.fill(m->dv, R(0.0), n * C);
             ffn_backward(be, m->dv, m->scratch, m->dx, s->fact, s->v, &b->ffn, n);
+        }
         phase_end(m, 1, TB_PHASE_FFN, &tp);
         norm_backward_to(be, m->dh, m->dx, m->dv, s->n2act, s->h, &b->n2, n);
         phase_end(m, 1, TB_PHASE_NORMS, &tp);

@@ -232,10 +232,14 @@ typedef struct tb_ops_seq {
     void (*moe_scatter_backward_set)(real *dye, real *dgate, const real *dout, const real *ye,
                                      const real *gate, const int32_t *order, int n, int K, int C,
                                      const struct tb_backend *be);
-    /* moe_scatter_slots with out written: the bits of a zero fill then moe_scatter_slots. */
+    /* moe_scatter_slots / moe_gather_backward_slots with out / dx written: the bits of a
+     * zero fill then the adding op. */
     void (*moe_scatter_slots_set)(real *out, const real *ye, const real *gate, const int32_t *sel,
                                   const int32_t *slot, int ntok, int K, int C,
                                   const struct tb_backend *be);
+    void (*moe_gather_backward_slots_set)(real *dx, const real *dxe, const int32_t *sel,
+                                          const int32_t *slot, int ntok, int K, int C,
+                                          const struct tb_backend *be);
 } tb_ops_seq;
 
 /* Reals of the scan's kept states for B x T tokens at spacing every (scan_forward). */
