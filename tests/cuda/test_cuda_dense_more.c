@@ -268,9 +268,7 @@ static void test_attention_bf16_tensor_cores_match_cpu(void **state) {
                 float *first[5] = {NULL};
                 for (int rep = 0; rep < 3; rep++) {
                     /* the same inputs twice: the second run must give the first run's bits; a
-                     * third backward with no forward before it draws its dropout bits itself
-                     * (the first two take the forward's kept ones: TB_CUDA_ATTN_KEEP_MB is set
-                     * in main) and must give them too */
+                     * third backward with no forward right before it must give them too */
                     ct_reset(dq), ct_reset(dk), ct_reset(dv);
                     if (rep < 2)
                         ct_gpu->dense.attn_fwd(out.d, NULL, rs.d, q.d, k.d, v.d, ldq, ldkv, gmask, 0, &d, 1, B, T,
@@ -328,9 +326,6 @@ static void test_attention_bf16_tensor_cores_match_cpu(void **state) {
 }
 
 int main(void) {
-    /* the forward's dropout bits kept for its backward (off by default), so the
-     * tensor-core case checks a backward with kept bits against one that draws its own */
-    setenv("TB_CUDA_ATTN_KEEP_MB", "64", 0);
     ct_init_or_skip();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dropout_mask_and_scale_match_cpu),

@@ -251,15 +251,17 @@ static void gemm_entry_destroy(tbc_gemm_entry *e) {
  * it (*hit = 1), else a free slot, else (table full) the key's home slot, emptied. The
  * evicted entry's descriptors are host objects whose contents cuBLASLt reads when a
  * matmul is enqueued, so they are destroyed without waiting for the stream. */
+static bool gemm_key_is(const tbc_gemm_entry *x, const int key[10]) {
+    return x->M == key[0] && x->N == key[1] && x->K == key[2] && x->ta == key[3] && x->tb == key[4] &&
+           x->lda == key[5] && x->ldb == key[6] && x->ldc == key[7] && x->align == key[8] && x->prec == key[9];
+}
 static tbc_gemm_entry *gemm_slot(tbc_gemm_entry *table, int size, const int key[10], int *hit) {
     unsigned h = gemm_hash(key, 10) % (unsigned)size;
     *hit = 0;
     for (int p = 0; p < size; p++) {
         tbc_gemm_entry *x = &table[(h + p) % (unsigned)size];
         if (!x->used) return x;
-        if (x->M == key[0] && x->N == key[1] && x->K == key[2] && x->ta == key[3] && x->tb == key[4] &&
-            x->lda == key[5] && x->ldb == key[6] && x->ldc == key[7] && x->align == key[8] &&
-            x->prec == key[9]) {
+        if (gemm_key_is(x, key)) {
             *hit = 1;
             return x;
         }
@@ -399,9 +401,7 @@ static tbc_gemm_entry *gemm_find(tbc_gemm_entry *table, int size, const int key[
     for (int p = 0; p < size; p++) {
         tbc_gemm_entry *x = &table[(h + p) % (unsigned)size];
         if (!x->used) return NULL;
-        if (x->M == key[0] && x->N == key[1] && x->K == key[2] && x->ta == key[3] && x->tb == key[4] &&
-            x->lda == key[5] && x->ldb == key[6] && x->ldc == key[7] && x->align == key[8] && x->prec == key[9])
-            return x;
+        if (gemm_key_is(x, key)) return x;
     }
     return NULL;
 }

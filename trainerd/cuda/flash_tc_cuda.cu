@@ -63,94 +63,20 @@ static tc_fat_ws tc_ws(int B, int T, int H, int Hkv, int HS) {
     size_t n = tc_fat_ws_elems(B, T, H, Hkv, HS);
     return tc_fat_ws_carve((tc_bf16 *)tbc_scratch(TBC_SCR_ATTN_TC, n * sizeof(tc_bf16)), B, T, H, Hkv, HS);
 }
-/* Dropout keep bits kept from a forward for its backward, whose staging then draws none
- * (the Philox draws were about half of a staging launch's work). A slot is keyed by all
- * the bits depend on (the Philox key, step, layer, site, B, T, H): a forward draws into a
- * free slot, or into its own key's slot (a recomputed layer's forward draws the same bits
- * again); its backward reads the slot and frees it; a slot of another step whose backward
- * never came (a skipped step) is free again. Slots take at most TB_CUDA_ATTN_KEEP_MB of
- * device memory (default 0: off), allocated as needed and kept; past that a forward draws
- * into scratch as before and its backward draws again. The bits are the same either way,
- * so no result depends on the budget. Off by default: since the staging draws with the
- * key-only Philox rounds hoisted, the backward's draws cost about 2.7 µs of its ~52 µs, and
- * frankenstein ran 29,932 tok/s with the slots against 29,927 without, for 284 MiB more
- * (H100, 2026-11-24). */
-struct tc_keep_slot {
-    uint32_t k0, k1, step, layer, site;
-    int B, T, H, held;
-    uint64_t *buf;
-    size_t words;
-};
-#define TC_KEEP_SLOTS 512
-static tc_keep_slot tc_keeps[TC_KEEP_SLOTS];
-static int tc_keep_n;
-static size_t tc_keep_bytes;
-static long long tc_keep_budget = -1;
-
-static bool tc_keep_is(const tc_keep_slot &s, const tbc_drop &d, uint32_t site, int B, int T, int H) {
-    return s.k0 == d.k0 && s.k1 == d.k1 && s.step == d.step && s.layer == d.layer && s.site == site && s.B == B &&
-           s.T == T && s.H == H;
-}
-/* The forward's slot for these bits (marked held), or NULL (no dropout, or over budget). */
-static tc_keep_slot *tc_keep_put(const tbc_drop &d, uint32_t site, int B, int T, int H) {
-    if (!d.active) return NULL;
-    if (tc_keep_budget < 0) {
-        const char *e = getenv("TB_CUDA_ATTN_KEEP_MB");
-        tc_keep_budget = (e && *e ? atoll(e) : 0) << 20;
-    }
-    size_t words = tc_drop_words(B, T, H);
-    tc_keep_slot *free_fit = NULL;
-    for (int i = 0; i < tc_keep_n; i++) {
-        tc_keep_slot &s = tc_keeps[i];
-        if (s.held && tc_keep_is(s, d, site, B, T, H)) return &s;
-        if ((!s.held || s.step != d.step) && s.words >= words && !free_fit) free_fit = &s;
-    }
-    tc_keep_slot *s = free_fit;
-    if (!s) {
-        if (tc_keep_n == TC_KEEP_SLOTS || (long long)(tc_keep_bytes + words * 8) > tc_keep_budget) return NULL;
-        uint64_t *buf = NULL;
-        if (cudaMalloc(&buf, words * 8) != cudaSuccess) {
-            (void)cudaGetLastError();
-            return NULL;
-        }
-        tc_keep_bytes += words * 8;
-        tbc_g->held_bytes += (double)(words * 8);
-        s = &tc_keeps[tc_keep_n++];
-        s->buf = buf, s->words = words;
-    }
-    s->k0 = d.k0, s->k1 = d.k1, s->step = d.step, s->layer = d.layer, s->site = site;
-    s->B = B, s->T = T, s->H = H, s->held = 1;
-    return s;
-}
-/* The backward's kept bits (the slot freed: the stream orders its reuse after this call's
- * kernels), or NULL. */
-static const uint64_t *tc_keep_take(const tbc_drop &d, uint32_t site, int B, int T, int H) {
-    if (!d.active) return NULL;
-    for (int i = 0; i < tc_keep_n; i++)
-        if (tc_keeps[i].held && tc_keep_is(tc_keeps[i], d, site, B, T, H)) {
-            tc_keeps[i].held = 0;
-            return tc_keeps[i].buf;
-        }
-    return NULL;
-}
-
-/* Stages the jobs and, with dropout, draws the call's keep bits in the same launch, into
- * keep (a forward's slot) or else scratch (TBC_SCR_ATTN_DROP); returns the bits. kept: the
- * bits drawn by the forward (the backward's): no draws, those are returned. */
+/* Stages the jobs and, with dropout, draws the call's keep bits (TBC_SCR_ATTN_DROP) in the
+ * same launch; returns the bits (NULL without dropout). */
 template <int HS>
-static const uint64_t *tc_prep(tc_prep_jobs &J, const tbc_drop &d, uint32_t site, int B, int T, int H, int hs,
-                               uint64_t *keep = NULL, const uint64_t *kept = NULL) {
+static const uint64_t *tc_prep(tc_prep_jobs &J, const tbc_drop &d, uint32_t site, int B, int T, int H, int hs) {
     if (!tc_prep_fits(B, T, H, HS))
         tbc_fatal("attention", __FILE__, __LINE__, "tensor-core staging above 2^32 elements a tensor");
-    uint64_t *dm = !d.active || kept ? NULL
-                   : keep            ? keep
-                                     : (uint64_t *)tbc_scratch(TBC_SCR_ATTN_DROP, tc_drop_words(B, T, H) * sizeof(uint64_t));
+    uint64_t *dm = d.active ? (uint64_t *)tbc_scratch(TBC_SCR_ATTN_DROP, tc_drop_words(B, T, H) * sizeof(uint64_t))
+                            : NULL;
     tc_prep_drop(J, d, site, B, T, H, dm);
     size_t blocks = tc_prep_blocks(B, T, H, HS), cap = (size_t)tbc_g->sm_count * 16;
     unsigned gx = (unsigned)(blocks < cap ? blocks : cap);
     k_fat_prep<HS><<<gx * tc_prep_tasks(J), 256, 0, S()>>>(J, T, tc_fat_tp(T), hs, B);
     TBC_LAUNCHED();
-    return kept ? kept : J.dm;
+    return J.dm;
 }
 
 template <int HS, int SPLIT>
@@ -159,8 +85,7 @@ static void tc_fwd(float *out, float *lse, const float *q, const float *k, const
     static int allowed;
     tc_fat_ws ws = tc_ws(B, T, H, Hkv, HS);
     tc_prep_jobs J = tc_prep_fwd_jobs(ws, SPLIT, q, k, v, ldq, ldkv, H, Hkv);
-    tc_keep_slot *ks = tc_keep_put(d, site, B, T, H);
-    const uint64_t *dm = tc_prep<HS>(J, d, site, B, T, H, hs, ks ? ks->buf : NULL);
+    const uint64_t *dm = tc_prep<HS>(J, d, site, B, T, H, hs);
     size_t smem = tc_fat_smem_fwd(HS);
     tbc_smem_allow(k_fat_fwd<HS, SPLIT>, smem, 0, &allowed);
     dim3 grid((unsigned)(tc_fat_tp(T) / TC_BR), (unsigned)H, (unsigned)B);
@@ -180,7 +105,7 @@ static void tc_bwd(float *dq, float *dk, float *dv, const float *dout, const flo
     int Tp = tc_fat_tp(T);
     tc_fat_ws ws = tc_ws(B, T, H, Hkv, HS);
     tc_prep_jobs J = tc_prep_bwd_jobs(ws, SPLIT, q, dout, k, v, ldq, ldkv, H, Hkv, hs);
-    const uint64_t *dm = tc_prep<HS>(J, d, site, B, T, H, hs, NULL, tc_keep_take(d, site, B, T, H));
+    const uint64_t *dm = tc_prep<HS>(J, d, site, B, T, H, hs);
     size_t sq = tc_fat_smem_q(HS), skv = tc_fat_smem_kv(HS, SPLIT);
     tbc_smem_allow(k_fat_dq<HS, SPLIT>, sq, 0, &allowed_q);
     tbc_smem_allow(k_fat_bwd_kv<HS, BQ, SPLIT>, skv, 0, &allowed_kv);

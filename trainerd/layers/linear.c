@@ -40,10 +40,8 @@ void linear_forward(const tb_backend *be, real *y, real *act, const real *x, con
         be->dense.linear_fwd(y, x, p->w, ntok, p->in, p->out);
         return;
     }
-    real *stats = act;
-    int8_t *xq = (int8_t *)(act + linear_xq_offset(ntok));
-    be->dense.bitlinear_quant_x(xq, stats, x, ntok, p->in);
-    be->dense.bitlinear_fwd(y, xq, stats, p->wq, p->sw, ntok, p->in, p->out);
+    be->dense.bitlinear_quant_x((int8_t *)(act + linear_xq_offset(ntok)), act, x, ntok, p->in);
+    linear_forward_same_x(be, y, act, x, p, ntok);
 }
 
 void linear_backward(const tb_backend *be, real *dx, real *scratch, const real *dy,
